@@ -1,0 +1,41 @@
+# pyprobe: `make setup` installs everything (idempotent, as root on Debian), `make test` runs
+# the suite, `make run` replays a capture (PCAP=..., default: the embedded sample).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := libpcap-dev nfdump tshark tcpreplay softflowd iproute2
+NFSTREAM := nfstream==6.6.0
+PCAP ?= pyprobe/data/sample.pcap
+ARGS ?=
+
+.PHONY: setup apt test run bench clean
+
+setup: apt $(VENV)/.installed
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install $$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(NFSTREAM)
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+run: setup
+	$(VENV)/bin/pyprobe replay $(PCAP) $(ARGS)
+
+bench: setup
+	$(PY) benchmarks/replay.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

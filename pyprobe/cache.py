@@ -1,0 +1,196 @@
+"""The flow cache: meters packets into flows and expires them by the standard rules (sans-IO).
+
+The clock is the packets' own time, passed in with each packet (or to `expire(now_ms)` by a
+timer); it never runs backwards: a packet stamped earlier than the clock is metered at the clock.
+Flows live in an `OrderedDict` in least-recently-updated order, so idle expiry pops from the
+head and stops at the first live flow (bounded work). Rules, with IANA flowEndReason values:
+
+- idle timeout (1): no packet for `idle_timeout_s`;
+- active timeout (2): the flow has lasted `active_timeout_s`; its next packet starts a new flow;
+- end of flow (3): RST, or FIN seen in both directions, then `close_linger_s` more of packet time
+  so the last ACKs stay in the flow;
+- forced end (4): `drain()` at end of capture or shutdown (flows already closing keep 3);
+- lack of resources (5): a new flow when `max_flows` are live expires the least recently used.
+
+Expired flows are appended to `expired`, which the caller empties.
+
+>>> from pyprobe.flow import Packet
+>>> cache = FlowCache(idle_timeout_s=30)
+>>> def udp(ms, sport, dport):
+...     return Packet(ms, b"\\x0a\\0\\0\\1", b"\\x0a\\0\\0\\2", sport, dport, 17, 0, 100, 64, 0, 0, 0, 0, b"", 0)
+>>> cache.add(udp(1_000, 4000, 53)); cache.add(udp(1_010, 4000, 53)); cache.add(udp(40_000, 4001, 53))
+>>> [(f.src_port, f.src2dst_packets, f.end_reason.name) for f in cache.expired]
+[(4000, 2, 'IDLE_TIMEOUT')]
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Protocol
+
+from .flow import FLAG_INCREMENT, TH_FIN, TH_RST, Direction, EndReason, Flow, Packet
+
+SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
+IDLE_TIMEOUT = EndReason.IDLE_TIMEOUT
+ACTIVE_TIMEOUT = EndReason.ACTIVE_TIMEOUT
+END_OF_FLOW = EndReason.END_OF_FLOW
+FORCED_END = EndReason.FORCED_END
+LACK_OF_RESOURCES = EndReason.LACK_OF_RESOURCES
+
+
+class Plugin(Protocol):
+    """What the cache calls as a flow lives (nfstream's NFPlugin hooks)."""
+
+    def on_init(self, packet: Packet, flow: Flow) -> None:
+        """After the flow is created from its first packet."""
+
+    def on_update(self, packet: Packet, flow: Flow) -> None:
+        """After each later packet is counted; setting `flow.end_reason` ends the flow now."""
+
+    def on_expire(self, flow: Flow) -> None:
+        """When the flow ends, `flow.end_reason` set, before it is handed out."""
+
+
+class FlowCache:
+    """Live flows keyed by a direction-free key, and the ones that expired."""
+
+    __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
+                 "plugins", "now_ms", "expired", "flows_created", "_flows", "_closing",
+                 "_next_scan_ms")
+
+    def __init__(self, *, idle_timeout_s: float = 30, active_timeout_s: float = 120,
+                 max_flows: int = 524_288, close_linger_s: float = 2,
+                 plugins: tuple[Plugin, ...] = ()) -> None:
+        self.idle_timeout_ms = round(idle_timeout_s * 1000)
+        self.active_timeout_ms = round(active_timeout_s * 1000)
+        self.close_linger_ms = round(close_linger_s * 1000)
+        self.max_flows = max_flows
+        self.plugins = tuple(plugins)
+        self.now_ms = 0
+        self.expired: list[Flow] = []
+        self.flows_created = 0
+        self._flows: OrderedDict[tuple, Flow] = OrderedDict()
+        self._closing: deque[Flow] = deque()  # in end_by_ms order: the linger is constant
+        self._next_scan_ms = 0
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def add(self, packet: Packet) -> None:
+        """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
+        (time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos, flags,
+         icmp_type_code, _, _, _) = packet
+        if time_ms > self.now_ms:
+            self.now_ms = time_ms
+            if time_ms >= self._next_scan_ms:
+                self.expire(time_ms)
+        else:
+            time_ms = self.now_ms
+        if src < dst or (src == dst and src_port <= dst_port):
+            key = (src, dst, src_port, dst_port, protocol, vlan_id)
+            src_is_first = True
+        else:
+            key = (dst, src, dst_port, src_port, protocol, vlan_id)
+            src_is_first = False
+        flows = self._flows
+        flow = flows.get(key)
+        if flow is not None:
+            if time_ms - flow.last_seen_ms >= self.idle_timeout_ms:
+                self._end(flow, IDLE_TIMEOUT)
+            elif time_ms >= flow.end_by_ms:
+                self._end(flow, END_OF_FLOW if flow.closing else ACTIVE_TIMEOUT)
+            else:
+                piat = time_ms - flow.last_seen_ms
+                flow.last_seen_ms = time_ms
+                flow.sum_sq_piat_ms += piat * piat
+                if piat < flow.low_piat_ms:
+                    flow.low_piat_ms = piat
+                if piat > flow.max_piat_ms:
+                    flow.max_piat_ms = piat
+                direction = flow.src2dst if src_is_first == flow.src_is_first else flow.dst2src
+                if direction is None:  # the first reply
+                    flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code)
+                else:
+                    direction.packets += 1
+                    direction.bytes += size
+                    direction.sum_sq_ps += size * size
+                    if size < direction.min_ps:
+                        direction.min_ps = size
+                    elif size > direction.max_ps:
+                        direction.max_ps = size
+                    piat = time_ms - direction.last_seen_ms
+                    direction.last_seen_ms = time_ms
+                    direction.sum_sq_piat_ms += piat * piat
+                    if piat < direction.low_piat_ms:
+                        direction.low_piat_ms = piat
+                    if piat > direction.max_piat_ms:
+                        direction.max_piat_ms = piat
+                    if ttl < direction.min_ttl:
+                        direction.min_ttl = ttl
+                    elif ttl > direction.max_ttl:
+                        direction.max_ttl = ttl
+                    if flags:
+                        direction.tcp_flags |= flags
+                        direction.flag_counts += FLAG_INCREMENT[flags]
+                if flags & (TH_FIN | TH_RST) and not flow.closing:
+                    self._check_close(flow, flags, time_ms)
+                flows.move_to_end(key)
+                if self.plugins:
+                    for plugin in self.plugins:
+                        plugin.on_update(packet, flow)
+                    if flow.end_reason:
+                        self._end(flow, EndReason(flow.end_reason))
+                return
+        if len(flows) >= self.max_flows:
+            lru = next(iter(flows.values()))
+            self._end(lru, IDLE_TIMEOUT if time_ms - lru.last_seen_ms >= self.idle_timeout_ms
+                      else LACK_OF_RESOURCES)
+        self.flows_created += 1
+        flow = Flow(self.flows_created, key, src_is_first, packet, time_ms,
+                    time_ms + self.active_timeout_ms)
+        flows[key] = flow
+        if flags & (TH_FIN | TH_RST):
+            self._check_close(flow, flags, time_ms)
+        if self.plugins:
+            for plugin in self.plugins:
+                plugin.on_init(packet, flow)
+            if flow.end_reason:
+                self._end(flow, EndReason(flow.end_reason))
+
+    def _check_close(self, flow: Flow, flags: int, time_ms: int) -> None:
+        """Starts the close linger on RST, or once FIN has been seen in both directions."""
+        reverse = flow.dst2src
+        if flags & TH_RST or (reverse is not None and flow.src2dst.tcp_flags & reverse.tcp_flags & TH_FIN):
+            flow.closing = True
+            flow.end_by_ms = time_ms + self.close_linger_ms
+            self._closing.append(flow)
+
+    def _end(self, flow: Flow, reason: EndReason) -> None:
+        flow.end_reason = reason
+        del self._flows[flow.key]
+        for plugin in self.plugins:
+            plugin.on_expire(flow)
+        self.expired.append(flow)
+
+    def expire(self, now_ms: int) -> None:
+        """Advances the clock to `now_ms` and ends idle flows and closed flows whose linger is over."""
+        if now_ms > self.now_ms:
+            self.now_ms = now_ms
+        now_ms = self.now_ms
+        self._next_scan_ms = now_ms + SCAN_INTERVAL_MS
+        flows = self._flows
+        while flows:
+            lru = next(iter(flows.values()))
+            if now_ms - lru.last_seen_ms < self.idle_timeout_ms:
+                break
+            self._end(lru, IDLE_TIMEOUT)
+        closing = self._closing
+        while closing and closing[0].end_by_ms <= now_ms:
+            flow = closing.popleft()
+            if not flow.end_reason:
+                self._end(flow, END_OF_FLOW)
+
+    def drain(self) -> None:
+        """Ends every live flow: forced end (4), or end of flow (3) for flows already closing."""
+        for flow in list(self._flows.values()):
+            self._end(flow, END_OF_FLOW if flow.closing else FORCED_END)
+        self._closing.clear()

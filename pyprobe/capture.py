@@ -1,0 +1,60 @@
+"""Packet capture through libpcap (pypcap): a capture file or a live interface, as one iterator.
+
+The only module that touches libpcap. Frames come out as (timestamp in ns, frame bytes).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pcap
+
+from .decode import LINKTYPE_NAMES
+from .errors import CaptureError
+
+
+def is_capture_file(source: str) -> bool:
+    """True when `source` names a file (existing, or a path) rather than an interface."""
+    return os.path.exists(source) or os.sep in source or source.endswith((".pcap", ".pcapng", ".cap"))
+
+
+class PcapSource:
+    """Frames of a pcap/pcapng file or a live interface, with an optional BPF filter."""
+
+    __slots__ = ("source", "is_file", "linktype", "_handle")
+
+    def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = 65535,
+                 promiscuous: bool = True, buffer_size: int = 0,
+                 timeout_ms: int | None = None) -> None:
+        self.source = source
+        self.is_file = is_capture_file(source)
+        if self.is_file and not os.path.isfile(source):
+            raise CaptureError(f"{source}: no such capture file")
+        try:
+            if self.is_file:
+                self._handle = pcap.pcap(source, timestamp_in_ns=True)
+            else:
+                self._handle = pcap.pcap(source, snaplen=snaplen, promisc=promiscuous,
+                                         timeout_ms=timeout_ms, immediate=True,
+                                         timestamp_in_ns=True, buffer_size=buffer_size)
+        except OSError as error:
+            raise CaptureError(f"{source}: cannot open: {error}") from None
+        if bpf_filter:
+            try:
+                self._handle.setfilter(bpf_filter)
+            except OSError as error:
+                raise CaptureError(f"{source}: bad BPF filter {bpf_filter!r}: {error}") from None
+        self.linktype = self._handle.datalink()
+        if self.linktype not in LINKTYPE_NAMES:
+            raise CaptureError(f"{source}: unsupported link type {self.linktype} (supported: "
+                               + ", ".join(f"{name} ({t})" for t, name in LINKTYPE_NAMES.items()) + ")")
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        return iter(self._handle)
+
+    def stats(self) -> tuple[int, int, int]:
+        """(received, dropped by the kernel, dropped by the interface) of a live capture."""
+        return (0, 0, 0) if self.is_file else tuple(self._handle.stats())
+
+    def close(self) -> None:
+        self._handle.close()

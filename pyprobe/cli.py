@@ -1,0 +1,113 @@
+"""The `pyprobe` command line: `replay` a capture (and, as the stages land, export it)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TextIO
+
+from . import __version__
+from .errors import PyprobeError
+from .flow import Flow
+from .stream import FlowStream, MeterStats
+
+log = logging.getLogger("pyprobe")
+
+TABLE_COLUMNS = ("{:<5} {:>39} {:>39} {:>5} {:>9} {:>11} {:>23} {:>9} {:<18} {}")
+TABLE_HEADER = TABLE_COLUMNS.format("proto", "source", "destination", "vlan", "packets",
+                                    "bytes", "first seen (UTC)", "duration", "end", "application")
+
+
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def format_flow(flow: Flow) -> str:
+    """One table row: both directions' packets and bytes as `src->dst+dst->src`."""
+    first = datetime.fromtimestamp(flow.first_seen_ms / 1000, timezone.utc)
+    return TABLE_COLUMNS.format(
+        flow.protocol, _endpoint(flow.src_ip, flow.src_port), _endpoint(flow.dst_ip, flow.dst_port),
+        flow.vlan_id, f"{flow.src2dst_packets}+{flow.dst2src_packets}",
+        f"{flow.src2dst_bytes}+{flow.dst2src_bytes}", first.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+        f"{flow.bidirectional_duration_ms / 1000:.3f}", flow.end_reason.name.lower(),
+        flow.application_name)
+
+
+def format_summary(stats: MeterStats) -> str:
+    """The run's counters, one line each."""
+    summary = stats.to_dict()
+    lines = [f"packets read {summary['packets_read']}, decoded {summary['packets_decoded']}, "
+             f"skipped {summary['packets_skipped']} ({summary['skipped_octets']} octets)"]
+    lines += [f"  skipped: {reason}: {count}" for reason, count in sorted(stats.skipped.items())]
+    lines.append(f"flows {summary['flows']}: " + ", ".join(
+        f"{reason} {count}" for reason, count in summary["flows_by_end_reason"].items()))
+    lines.append(f"{summary['elapsed_s']:.3f} s, {summary['packets_per_s']} packets/s")
+    return "\n".join(lines)
+
+
+class _ProgressLine:
+    """A one-line progress report on a terminal's stderr for long replays."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, stats: MeterStats) -> None:
+        self.stream.write(f"\r{stats.packets_read:,} packets, {sum(stats.flows.values()):,} flows, "
+                          f"{stats.packets_per_s:,.0f} packets/s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\r\033[K")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyprobe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pyprobe {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    replay = commands.add_parser("replay", help="meter a capture file and print or export its flows")
+    replay.add_argument("file", help="pcap or pcapng capture")
+    replay.add_argument("--json", action="store_true",
+                        help="one JSON object per flow on stdout (the summary goes to stderr)")
+    replay.add_argument("--idle-timeout", type=float, default=30, metavar="S",
+                        help="expire a flow after S seconds without packets (default 30)")
+    replay.add_argument("--active-timeout", type=float, default=120, metavar="S",
+                        help="expire a flow S seconds after it started (default 120)")
+    replay.add_argument("--max-flows", type=int, default=524_288, metavar="N",
+                        help="flows kept at once; beyond, the least recent is expired (default 524288)")
+    replay.add_argument("--bpf", metavar="EXPR", help="BPF filter applied before metering")
+    return parser
+
+
+def replay(args: argparse.Namespace) -> int:
+    # Progress only where it cannot interleave with the flows: stderr a terminal, stdout not.
+    progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() and not sys.stdout.isatty() else None
+    stream = FlowStream(args.file, idle_timeout=args.idle_timeout,
+                        active_timeout=args.active_timeout, max_flows=args.max_flows,
+                        bpf_filter=args.bpf, progress=progress)
+    out = sys.stdout
+    for count, flow in enumerate(stream):
+        if args.json:
+            out.write(json.dumps(flow.to_dict()) + "\n")
+            continue
+        if not count:
+            out.write(TABLE_HEADER + "\n")
+        out.write(format_flow(flow) + "\n")
+    if progress is not None:
+        progress.close()
+    print(format_summary(stream.stats), file=sys.stderr if args.json else out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return {"replay": replay}[args.command](args)
+    except PyprobeError as error:
+        print(f"pyprobe: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0

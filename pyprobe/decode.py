@@ -1,0 +1,302 @@
+"""Frame decoding: link layer, VLAN/MPLS/PPPoE, IPv4/IPv6 and the transport ports, into a `Packet`.
+
+Headers are precompiled `struct` formats read in place with `unpack_from`; no per-layer objects.
+A frame that cannot be decoded is counted under a reason (`Decoder.skipped`) and yields None.
+
+IP fragments are metered without reassembly. The first fragment of a datagram carries the ports;
+they are remembered by (src, dst, protocol, IP id) so the later fragments join the same flow.
+A non-first fragment whose first fragment was not seen (lost, reordered, or forgotten) is a
+portless packet of its own flow (ports 0). A remembered datagram is forgotten after
+`FRAGMENT_TIMEOUT_MS` of packet time (Linux's default reassembly timeout) or, beyond
+`FRAGMENT_TABLE_SIZE` datagrams in flight, oldest first.
+
+>>> import dpkt
+>>> frame = bytes(dpkt.ethernet.Ethernet(type=0x0800, data=dpkt.ip.IP(src=bytes([10, 0, 0, 1]),
+...     dst=bytes([10, 0, 0, 2]), p=17, data=dpkt.udp.UDP(sport=5353, dport=53, data=b"x"))))
+>>> packet = Decoder(1).decode(1000, frame)
+>>> packet.src_port, packet.dst_port, packet.protocol, packet.ip_size
+(5353, 53, 17, 29)
+"""
+from __future__ import annotations
+
+import struct
+from collections import Counter, OrderedDict
+
+from .errors import CaptureError
+from .flow import Packet
+
+# Link-layer types (LINKTYPE_* / DLT_* numbers) this decoder reads.
+LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family, host byte order
+LINKTYPE_ETHERNET = 1
+LINKTYPE_PPP = 9
+LINKTYPE_RAW = 101  # bare IPv4 or IPv6
+LINKTYPE_C_HDLC = 104  # Cisco HDLC
+LINKTYPE_LOOP = 108  # OpenBSD loopback: 4-byte address family, network byte order
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+LINKTYPE_NAMES = {
+    LINKTYPE_NULL: "NULL", LINKTYPE_ETHERNET: "EN10MB", LINKTYPE_PPP: "PPP", LINKTYPE_RAW: "RAW",
+    LINKTYPE_C_HDLC: "C_HDLC", LINKTYPE_LOOP: "LOOP", LINKTYPE_LINUX_SLL: "LINUX_SLL",
+    LINKTYPE_IPV4: "IPV4", LINKTYPE_IPV6: "IPV6", LINKTYPE_LINUX_SLL2: "LINUX_SLL2",
+}
+
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100  # customer VLAN tag
+ETH_P_8021AD = 0x88A8  # service VLAN tag (QinQ outer)
+ETH_P_QINQ_OLD = 0x9100  # pre-802.1ad QinQ outer tag
+ETH_P_MPLS_UC = 0x8847
+ETH_P_MPLS_MC = 0x8848
+ETH_P_PPP_SES = 0x8864  # PPPoE session stage
+PPP_IP = 0x0021
+PPP_IPV6 = 0x0057
+VLAN_TPIDS = frozenset((ETH_P_8021Q, ETH_P_8021AD, ETH_P_QINQ_OLD))
+PPP_TO_ETHERTYPE = {PPP_IP: ETH_P_IP, PPP_IPV6: ETH_P_IPV6}
+
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_FRAGMENT = 44  # IPv6 fragment header
+IPPROTO_AH = 51
+IPPROTO_ICMPV6 = 58
+IPPROTO_SCTP = 132
+IPPROTO_UDPLITE = 136
+PORT_PROTOCOLS = frozenset((IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_UDPLITE, 33))  # 33: DCCP
+ICMP_PROTOCOLS = frozenset((IPPROTO_ICMP, IPPROTO_ICMPV6))
+# IPv6 extension headers sized in 8-octet units after the first 8 (RFC 8200 §4), AH in 4-octet
+# units after the first 8 (RFC 4302 §2.2).
+IPV6_EXTENSIONS = frozenset((0, 43, 60, 135, 139, 140, IPPROTO_AH))
+
+U16 = struct.Struct("!H").unpack_from
+ETHERNET_TYPE = struct.Struct("!12xH").unpack_from  # (dst, src), ethertype
+VLAN_TAG = struct.Struct("!HH").unpack_from  # tci, inner ethertype
+MPLS_LABEL = struct.Struct("!I").unpack_from  # label(20) tc(3) bottom-of-stack(1) ttl(8)
+IPV4_HEADER = struct.Struct("!BBHHHBB2x4s4s").unpack_from  # ver/ihl, tos, total len, id, flags/frag, ttl, proto, (checksum), src, dst
+IPV6_HEADER = struct.Struct("!IHBB16s16s").unpack_from  # ver/class/label, payload len, next header, hop limit, src, dst
+IPV6_EXTENSION = struct.Struct("!BB").unpack_from  # next header, length
+IPV6_FRAGMENT = struct.Struct("!B1xHI").unpack_from  # next header, offset/flags, identification
+PORTS = struct.Struct("!HH").unpack_from  # source port, destination port
+TCP_PORTS_FLAGS = struct.Struct("!HH9xB").unpack_from  # ports, (seq, ack, offset), flags
+ICMP_TYPE_CODE = struct.Struct("!H").unpack_from  # type, code
+
+FRAGMENT_TIMEOUT_MS = 30_000
+FRAGMENT_TABLE_SIZE = 65_536
+
+# Why a frame was skipped: the keys of Decoder.skipped.
+TRUNCATED_LINK = "truncated link header"
+NOT_IP = "not IP"
+TRUNCATED_IP = "truncated IP header"
+BAD_IP_VERSION = "bad IP version"
+BAD_IP_HEADER = "bad IP header length"
+BAD_IP_LENGTH = "bad IP total length"
+TRUNCATED_TRANSPORT = "truncated transport header"
+
+
+class Decoder:
+    """Turns captured frames of one link type into `Packet`s, counting what it skips."""
+
+    __slots__ = ("linktype", "decode", "skipped", "skipped_octets", "_fragments")
+
+    def __init__(self, linktype: int) -> None:
+        link = {
+            LINKTYPE_ETHERNET: self._ethernet, LINKTYPE_LINUX_SLL: self._linux_sll,
+            LINKTYPE_LINUX_SLL2: self._linux_sll2, LINKTYPE_RAW: self._raw_ip,
+            LINKTYPE_IPV4: self._raw_ip, LINKTYPE_IPV6: self._raw_ip, LINKTYPE_NULL: self._loopback,
+            LINKTYPE_LOOP: self._loopback, LINKTYPE_PPP: self._ppp, LINKTYPE_C_HDLC: self._c_hdlc,
+        }.get(linktype)
+        if link is None:
+            raise CaptureError(f"unsupported link type {linktype}")
+        self.linktype = linktype
+        self.decode = link
+        """decode(time_ms, frame) -> Packet | None"""
+        self.skipped: Counter[str] = Counter()
+        self.skipped_octets = 0
+        self._fragments: OrderedDict[tuple, tuple[int, int, int, int]] = OrderedDict()
+
+    def _skip(self, reason: str, frame: bytes) -> None:
+        self.skipped[reason] += 1
+        self.skipped_octets += len(frame)
+
+    # Link layers: each finds the network header and hands it to _ethertype or _ip.
+
+    def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
+        if len(frame) < 14:
+            return self._skip(TRUNCATED_LINK, frame)
+        ethertype = ETHERNET_TYPE(frame)[0]
+        if ethertype == ETH_P_IP:
+            return self._ipv4(time_ms, frame, 14, 0)
+        return self._ethertype(time_ms, frame, 14, ethertype)
+
+    def _linux_sll(self, time_ms: int, frame: bytes) -> Packet | None:
+        if len(frame) < 16:
+            return self._skip(TRUNCATED_LINK, frame)
+        return self._ethertype(time_ms, frame, 16, U16(frame, 14)[0])
+
+    def _linux_sll2(self, time_ms: int, frame: bytes) -> Packet | None:
+        if len(frame) < 20:
+            return self._skip(TRUNCATED_LINK, frame)
+        return self._ethertype(time_ms, frame, 20, U16(frame, 0)[0])
+
+    def _raw_ip(self, time_ms: int, frame: bytes) -> Packet | None:
+        return self._ip(time_ms, frame, 0, 0)
+
+    def _loopback(self, time_ms: int, frame: bytes) -> Packet | None:
+        # The address family's value differs by OS and byte order; the IP version nibble does not.
+        if len(frame) < 5:
+            return self._skip(TRUNCATED_LINK, frame)
+        return self._ip(time_ms, frame, 4, 0)
+
+    def _ppp(self, time_ms: int, frame: bytes) -> Packet | None:
+        offset = 2 if frame[:2] == b"\xff\x03" else 0  # address and control, when not compressed
+        if len(frame) < offset + 2:
+            return self._skip(TRUNCATED_LINK, frame)
+        ethertype = PPP_TO_ETHERTYPE.get(U16(frame, offset)[0])
+        if ethertype is None:
+            return self._skip(NOT_IP, frame)
+        return self._ethertype(time_ms, frame, offset + 2, ethertype)
+
+    def _c_hdlc(self, time_ms: int, frame: bytes) -> Packet | None:
+        if len(frame) < 4:
+            return self._skip(TRUNCATED_LINK, frame)
+        return self._ethertype(time_ms, frame, 4, U16(frame, 2)[0])
+
+    def _ethertype(self, time_ms: int, frame: bytes, offset: int, ethertype: int,
+                   vlan_id: int = 0) -> Packet | None:
+        """Walks VLAN tags, MPLS labels and PPPoE to the IP header; the outer VLAN id is kept."""
+        while True:
+            if ethertype == ETH_P_IP or ethertype == ETH_P_IPV6:
+                return self._ip(time_ms, frame, offset, vlan_id)
+            if ethertype in VLAN_TPIDS:
+                if len(frame) < offset + 4:
+                    return self._skip(TRUNCATED_LINK, frame)
+                tci, ethertype = VLAN_TAG(frame, offset)
+                vlan_id = vlan_id or tci & 0x0FFF
+                offset += 4
+            elif ethertype == ETH_P_MPLS_UC or ethertype == ETH_P_MPLS_MC:
+                while True:
+                    if len(frame) < offset + 4:
+                        return self._skip(TRUNCATED_LINK, frame)
+                    label = MPLS_LABEL(frame, offset)[0]
+                    offset += 4
+                    if label & 0x100:  # bottom of stack
+                        break
+                return self._ip(time_ms, frame, offset, vlan_id)
+            elif ethertype == ETH_P_PPP_SES:
+                if len(frame) < offset + 8:
+                    return self._skip(TRUNCATED_LINK, frame)
+                ethertype = PPP_TO_ETHERTYPE.get(U16(frame, offset + 6)[0], 0)
+                offset += 8
+            else:
+                return self._skip(NOT_IP, frame)
+
+    # Network layer.
+
+    def _ip(self, time_ms: int, frame: bytes, offset: int, vlan_id: int) -> Packet | None:
+        """An IP header of either version, told by its first nibble."""
+        if len(frame) <= offset:
+            return self._skip(TRUNCATED_IP, frame)
+        version = frame[offset] >> 4
+        if version == 4:
+            return self._ipv4(time_ms, frame, offset, vlan_id)
+        if version == 6:
+            return self._ipv6(time_ms, frame, offset, vlan_id)
+        return self._skip(BAD_IP_VERSION, frame)
+
+    def _ipv4(self, time_ms: int, frame: bytes, offset: int, vlan_id: int) -> Packet | None:
+        if len(frame) < offset + 20:
+            return self._skip(TRUNCATED_IP, frame)
+        ver_ihl, tos, size, ip_id, fragment, ttl, protocol, src, dst = IPV4_HEADER(frame, offset)
+        header = (ver_ihl & 0x0F) << 2
+        if ver_ihl >> 4 != 4:
+            return self._skip(BAD_IP_VERSION, frame)
+        if header < 20 or len(frame) < offset + header:
+            return self._skip(BAD_IP_HEADER, frame)
+        if size < header:
+            if size:
+                return self._skip(BAD_IP_LENGTH, frame)
+            size = len(frame) - offset  # 0: segmentation offload; the frame is the datagram
+        if fragment & 0x3FFF:  # more fragments, or an offset
+            return self._fragment(time_ms, frame, offset, offset + header, vlan_id, src, dst,
+                                  protocol, size, ttl, tos, ip_id, fragment & 0x1FFF, fragment & 0x2000)
+        return self._transport(time_ms, frame, offset, offset + header, vlan_id, src, dst,
+                               protocol, size, ttl, tos)
+
+    def _ipv6(self, time_ms: int, frame: bytes, offset: int, vlan_id: int) -> Packet | None:
+        if len(frame) < offset + 40:
+            return self._skip(TRUNCATED_IP, frame)
+        ver_class_label, payload, protocol, hop_limit, src, dst = IPV6_HEADER(frame, offset)
+        size = payload + 40 if payload else len(frame) - offset  # 0: jumbogram or offload
+        tos = ver_class_label >> 20 & 0xFF
+        l4 = offset + 40
+        while protocol in IPV6_EXTENSIONS:
+            if len(frame) < l4 + 2:
+                return self._skip(TRUNCATED_IP, frame)
+            protocol, length = IPV6_EXTENSION(frame, l4)
+            l4 += (length + 2) * 4 if protocol == IPPROTO_AH else (length + 1) * 8
+        if protocol == IPPROTO_FRAGMENT:
+            if len(frame) < l4 + 8:
+                return self._skip(TRUNCATED_IP, frame)
+            protocol, fragment, ip_id = IPV6_FRAGMENT(frame, l4)
+            return self._fragment(time_ms, frame, offset, l4 + 8, vlan_id, src, dst, protocol,
+                                  size, hop_limit, tos, ip_id, fragment >> 3, fragment & 1)
+        return self._transport(time_ms, frame, offset, l4, vlan_id, src, dst, protocol, size,
+                               hop_limit, tos)
+
+    def _fragment(self, time_ms: int, frame: bytes, offset: int, l4: int, vlan_id: int,
+                  src: bytes, dst: bytes, protocol: int, size: int, ttl: int, tos: int,
+                  ip_id: int, fragment_offset: int, more_fragments: int) -> Packet | None:
+        """A fragment: the first one is decoded and remembered, the others take its ports."""
+        fragments = self._fragments
+        datagram = (src, dst, protocol, ip_id)
+        if fragment_offset == 0:
+            packet = self._transport(time_ms, frame, offset, l4, vlan_id, src, dst, protocol,
+                                     size, ttl, tos)
+            if packet is not None and more_fragments:
+                fragments[datagram] = (time_ms, packet.src_port, packet.dst_port,
+                                       packet.icmp_type_code)
+                fragments.move_to_end(datagram)
+                self._forget_fragments(time_ms)
+            return packet
+        first = fragments.get(datagram)
+        if first is None or time_ms - first[0] > FRAGMENT_TIMEOUT_MS:
+            first = (0, 0, 0, 0)
+        elif not more_fragments:
+            del fragments[datagram]  # the last fragment: nothing more will ask
+        return _new_packet(Packet, (time_ms, src, dst, first[1], first[2], protocol, vlan_id, size,
+                                    ttl, tos, 0, first[3], 0, frame, offset))
+
+    def _forget_fragments(self, time_ms: int) -> None:
+        fragments = self._fragments
+        while fragments and (len(fragments) > FRAGMENT_TABLE_SIZE
+                             or time_ms - next(iter(fragments.values()))[0] > FRAGMENT_TIMEOUT_MS):
+            fragments.popitem(last=False)
+
+    # Transport layer.
+
+    def _transport(self, time_ms: int, frame: bytes, offset: int, l4: int, vlan_id: int,
+                   src: bytes, dst: bytes, protocol: int, size: int, ttl: int,
+                   tos: int) -> Packet | None:
+        if protocol == IPPROTO_TCP:
+            if len(frame) < l4 + 14:
+                return self._skip(TRUNCATED_TRANSPORT, frame)
+            src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, l4)
+            return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol, vlan_id,
+                                        size, ttl, tos, flags, 0, 0, frame, offset))
+        if protocol in PORT_PROTOCOLS:
+            if len(frame) < l4 + 4:
+                return self._skip(TRUNCATED_TRANSPORT, frame)
+            src_port, dst_port = PORTS(frame, l4)
+            return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol, vlan_id,
+                                        size, ttl, tos, 0, 0, 0, frame, offset))
+        if protocol in ICMP_PROTOCOLS:
+            if len(frame) < l4 + 2:
+                return self._skip(TRUNCATED_TRANSPORT, frame)
+            return _new_packet(Packet, (time_ms, src, dst, 0, 0, protocol, vlan_id, size, ttl, tos,
+                                        0, ICMP_TYPE_CODE(frame, l4)[0], 0, frame, offset))
+        return _new_packet(Packet, (time_ms, src, dst, 0, 0, protocol, vlan_id, size, ttl, tos, 0,
+                                    0, 0, frame, offset))
+
+
+_new_packet = tuple.__new__  # builds a Packet from a ready tuple, skipping NamedTuple's __new__

@@ -1,0 +1,340 @@
+"""The flow data model: a decoded packet, a flow with its per-direction counters, and end reasons.
+
+A `Flow` keeps, per direction, the counters a collector needs (packets, IP bytes, first/last
+time, TCP flags) and the running sums that give nfstream's statistics exactly: packet sizes and
+inter-arrival times are integers (bytes, milliseconds), so their count, sum and sum of squares are
+kept as exact Python ints and the mean and sample standard deviation are computed once, when read.
+That is the numerical safety Welford's update buys floats, at a third of its per-packet cost.
+The sums of inter-arrival times need no counter at all: they telescope to last - first.
+"""
+from __future__ import annotations
+
+import math
+import socket
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+
+class EndReason(IntEnum):
+    """Why a flow was expired: the IANA flowEndReason values (IE 136), exported as they are."""
+
+    IDLE_TIMEOUT = 1
+    ACTIVE_TIMEOUT = 2
+    END_OF_FLOW = 3  # TCP FIN seen both ways, or RST, then the close linger
+    FORCED_END = 4  # end of capture, shutdown
+    LACK_OF_RESOURCES = 5  # cache full: the least recently used flow is expired
+
+
+# TCP flag bits, as in RFC 9293 §3.1 (the low byte of tcpControlBits).
+TH_FIN = 0x01  # no more data from sender
+TH_SYN = 0x02  # synchronize sequence numbers
+TH_RST = 0x04  # reset the connection
+TH_PSH = 0x08  # push function
+TH_ACK = 0x10  # acknowledgment field is significant
+TH_URG = 0x20  # urgent pointer field is significant
+TH_ECE = 0x40  # ECN-echo
+TH_CWR = 0x80  # congestion window reduced
+
+FLAG_NAMES = ("fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr")  # bit 0 .. bit 7
+_FLAG_FIELD_BITS = 48  # per-flag counter width inside Direction.flag_counts
+_FLAG_FIELD_MASK = (1 << _FLAG_FIELD_BITS) - 1
+# FLAG_INCREMENT[flags] adds one to the counter of every flag set in `flags`: eight counters
+# packed in one int, so counting flags costs one addition per packet.
+FLAG_INCREMENT = tuple(
+    sum(1 << (_FLAG_FIELD_BITS * bit) for bit in range(8) if flags >> bit & 1) for flags in range(256)
+)
+_NO_MINIMUM = 1 << 62  # larger than any size or interval; read back as 0
+
+
+class Packet(NamedTuple):
+    """One decoded IP packet, as the flow cache and the plugins see it."""
+
+    time_ms: int
+    src_addr: bytes  # 4 or 16 bytes, network order
+    dst_addr: bytes
+    src_port: int  # 0 for protocols without ports
+    dst_port: int
+    protocol: int
+    vlan_id: int  # outer 802.1Q id, 0 when untagged
+    ip_size: int  # IP total length: what flows count as bytes
+    ttl: int  # hop limit in IPv6
+    tos: int  # traffic class in IPv6
+    tcp_flags: int
+    icmp_type_code: int  # type * 256 + code for ICMP and ICMPv6, else 0
+    tunnel_id: int  # GTP TEID or VXLAN VNI of the outer tunnel, else 0
+    frame: bytes  # the frame as captured
+    ip_offset: int  # where the (innermost decoded) IP header starts in `frame`
+
+    @property
+    def ip_version(self) -> int:
+        return 4 if len(self.src_addr) == 4 else 6
+
+    @property
+    def ip_packet(self) -> bytes:
+        """The IP header onwards, as far as it was captured."""
+        return self.frame[self.ip_offset:]
+
+
+def format_addr(addr: bytes) -> str:
+    """Text form of a packed IPv4 or IPv6 address."""
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+
+
+class Direction:
+    """Counters and running sums of one direction of a flow."""
+
+    __slots__ = ("packets", "bytes", "first_seen_ms", "last_seen_ms", "min_ps", "max_ps",
+                 "sum_sq_ps", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "tcp_flags",
+                 "flag_counts", "min_ttl", "max_ttl", "tos", "icmp_type_code")
+
+    def __init__(self, time_ms: int, size: int, ttl: int, tos: int, tcp_flags: int,
+                 icmp_type_code: int) -> None:
+        self.packets = 1
+        self.bytes = self.min_ps = self.max_ps = size
+        self.sum_sq_ps = size * size
+        self.first_seen_ms = self.last_seen_ms = time_ms
+        self.low_piat_ms = _NO_MINIMUM  # the minimum interval, once there is one
+        self.max_piat_ms = self.sum_sq_piat_ms = 0
+        self.tcp_flags = tcp_flags
+        self.flag_counts = FLAG_INCREMENT[tcp_flags]
+        self.min_ttl = self.max_ttl = ttl
+        self.tos = tos  # of the first packet
+        self.icmp_type_code = icmp_type_code  # of the first packet
+
+    @property
+    def duration_ms(self) -> int:
+        return self.last_seen_ms - self.first_seen_ms
+
+    @property
+    def mean_ps(self) -> float:
+        return self.bytes / self.packets
+
+    @property
+    def stddev_ps(self) -> float:
+        return _sample_stddev(self.packets, self.bytes, self.sum_sq_ps)
+
+    @property
+    def min_piat_ms(self) -> int:
+        return 0 if self.low_piat_ms == _NO_MINIMUM else self.low_piat_ms
+
+    @property
+    def mean_piat_ms(self) -> float:
+        return self.duration_ms / (self.packets - 1) if self.packets > 1 else 0.0
+
+    @property
+    def stddev_piat_ms(self) -> float:
+        return _sample_stddev(self.packets - 1, self.duration_ms, self.sum_sq_piat_ms)
+
+    def flag_count(self, bit: int) -> int:
+        """Packets of this direction with TCP flag `bit` (0 = FIN .. 7 = CWR) set."""
+        return self.flag_counts >> (_FLAG_FIELD_BITS * bit) & _FLAG_FIELD_MASK
+
+    def __repr__(self) -> str:
+        return f"<Direction {self.packets} pkts {self.bytes} bytes {self.first_seen_ms}-{self.last_seen_ms}>"
+
+
+def _sample_stddev(count: int, total: int, sum_sq: int) -> float:
+    """Sample standard deviation (n - 1) from exact integer moments, as nfstream reports it."""
+    if count < 2:
+        return 0.0
+    return math.sqrt((count * sum_sq - total * total) / (count * (count - 1)))
+
+
+class _Empty:
+    """Stands in for a direction that has seen no packet: every counter reads 0."""
+
+    packets = bytes = first_seen_ms = last_seen_ms = min_ps = max_ps = sum_sq_ps = 0
+    min_piat_ms = low_piat_ms = max_piat_ms = sum_sq_piat_ms = tcp_flags = flag_counts = 0
+    min_ttl = max_ttl = tos = icmp_type_code = duration_ms = 0
+    mean_ps = stddev_ps = mean_piat_ms = stddev_piat_ms = 0.0
+
+    def flag_count(self, bit: int) -> int:
+        return 0
+
+
+EMPTY_DIRECTION: Any = _Empty()
+
+
+class Flow:
+    """A bidirectional flow: its key, both directions' counters, its labels and why it ended.
+
+    The source is the sender of the first packet. `src2dst` always exists; `dst2src` is None
+    until the first reply (read it through the `dst2src_*` properties, which give 0 then).
+    """
+
+    __slots__ = ("id", "key", "src_addr", "dst_addr", "src_port", "dst_port", "protocol",
+                 "vlan_id", "tunnel_id", "src2dst", "dst2src", "src_is_first", "first_seen_ms",
+                 "last_seen_ms", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "end_by_ms",
+                 "closing", "end_reason", "application_name", "application_category_name",
+                 "application_confidence", "requested_server_name", "client_fingerprint",
+                 "user_agent", "classifier_state", "udps", "__weakref__")
+
+    def __init__(self, flow_id: int, key: tuple, src_is_first: bool, packet: Packet,
+                 time_ms: int, end_by_ms: int) -> None:
+        self.id = flow_id
+        self.key = key
+        self.src_is_first = src_is_first  # the source is key[0]
+        self.src_addr = packet.src_addr
+        self.dst_addr = packet.dst_addr
+        self.src_port = packet.src_port
+        self.dst_port = packet.dst_port
+        self.protocol = packet.protocol
+        self.vlan_id = packet.vlan_id
+        self.tunnel_id = packet.tunnel_id
+        self.src2dst = Direction(time_ms, packet.ip_size, packet.ttl, packet.tos, packet.tcp_flags,
+                                 packet.icmp_type_code)
+        self.dst2src: Direction | None = None
+        self.first_seen_ms = self.last_seen_ms = time_ms
+        self.low_piat_ms = _NO_MINIMUM
+        self.max_piat_ms = self.sum_sq_piat_ms = 0
+        self.end_by_ms = end_by_ms  # active timeout, or the end of the close linger
+        self.closing = False  # RST, or FIN both ways, was seen
+        self.end_reason = 0  # an EndReason once expired; a plugin may set it to end the flow now
+        self.application_name = "Unknown"
+        self.application_category_name = ""
+        self.application_confidence = 0
+        self.requested_server_name = ""
+        self.client_fingerprint = ""
+        self.user_agent = ""
+        self.classifier_state: Any = None
+        self.udps = Udps()
+
+    # Identity, in nfstream's vocabulary.
+    src_ip = property(lambda self: format_addr(self.src_addr))
+    dst_ip = property(lambda self: format_addr(self.dst_addr))
+    ip_version = property(lambda self: 4 if len(self.src_addr) == 4 else 6)
+    icmp_type_code = property(lambda self: self.src2dst.icmp_type_code)
+    expiration_id = property(lambda self: int(self.end_reason))
+
+    @property
+    def reverse(self) -> Direction:
+        """The dst2src direction, or an all-zero stand-in before the first reply."""
+        return self.dst2src or EMPTY_DIRECTION
+
+    @property
+    def bidirectional_first_seen_ms(self) -> int:
+        return self.first_seen_ms
+
+    @property
+    def bidirectional_last_seen_ms(self) -> int:
+        return self.last_seen_ms
+
+    @property
+    def bidirectional_duration_ms(self) -> int:
+        return self.last_seen_ms - self.first_seen_ms
+
+    @property
+    def bidirectional_packets(self) -> int:
+        return self.src2dst.packets + self.reverse.packets
+
+    @property
+    def bidirectional_bytes(self) -> int:
+        return self.src2dst.bytes + self.reverse.bytes
+
+    @property
+    def bidirectional_min_ps(self) -> int:
+        reverse = self.dst2src
+        return self.src2dst.min_ps if reverse is None else min(self.src2dst.min_ps, reverse.min_ps)
+
+    @property
+    def bidirectional_max_ps(self) -> int:
+        return max(self.src2dst.max_ps, self.reverse.max_ps)
+
+    @property
+    def bidirectional_mean_ps(self) -> float:
+        return self.bidirectional_bytes / self.bidirectional_packets
+
+    @property
+    def bidirectional_stddev_ps(self) -> float:
+        return _sample_stddev(self.bidirectional_packets, self.bidirectional_bytes,
+                              self.src2dst.sum_sq_ps + self.reverse.sum_sq_ps)
+
+    @property
+    def bidirectional_min_piat_ms(self) -> int:
+        return 0 if self.low_piat_ms == _NO_MINIMUM else self.low_piat_ms
+
+    @property
+    def bidirectional_max_piat_ms(self) -> int:
+        return self.max_piat_ms
+
+    @property
+    def bidirectional_mean_piat_ms(self) -> float:
+        intervals = self.bidirectional_packets - 1
+        return self.bidirectional_duration_ms / intervals if intervals else 0.0
+
+    @property
+    def bidirectional_stddev_piat_ms(self) -> float:
+        return _sample_stddev(self.bidirectional_packets - 1, self.bidirectional_duration_ms,
+                              self.sum_sq_piat_ms)
+
+    def __repr__(self) -> str:
+        return (f"<Flow #{self.id} {self.protocol} {self.src_ip}:{self.src_port} -> "
+                f"{self.dst_ip}:{self.dst_port} vlan {self.vlan_id} "
+                f"{self.src2dst_packets}+{self.dst2src_packets} pkts end {self.end_reason}>")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flow's exported attributes (nfstream names), for JSON output."""
+        return {name: getattr(self, name) for name in FLOW_FIELDS} | {"udps": vars(self.udps)}
+
+
+class Udps:
+    """A free namespace where plugins keep their values (nfstream's `flow.udps`)."""
+
+    def __repr__(self) -> str:
+        return f"Udps({vars(self)})"
+
+
+# Per-direction attributes, each read as src2dst_<name> / dst2src_<name> on a Flow.
+DIRECTION_FIELDS = ("first_seen_ms", "last_seen_ms", "duration_ms", "packets", "bytes", "min_ps",
+                    "mean_ps", "stddev_ps", "max_ps", "min_piat_ms", "mean_piat_ms",
+                    "stddev_piat_ms", "max_piat_ms", "tcp_flags", "min_ttl", "max_ttl", "tos")
+
+
+def _direction_property(side: str, name: str) -> property:
+    if side == "src2dst":
+        def get(flow: Flow) -> Any:
+            return getattr(flow.src2dst, name)
+    else:
+        def get(flow: Flow) -> Any:
+            return getattr(flow.reverse, name)
+    return property(get, doc=f"{name} of the {side} direction")
+
+
+def _flag_property(side: str | None, bit: int) -> property:
+    if side is None:
+        def get(flow: Flow) -> int:
+            return flow.src2dst.flag_count(bit) + flow.reverse.flag_count(bit)
+    elif side == "src2dst":
+        def get(flow: Flow) -> int:
+            return flow.src2dst.flag_count(bit)
+    else:
+        def get(flow: Flow) -> int:
+            return flow.reverse.flag_count(bit)
+    return property(get, doc=f"packets with TCP {FLAG_NAMES[bit].upper()} set ({side or 'both'})")
+
+
+for _side in ("src2dst", "dst2src"):
+    for _name in DIRECTION_FIELDS:
+        setattr(Flow, f"{_side}_{_name}", _direction_property(_side, _name))
+for _bit, _flag in enumerate(FLAG_NAMES):
+    setattr(Flow, f"bidirectional_{_flag}_packets", _flag_property(None, _bit))
+    for _side in ("src2dst", "dst2src"):
+        setattr(Flow, f"{_side}_{_flag}_packets", _flag_property(_side, _bit))
+
+_NFSTREAM_FLAG_ORDER = ("syn", "cwr", "ece", "urg", "ack", "psh", "rst", "fin")
+FLOW_FIELDS = (
+    ("id", "src_ip", "src_port", "dst_ip", "dst_port", "protocol", "ip_version", "vlan_id",
+     "tunnel_id")
+    + tuple(f"{side}_{name}" for side in ("bidirectional", "src2dst", "dst2src")
+            for name in ("first_seen_ms", "last_seen_ms", "duration_ms", "packets", "bytes"))
+    + tuple(f"{side}_{stat}_{kind}" for kind in ("ps", "piat_ms")
+            for side in ("bidirectional", "src2dst", "dst2src")
+            for stat in ("min", "mean", "stddev", "max"))
+    + tuple(f"{side}_{flag}_packets" for side in ("bidirectional", "src2dst", "dst2src")
+            for flag in _NFSTREAM_FLAG_ORDER)
+    + ("src2dst_tcp_flags", "dst2src_tcp_flags", "src2dst_min_ttl", "src2dst_max_ttl",
+       "dst2src_min_ttl", "dst2src_max_ttl", "src2dst_tos", "dst2src_tos", "icmp_type_code",
+       "end_reason", "application_name", "application_category_name", "application_confidence",
+       "requested_server_name", "client_fingerprint", "user_agent")
+)
+"""The attributes of a flow that `to_dict()` and `replay --json` report, in nfstream's order."""
