@@ -80,6 +80,8 @@ IPV6_FRAGMENT = struct.Struct("!B1xHI").unpack_from  # next header, offset/flags
 PORTS = struct.Struct("!HH").unpack_from  # source port, destination port
 TCP_PORTS_FLAGS = struct.Struct("!HH9xB").unpack_from  # ports, (seq, ack, offset), flags
 ICMP_TYPE_CODE = struct.Struct("!H").unpack_from  # type, code
+# The common frame in one read: Ethernet type and an IPv4 header right behind it.
+ETHERNET_IPV4 = struct.Struct("!12xHBBHHHBB2x4s4s").unpack_from
 
 FRAGMENT_TIMEOUT_MS = 30_000
 FRAGMENT_TABLE_SIZE = 65_536
@@ -122,12 +124,23 @@ class Decoder:
     # Link layers: each finds the network header and hands it to _ethertype or _ip.
 
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
-        if len(frame) < 14:
+        # Fast path for untagged, unfragmented IPv4 without options carrying TCP or UDP; every
+        # other frame takes the general path below, which decodes these the same way.
+        if len(frame) >= 54:
+            (ethertype, ver_ihl, tos, size, _, fragment, ttl, protocol, src,
+             dst) = ETHERNET_IPV4(frame)
+            if ethertype == ETH_P_IP and ver_ihl == 0x45 and not fragment & 0x3FFF and size >= 20:
+                if protocol == IPPROTO_TCP:
+                    src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, 34)
+                    return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
+                                                0, size, ttl, tos, flags, 0, 0, frame, 14))
+                if protocol == IPPROTO_UDP:
+                    src_port, dst_port = PORTS(frame, 34)
+                    return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
+                                                0, size, ttl, tos, 0, 0, 0, frame, 14))
+        elif len(frame) < 14:
             return self._skip(TRUNCATED_LINK, frame)
-        ethertype = ETHERNET_TYPE(frame)[0]
-        if ethertype == ETH_P_IP:
-            return self._ipv4(time_ms, frame, 14, 0)
-        return self._ethertype(time_ms, frame, 14, ethertype)
+        return self._ethertype(time_ms, frame, 14, ETHERNET_TYPE(frame)[0])
 
     def _linux_sll(self, time_ms: int, frame: bytes) -> Packet | None:
         if len(frame) < 16:
