@@ -94,10 +94,8 @@ class FlowCache:
         flows = self._flows
         flow = flows.get(key)
         if flow is not None:
-            if time_ms - flow.last_seen_ms >= self.idle_timeout_ms:
-                self._end(flow, IDLE_TIMEOUT)
-            elif time_ms >= flow.end_by_ms:
-                self._end(flow, END_OF_FLOW if flow.closing else ACTIVE_TIMEOUT)
+            if time_ms - flow.last_seen_ms >= self.idle_timeout_ms or time_ms >= flow.end_by_ms:
+                self._end(flow, self._due_reason(flow))
             else:
                 piat = time_ms - flow.last_seen_ms
                 flow.last_seen_ms = time_ms
@@ -142,8 +140,8 @@ class FlowCache:
                 return
         if len(flows) >= self.max_flows:
             lru = next(iter(flows.values()))
-            self._end(lru, IDLE_TIMEOUT if time_ms - lru.last_seen_ms >= self.idle_timeout_ms
-                      else LACK_OF_RESOURCES)
+            due = time_ms - lru.last_seen_ms >= self.idle_timeout_ms or time_ms >= lru.end_by_ms
+            self._end(lru, self._due_reason(lru) if due else LACK_OF_RESOURCES)
         self.flows_created += 1
         flow = Flow(self.flows_created, key, src_is_first, packet, time_ms,
                     time_ms + self.active_timeout_ms)
@@ -155,6 +153,14 @@ class FlowCache:
                 plugin.on_init(packet, flow)
             if flow.end_reason:
                 self._end(flow, EndReason(flow.end_reason))
+
+    def _due_reason(self, flow: Flow) -> EndReason:
+        """Why a flow past one of its deadlines ends: the deadline it reached first."""
+        if flow.closing:
+            return END_OF_FLOW
+        if flow.last_seen_ms + self.idle_timeout_ms <= flow.end_by_ms:
+            return IDLE_TIMEOUT
+        return ACTIVE_TIMEOUT
 
     def _check_close(self, flow: Flow, flags: int, time_ms: int) -> None:
         """Starts the close linger on RST, or once FIN has been seen in both directions."""
@@ -177,17 +183,17 @@ class FlowCache:
             self.now_ms = now_ms
         now_ms = self.now_ms
         self._next_scan_ms = now_ms + SCAN_INTERVAL_MS
-        flows = self._flows
-        while flows:
-            lru = next(iter(flows.values()))
-            if now_ms - lru.last_seen_ms < self.idle_timeout_ms:
-                break
-            self._end(lru, IDLE_TIMEOUT)
         closing = self._closing
         while closing and closing[0].end_by_ms <= now_ms:
             flow = closing.popleft()
             if not flow.end_reason:
                 self._end(flow, END_OF_FLOW)
+        flows = self._flows
+        while flows:
+            lru = next(iter(flows.values()))
+            if now_ms - lru.last_seen_ms < self.idle_timeout_ms:
+                break
+            self._end(lru, self._due_reason(lru))
 
     def drain(self) -> None:
         """Ends every live flow: forced end (4), or end of flow (3) for flows already closing."""
