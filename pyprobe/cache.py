@@ -155,10 +155,10 @@ class FlowCache:
                 self._end(flow, EndReason(flow.end_reason))
 
     def _due_reason(self, flow: Flow) -> EndReason:
-        """Why a flow past one of its deadlines ends: the deadline it reached first."""
+        """Why a flow past one of its deadlines ends: closed, else idle, else active (softflowd's order)."""
         if flow.closing:
             return END_OF_FLOW
-        if flow.last_seen_ms + self.idle_timeout_ms <= flow.end_by_ms:
+        if self.now_ms - flow.last_seen_ms >= self.idle_timeout_ms:
             return IDLE_TIMEOUT
         return ACTIVE_TIMEOUT
 
