@@ -1,0 +1,314 @@
+"""Flow cache: end reasons, direction, exact per-direction statistics, the clock and plugins.
+
+Each scenario is metered twice: straight through `FlowCache.add` and as a pcap through
+`FlowStream` (Ethernet/IPv4/TCP frames of the same sizes), and must give the same flows.
+Every run checks conservation: the expired flows hold exactly the packets and IP bytes fed in.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from builders import (  # noqa: E402
+    A4, ACK, B4, CWR, ECE, FIN, PSH, RST, SYN, TCP, URG, ipv4, link, tcp, write_pcap,
+)
+from pyprobe import EndReason, Flow, FlowStream, Packet  # noqa: E402
+from pyprobe.cache import FlowCache  # noqa: E402
+
+IDLE, ACTIVE, END, FORCED, LRU = (EndReason.IDLE_TIMEOUT, EndReason.ACTIVE_TIMEOUT,
+                                  EndReason.END_OF_FLOW, EndReason.FORCED_END,
+                                  EndReason.LACK_OF_RESOURCES)
+SERVER_PORT = 80
+
+
+def make_packet(ms: int, from_client: bool, flags: int = 0, size: int = 100, ttl: int = 64,
+                tos: int = 0, port: int = 40000, client: bytes = A4,
+                server: bytes = B4) -> Packet:
+    """A TCP packet of the connection client:port <-> server:80, sent by either end."""
+    ends = ((client, port), (server, SERVER_PORT))
+    (src, sport), (dst, dport) = ends if from_client else ends[::-1]
+    return Packet(ms, src, dst, sport, dport, TCP, 0, size, ttl, tos, flags, 0, 0, b"", 0)
+
+
+def frame_of(packet: Packet) -> bytes:
+    """The Ethernet/IPv4/TCP frame whose decoding is `packet`."""
+    payload = bytes(packet.ip_size - 40)
+    return link(1, ipv4(tcp(packet.src_port, packet.dst_port, packet.tcp_flags, payload), TCP,
+                        src=packet.src_addr, dst=packet.dst_addr, ttl=packet.ttl, tos=packet.tos))
+
+
+def meter(packets: list[Packet], via: str, tmp_path: Path, *, idle: float = 30,
+          active: float = 120, max_flows: int = 524_288, linger: float = 2,
+          plugins: tuple = ()) -> list[Flow]:
+    """Meters `packets` to the end of capture through the cache or a pcap; checks conservation."""
+    if via == "cache":
+        cache = FlowCache(idle_timeout_s=idle, active_timeout_s=active, max_flows=max_flows,
+                          close_linger_s=linger, plugins=plugins)
+        for packet in packets:
+            cache.add(packet)
+        cache.drain()
+        flows = cache.expired
+        assert len(cache) == 0
+    else:
+        path = write_pcap(tmp_path / "flows.pcap", [(p.time_ms, frame_of(p)) for p in packets])
+        stream = FlowStream(str(path), idle_timeout=idle, active_timeout=active,
+                            max_flows=max_flows, close_linger=linger, plugins=plugins)
+        flows = list(stream)
+        assert (stream.stats.packets_read, stream.stats.packets_decoded) == (len(packets),) * 2
+        assert stream.stats.flows == Counter(flow.end_reason for flow in flows)
+    assert sum(f.bidirectional_packets for f in flows) == len(packets)
+    assert sum(f.bidirectional_bytes for f in flows) == sum(p.ip_size for p in packets)
+    assert [f.id for f in sorted(flows, key=lambda f: f.id)] == list(range(1, len(flows) + 1))
+    return flows
+
+
+VIA = pytest.mark.parametrize("via", ["cache", "pcap"])
+
+
+# A TCP connection, exact to the millisecond: (ms, from client, flags, size, TTL, TOS).
+SESSION = [
+    (1000, True, SYN, 60, 64, 0x10),
+    (1010, False, SYN | ACK, 60, 50, 0x48),
+    (1020, True, ACK, 52, 64, 0),
+    (1050, True, PSH | ACK, 552, 63, 0),
+    (1100, False, ACK, 52, 52, 0),
+    (1300, False, PSH | ACK, 1452, 51, 0),
+    (1310, True, URG | ACK, 52, 62, 0),
+    (1400, True, FIN | ACK, 52, 64, 0),
+    (1420, False, FIN | ACK | ECE, 52, 50, 0),
+    (1430, True, ACK | CWR, 40, 64, 0),  # the last ACK, inside the 2 s close linger
+    (3420, False, ACK, 40, 50, 0),  # the linger (1420 + 2000) is over: a new flow, from the server
+]
+FLAGS = ("syn", "cwr", "ece", "urg", "ack", "psh", "rst", "fin")
+# Worked by hand from SESSION; sizes and intervals listed for the standard deviations.
+C2S_SIZES, C2S_PIATS = [60, 52, 552, 52, 52, 40], [20, 30, 260, 90, 30]
+S2C_SIZES, S2C_PIATS = [60, 52, 1452, 52], [90, 200, 120]
+ALL_SIZES, ALL_PIATS = C2S_SIZES + S2C_SIZES, [10, 10, 30, 50, 200, 10, 90, 20, 10]
+SESSION_STATS: dict[str, dict[str, Any]] = {
+    "src2dst": dict(
+        packets=6, bytes=808, first_seen_ms=1000, last_seen_ms=1430, duration_ms=430,
+        min_ps=40, mean_ps=808 / 6, max_ps=552, stddev_ps=statistics.stdev(C2S_SIZES),
+        min_piat_ms=20, mean_piat_ms=86.0, max_piat_ms=260,
+        stddev_piat_ms=statistics.stdev(C2S_PIATS), tcp_flags=SYN | ACK | PSH | URG | FIN | CWR,
+        min_ttl=62, max_ttl=64, tos=0x10) | dict(zip(
+            (f"{flag}_packets" for flag in FLAGS), (1, 1, 0, 1, 5, 1, 0, 1))),
+    "dst2src": dict(
+        packets=4, bytes=1616, first_seen_ms=1010, last_seen_ms=1420, duration_ms=410,
+        min_ps=52, mean_ps=404.0, max_ps=1452, stddev_ps=statistics.stdev(S2C_SIZES),
+        min_piat_ms=90, mean_piat_ms=410 / 3, max_piat_ms=200,
+        stddev_piat_ms=statistics.stdev(S2C_PIATS), tcp_flags=SYN | ACK | PSH | FIN | ECE,
+        min_ttl=50, max_ttl=52, tos=0x48) | dict(zip(
+            (f"{flag}_packets" for flag in FLAGS), (1, 0, 1, 0, 4, 1, 0, 1))),
+    "bidirectional": dict(
+        packets=10, bytes=2424, first_seen_ms=1000, last_seen_ms=1430, duration_ms=430,
+        min_ps=40, mean_ps=242.4, max_ps=1452, stddev_ps=statistics.stdev(ALL_SIZES),
+        min_piat_ms=10, mean_piat_ms=430 / 9, max_piat_ms=200,
+        stddev_piat_ms=statistics.stdev(ALL_PIATS)) | dict(zip(
+            (f"{flag}_packets" for flag in FLAGS), (2, 1, 1, 1, 9, 2, 0, 2))),
+}
+
+
+@VIA
+@pytest.mark.parametrize("client", [A4, B4], ids=["client-low-address", "client-high-address"])
+def test_session_statistics(tmp_path: Path, via: str, client: bytes) -> None:
+    """Every per-direction and bidirectional statistic of a closed TCP connection, exactly."""
+    server = B4 if client == A4 else A4
+    packets = [make_packet(ms, c, flags, size, ttl, tos, client=client, server=server)
+               for ms, c, flags, size, ttl, tos in SESSION]
+    first, second = meter(packets, via, tmp_path)
+    assert (first.src_addr, first.dst_addr, first.src_port, first.dst_port, first.protocol,
+            first.end_reason) == (client, server, 40000, SERVER_PORT, TCP, END)
+    for side, expected in SESSION_STATS.items():
+        actual = {name: getattr(first, f"{side}_{name}") for name in expected}
+        approx = {name: pytest.approx(value, rel=1e-12) if "stddev" in name else value
+                  for name, value in expected.items()}
+        assert actual == approx, side
+    assert (second.src_addr, second.src_port, second.dst_port, second.src2dst_packets,
+            second.dst2src_packets, second.bidirectional_first_seen_ms, second.end_reason) == (
+        server, SERVER_PORT, 40000, 1, 0, 3420, FORCED)
+
+
+def test_single_packet_flow_reads_zeros() -> None:
+    """A one-packet flow: the missing reply direction and all interval statistics read 0."""
+    cache = FlowCache()
+    cache.add(make_packet(5000, True, SYN, 60, ttl=33, tos=4))
+    cache.drain()
+    (flow,) = cache.expired
+    expected = {f"dst2src_{name}": 0 for name in (
+        "packets", "bytes", "first_seen_ms", "last_seen_ms", "duration_ms", "min_ps", "max_ps",
+        "min_piat_ms", "max_piat_ms", "tcp_flags", "min_ttl", "max_ttl", "tos", "syn_packets")}
+    expected |= {f"dst2src_{name}": 0.0 for name in ("mean_ps", "stddev_ps", "mean_piat_ms",
+                                                     "stddev_piat_ms")}
+    expected |= {f"{side}_{name}": value for side in ("src2dst", "bidirectional") for name, value in
+                 dict(packets=1, bytes=60, min_ps=60, max_ps=60, mean_ps=60.0, stddev_ps=0.0,
+                      min_piat_ms=0, max_piat_ms=0, mean_piat_ms=0.0, stddev_piat_ms=0.0,
+                      duration_ms=0, first_seen_ms=5000, syn_packets=1).items()}
+    expected |= dict(src2dst_min_ttl=33, src2dst_max_ttl=33, src2dst_tos=4, src2dst_tcp_flags=SYN,
+                     end_reason=FORCED)
+    assert {name: getattr(flow, name) for name in expected} == expected
+
+
+# End reasons. A case: cache settings, packets (ms, client port, from client, flags), and the
+# expected flows in expiry order: (end reason, src port, dst port, src2dst packets,
+# dst2src packets, first ms, last ms). Every packet is 100 bytes.
+END_CASES = {
+    "idle-just-before": (dict(idle=10), [(1000, 1, True, 0), (1500, 1, False, 0),
+                                         (11_499, 1, True, 0)],
+                         [(FORCED, 1, 80, 2, 1, 1000, 11_499)]),
+    "idle-at-timeout": (dict(idle=10), [(1000, 1, True, 0), (1500, 1, False, 0),
+                                        (11_500, 1, True, 0)],
+                        [(IDLE, 1, 80, 1, 1, 1000, 1500), (FORCED, 1, 80, 1, 0, 11_500, 11_500)]),
+    "idle-found-by-scan": (dict(idle=10), [(1000, 1, True, 0), (11_000, 2, True, 0),
+                                           (11_100, 2, False, 0)],
+                           [(IDLE, 1, 80, 1, 0, 1000, 1000),
+                            (FORCED, 2, 80, 1, 1, 11_000, 11_100)]),
+    "active": (dict(active=5), [(1000, 1, True, 0), (3000, 1, False, 0), (5999, 1, True, 0),
+                                (6000, 1, False, 0), (6500, 1, True, 0)],
+               [(ACTIVE, 1, 80, 2, 1, 1000, 5999), (FORCED, 80, 1, 1, 1, 6000, 6500)]),
+    "fin-both-ways-linger": (dict(), [(1000, 1, True, SYN), (1010, 1, False, SYN | ACK),
+                                      (1100, 1, True, FIN | ACK), (1200, 1, False, FIN | ACK),
+                                      (3199, 1, True, ACK), (3200, 1, True, ACK)],
+                             [(END, 1, 80, 3, 2, 1000, 3199), (FORCED, 1, 80, 1, 0, 3200, 3200)]),
+    "fin-first-by-server": (dict(), [(1000, 1, True, ACK), (1100, 1, False, FIN | ACK),
+                                     (1200, 1, True, FIN | ACK), (3200, 1, False, ACK)],
+                            [(END, 1, 80, 2, 1, 1000, 1200), (FORCED, 80, 1, 1, 0, 3200, 3200)]),
+    "fin-one-way-only": (dict(), [(1000, 1, True, FIN | ACK), (1100, 1, True, FIN | ACK),
+                                  (5000, 1, False, ACK)],
+                         [(FORCED, 1, 80, 2, 1, 1000, 5000)]),
+    "fin-linger-ends-by-scan": (dict(), [(1000, 1, True, FIN), (1200, 1, False, FIN),
+                                         (3200, 2, True, 0)],
+                                [(END, 1, 80, 1, 1, 1000, 1200),
+                                 (FORCED, 2, 80, 1, 0, 3200, 3200)]),
+    "fin-closing-at-end-of-capture": (dict(), [(1000, 1, True, FIN), (1200, 1, False, FIN),
+                                               (1300, 2, True, 0)],
+                                      [(END, 1, 80, 1, 1, 1000, 1200),
+                                       (FORCED, 2, 80, 1, 0, 1300, 1300)]),
+    "rst": (dict(), [(1000, 1, True, SYN), (1010, 1, False, RST | ACK), (3009, 1, True, ACK),
+                     (3010, 1, True, ACK)],
+            [(END, 1, 80, 2, 1, 1000, 3009), (FORCED, 1, 80, 1, 0, 3010, 3010)]),
+    "rst-first-packet": (dict(linger=1), [(1000, 1, True, RST), (1999, 1, False, ACK),
+                                          (2000, 1, False, ACK)],
+                         [(END, 1, 80, 1, 1, 1000, 1999), (FORCED, 80, 1, 1, 0, 2000, 2000)]),
+    "lru-least-recently-updated": (dict(max_flows=2), [(1000, 1, True, 0), (1100, 2, True, 0),
+                                                       (1200, 1, False, 0), (1300, 3, True, 0)],
+                                   [(LRU, 2, 80, 1, 0, 1100, 1100),
+                                    (FORCED, 1, 80, 1, 1, 1000, 1200),
+                                    (FORCED, 3, 80, 1, 0, 1300, 1300)]),
+    "lru-already-idle": (dict(max_flows=1, idle=0.4), [(1000, 1, True, 0), (1400, 2, True, 0)],
+                         [(IDLE, 1, 80, 1, 0, 1000, 1000), (FORCED, 2, 80, 1, 0, 1400, 1400)]),
+    # Flow 1's linger is over at 1510, before the scan due at 2000: it ends as closed, not LRU.
+    "lru-after-linger": (dict(max_flows=1, linger=0.5), [(1000, 1, True, FIN),
+                                                         (1010, 1, False, FIN),
+                                                         (1600, 2, True, 0)],
+                         [(END, 1, 80, 1, 1, 1000, 1010), (FORCED, 2, 80, 1, 0, 1600, 1600)]),
+    "closed-then-idle": (dict(idle=1), [(1000, 1, True, FIN), (1010, 1, False, FIN),
+                                        (2500, 2, True, 0)],
+                         [(END, 1, 80, 1, 1, 1000, 1010), (FORCED, 2, 80, 1, 0, 2500, 2500)]),
+    "idle-and-active-due": (dict(idle=3, active=5), [(1000, 1, True, 0), (3000, 1, True, 0),
+                                                     (6500, 1, True, 0)],
+                            [(IDLE, 1, 80, 2, 0, 1000, 3000), (FORCED, 1, 80, 1, 0, 6500, 6500)]),
+    "idle-and-active-due-between-scans": (dict(idle=0.5, active=0.9),
+                                          [(1000, 1, True, 0), (1300, 1, True, 0),
+                                           (1950, 1, True, 0)],
+                                          [(IDLE, 1, 80, 2, 0, 1000, 1300),
+                                           (FORCED, 1, 80, 1, 0, 1950, 1950)]),
+}
+
+
+@VIA
+@pytest.mark.parametrize("case", list(END_CASES))
+def test_end_reasons(tmp_path: Path, via: str, case: str) -> None:
+    """Each end reason, with the exact packets and times each flow ends with."""
+    settings, specs, expected = END_CASES[case]
+    packets = [make_packet(ms, c, flags, port=port) for ms, port, c, flags in specs]
+    flows = meter(packets, via, tmp_path, **settings)
+    assert [(f.end_reason, f.src_port, f.dst_port, f.src2dst_packets, f.dst2src_packets,
+             f.bidirectional_first_seen_ms, f.bidirectional_last_seen_ms)
+            for f in flows] == expected
+    assert [f.bidirectional_bytes for f in flows] == [100 * (e[3] + e[4]) for e in expected]
+
+
+def test_late_packet_is_metered_at_the_clock(tmp_path: Path) -> None:
+    """The clock never runs backwards: a packet stamped before it counts at the clock's time."""
+    packets = [make_packet(1000, True, size=60), make_packet(2000, False, size=70),
+               make_packet(1500, True, size=80), make_packet(1200, True, size=90, port=2)]
+    late, new = meter(packets, "cache", tmp_path)
+    assert (late.src2dst_packets, late.src2dst_first_seen_ms, late.src2dst_last_seen_ms,
+            late.src2dst_min_piat_ms, late.src2dst_max_piat_ms, late.dst2src_first_seen_ms,
+            late.bidirectional_last_seen_ms, late.bidirectional_min_piat_ms,
+            late.bidirectional_max_piat_ms, late.bidirectional_stddev_piat_ms) == (
+        2, 1000, 2000, 1000, 1000, 2000, 2000, 0, 1000, pytest.approx(statistics.stdev([1000, 0])))
+    assert (new.src_port, new.bidirectional_first_seen_ms, new.bidirectional_last_seen_ms) == (
+        2, 2000, 2000)
+
+
+KEY_CASES = {  # changed field of the second packet: does it join the first packet's flow?
+    "reply": (dict(src_addr=B4, dst_addr=A4, src_port=80, dst_port=40000), 1),
+    "other-vlan": (dict(vlan_id=20), 2),
+    "other-protocol": (dict(protocol=17), 2),
+    "other-source-port": (dict(src_port=40001), 2),
+    "other-destination": (dict(dst_addr=bytes([10, 0, 0, 3])), 2),
+    "other-tos-ttl-flags-size": (dict(tos=4, ttl=1, tcp_flags=ACK, ip_size=1500), 1),
+}
+
+
+@pytest.mark.parametrize("case", list(KEY_CASES))
+def test_flow_key(tmp_path: Path, case: str) -> None:
+    """Flows are keyed by addresses, ports, protocol and VLAN, in either direction."""
+    change, flows = KEY_CASES[case]
+    first = make_packet(1000, True)
+    assert len(meter([first, first._replace(time_ms=1001, **change)], "cache", tmp_path)) == flows
+
+
+# Plugins.
+
+class Recorder:
+    """Counts hook calls; ends a flow from `end_in` when it has `end_at` packets."""
+
+    def __init__(self, end_in: str = "", end_at: int = 0) -> None:
+        self.calls: Counter[str] = Counter()
+        self.expired: list[tuple[int, int]] = []
+        self.end_in, self.end_at = end_in, end_at
+
+    def _hook(self, name: str, flow: Flow) -> None:
+        self.calls[name] += 1
+        if name == self.end_in and flow.bidirectional_packets == self.end_at:
+            flow.end_reason = EndReason.END_OF_FLOW
+
+    def on_init(self, packet: Packet, flow: Flow) -> None:
+        self._hook("on_init", flow)
+
+    def on_update(self, packet: Packet, flow: Flow) -> None:
+        self._hook("on_update", flow)
+
+    def on_expire(self, flow: Flow) -> None:
+        self.calls["on_expire"] += 1
+        self.expired.append((flow.end_reason, flow.bidirectional_packets))
+
+
+PLUGIN_CASES = {  # Recorder settings: expected calls, (end reason, packets) of expired flows
+    "count-only": (("", 0), dict(on_init=2, on_update=4, on_expire=2), [(FORCED, 5), (FORCED, 1)]),
+    "end-in-update": (("on_update", 2), dict(on_init=4, on_update=2, on_expire=4),
+                      [(END, 2), (END, 2), (FORCED, 1), (FORCED, 1)]),
+    "end-in-init": (("on_init", 1), dict(on_init=6, on_update=0, on_expire=6), [(END, 1)] * 6),
+}
+
+
+@VIA
+@pytest.mark.parametrize("case", list(PLUGIN_CASES))
+def test_plugins(tmp_path: Path, via: str, case: str) -> None:
+    """Hooks are called once per flow / later packet / expiry; setting end_reason ends the flow."""
+    (end_in, end_at), calls, expired = PLUGIN_CASES[case]
+    recorder = Recorder(end_in, end_at)
+    packets = [make_packet(1000 + i, i % 2 == 0) for i in range(5)] + [
+        make_packet(1010, True, port=2)]
+    flows = meter(packets, via, tmp_path, plugins=(recorder,))
+    assert recorder.calls == Counter({name: n for name, n in calls.items() if n})
+    assert recorder.expired == expired == [(f.end_reason, f.bidirectional_packets) for f in flows]
