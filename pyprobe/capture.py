@@ -12,6 +12,9 @@ import pcap
 from .decode import LINKTYPE_NAMES
 from .errors import CaptureError
 
+# libpcap reports a few link types by their platform DLT value instead of the LINKTYPE number.
+DLT_TO_LINKTYPE = {12: 101, 14: 101}  # DLT_RAW (Linux, most BSDs; OpenBSD) -> LINKTYPE_RAW
+
 
 def is_capture_file(source: str) -> bool:
     """True when `source` names a file (existing, or a path) rather than an interface."""
@@ -44,7 +47,8 @@ class PcapSource:
                 self._handle.setfilter(bpf_filter)
             except OSError as error:
                 raise CaptureError(f"{source}: bad BPF filter {bpf_filter!r}: {error}") from None
-        self.linktype = self._handle.datalink()
+        datalink = self._handle.datalink()
+        self.linktype = DLT_TO_LINKTYPE.get(datalink, datalink)
         if self.linktype not in LINKTYPE_NAMES:
             raise CaptureError(f"{source}: unsupported link type {self.linktype} (supported: "
                                + ", ".join(f"{name} ({t})" for t, name in LINKTYPE_NAMES.items()) + ")")

@@ -179,8 +179,10 @@ class Decoder:
                    vlan_id: int = 0) -> Packet | None:
         """Walks VLAN tags, MPLS labels and PPPoE to the IP header; the outer VLAN id is kept."""
         while True:
-            if ethertype == ETH_P_IP or ethertype == ETH_P_IPV6:
-                return self._ip(time_ms, frame, offset, vlan_id)
+            if ethertype == ETH_P_IP:
+                return self._ipv4(time_ms, frame, offset, vlan_id)
+            if ethertype == ETH_P_IPV6:
+                return self._ipv6(time_ms, frame, offset, vlan_id)
             if ethertype in VLAN_TPIDS:
                 if len(frame) < offset + 4:
                     return self._skip(TRUNCATED_LINK, frame)
@@ -239,21 +241,32 @@ class Decoder:
     def _ipv6(self, time_ms: int, frame: bytes, offset: int, vlan_id: int) -> Packet | None:
         if len(frame) < offset + 40:
             return self._skip(TRUNCATED_IP, frame)
+        if frame[offset] >> 4 != 6:
+            return self._skip(BAD_IP_VERSION, frame)
         ver_class_label, payload, protocol, hop_limit, src, dst = IPV6_HEADER(frame, offset)
         size = payload + 40 if payload else len(frame) - offset  # 0: jumbogram or offload
         tos = ver_class_label >> 20 & 0xFF
         l4 = offset + 40
-        while protocol in IPV6_EXTENSIONS:
-            if len(frame) < l4 + 2:
-                return self._skip(TRUNCATED_IP, frame)
-            protocol, length = IPV6_EXTENSION(frame, l4)
-            l4 += (length + 2) * 4 if protocol == IPPROTO_AH else (length + 1) * 8
-        if protocol == IPPROTO_FRAGMENT:
-            if len(frame) < l4 + 8:
-                return self._skip(TRUNCATED_IP, frame)
-            protocol, fragment, ip_id = IPV6_FRAGMENT(frame, l4)
-            return self._fragment(time_ms, frame, offset, l4 + 8, vlan_id, src, dst, protocol,
-                                  size, hop_limit, tos, ip_id, fragment >> 3, fragment & 1)
+        fragment = None  # (IP id, offset, more fragments) once a Fragment header is passed
+        while protocol in IPV6_EXTENSIONS or protocol == IPPROTO_FRAGMENT:
+            if protocol == IPPROTO_FRAGMENT:
+                if len(frame) < l4 + 8:
+                    return self._skip(TRUNCATED_IP, frame)
+                next_header, offset_flags, ip_id = IPV6_FRAGMENT(frame, l4)
+                fragment = (ip_id, offset_flags >> 3, offset_flags & 1)
+                l4 += 8
+                if fragment[1]:  # a later fragment: what follows is payload, not headers
+                    protocol = next_header
+                    break
+            else:
+                if len(frame) < l4 + 2:
+                    return self._skip(TRUNCATED_IP, frame)
+                next_header, length = IPV6_EXTENSION(frame, l4)
+                l4 += (length + 2) * 4 if protocol == IPPROTO_AH else (length + 1) * 8
+            protocol = next_header
+        if fragment is not None:
+            return self._fragment(time_ms, frame, offset, l4, vlan_id, src, dst, protocol, size,
+                                  hop_limit, tos, *fragment)
         return self._transport(time_ms, frame, offset, l4, vlan_id, src, dst, protocol, size,
                                hop_limit, tos)
 

@@ -40,9 +40,6 @@ EXPECTED = {
     6: dict(src_addr=A6, dst_addr=B6, src_port=5353, dst_port=53, protocol=UDP, vlan_id=0,
             ip_size=51, ttl=57, tos=0x28, tcp_flags=0, icmp_type_code=0, tunnel_id=0),
 }
-XFAIL_RAW_PCAP = pytest.mark.xfail(strict=True, reason=(
-    "BUG: libpcap reports a LINKTYPE_RAW (101) file as DLT_RAW (12 on Linux); PcapSource only "
-    "accepts LINKTYPE numbers, so FlowStream raises 'unsupported link type 12'"))
 
 
 def fields(packet: Packet | None) -> dict[str, Any]:
@@ -85,7 +82,7 @@ def test_link_types_decode(linktype: int, version: int, ppp_header: bool, offset
 
 
 @pytest.mark.parametrize(("linktype", "version", "ppp_header", "offset"), [
-    pytest.param(*case, id=case_id, marks=[XFAIL_RAW_PCAP] if case[0] == 101 else [])
+    pytest.param(*case, id=case_id)
     for case, case_id in zip(LINK_CASES, LINK_IDS)])
 def test_link_types_through_pcap(tmp_path: Path, linktype: int, version: int, ppp_header: bool,
                                  offset: int) -> None:
@@ -194,29 +191,24 @@ def test_ipv4_options(linktype: int, options: bytes) -> None:
         "ttl": 128, "tos": 0, "tcp_flags": PSH | ACK, "ip_offset": 14 if linktype == 1 else 0}
 
 
-XFAIL_AH = pytest.mark.xfail(strict=True, reason=(
-    "BUG: Decoder._ipv6 overwrites `protocol` with the next header before sizing the current "
-    "one, so AH is sized in 8-octet units and the header before AH in 4-octet units"))
-EXTENSION_CHAINS = [  # id, ((kind, size), ...), xfail
-    ("hop-by-hop-8", ((HOP_BY_HOP, 8),), False),
-    ("hop-by-hop-16", ((HOP_BY_HOP, 16),), False),
-    ("routing-24", ((ROUTING, 24),), False),
-    ("dest-opts-16", ((DEST_OPTS, 16),), False),
-    ("mobility-8", ((135, 8),), False),
-    ("atomic-fragment", ((FRAGMENT, 8),), False),
-    ("hbh-routing-dest-fragment", ((HOP_BY_HOP, 8), (ROUTING, 24), (DEST_OPTS, 8), (FRAGMENT, 8)),
-     False),
-    ("ah-8-no-icv", ((AH, 8),), False),  # 8 octets read the same in either unit
-    ("ah-24", ((AH, 24),), True),
-    ("hbh-16-ah-24", ((HOP_BY_HOP, 16), (AH, 24)), True),
-    ("routing-24-ah-8", ((ROUTING, 24), (AH, 8)), True),
+EXTENSION_CHAINS = [  # id, ((kind, size), ...)
+    ("hop-by-hop-8", ((HOP_BY_HOP, 8),)),
+    ("hop-by-hop-16", ((HOP_BY_HOP, 16),)),
+    ("routing-24", ((ROUTING, 24),)),
+    ("dest-opts-16", ((DEST_OPTS, 16),)),
+    ("mobility-8", ((135, 8),)),
+    ("atomic-fragment", ((FRAGMENT, 8),)),
+    ("hbh-routing-dest-fragment", ((HOP_BY_HOP, 8), (ROUTING, 24), (DEST_OPTS, 8), (FRAGMENT, 8))),
+    ("ah-8-no-icv", ((AH, 8),)),  # 8 octets read the same in either unit
+    ("ah-24", ((AH, 24),)),
+    ("hbh-16-ah-24", ((HOP_BY_HOP, 16), (AH, 24))),
+    ("routing-24-ah-8", ((ROUTING, 24), (AH, 8))),
 ]
 
 
 @pytest.mark.parametrize(("chain", "protocol", "l4", "ports", "flags"), [
-    pytest.param(chain, protocol, l4, ports, flags, id=f"{name}-{l4_name}",
-                 marks=[XFAIL_AH] if xfail else [])
-    for name, chain, xfail in EXTENSION_CHAINS
+    pytest.param(chain, protocol, l4, ports, flags, id=f"{name}-{l4_name}")
+    for name, chain in EXTENSION_CHAINS
     for l4_name, protocol, l4, ports, flags in (
         ("udp", UDP, udp(4500, 500, bytes(12)), (4500, 500), 0),
         ("tcp", TCP, tcp(22, 50000, ACK | FIN), (22, 50000), ACK | FIN))])
@@ -230,10 +222,6 @@ def test_ipv6_extension_headers(chain: tuple[tuple[int, int], ...], protocol: in
         "ttl": 9, "tos": 0x04, "tcp_flags": flags, "ip_offset": 20}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Decoder._ipv6 does not walk extension headers that follow the Fragment header (RFC "
-    "8200 §4.1 puts Destination Options and AH there): a first fragment is metered with the "
-    "extension header's number as protocol and ports 0"))
 @pytest.mark.parametrize("after", [(DEST_OPTS, 8), (AH, 8)], ids=["dest-opts", "ah"])
 def test_ipv6_first_fragment_with_header_after_fragment(after: tuple[int, int]) -> None:
     """A first fragment whose fragmentable part starts with an extension header keeps its ports."""
@@ -422,9 +410,7 @@ def test_skip_reasons(linktype: int, frame: bytes, reason: str) -> None:
     assert (decoder.skipped, decoder.skipped_octets) == (Counter({reason: 1}), len(frame))
 
 
-@pytest.mark.parametrize("linktype", [
-    pytest.param(lt, marks=[XFAIL_RAW_PCAP] if lt == 101 else [])
-    for lt in sorted({case[1] for case in SKIPS})])
+@pytest.mark.parametrize("linktype", sorted({case[1] for case in SKIPS}))
 def test_skips_through_pcap(tmp_path: Path, linktype: int) -> None:
     """A capture mixing skipped frames with good ones: exact skip counts, octets, conservation."""
     bad = [(case[2], case[3]) for case in SKIPS if case[1] == linktype]
