@@ -129,12 +129,12 @@ class Decoder:
         if len(frame) >= 54:
             (ethertype, ver_ihl, tos, size, _, fragment, ttl, protocol, src,
              dst) = ETHERNET_IPV4(frame)
-            if ethertype == ETH_P_IP and ver_ihl == 0x45 and not fragment & 0x3FFF and size >= 20:
-                if protocol == IPPROTO_TCP:
+            if ethertype == ETH_P_IP and ver_ihl == 0x45 and not fragment & 0x3FFF:
+                if protocol == IPPROTO_TCP and size >= 34:
                     src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, 34)
                     return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
                                                 0, size, ttl, tos, flags, 0, 0, frame, 14))
-                if protocol == IPPROTO_UDP:
+                if protocol == IPPROTO_UDP and size >= 24:
                     src_port, dst_port = PORTS(frame, 34)
                     return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
                                                 0, size, ttl, tos, 0, 0, 0, frame, 14))
@@ -234,7 +234,8 @@ class Decoder:
             size = len(frame) - offset  # 0: segmentation offload; the frame is the datagram
         if fragment & 0x3FFF:  # more fragments, or an offset
             return self._fragment(time_ms, frame, offset, offset + header, vlan_id, src, dst,
-                                  protocol, size, ttl, tos, ip_id, fragment & 0x1FFF, fragment & 0x2000)
+                                  protocol, size, ttl, tos,
+                                  (ip_id, protocol, fragment & 0x1FFF, fragment & 0x2000))
         return self._transport(time_ms, frame, offset, offset + header, vlan_id, src, dst,
                                protocol, size, ttl, tos)
 
@@ -247,15 +248,15 @@ class Decoder:
         size = payload + 40 if payload else len(frame) - offset  # 0: jumbogram or offload
         tos = ver_class_label >> 20 & 0xFF
         l4 = offset + 40
-        fragment = None  # (IP id, offset, more fragments) once a Fragment header is passed
+        fragment = None  # (IP id, next header, offset, more fragments) past a Fragment header
         while protocol in IPV6_EXTENSIONS or protocol == IPPROTO_FRAGMENT:
             if protocol == IPPROTO_FRAGMENT:
                 if len(frame) < l4 + 8:
                     return self._skip(TRUNCATED_IP, frame)
                 next_header, offset_flags, ip_id = IPV6_FRAGMENT(frame, l4)
-                fragment = (ip_id, offset_flags >> 3, offset_flags & 1)
+                fragment = (ip_id, next_header, offset_flags >> 3, offset_flags & 1)
                 l4 += 8
-                if fragment[1]:  # a later fragment: what follows is payload, not headers
+                if fragment[2]:  # a later fragment: what follows is payload, not headers
                     protocol = next_header
                     break
             else:
@@ -266,32 +267,36 @@ class Decoder:
             protocol = next_header
         if fragment is not None:
             return self._fragment(time_ms, frame, offset, l4, vlan_id, src, dst, protocol, size,
-                                  hop_limit, tos, *fragment)
+                                  hop_limit, tos, fragment)
         return self._transport(time_ms, frame, offset, l4, vlan_id, src, dst, protocol, size,
                                hop_limit, tos)
 
     def _fragment(self, time_ms: int, frame: bytes, offset: int, l4: int, vlan_id: int,
                   src: bytes, dst: bytes, protocol: int, size: int, ttl: int, tos: int,
-                  ip_id: int, fragment_offset: int, more_fragments: int) -> Packet | None:
-        """A fragment: the first one is decoded and remembered, the others take its ports."""
+                  fragment: tuple[int, int, int, int]) -> Packet | None:
+        """A fragment: the first one is decoded and remembered, the others take its ports.
+
+        `fragment` is (IP id, the protocol every fragment of the datagram names, offset, more
+        fragments); `protocol` is the upper-layer protocol found behind the headers.
+        """
+        ip_id, datagram_protocol, fragment_offset, more_fragments = fragment
         fragments = self._fragments
-        datagram = (src, dst, protocol, ip_id)
+        datagram = (src, dst, datagram_protocol, ip_id)
         if fragment_offset == 0:
             packet = self._transport(time_ms, frame, offset, l4, vlan_id, src, dst, protocol,
                                      size, ttl, tos)
             if packet is not None and more_fragments:
-                fragments[datagram] = (time_ms, packet.src_port, packet.dst_port,
-                                       packet.icmp_type_code)
+                fragments[datagram] = (time_ms, protocol, packet[3], packet[4], packet[11])
                 fragments.move_to_end(datagram)
                 self._forget_fragments(time_ms)
             return packet
         first = fragments.get(datagram)
         if first is None or time_ms - first[0] > FRAGMENT_TIMEOUT_MS:
-            first = (0, 0, 0, 0)
+            first = (0, datagram_protocol, 0, 0, 0)
         elif not more_fragments:
             del fragments[datagram]  # the last fragment: nothing more will ask
-        return _new_packet(Packet, (time_ms, src, dst, first[1], first[2], protocol, vlan_id, size,
-                                    ttl, tos, 0, first[3], 0, frame, offset))
+        return _new_packet(Packet, (time_ms, src, dst, first[2], first[3], first[1], vlan_id, size,
+                                    ttl, tos, 0, first[4], 0, frame, offset))
 
     def _forget_fragments(self, time_ms: int) -> None:
         fragments = self._fragments
@@ -304,20 +309,21 @@ class Decoder:
     def _transport(self, time_ms: int, frame: bytes, offset: int, l4: int, vlan_id: int,
                    src: bytes, dst: bytes, protocol: int, size: int, ttl: int,
                    tos: int) -> Packet | None:
+        end = min(len(frame), offset + size)  # past the datagram is link padding
         if protocol == IPPROTO_TCP:
-            if len(frame) < l4 + 14:
+            if end < l4 + 14:
                 return self._skip(TRUNCATED_TRANSPORT, frame)
             src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, l4)
             return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol, vlan_id,
                                         size, ttl, tos, flags, 0, 0, frame, offset))
         if protocol in PORT_PROTOCOLS:
-            if len(frame) < l4 + 4:
+            if end < l4 + 4:
                 return self._skip(TRUNCATED_TRANSPORT, frame)
             src_port, dst_port = PORTS(frame, l4)
             return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol, vlan_id,
                                         size, ttl, tos, 0, 0, 0, frame, offset))
         if protocol in ICMP_PROTOCOLS:
-            if len(frame) < l4 + 2:
+            if end < l4 + 2:
                 return self._skip(TRUNCATED_TRANSPORT, frame)
             return _new_packet(Packet, (time_ms, src, dst, 0, 0, protocol, vlan_id, size, ttl, tos,
                                         0, ICMP_TYPE_CODE(frame, l4)[0], 0, frame, offset))

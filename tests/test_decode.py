@@ -426,3 +426,23 @@ def test_skips_through_pcap(tmp_path: Path, linktype: int) -> None:
     assert (stats.packets_read, stats.packets_decoded) == (len(bad) + 3, 3)
     assert [(f.ip_version, f.bidirectional_packets, f.bidirectional_bytes) for f in flows] == [
         (4, 2, 2 * len(UDP4)), (6, 1, len(UDP6))]
+
+
+@pytest.mark.parametrize("after", [(DEST_OPTS, 8), (AH, 8)], ids=["dest-opts", "ah"])
+def test_ipv6_later_fragment_joins_first_with_header_after_fragment(after: tuple[int, int]) -> None:
+    """Fragments are matched on the Fragment header's next header, which every fragment names."""
+    decoder = Decoder(1)
+    first = ipv6(udp(4500, 500, bytes(32)), UDP, ext=((FRAGMENT, 8), after), fragment=(0, 1, 7))
+    later = ipv6(bytes(24), after[0], ext=((FRAGMENT, 8),), fragment=(6, 0, 7))
+    packets = [decoder.decode(1_000, link(1, ip)) for ip in (first, later)]
+    assert [(p.protocol, p.src_port, p.dst_port, p.ip_size) for p in packets] == [
+        (UDP, 4500, 500, len(first)), (UDP, 4500, 500, len(later))]
+
+
+def test_transport_header_in_link_padding_is_truncated() -> None:
+    """A TCP header cut by the IP total length is not read from the Ethernet padding after it."""
+    decoder = Decoder(1)
+    ip = ipv4(tcp(1000, 80, ACK), TCP, total_length=24)[:24]
+    frame = link(1, ip) + b"\xaa" * 36
+    assert decoder.decode(1_000, frame) is None
+    assert decoder.skipped == Counter({"truncated transport header": 1})
