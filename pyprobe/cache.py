@@ -54,8 +54,8 @@ class FlowCache:
     """Live flows keyed by a direction-free key, and the ones that expired."""
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
-                 "plugins", "now_ms", "expired", "flows_created", "_flows", "_closing",
-                 "_next_scan_ms")
+                 "plugins", "now_ms", "started_ms", "expired", "flows_created", "_flows",
+                 "_closing", "_next_scan_ms")
 
     def __init__(self, *, idle_timeout_s: float = 30, active_timeout_s: float = 120,
                  max_flows: int = 524_288, close_linger_s: float = 2,
@@ -66,6 +66,7 @@ class FlowCache:
         self.max_flows = max_flows
         self.plugins = tuple(plugins)
         self.now_ms = 0
+        self.started_ms = 0  # the first packet's time
         self.expired: list[Flow] = []
         self.flows_created = 0
         self._flows: OrderedDict[tuple, Flow] = OrderedDict()
@@ -82,6 +83,7 @@ class FlowCache:
         if time_ms > self.now_ms:
             self.now_ms = time_ms
             if time_ms >= self._next_scan_ms:
+                self.started_ms = self.started_ms or time_ms
                 self.expire(time_ms)
         else:
             time_ms = self.now_ms

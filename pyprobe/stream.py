@@ -75,6 +75,8 @@ class FlowStream:
         self.plugins = tuple(plugins)
         self.progress = progress
         self.stats = MeterStats()
+        self.cache: FlowCache | None = None
+        """The flow cache of the iteration under way (its clock: `cache.now_ms`)."""
 
     def __iter__(self) -> Iterator[Flow]:
         capture = PcapSource(self.source, bpf_filter=self.bpf_filter, snaplen=self.snaplen)
@@ -82,6 +84,7 @@ class FlowStream:
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
                           plugins=self.plugins)
+        self.cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
         decode, add, expired = decoder.decode, cache.add, cache.expired

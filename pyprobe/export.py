@@ -1,0 +1,174 @@
+"""The exporter: expired flows in, IPFIX or NetFlow v9 messages out, for one collector (sans-IO).
+
+It owns the wire state of one collector: the compiled templates, the sequence number, and when
+templates were last sent. Records are buffered into the current message, which goes out when the
+next record does not fit in `mtu_bytes`, when `tick(now_ms)` finds it older than
+`flush_interval_ms`, or on `flush(now_ms)`. Templates, options templates and the options data
+(exporting-process statistics, RFC 5610 type records) open the first message, and again once
+`template_refresh_s` of clock time or `template_refresh_packets` messages have passed. The
+clock is whatever `now_ms` the caller passes: packet time in a replay.
+
+>>> from pyprobe.elements import ElementRegistry
+>>> from pyprobe.template import load_templates
+>>> registry = ElementRegistry.default()
+>>> exporter = Exporter("ipfix", load_templates("templates/default.yaml", registry), registry)
+>>> exporter.flush(now_ms=1_700_000_000_000)[0][:2].hex()   # templates and options only
+'000a'
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .elements import ElementRegistry
+from .flow import Flow
+from .ipfix import IPFIX
+from .message import MessageBuilder, Protocol
+from .netflow9 import NETFLOW9
+from .options import (ExportStats, enterprise_elements, statistics_template,
+                      type_information_template)
+from .template import CompiledTemplate, TemplateError, TemplateSet
+
+PROTOCOLS: dict[str, Protocol] = {"ipfix": IPFIX, "netflow9": NETFLOW9}
+
+
+class Exporter:
+    """Encodes flows for one collector in one protocol, with its own templates and sequence."""
+
+    def __init__(self, protocol: str, templates: TemplateSet, registry: ElementRegistry, *,
+                 observation_domain: int = 1, mtu_bytes: int = 1400,
+                 template_refresh_s: float = 60, template_refresh_packets: int = 20,
+                 flush_interval_ms: int = 1000, boot_ms: int = 0) -> None:
+        if protocol not in PROTOCOLS:
+            raise TemplateError(f"unknown protocol {protocol!r} (expected ipfix or netflow9)")
+        self.protocol = PROTOCOLS[protocol]
+        if templates.biflow and self.protocol is NETFLOW9:
+            raise TemplateError(f"{templates.path}: biflow templates need IPFIX (RFC 5103 reverse "
+                                f"elements have no NetFlow v9 field types)")
+        self.templates = templates
+        self.observation_domain = observation_domain
+        self.mtu_bytes = mtu_bytes
+        self.template_refresh_ms = round(template_refresh_s * 1000)
+        self.template_refresh_packets = template_refresh_packets
+        self.flush_interval_ms = flush_interval_ms
+        self.boot_ms = boot_ms
+        self.stats = ExportStats()
+        self.sequence = 0
+        compile_ = lambda t: t.compile(self.protocol, boot_ms=boot_ms)  # noqa: E731
+        self._data = {t.ip_version: compile_(t) for t in reversed(templates.templates)}
+        options = [statistics_template(registry)]
+        self._enterprise = enterprise_elements(templates.templates)
+        if self._enterprise and self.protocol is IPFIX:
+            options.append(type_information_template(registry))
+        self._options = tuple(compile_(t) for t in options)
+        self._template_records = self._template_records_of()
+        self._builder = MessageBuilder(self.protocol, mtu_bytes)
+        self._messages_since_templates = 0
+        self._templates_sent_ms: int | None = None
+        self._message_started_ms = 0
+        mtu_needed = self.protocol.header_length + 4 + max(
+            c.record_length for c in self._data.values()) + 3
+        if mtu_needed > mtu_bytes:
+            raise TemplateError(f"mtu {mtu_bytes} is too small: a record needs {mtu_needed} octets")
+
+    def _template_records_of(self) -> list[tuple[int, bytes]]:
+        """(set id, record) of every template and options template, in the order they are sent."""
+        protocol = self.protocol
+        records = [(protocol.template_set_id, protocol.template_record(c.id, c.fields))
+                   for c in self._data.values()]
+        records += [(protocol.options_template_set_id,
+                     protocol.template_record(c.id, c.fields, c.template.scope_count))
+                    for c in self._options]
+        return sorted(records, key=lambda r: r[0])
+
+    def _compiled_for(self, flow: Flow) -> CompiledTemplate | None:
+        return self._data.get(flow.ip_version) or self._data.get(None)
+
+    def export(self, flows: Iterable[Flow], now_ms: int) -> list[bytes]:
+        """Adds the flows' records; returns the messages that filled up."""
+        out: list[bytes] = []
+        biflow = self.templates.biflow
+        for flow in flows:
+            compiled = self._compiled_for(flow)
+            if compiled is None:
+                self._not_sent(flow, now_ms)
+                continue
+            forward = (flow.src_addr, flow.dst_addr, flow.src_port, flow.dst_port)
+            self._add(compiled.id, compiled.encode(flow, flow.src2dst, flow.reverse, forward),
+                      now_ms, out)
+            self.stats.flow_records += 1
+            if flow.dst2src is not None and not biflow:
+                backward = (flow.dst_addr, flow.src_addr, flow.dst_port, flow.src_port)
+                self._add(compiled.id, compiled.encode(flow, flow.dst2src, flow.src2dst, backward),
+                          now_ms, out)
+                self.stats.flow_records += 1
+        return out
+
+    def _not_sent(self, flow: Flow, now_ms: int) -> None:
+        stats = self.stats
+        stats.not_sent_flows += 1
+        stats.not_sent_packets += flow.bidirectional_packets
+        stats.not_sent_octets += flow.bidirectional_bytes
+        stats.first_not_sent_ms = stats.first_not_sent_ms or now_ms
+        stats.last_not_sent_ms = now_ms
+
+    def _add(self, set_id: int, record: bytes, now_ms: int, out: list[bytes]) -> None:
+        builder = self._builder
+        if not builder:
+            self._open(now_ms, out)
+        if not builder.add(set_id, record, data=True):
+            out.append(self._finish(now_ms))
+            self._open(now_ms, out)
+            builder.add(set_id, record, data=True)
+
+    def _open(self, now_ms: int, out: list[bytes]) -> None:
+        """Starts a message: with the templates and options first when a refresh is due."""
+        self._message_started_ms = now_ms
+        if (self._templates_sent_ms is None
+                or self._messages_since_templates >= self.template_refresh_packets
+                or now_ms - self._templates_sent_ms >= self.template_refresh_ms):
+            self._templates_sent_ms = now_ms
+            self._messages_since_templates = 0
+            for set_id, record, data in self._refresh_records():
+                if not self._builder.add(set_id, record, data=data):
+                    out.append(self._finish(now_ms))
+                    self._builder.add(set_id, record, data=data)
+
+    def _refresh_records(self) -> list[tuple[int, bytes, bool]]:
+        records = [(set_id, record, False) for set_id, record in self._template_records]
+        statistics = self._options[0]
+        records.append((statistics.id, statistics.encode(self.stats, None, None, ()), True))
+        for compiled in self._options[1:]:
+            records += [(compiled.id, compiled.encode(ie, None, None, ()), True)
+                        for ie in self._enterprise]
+        return records
+
+    def _finish(self, now_ms: int) -> bytes:
+        builder = self._builder
+        records = builder.data_records
+        message = builder.finish(now_ms=now_ms, boot_ms=self.boot_ms, sequence=self.sequence,
+                                 domain=self.observation_domain)
+        self.sequence += records if self.protocol.sequence_counts_records else 1
+        self._messages_since_templates += 1
+        self.stats.messages += 1
+        self.stats.octets += len(message)
+        return message
+
+    def tick(self, now_ms: int) -> list[bytes]:
+        """Timer work: sends a message held longer than the flush interval, and templates when due."""
+        if self._builder:
+            if now_ms - self._message_started_ms >= self.flush_interval_ms:
+                return [self._finish(now_ms)]
+            return []
+        if self._templates_sent_ms is None or now_ms - self._templates_sent_ms >= self.template_refresh_ms:
+            return self.flush(now_ms)
+        return []
+
+    def flush(self, now_ms: int) -> list[bytes]:
+        """Sends the message being filled (a templates-only one when it holds nothing)."""
+        out: list[bytes] = []
+        if not self._builder:
+            self._templates_sent_ms = None  # force the refresh: templates are the content
+            self._open(now_ms, out)
+        out.append(self._finish(now_ms))
+        return out
+

@@ -1,0 +1,108 @@
+"""Export messages: what IPFIX and NetFlow v9 share, and the MTU-bounded message builder.
+
+A `Protocol` (ipfix.IPFIX, netflow9.NETFLOW9) says only what differs: the header, the set ids,
+how template records and field specifiers look, padding, and the sequence rule. `MessageBuilder`
+puts records into sets and sets into one message, never past `mtu_bytes` and never splitting a
+record: `add()` returns False when the record does not fit, and the caller sends `finish()` and
+starts a new message.
+
+>>> from pyprobe.ipfix import IPFIX
+>>> builder = MessageBuilder(IPFIX, mtu_bytes=40)
+>>> builder.add(256, b"x" * 20, data=True), builder.add(256, b"y" * 20, data=True)
+(True, False)
+>>> message = builder.finish(now_ms=1_700_000_000_000, boot_ms=0, sequence=7, domain=1)
+>>> len(message), message[:2].hex(), builder.data_records
+(40, '000a', 1)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from construct import Struct
+
+from .template import TemplateField
+
+
+class Protocol:
+    """What one export protocol defines; subclasses fill in the constants and formats."""
+
+    name: str
+    version: int
+    header: Struct  # construct format of the message header
+    header_length: int
+    template_set_id: int
+    options_template_set_id: int
+    pad_sets: bool  # pad every set to a 4-octet boundary
+    sequence_counts_records: bool  # IPFIX: data records sent; NFv9: messages sent
+
+    def adapt(self, field: TemplateField, where: str, context: dict[str, Any]) -> TemplateField:
+        """The field as this protocol sends it; a TemplateError where it cannot."""
+        return field
+
+    def field_specifier(self, field: TemplateField) -> dict[str, int]:
+        """The field's entry in a template record (for the template record formats)."""
+        raise NotImplementedError
+
+    def template_record(self, template_id: int, fields: tuple[TemplateField, ...],
+                        scope_count: int = 0) -> bytes:
+        """A template record, or an options template record when scope_count > 0."""
+        raise NotImplementedError
+
+    def build_header(self, length: int, count: int, now_ms: int, boot_ms: int, sequence: int,
+                     domain: int) -> bytes:
+        raise NotImplementedError
+
+
+SET_HEADER_LENGTH = 4  # set id, length: the same in both protocols
+
+
+class MessageBuilder:
+    """Fills one message with sets of records up to the MTU."""
+
+    __slots__ = ("protocol", "mtu_bytes", "records", "data_records", "_sets", "_length")
+
+    def __init__(self, protocol: Protocol, mtu_bytes: int = 1400) -> None:
+        self.protocol = protocol
+        self.mtu_bytes = mtu_bytes
+        self.records = 0  # every record in the message (NFv9's header count)
+        self.data_records = 0  # data and options data records (IPFIX's sequence step)
+        self._sets: list[tuple[int, list[bytes]]] = []
+        self._length = protocol.header_length
+
+    def __bool__(self) -> bool:
+        return bool(self._sets)
+
+    def add(self, set_id: int, record: bytes, *, data: bool) -> bool:
+        """Adds a record to the message, in a set of `set_id`; False if it does not fit."""
+        sets = self._sets
+        growth = len(record)
+        if not sets or sets[-1][0] != set_id:
+            growth += SET_HEADER_LENGTH + 3 * self.protocol.pad_sets  # room for the worst padding
+            if self._length + growth > self.mtu_bytes:
+                return False
+            sets.append((set_id, []))
+            self._length += SET_HEADER_LENGTH
+        elif self._length + growth + 3 * self.protocol.pad_sets > self.mtu_bytes:
+            return False
+        sets[-1][1].append(record)
+        self._length += len(record)
+        self.records += 1
+        self.data_records += data
+        return True
+
+    def finish(self, *, now_ms: int, boot_ms: int, sequence: int, domain: int) -> bytes:
+        """The message's bytes; the builder is then empty for the next one."""
+        body = []
+        for set_id, records in self._sets:
+            content = b"".join(records)
+            padding = -(SET_HEADER_LENGTH + len(content)) % 4 if self.protocol.pad_sets else 0
+            body.append((set_id).to_bytes(2, "big")
+                        + (SET_HEADER_LENGTH + len(content) + padding).to_bytes(2, "big")
+                        + content + bytes(padding))
+        payload = b"".join(body)
+        header = self.protocol.build_header(self.protocol.header_length + len(payload),
+                                            self.records, now_ms, boot_ms, sequence, domain)
+        self._sets = []
+        self._length = self.protocol.header_length
+        self.records = self.data_records = 0
+        return header + payload

@@ -1,0 +1,104 @@
+"""NetFlow v9 (RFC 3954): its header, flowset ids, field types and sequence rule.
+
+NFv9 has no enterprise numbers and no variable-length fields: ntop elements go as type 57472 + n,
+strings as fixed-width NUL-padded fields, and flow times as FIRST_SWITCHED / LAST_SWITCHED
+(flowStart/EndSysUpTime, 22/21): milliseconds of sysUpTime, counted from the exporter's boot time,
+which the exporter picks as a whole second no later than the first flow's start, so they are
+never negative.
+The sequence number counts export packets sent before this one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from construct import Array, Const, Int16ub, Int32ub, Struct, this
+
+from .elements import VARLEN, ElementRegistry
+from .message import Protocol
+from .template import TemplateError, TemplateField
+
+NETFLOW9_VERSION = 9
+TEMPLATE_FLOWSET_ID = 0
+OPTIONS_TEMPLATE_FLOWSET_ID = 1
+SCOPE_SYSTEM = 1  # RFC 3954 §6.1 scope field types: 1 System, 2 Interface, 3 Line Card, 4 Cache, 5 Template
+# Absolute times IPFIX sends as such, and the sysUpTime elements NFv9 sends instead.
+SYSUPTIME_ELEMENTS = {"flowStartMilliseconds": "flowStartSysUpTime",
+                      "flowEndMilliseconds": "flowEndSysUpTime"}
+
+HEADER = Struct(
+    "version" / Const(NETFLOW9_VERSION, Int16ub),
+    "count" / Int16ub,  # records in the packet: templates, options templates and data
+    "sys_uptime" / Int32ub,  # milliseconds since the exporter's boot time
+    "unix_secs" / Int32ub,
+    "sequence" / Int32ub,  # export packets sent before this one
+    "source_id" / Int32ub,
+)
+FLOWSET_HEADER = Struct("flowset_id" / Int16ub, "length" / Int16ub)
+FIELD_SPECIFIER = Struct("type" / Int16ub, "length" / Int16ub)
+TEMPLATE_RECORD = Struct(
+    "template_id" / Int16ub,
+    "field_count" / Int16ub,
+    "fields" / Array(this.field_count, FIELD_SPECIFIER),
+)
+OPTIONS_TEMPLATE_RECORD = Struct(
+    "template_id" / Int16ub,
+    "scope_length" / Int16ub,  # in octets, not fields
+    "option_length" / Int16ub,  # in octets, not fields
+    "scopes" / Array(this.scope_length // 4, FIELD_SPECIFIER),
+    "options" / Array(this.option_length // 4, FIELD_SPECIFIER),
+)
+_HEADER = HEADER.compile()
+_REGISTRY = ElementRegistry.default()
+
+
+class Netflow9(Protocol):
+    """RFC 3954 over UDP."""
+
+    name = "netflow9"
+    version = NETFLOW9_VERSION
+    header = HEADER
+    header_length = HEADER.sizeof()
+    template_set_id = TEMPLATE_FLOWSET_ID
+    options_template_set_id = OPTIONS_TEMPLATE_FLOWSET_ID
+    pad_sets = True
+    sequence_counts_records = False
+
+    def adapt(self, field: TemplateField, where: str, context: dict[str, Any]) -> TemplateField:
+        element = field.element
+        if element.netflow9_type is None:
+            raise TemplateError(f"{where}: {element.name} (PEN {element.pen}) has no NetFlow v9 "
+                                f"field type: NetFlow v9 carries IANA and ntop elements only")
+        if field.length == VARLEN:
+            raise TemplateError(f"{where}: {element.name} needs a length in NetFlow v9, which "
+                                f"has no variable-length fields: write {{name: {element.name}, length: N}}")
+        if element.name in SYSUPTIME_ELEMENTS:
+            boot_ms = context["boot_ms"]
+            absolute = field.getter
+            return TemplateField(_REGISTRY[SYSUPTIME_ELEMENTS[element.name]], 4,
+                                 lambda *args: (absolute(*args) - boot_ms) & 0xFFFFFFFF)
+        return field
+
+    def template_record(self, template_id: int, fields: tuple[TemplateField, ...],
+                        scope_count: int = 0) -> bytes:
+        specifiers = [{"type": f.element.netflow9_type, "length": f.length} for f in fields]
+        if scope_count:
+            scopes = [{"type": SCOPE_SYSTEM, "length": f["length"]} for f in specifiers[:scope_count]]
+            options = specifiers[scope_count:]
+            return OPTIONS_TEMPLATE_RECORD.build({"template_id": template_id,
+                                                  "scope_length": 4 * len(scopes),
+                                                  "option_length": 4 * len(options),
+                                                  "scopes": scopes, "options": options})
+        return TEMPLATE_RECORD.build({"template_id": template_id, "field_count": len(fields),
+                                      "fields": specifiers})
+
+    def build_header(self, length: int, count: int, now_ms: int, boot_ms: int, sequence: int,
+                     domain: int) -> bytes:
+        # Collectors compute boot time as unix_secs * 1000 - sys_uptime: both from the same
+        # whole second, so flow times come back exact to the millisecond.
+        unix_secs = now_ms // 1000
+        return _HEADER.build({"count": count, "sys_uptime": (unix_secs * 1000 - boot_ms) & 0xFFFFFFFF,
+                              "unix_secs": unix_secs, "sequence": sequence % 2**32,
+                              "source_id": domain})
+
+
+NETFLOW9 = Netflow9()

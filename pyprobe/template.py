@@ -1,0 +1,244 @@
+"""Templates: which Information Elements go in a record, loaded from YAML and compiled per protocol.
+
+A template file (templates/*.yaml) lists templates; each names its elements in wire order. Loading
+resolves every name in the `ElementRegistry`, checks the length against the element's type and
+that `fields.py` knows how to read it, and reports the file, the entry and what was expected.
+`Template.compile(protocol)` then fixes the wire layout once: runs of fixed-width fields become
+one precompiled `struct.Struct`; IPFIX variable-length strings are encoded between them.
+
+>>> from pyprobe.elements import ElementRegistry
+>>> from pyprobe.ipfix import IPFIX
+>>> templates = load_templates("templates/default.yaml", ElementRegistry.default())
+>>> [(t.id, t.name, t.ip_version, len(t.fields)) for t in templates.templates]
+[(256, 'ipv4_flow', 4, 18), (257, 'ipv6_flow', 6, 18)]
+>>> templates.templates[0].compile(IPFIX).record_length
+57
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .elements import IANA_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement
+from .errors import PyprobeError
+from .fields import FIELD_GETTERS, Getter, reverse_getter
+from .flow import Flow
+
+if TYPE_CHECKING:
+    from .protocol import Protocol
+
+MIN_TEMPLATE_ID = 256  # RFC 7011 §3.4.1: 0-255 are set ids
+MATCH_KEYS = {"ip_version": (4, 6)}
+# Struct codes of reduced-size encoding (RFC 7011 §6.2), by signedness and octets.
+REDUCED_CODES = {(False, 1): "B", (False, 2): "H", (False, 4): "I", (False, 8): "Q",
+                 (True, 1): "b", (True, 2): "h", (True, 4): "i", (True, 8): "q"}
+
+
+class TemplateError(PyprobeError):
+    """A template file is wrong: the message names the file, the entry and what is expected."""
+
+
+@dataclass(frozen=True)
+class TemplateField:
+    """One field of a template: an element, its length on the wire and how to read it."""
+
+    element: InformationElement
+    length: int  # VARLEN: IPFIX variable-length encoding
+    getter: Getter
+
+
+@dataclass(frozen=True)
+class Template:
+    """A named list of fields, for the flows of one IP version (or all when ip_version is None)."""
+
+    id: int
+    name: str
+    ip_version: int | None
+    fields: tuple[TemplateField, ...]
+    where: str  # "file: templates[i]", for error messages
+    scope_count: int = 0  # options templates: the first fields are the scope
+
+    def compile(self, protocol: Protocol, **context: Any) -> CompiledTemplate:
+        """The wire layout of this template in `protocol` (context: e.g. boot_ms for NFv9)."""
+        return CompiledTemplate(self, tuple(protocol.adapt(f, self.where, context) for f in self.fields))
+
+
+@dataclass(frozen=True)
+class TemplateSet:
+    """The templates of one file, and whether they describe biflow (RFC 5103) records."""
+
+    templates: tuple[Template, ...]
+    biflow: bool
+    path: str
+
+    def for_flow(self, flow: Flow) -> Template | None:
+        """The first template whose match accepts the flow."""
+        version = flow.ip_version
+        for template in self.templates:
+            if template.ip_version in (None, version):
+                return template
+        return None
+
+
+class CompiledTemplate:
+    """A template's wire fields and its record encoder, fixed for one protocol."""
+
+    __slots__ = ("template", "fields", "record_length", "_parts")
+
+    def __init__(self, template: Template, fields: tuple[TemplateField, ...]) -> None:
+        self.template = template
+        self.fields = fields
+        # Parts: a precompiled struct with the getters of a run of fixed-width fields, or a lone
+        # variable-length field (struct None).
+        parts: list[tuple[struct.Struct | None, tuple[Getter, ...]]] = []
+        codes: list[str] = []
+        getters: list[Getter] = []
+        for field in fields:
+            if field.length == VARLEN:
+                if codes:
+                    parts.append((struct.Struct("!" + "".join(codes)), tuple(getters)))
+                    codes, getters = [], []
+                parts.append((None, (_as_bytes(field.getter),)))
+            else:
+                codes.append(struct_code(field.element, field.length))
+                getters.append(_as_bytes(field.getter) if field.element.data_type.variable
+                               else field.getter)
+        if codes:
+            parts.append((struct.Struct("!" + "".join(codes)), tuple(getters)))
+        self._parts = tuple(parts)
+        self.record_length = sum(s.size for s, _ in parts if s is not None)  # fixed part only
+
+    @property
+    def id(self) -> int:
+        return self.template.id
+
+    def encode(self, flow: Flow, this: Any, other: Any, ends: tuple) -> bytes:
+        """One data record."""
+        if len(self._parts) == 1 and self._parts[0][0] is not None:
+            packer, getters = self._parts[0]
+            return packer.pack(*[get(flow, this, other, ends) for get in getters])
+        out = []
+        for packer, getters in self._parts:
+            if packer is None:
+                out.append(varlen_bytes(getters[0](flow, this, other, ends)))
+            else:
+                out.append(packer.pack(*[get(flow, this, other, ends) for get in getters]))
+        return b"".join(out)
+
+
+def varlen_bytes(value: bytes) -> bytes:
+    """RFC 7011 §7: a 1-byte length, or 255 and a 2-byte length, then the value."""
+    if len(value) < 255:
+        return bytes((len(value),)) + value
+    value = value[:0xFFFF]
+    return b"\xff" + len(value).to_bytes(2, "big") + value
+
+
+def _as_bytes(getter: Getter) -> Getter:
+    """A getter whose text values are sent as UTF-8."""
+    def get(flow: Flow, this: Any, other: Any, ends: tuple) -> bytes:
+        value = getter(flow, this, other, ends)
+        return value.encode() if isinstance(value, str) else value
+    return get
+
+
+def struct_code(element: InformationElement, length: int) -> str:
+    """The struct format of an element sent in `length` octets."""
+    data_type = element.data_type
+    if data_type.variable or data_type.struct_code.endswith("s"):
+        return f"{length}s"  # fixed-width octets: struct pads with NULs and truncates
+    if length == data_type.length:
+        return data_type.struct_code
+    if data_type.name == "float64":
+        return "f"
+    return REDUCED_CODES[data_type.name.startswith("signed"), length]
+
+
+def load_templates(path: str | Path, registry: ElementRegistry) -> TemplateSet:
+    """Reads and checks a template file; every mistake is a TemplateError naming where it is."""
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = yaml.safe_load(stream)
+    except OSError as error:
+        raise TemplateError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise TemplateError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("templates"), list):
+        raise TemplateError(f"{path}: expected a mapping with a 'templates' list")
+    unknown = set(document) - {"templates", "biflow"}
+    if unknown:
+        raise TemplateError(f"{path}: unknown key {sorted(unknown)[0]!r} (expected 'templates', 'biflow')")
+    biflow = document.get("biflow", False)
+    if not isinstance(biflow, bool):
+        raise TemplateError(f"{path}: biflow: expected true or false, got {biflow!r}")
+    templates = tuple(_template(entry, f"{path}: templates[{i}]", registry)
+                      for i, entry in enumerate(document["templates"]))
+    if not templates:
+        raise TemplateError(f"{path}: templates: expected at least one template")
+    seen: set[int] = set()
+    for template in templates:
+        if template.id in seen:
+            raise TemplateError(f"{template.where}: id {template.id} is used twice")
+        seen.add(template.id)
+    return TemplateSet(templates, biflow, path)
+
+
+def _template(entry: Any, where: str, registry: ElementRegistry) -> Template:
+    if not isinstance(entry, dict):
+        raise TemplateError(f"{where}: expected a mapping with id, name, fields")
+    unknown = set(entry) - {"id", "name", "match", "fields"}
+    if unknown:
+        raise TemplateError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected id, name, match, fields)")
+    template_id = entry.get("id")
+    if not isinstance(template_id, int) or not MIN_TEMPLATE_ID <= template_id <= 0xFFFF:
+        raise TemplateError(f"{where}: id: expected an integer from 256 to 65535, got {template_id!r}")
+    match = entry.get("match") or {}
+    for key, value in match.items():
+        if key not in MATCH_KEYS or value not in MATCH_KEYS[key]:
+            raise TemplateError(f"{where}: match: expected ip_version: 4 or 6, got {key}: {value!r}")
+    fields = entry.get("fields")
+    if not isinstance(fields, list) or not fields:
+        raise TemplateError(f"{where}: fields: expected a list of element names")
+    return Template(template_id, str(entry.get("name", f"template_{template_id}")),
+                    match.get("ip_version"),
+                    tuple(_field(item, f"{where}.fields[{i}]", registry) for i, item in enumerate(fields)),
+                    where)
+
+
+def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
+    if isinstance(item, str):
+        name, length = item, None
+    elif isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= {"name", "length"}:
+        name, length = item["name"], item.get("length")
+    else:
+        raise TemplateError(f"{where}: expected an element name or {{name: ..., length: N}}, got {item!r}")
+    try:
+        element = registry[name]
+    except KeyError as error:
+        raise TemplateError(f"{where}: {error}") from None
+    getter = _getter(element, registry)
+    if getter is None:
+        raise TemplateError(f"{where}: pyprobe has no value for element {name!r} "
+                            f"(it can send: {', '.join(sorted(FIELD_GETTERS))})")
+    if length is None:
+        length = element.default_length
+    elif not isinstance(length, int) or not element.data_type.accepts_length(length) or (
+            not element.data_type.variable and not element.data_type.struct_code.endswith("s")
+            and length not in (1, 2, 4, 8)):
+        raise TemplateError(f"{where}: length {length!r} does not fit {name} "
+                            f"({element.data_type.name}, {element.data_type.length} octets"
+                            f"{', or fewer (1, 2, 4)' if element.data_type.reducible else ''})")
+    return TemplateField(element, length, getter)
+
+
+def _getter(element: InformationElement, registry: ElementRegistry) -> Callable | None:
+    if element.pen == REVERSE_PEN:
+        forward = FIELD_GETTERS.get(registry[IANA_PEN, element.id].name)
+        return forward and reverse_getter(forward)
+    return FIELD_GETTERS.get(element.name)
