@@ -9,12 +9,23 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TextIO
 
+from pathlib import Path
+
 from . import __version__
+from .elements import ElementRegistry
 from .errors import PyprobeError
+from .export import PROTOCOLS
 from .flow import Flow
+from .probe import Collector, ExportSummary, Probe
 from .stream import FlowStream, MeterStats
+from .template import load_templates
+from .transport import parse_address
 
 log = logging.getLogger("pyprobe")
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
+BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
 
 TABLE_COLUMNS = ("{:<5} {:>39} {:>39} {:>5} {:>9} {:>11} {:>23} {:>9} {:<18} {}")
 TABLE_HEADER = TABLE_COLUMNS.format("proto", "source", "destination", "vlan", "packets",
@@ -78,7 +89,70 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--max-flows", type=int, default=524_288, metavar="N",
                         help="flows kept at once; beyond, the least recent is expired (default 524288)")
     replay.add_argument("--bpf", metavar="EXPR", help="BPF filter applied before metering")
+    export = replay.add_argument_group("export (with --collector)")
+    export.add_argument("--collector", action="append", default=[], metavar="HOST:PORT[,PROTOCOL]",
+                        type=_collector_argument,
+                        help="send flows there (repeatable; [v6addr]:port for IPv6; protocol "
+                             "ipfix or netflow9, default --protocol)")
+    export.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ipfix",
+                        help="protocol of collectors that do not name one (default ipfix)")
+    export.add_argument("--template", type=Path, metavar="FILE",
+                        help=f"template file (default {DEFAULT_TEMPLATE.name}, or "
+                             f"{BIFLOW_TEMPLATE.name} with --biflow)")
+    export.add_argument("--biflow", action="store_true",
+                        help="one RFC 5103 biflow record per flow instead of one per direction (IPFIX)")
+    export.add_argument("--mtu", type=int, default=1400, metavar="N",
+                        help="largest message, octets of UDP payload (default 1400)")
+    export.add_argument("--observation-domain", type=int, default=1, metavar="N",
+                        help="IPFIX observation domain / NFv9 source id (default 1)")
+    export.add_argument("--template-refresh", type=float, default=60, metavar="S",
+                        help="resend templates every S seconds of packet time (default 60)")
+    export.add_argument("--template-refresh-packets", type=int, default=20, metavar="N",
+                        help="and every N messages (default 20)")
+    export.add_argument("--pace", action="store_true",
+                        help="send at the capture's own speed instead of as fast as possible")
+    export.add_argument("--speed", type=float, metavar="X",
+                        help="with --pace: X times the capture's speed (default 1)")
+    collect = commands.add_parser("collect", help="decode IPFIX / NetFlow v9 arriving on a UDP port")
+    collect.add_argument("--port", type=int, required=True)
+    collect.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    collect.add_argument("--json", action="store_true", help="one JSON object per record")
+    collect.add_argument("--count", type=int, metavar="N", help="stop after N messages")
+    collect.add_argument("--timeout", type=float, metavar="S",
+                         help="stop after S seconds without a message")
     return parser
+
+
+def _collector_argument(text: str) -> tuple[str, int, str | None]:
+    address, _, protocol = text.partition(",")
+    if protocol and protocol not in PROTOCOLS:
+        raise argparse.ArgumentTypeError(f"{text}: protocol must be ipfix or netflow9")
+    try:
+        host, port = parse_address(address)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return host, port, protocol or None
+
+
+def format_export_summary(summary: ExportSummary) -> str:
+    return (f"exported {summary.flows} flows as {summary.records} records in {summary.messages} "
+            f"messages, {summary.octets} octets, {summary.send_errors} send errors")
+
+
+def export(args: argparse.Namespace, stream: FlowStream) -> int:
+    registry = ElementRegistry.default()
+    template_file = args.template or (BIFLOW_TEMPLATE if args.biflow else DEFAULT_TEMPLATE)
+    templates = load_templates(template_file, registry)
+    collectors = [Collector(host, port, protocol or args.protocol, templates)
+                  for host, port, protocol in args.collector]
+    probe = Probe(stream, collectors, registry, observation_domain=args.observation_domain,
+                  mtu_bytes=args.mtu, template_refresh_s=args.template_refresh,
+                  template_refresh_packets=args.template_refresh_packets,
+                  speed=(args.speed or 1.0) if args.pace else None)
+    summary = probe.run()
+    print(format_summary(stream.stats))
+    print(format_export_summary(summary))
+    return 0
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -87,6 +161,8 @@ def replay(args: argparse.Namespace) -> int:
     stream = FlowStream(args.file, idle_timeout=args.idle_timeout,
                         active_timeout=args.active_timeout, max_flows=args.max_flows,
                         bpf_filter=args.bpf, progress=progress)
+    if args.collector:
+        return export(args, stream)
     out = sys.stdout
     for count, flow in enumerate(stream):
         if args.json:
@@ -105,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return {"replay": replay}[args.command](args)
+        if args.command == "collect":
+            from .collect import run as collect
+            return collect(args)
+        return replay(args)
     except PyprobeError as error:
         print(f"pyprobe: error: {error}", file=sys.stderr)
         return 2

@@ -160,15 +160,16 @@ class Exporter:
                 return [self._finish(now_ms)]
             return []
         if self._templates_sent_ms is None or now_ms - self._templates_sent_ms >= self.template_refresh_ms:
-            return self.flush(now_ms)
+            out: list[bytes] = []
+            self._open(now_ms, out)
+            out.append(self._finish(now_ms))
+            return out
         return []
 
     def flush(self, now_ms: int) -> list[bytes]:
-        """Sends the message being filled (a templates-only one when it holds nothing)."""
-        out: list[bytes] = []
-        if not self._builder:
-            self._templates_sent_ms = None  # force the refresh: templates are the content
-            self._open(now_ms, out)
+        """Sends the message being filled, then templates and options with the final statistics."""
+        out = [self._finish(now_ms)] if self._builder else []
+        self._templates_sent_ms = None  # force the refresh: templates are the content
+        self._open(now_ms, out)
         out.append(self._finish(now_ms))
         return out
-

@@ -71,7 +71,9 @@ class Probe:
             if clock_start is None:
                 clock_start = stream.cache.started_ms
                 wall_start = time.monotonic()
-                self._start(clock_start // 1000 * 1000)
+                # NFv9 boot time: a whole second before the first packet. FIRST_SWITCHED 0
+                # would read as "no time" in nfdump, so it is never 0.
+                self._start(clock_start // 1000 * 1000 - 1000)
             if self.speed:
                 delay = wall_start + (now_ms - clock_start) / 1000 / self.speed - time.monotonic()
                 if delay > 0:
@@ -82,8 +84,10 @@ class Probe:
                 transport.send(exporter.tick(now_ms))
         if clock_start is None:  # nothing metered: still announce the templates
             self._start(0)
-        now_ms = stream.cache.now_ms if stream.cache else 0
+        now_ms = stream.cache.now_ms if stream.cache is not None else 0
         for exporter, transport in self.links:
+            exporter.stats.ignored_packets = stream.stats.packets_skipped
+            exporter.stats.ignored_octets = stream.stats.skipped_octets
             transport.send(exporter.flush(now_ms))
             summary.records += exporter.stats.flow_records
             summary.messages += exporter.stats.messages
