@@ -71,6 +71,7 @@ FIELD_GETTERS: dict[str, Getter] = {
     "maximumTTL": _this("max_ttl"),
     "minimumIpTotalLength": _this("min_ps"),
     "maximumIpTotalLength": _this("max_ps"),
+    "applicationName": _flow("application_name"),
 }
 
 

@@ -10,9 +10,11 @@ starts a new message.
 >>> builder = MessageBuilder(IPFIX, mtu_bytes=40)
 >>> builder.add(256, b"x" * 20, data=True), builder.add(256, b"y" * 20, data=True)
 (True, False)
+>>> builder.data_records
+1
 >>> message = builder.finish(now_ms=1_700_000_000_000, boot_ms=0, sequence=7, domain=1)
->>> len(message), message[:2].hex(), builder.data_records
-(40, '000a', 1)
+>>> len(message), message[:2].hex(), message[8:12].hex()
+(40, '000a', '00000007')
 """
 from __future__ import annotations
 

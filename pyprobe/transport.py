@@ -2,6 +2,7 @@
 
 A send error (collector down, ICMP port unreachable, no route) is counted and logged at most once
 per `log_interval_s` per collector; it never stops the probe, and the next message is tried as usual.
+The socket is connected so that the kernel reports ICMP port unreachable (ECONNREFUSED).
 """
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ class UdpTransport:
         family, kind, proto, _, self.address = socket.getaddrinfo(
             host, port, type=socket.SOCK_DGRAM)[0]
         self._socket = socket.socket(family, kind, proto)
+        try:  # connected, so ICMP port unreachable comes back as an error on a later send
+            self._socket.connect(self.address)
+        except OSError as error:
+            log.warning("collector %s:%d: %s; will keep trying", host, port, error.strerror or error)
         self.errors = self.sent_datagrams = self.sent_octets = 0
         self.log_interval_s = log_interval_s
         self._last_log = -log_interval_s
@@ -44,7 +49,7 @@ class UdpTransport:
     def send(self, datagrams: list[bytes]) -> None:
         for datagram in datagrams:
             try:
-                self._socket.sendto(datagram, self.address)
+                self._socket.sendto(datagram, self.address)  # sendto: also after a failed connect
             except OSError as error:
                 self.errors += 1
                 now = time.monotonic()
