@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := libpcap-dev nfdump tshark tcpreplay softflowd iproute2
 NFSTREAM := nfstream==6.6.0
 PCAP ?= pyprobe/data/sample.pcap
+PROTOCOL ?= ipfix
 ARGS ?=
 
 .PHONY: setup apt test run bench clean
@@ -31,8 +32,15 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(PY) -m pytest -q tests
 
+# Replays PCAP into a local nfcapd (IPFIX; PROTOCOL=netflow9 for v9) and prints what it stored.
 run: setup
-	$(VENV)/bin/pyprobe replay $(PCAP) $(ARGS)
+	@set -e; dir=$$(mktemp -d); \
+	port=$$($(PY) -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	mkdir $$dir/flows; nfcapd -b 127.0.0.1 -p $$port -w $$dir/flows > $$dir/nfcapd.log 2>&1 & pid=$$!; \
+	for i in $$(seq 50); do ss -Huln "sport = :$$port" | grep -q . && break; sleep 0.1; done; \
+	$(VENV)/bin/pyprobe replay $(PCAP) --collector 127.0.0.1:$$port,$(PROTOCOL) $(ARGS); \
+	kill -TERM $$pid; wait $$pid || true; \
+	echo; echo "nfdump -o line:"; nfdump -R $$dir/flows -o line; rm -rf $$dir
 
 bench: setup
 	$(PY) benchmarks/replay.py
