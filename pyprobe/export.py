@@ -20,13 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .elements import ElementRegistry
-from .flow import Flow
+from .flow import EMPTY_DIRECTION, Flow
 from .ipfix import IPFIX
 from .message import MessageBuilder, Protocol
 from .netflow9 import NETFLOW9
-from .options import (ExportStats, enterprise_elements, statistics_template,
-                      type_information_template)
-from .template import CompiledTemplate, TemplateError, TemplateSet
+from .options import (ExportStats, enterprise_elements, statistics_template, statistics_values,
+                      type_information_template, type_information_values)
+from .template import TemplateError, TemplateSet
 
 PROTOCOLS: dict[str, Protocol] = {"ipfix": IPFIX, "netflow9": NETFLOW9}
 
@@ -80,27 +80,26 @@ class Exporter:
                     for c in self._options]
         return sorted(records, key=lambda r: r[0])
 
-    def _compiled_for(self, flow: Flow) -> CompiledTemplate | None:
-        return self._data.get(flow.ip_version) or self._data.get(None)
-
     def export(self, flows: Iterable[Flow], now_ms: int) -> list[bytes]:
         """Adds the flows' records; returns the messages that filled up."""
         out: list[bytes] = []
-        biflow = self.templates.biflow
+        uniflow = not self.templates.biflow
+        data, add, stats = self._data, self._add, self.stats
         for flow in flows:
-            compiled = self._compiled_for(flow)
+            compiled = data.get(4 if len(flow.src_addr) == 4 else 6) or data.get(None)
             if compiled is None:
                 self._not_sent(flow, now_ms)
                 continue
-            forward = (flow.src_addr, flow.dst_addr, flow.src_port, flow.dst_port)
-            self._add(compiled.id, compiled.encode(flow, flow.src2dst, flow.reverse, forward),
-                      now_ms, out)
-            self.stats.flow_records += 1
-            if flow.dst2src is not None and not biflow:
-                backward = (flow.dst_addr, flow.src_addr, flow.dst_port, flow.src_port)
-                self._add(compiled.id, compiled.encode(flow, flow.dst2src, flow.src2dst, backward),
-                          now_ms, out)
-                self.stats.flow_records += 1
+            forward, reverse = flow.src2dst, flow.dst2src
+            add(compiled.id, compiled.encode(flow, forward, reverse or EMPTY_DIRECTION,
+                                             (flow.src_addr, flow.dst_addr, flow.src_port,
+                                              flow.dst_port)), now_ms, out)
+            stats.flow_records += 1
+            if reverse is not None and uniflow:
+                add(compiled.id, compiled.encode(flow, reverse, forward,
+                                                 (flow.dst_addr, flow.src_addr, flow.dst_port,
+                                                  flow.src_port)), now_ms, out)
+                stats.flow_records += 1
         return out
 
     def _not_sent(self, flow: Flow, now_ms: int) -> None:
@@ -113,12 +112,12 @@ class Exporter:
 
     def _add(self, set_id: int, record: bytes, now_ms: int, out: list[bytes]) -> None:
         builder = self._builder
-        if not builder:
+        if not builder.records:
             self._open(now_ms, out)
-        if not builder.add(set_id, record, data=True):
+        if not builder.add(set_id, record, True):
             out.append(self._finish(now_ms))
             self._open(now_ms, out)
-            builder.add(set_id, record, data=True)
+            builder.add(set_id, record, True)
 
     def _open(self, now_ms: int, out: list[bytes]) -> None:
         """Starts a message: with the templates and options first when a refresh is due."""
@@ -129,16 +128,16 @@ class Exporter:
             self._templates_sent_ms = now_ms
             self._messages_since_templates = 0
             for set_id, record, data in self._refresh_records():
-                if not self._builder.add(set_id, record, data=data):
+                if not self._builder.add(set_id, record, data):
                     out.append(self._finish(now_ms))
-                    self._builder.add(set_id, record, data=data)
+                    self._builder.add(set_id, record, data)
 
     def _refresh_records(self) -> list[tuple[int, bytes, bool]]:
         records = [(set_id, record, False) for set_id, record in self._template_records]
         statistics = self._options[0]
-        records.append((statistics.id, statistics.encode(self.stats, None, None, ()), True))
+        records.append((statistics.id, statistics.encode_values(statistics_values(self.stats)), True))
         for compiled in self._options[1:]:
-            records += [(compiled.id, compiled.encode(ie, None, None, ()), True)
+            records += [(compiled.id, compiled.encode_values(type_information_values(ie)), True)
                         for ie in self._enterprise]
         return records
 
@@ -155,7 +154,7 @@ class Exporter:
 
     def tick(self, now_ms: int) -> list[bytes]:
         """Timer work: sends a message held longer than the flush interval, and templates when due."""
-        if self._builder:
+        if self._builder.records:
             if now_ms - self._message_started_ms >= self.flush_interval_ms:
                 return [self._finish(now_ms)]
             return []
@@ -168,7 +167,7 @@ class Exporter:
 
     def flush(self, now_ms: int) -> list[bytes]:
         """Sends the message being filled, then templates and options with the final statistics."""
-        out = [self._finish(now_ms)] if self._builder else []
+        out = [self._finish(now_ms)] if self._builder.records else []
         self._templates_sent_ms = None  # force the refresh: templates are the content
         self._open(now_ms, out)
         out.append(self._finish(now_ms))

@@ -8,7 +8,7 @@ starts a new message.
 
 >>> from pyprobe.ipfix import IPFIX
 >>> builder = MessageBuilder(IPFIX, mtu_bytes=40)
->>> builder.add(256, b"x" * 20, data=True), builder.add(256, b"y" * 20, data=True)
+>>> builder.add(256, b"x" * 20, True), builder.add(256, b"y" * 20, True)
 (True, False)
 >>> builder.data_records
 1
@@ -71,10 +71,7 @@ class MessageBuilder:
         self._sets: list[tuple[int, list[bytes]]] = []
         self._length = protocol.header_length
 
-    def __bool__(self) -> bool:
-        return bool(self._sets)
-
-    def add(self, set_id: int, record: bytes, *, data: bool) -> bool:
+    def add(self, set_id: int, record: bytes, data: bool) -> bool:
         """Adds a record to the message, in a set of `set_id`; False if it does not fit."""
         sets = self._sets
         growth = len(record)

@@ -72,10 +72,8 @@ class Netflow9(Protocol):
             raise TemplateError(f"{where}: {element.name} needs a length in NetFlow v9, which "
                                 f"has no variable-length fields: write {{name: {element.name}, length: N}}")
         if element.name in SYSUPTIME_ELEMENTS:
-            boot_ms = context["boot_ms"]
-            absolute = field.getter
             return TemplateField(_REGISTRY[SYSUPTIME_ELEMENTS[element.name]], 4,
-                                 lambda *args: (absolute(*args) - boot_ms) & 0xFFFFFFFF)
+                                 f"(({field.expression}) - {context['boot_ms']}) & 0xFFFFFFFF")
         return field
 
     def template_record(self, template_id: int, fields: tuple[TemplateField, ...],

@@ -5,14 +5,12 @@
 - RFC 5610 type information, IPFIX only: for every enterprise element the templates use, its
   data type, semantics and name, so generic collectors (libfixbuf, ipfixcol2) can decode it.
 
-An options template is a `Template` whose first `scope_count` fields are its scope; its getters
-read the object the record describes (the statistics, or an element) from their first argument.
+An options template is a `Template` whose first `scope_count` fields are its scope; its records
+are encoded from values given here (`CompiledTemplate.encode_values`), not from a flow.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from operator import attrgetter
-from typing import Any
+from dataclasses import astuple, dataclass
 
 from .elements import ElementRegistry, InformationElement
 from .template import Template, TemplateField
@@ -49,43 +47,41 @@ class ExportStats:
     last_not_sent_ms: int = 0
 
 
-def _read(attribute: str) -> Any:
-    get = attrgetter(attribute)
-    return lambda subject, *_: get(subject)
-
-
-STATISTICS_FIELDS = (  # element name, attribute of ExportStats; the first is the scope
-    ("exportingProcessId", "exporting_process_id"),
-    ("exportedMessageTotalCount", "messages"),
-    ("exportedFlowRecordTotalCount", "flow_records"),
-    ("exportedOctetTotalCount", "octets"),
-    ("ignoredPacketTotalCount", "ignored_packets"),
-    ("ignoredOctetTotalCount", "ignored_octets"),
-    ("notSentFlowTotalCount", "not_sent_flows"),
-    ("notSentPacketTotalCount", "not_sent_packets"),
-    ("notSentOctetTotalCount", "not_sent_octets"),
-    ("observationTimeMilliseconds", "first_not_sent_ms"),
-    ("observationTimeMilliseconds", "last_not_sent_ms"),
+STATISTICS_FIELDS = (  # in ExportStats' order; the first is the scope
+    "exportingProcessId", "exportedMessageTotalCount", "exportedFlowRecordTotalCount",
+    "exportedOctetTotalCount", "ignoredPacketTotalCount", "ignoredOctetTotalCount",
+    "notSentFlowTotalCount", "notSentPacketTotalCount", "notSentOctetTotalCount",
+    "observationTimeMilliseconds", "observationTimeMilliseconds",  # first and last not sent
 )
+TYPE_INFORMATION_FIELDS = ("informationElementId", "privateEnterpriseNumber",
+                           "informationElementDataType", "informationElementSemantics",
+                           "informationElementName")
+
+
+def _options_template(template_id: int, name: str, fields: tuple[str, ...], scope_count: int,
+                      registry: ElementRegistry) -> Template:
+    return Template(template_id, name, None,
+                    tuple(TemplateField(registry[f], registry[f].default_length, None) for f in fields),
+                    f"options: {name}", scope_count=scope_count)
 
 
 def statistics_template(registry: ElementRegistry) -> Template:
-    fields = tuple(TemplateField(registry[name], registry[name].default_length, _read(attribute))
-                   for name, attribute in STATISTICS_FIELDS)
-    return Template(STATISTICS_TEMPLATE_ID, "exporting_process_statistics", None, fields,
-                    "options: statistics", scope_count=1)
+    return _options_template(STATISTICS_TEMPLATE_ID, "exporting_process_statistics",
+                             STATISTICS_FIELDS, 1, registry)
 
 
 def type_information_template(registry: ElementRegistry) -> Template:
-    def field(name: str, getter: Any) -> TemplateField:
-        return TemplateField(registry[name], registry[name].default_length, getter)
-    return Template(TYPE_INFORMATION_TEMPLATE_ID, "information_element_types", None, (
-        field("informationElementId", lambda ie, *_: ie.id),
-        field("privateEnterpriseNumber", lambda ie, *_: ie.pen),
-        field("informationElementDataType", lambda ie, *_: DATA_TYPE_CODES[ie.data_type.name]),
-        field("informationElementSemantics", lambda ie, *_: SEMANTICS_CODES.get(ie.semantics, 0)),
-        field("informationElementName", lambda ie, *_: ie.name),
-    ), "options: type information", scope_count=2)
+    return _options_template(TYPE_INFORMATION_TEMPLATE_ID, "information_element_types",
+                             TYPE_INFORMATION_FIELDS, 2, registry)
+
+
+def statistics_values(stats: ExportStats) -> tuple:
+    return astuple(stats)
+
+
+def type_information_values(ie: InformationElement) -> tuple:
+    return (ie.id, ie.pen, DATA_TYPE_CODES[ie.data_type.name], SEMANTICS_CODES.get(ie.semantics, 0),
+            ie.name)
 
 
 def enterprise_elements(templates: tuple[Template, ...]) -> tuple[InformationElement, ...]:

@@ -16,6 +16,8 @@ from .stream import FlowStream
 from .template import TemplateSet
 from .transport import UdpTransport
 
+TICK_MS = 1000  # how often, in packet time, exporters get their timer work
+
 
 @dataclass(frozen=True)
 class Collector:
@@ -66,6 +68,7 @@ class Probe:
         """Meters the whole source, exports every flow, flushes, and returns the summary."""
         stream, summary = self.stream, self.summary
         wall_start = clock_start = None
+        next_tick_ms = 0
         for flow in stream:
             now_ms = stream.cache.now_ms
             if clock_start is None:
@@ -80,8 +83,13 @@ class Probe:
                     time.sleep(delay)
             summary.flows += 1
             for exporter, transport in self.links:
-                transport.send(exporter.export((flow,), now_ms))
-                transport.send(exporter.tick(now_ms))
+                messages = exporter.export((flow,), now_ms)
+                if messages:
+                    transport.send(messages)
+            if now_ms >= next_tick_ms:
+                next_tick_ms = now_ms + TICK_MS
+                for exporter, transport in self.links:
+                    transport.send(exporter.tick(now_ms))
         if clock_start is None:  # nothing metered: still announce the templates
             self._start(0)
         now_ms = stream.cache.now_ms if stream.cache is not None else 0

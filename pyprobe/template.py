@@ -3,8 +3,9 @@
 A template file (templates/*.yaml) lists templates; each names its elements in wire order. Loading
 resolves every name in the `ElementRegistry`, checks the length against the element's type and
 that `fields.py` knows how to read it, and reports the file, the entry and what was expected.
-`Template.compile(protocol)` then fixes the wire layout once: runs of fixed-width fields become
-one precompiled `struct.Struct`; IPFIX variable-length strings are encoded between them.
+`Template.compile(protocol)` then fixes the wire layout once: the fields' expressions (fields.py)
+become one function that returns a record's values, runs of fixed-width fields one precompiled
+`struct.Struct`, and IPFIX variable-length strings are encoded between them.
 
 >>> from pyprobe.elements import ElementRegistry
 >>> from pyprobe.ipfix import IPFIX
@@ -17,7 +18,7 @@ one precompiled `struct.Struct`; IPFIX variable-length strings are encoded betwe
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ import yaml
 
 from .elements import IANA_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
-from .fields import FIELD_GETTERS, Getter, reverse_getter
+from .fields import FIELD_EXPRESSIONS, PARAMETERS, reverse_expression
 from .flow import Flow
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class TemplateField:
 
     element: InformationElement
     length: int  # VARLEN: IPFIX variable-length encoding
-    getter: Getter
+    expression: str | None  # over fields.PARAMETERS; None where the values are given (options)
 
 
 @dataclass(frozen=True)
@@ -88,47 +89,65 @@ class TemplateSet:
 class CompiledTemplate:
     """A template's wire fields and its record encoder, fixed for one protocol."""
 
-    __slots__ = ("template", "fields", "record_length", "_parts")
+    __slots__ = ("template", "fields", "record_length", "encode", "_parts")
 
     def __init__(self, template: Template, fields: tuple[TemplateField, ...]) -> None:
         self.template = template
         self.fields = fields
-        # Parts: a precompiled struct with the getters of a run of fixed-width fields, or a lone
-        # variable-length field (struct None).
-        parts: list[tuple[struct.Struct | None, tuple[Getter, ...]]] = []
+        # Parts: (struct, first, end) packs values[first:end] of a run of fixed-width fields;
+        # (None, i, i + 1) is a lone variable-length field.
+        parts: list[tuple[struct.Struct | None, int, int]] = []
         codes: list[str] = []
-        getters: list[Getter] = []
-        for field in fields:
+        for index, field in enumerate(fields):
             if field.length == VARLEN:
                 if codes:
-                    parts.append((struct.Struct("!" + "".join(codes)), tuple(getters)))
-                    codes, getters = [], []
-                parts.append((None, (_as_bytes(field.getter),)))
+                    parts.append((struct.Struct("!" + "".join(codes)), index - len(codes), index))
+                    codes = []
+                parts.append((None, index, index + 1))
             else:
                 codes.append(struct_code(field.element, field.length))
-                getters.append(_as_bytes(field.getter) if field.element.data_type.variable
-                               else field.getter)
         if codes:
-            parts.append((struct.Struct("!" + "".join(codes)), tuple(getters)))
+            parts.append((struct.Struct("!" + "".join(codes)), len(fields) - len(codes), len(fields)))
         self._parts = tuple(parts)
-        self.record_length = sum(s.size for s, _ in parts if s is not None)  # fixed part only
+        self.record_length = sum(s.size for s, _, _ in parts if s is not None)  # fixed part only
+        self.encode: Callable[..., bytes] = self.encode_values
+        """encode(flow, this, other, ends) -> bytes: one data record of a flow direction."""
+        if all(f.expression is not None for f in fields):
+            values = _compile_values(fields)
+            if len(parts) == 1 and parts[0][0] is not None:
+                pack = parts[0][0].pack
+                self.encode = lambda *args: pack(*values(*args))
+            else:
+                encode_values = self.encode_values
+                self.encode = lambda *args: encode_values(values(*args))
 
     @property
     def id(self) -> int:
         return self.template.id
 
-    def encode(self, flow: Flow, this: Any, other: Any, ends: tuple) -> bytes:
-        """One data record."""
-        if len(self._parts) == 1 and self._parts[0][0] is not None:
-            packer, getters = self._parts[0]
-            return packer.pack(*[get(flow, this, other, ends) for get in getters])
+    def encode_values(self, values: Sequence) -> bytes:
+        """One record from its values in field order (text as str or bytes)."""
         out = []
-        for packer, getters in self._parts:
+        for packer, first, end in self._parts:
             if packer is None:
-                out.append(varlen_bytes(getters[0](flow, this, other, ends)))
+                out.append(varlen_bytes(_utf8(values[first])))
             else:
-                out.append(packer.pack(*[get(flow, this, other, ends) for get in getters]))
+                out.append(packer.pack(*[_utf8(v) for v in values[first:end]]))
         return b"".join(out)
+
+
+def _utf8(value: object) -> object:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _compile_values(fields: Sequence[TemplateField]) -> Callable[..., tuple]:
+    """One function returning a record's values: the fields' expressions in one tuple."""
+    items = []
+    for field in fields:
+        text = field.element.data_type.variable or field.element.data_type.struct_code.endswith("s")
+        items.append(f"_utf8({field.expression})" if text else f"({field.expression})")
+    source = f"lambda {', '.join(PARAMETERS)}: ({', '.join(items)},)"
+    return eval(source, {"_utf8": _utf8})  # noqa: S307 - expressions come from fields.py
 
 
 def varlen_bytes(value: bytes) -> bytes:
@@ -137,14 +156,6 @@ def varlen_bytes(value: bytes) -> bytes:
         return bytes((len(value),)) + value
     value = value[:0xFFFF]
     return b"\xff" + len(value).to_bytes(2, "big") + value
-
-
-def _as_bytes(getter: Getter) -> Getter:
-    """A getter whose text values are sent as UTF-8."""
-    def get(flow: Flow, this: Any, other: Any, ends: tuple) -> bytes:
-        value = getter(flow, this, other, ends)
-        return value.encode() if isinstance(value, str) else value
-    return get
 
 
 def struct_code(element: InformationElement, length: int) -> str:
@@ -222,10 +233,11 @@ def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
         element = registry[name]
     except KeyError as error:
         raise TemplateError(f"{where}: {error}") from None
-    getter = _getter(element, registry)
-    if getter is None:
+    expression = _expression(element, registry)
+    if expression is None:
         raise TemplateError(f"{where}: pyprobe has no value for element {name!r} "
-                            f"(it can send: {', '.join(sorted(FIELD_GETTERS))})")
+                            f"(it can send: {', '.join(sorted(FIELD_EXPRESSIONS))}, and "
+                            f"their reverse elements)")
     if length is None:
         length = element.default_length
     elif not isinstance(length, int) or not element.data_type.accepts_length(length) or (
@@ -234,11 +246,11 @@ def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
         raise TemplateError(f"{where}: length {length!r} does not fit {name} "
                             f"({element.data_type.name}, {element.data_type.length} octets"
                             f"{', or fewer (1, 2, 4)' if element.data_type.reducible else ''})")
-    return TemplateField(element, length, getter)
+    return TemplateField(element, length, expression)
 
 
-def _getter(element: InformationElement, registry: ElementRegistry) -> Callable | None:
+def _expression(element: InformationElement, registry: ElementRegistry) -> str | None:
     if element.pen == REVERSE_PEN:
-        forward = FIELD_GETTERS.get(registry[IANA_PEN, element.id].name)
-        return forward and reverse_getter(forward)
-    return FIELD_GETTERS.get(element.name)
+        forward = FIELD_EXPRESSIONS.get(registry[IANA_PEN, element.id].name)
+        return forward and reverse_expression(forward)
+    return FIELD_EXPRESSIONS.get(element.name)
