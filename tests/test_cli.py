@@ -1,0 +1,63 @@
+"""The `pyprobe` command line: replay output, determinism, and one-line errors with exit 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAMPLE = Path(__file__).resolve().parent.parent / "pyprobe" / "data" / "sample.pcap"
+
+
+def pyprobe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyprobe", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_replay_json_is_one_object_per_flow_and_deterministic() -> None:
+    first, second = pyprobe("replay", str(SAMPLE), "--json"), pyprobe("replay", str(SAMPLE), "--json")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    flows = [json.loads(line) for line in first.stdout.splitlines()]
+    http = next(f for f in flows if f["dst_port"] == 80)
+    assert {k: http[k] for k in ("src_ip", "src_port", "dst_ip", "protocol", "src2dst_packets",
+                                 "dst2src_packets", "src2dst_bytes", "dst2src_bytes",
+                                 "bidirectional_first_seen_ms", "bidirectional_last_seen_ms",
+                                 "bidirectional_syn_packets", "bidirectional_fin_packets",
+                                 "end_reason")} == {
+        "src_ip": "192.168.1.10", "src_port": 40000, "dst_ip": "93.184.216.34", "protocol": 6,
+        "src2dst_packets": 5, "dst2src_packets": 3, "src2dst_bytes": 265, "dst2src_bytes": 188,
+        "bidirectional_first_seen_ms": 1_700_000_000_100,
+        "bidirectional_last_seen_ms": 1_700_000_000_240, "bidirectional_syn_packets": 2,
+        "bidirectional_fin_packets": 2, "end_reason": 3}
+    assert len(flows) == 6
+    assert "packets read 31, decoded 31, skipped 0 (0 octets)" in first.stderr
+    assert "flows 6: end_of_flow 2, forced_end 4" in first.stderr
+
+
+def test_replay_table_and_summary() -> None:
+    result = pyprobe("replay", str(SAMPLE), "--idle-timeout", "0.5", "--bpf", "icmp")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["proto", "source", "destination"]
+    # ICMP echo every second with a 0.5 s idle timeout: each exchange is its own flow
+    rows = [line.split() for line in lines[1:4]]
+    assert [(r[0], r[1], r[2], r[4], r[5], r[9]) for r in rows] == [
+        ("1", "192.168.1.10:0", "93.184.216.34:0", "1+1", "40+40", "idle_timeout")] * 2 + [
+        ("1", "192.168.1.10:0", "93.184.216.34:0", "1+1", "40+40", "forced_end")]
+    assert "packets read 6, decoded 6, skipped 0 (0 octets)" in result.stdout
+    assert "flows 3: idle_timeout 2, forced_end 1" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["replay", "missing.pcap"], "pyprobe: error: missing.pcap: no such capture file\n"),
+    (["replay", str(SAMPLE), "--bpf", "tcp port"],
+     f"pyprobe: error: {SAMPLE}: bad BPF filter 'tcp port': "),
+    (["replay", str(Path(__file__))], f"pyprobe: error: {Path(__file__)}: cannot open: "),
+])
+def test_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = pyprobe(*args)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
