@@ -167,22 +167,16 @@ class Flow:
                  "last_seen_ms", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "end_by_ms",
                  "closing", "end_reason", "application_name", "application_category_name",
                  "application_confidence", "requested_server_name", "client_fingerprint",
-                 "user_agent", "classifier_state", "udps", "__weakref__")
+                 "user_agent", "classifier_state", "_udps")
 
     def __init__(self, flow_id: int, key: tuple, src_is_first: bool, packet: Packet,
                  time_ms: int, end_by_ms: int) -> None:
+        (_, self.src_addr, self.dst_addr, self.src_port, self.dst_port, self.protocol,
+         self.vlan_id, size, ttl, tos, tcp_flags, icmp_type_code, self.tunnel_id, _, _) = packet
         self.id = flow_id
         self.key = key
         self.src_is_first = src_is_first  # the source is key[0]
-        self.src_addr = packet.src_addr
-        self.dst_addr = packet.dst_addr
-        self.src_port = packet.src_port
-        self.dst_port = packet.dst_port
-        self.protocol = packet.protocol
-        self.vlan_id = packet.vlan_id
-        self.tunnel_id = packet.tunnel_id
-        self.src2dst = Direction(time_ms, packet.ip_size, packet.ttl, packet.tos, packet.tcp_flags,
-                                 packet.icmp_type_code)
+        self.src2dst = Direction(time_ms, size, ttl, tos, tcp_flags, icmp_type_code)
         self.dst2src: Direction | None = None
         self.first_seen_ms = self.last_seen_ms = time_ms
         self.low_piat_ms = _NO_MINIMUM
@@ -197,7 +191,14 @@ class Flow:
         self.client_fingerprint = ""
         self.user_agent = ""
         self.classifier_state: Any = None
-        self.udps = Udps()
+        self._udps: Udps | None = None
+
+    @property
+    def udps(self) -> Udps:
+        """Where plugins keep their values (nfstream's `flow.udps`), made on first use."""
+        if self._udps is None:
+            self._udps = Udps()
+        return self._udps
 
     # Identity, in nfstream's vocabulary.
     src_ip = property(lambda self: format_addr(self.src_addr))
