@@ -144,7 +144,7 @@ def _compile_values(fields: Sequence[TemplateField]) -> Callable[..., tuple]:
     """One function returning a record's values: the fields' expressions in one tuple."""
     items = []
     for field in fields:
-        text = field.element.data_type.variable or field.element.data_type.struct_code.endswith("s")
+        text = field.element.data_type.variable  # strings and octet arrays; addresses are bytes
         items.append(f"_utf8({field.expression})" if text else f"({field.expression})")
     source = f"lambda {', '.join(PARAMETERS)}: ({', '.join(items)},)"
     return eval(source, {"_utf8": _utf8})  # noqa: S307 - expressions come from fields.py
