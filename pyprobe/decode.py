@@ -124,20 +124,36 @@ class Decoder:
     # Link layers: each finds the network header and hands it to _ethertype or _ip.
 
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
-        # Fast path for untagged, unfragmented IPv4 without options carrying TCP or UDP; every
-        # other frame takes the general path below, which decodes these the same way.
-        if len(frame) >= 54:
+        # Fast paths for untagged IPv4 without options or fragments, and IPv6 without extension
+        # headers, carrying TCP or UDP; every other frame takes the general path below, which
+        # decodes these the same way.
+        if len(frame) >= 54:  # room for Ethernet + IPv4 + TCP ports and flags
             (ethertype, ver_ihl, tos, size, _, fragment, ttl, protocol, src,
              dst) = ETHERNET_IPV4(frame)
-            if ethertype == ETH_P_IP and ver_ihl == 0x45 and not fragment & 0x3FFF:
-                if protocol == IPPROTO_TCP and size >= 34:
-                    src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, 34)
-                    return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                0, size, ttl, tos, flags, 0, 0, frame, 14))
-                if protocol == IPPROTO_UDP and size >= 24:
-                    src_port, dst_port = PORTS(frame, 34)
-                    return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                0, size, ttl, tos, 0, 0, 0, frame, 14))
+            if ethertype == ETH_P_IP:
+                if ver_ihl == 0x45 and not fragment & 0x3FFF:
+                    if protocol == IPPROTO_TCP and size >= 34:
+                        src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, 34)
+                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
+                                                    0, size, ttl, tos, flags, 0, 0, frame, 14))
+                    if protocol == IPPROTO_UDP and size >= 24:
+                        src_port, dst_port = PORTS(frame, 34)
+                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
+                                                    0, size, ttl, tos, 0, 0, 0, frame, 14))
+            elif ethertype == ETH_P_IPV6:
+                ver_class_label, payload, protocol, hop_limit, src, dst = IPV6_HEADER(frame, 14)
+                if ver_class_label >> 28 == 6 and payload:
+                    tos = ver_class_label >> 20 & 0xFF
+                    if protocol == IPPROTO_TCP and payload >= 14 and len(frame) >= 68:
+                        src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, 54)
+                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
+                                                    0, payload + 40, hop_limit, tos, flags, 0, 0,
+                                                    frame, 14))
+                    if protocol == IPPROTO_UDP and payload >= 4 and len(frame) >= 58:
+                        src_port, dst_port = PORTS(frame, 54)
+                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
+                                                    0, payload + 40, hop_limit, tos, 0, 0, 0, frame,
+                                                    14))
         elif len(frame) < 14:
             return self._skip(TRUNCATED_LINK, frame)
         return self._ethertype(time_ms, frame, 14, ETHERNET_TYPE(frame)[0])
