@@ -12,7 +12,7 @@ head and stops at the first live flow (bounded work). Rules, with IANA flowEndRe
 - forced end (4): `drain()` at end of capture or shutdown (flows already closing keep 3);
 - lack of resources (5): a new flow when `max_flows` are live expires the least recently used.
 
-Expired flows are appended to `expired`, which the caller empties.
+Expired flows are appended to `expired`, which the caller empties or replaces.
 
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)

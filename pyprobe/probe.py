@@ -69,7 +69,7 @@ class Probe:
         stream, summary = self.stream, self.summary
         wall_start = clock_start = None
         next_tick_ms = 0
-        for flow in stream:
+        for flows in stream.batches():
             now_ms = stream.cache.now_ms
             if clock_start is None:
                 clock_start = stream.cache.started_ms
@@ -81,9 +81,9 @@ class Probe:
                 delay = wall_start + (now_ms - clock_start) / 1000 / self.speed - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            summary.flows += 1
+            summary.flows += len(flows)
             for exporter, transport in self.links:
-                messages = exporter.export((flow,), now_ms)
+                messages = exporter.export(flows, now_ms)
                 if messages:
                     transport.send(messages)
             if now_ms >= next_tick_ms:

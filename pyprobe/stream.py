@@ -79,6 +79,11 @@ class FlowStream:
         """The flow cache of the iteration under way (its clock: `cache.now_ms`)."""
 
     def __iter__(self) -> Iterator[Flow]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[Flow]]:
+        """The expired flows in batches: those one packet (or the end of the source) ended."""
         capture = PcapSource(self.source, bpf_filter=self.bpf_filter, snaplen=self.snaplen)
         decoder = Decoder(capture.linktype)
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
@@ -87,7 +92,7 @@ class FlowStream:
         self.cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
-        decode, add, expired = decoder.decode, cache.add, cache.expired
+        decode, add = decoder.decode, cache.add
         progress, read = self.progress, 0
         try:
             for ts_ns, frame in capture:
@@ -95,24 +100,24 @@ class FlowStream:
                 packet = decode(ts_ns // 1_000_000, frame)
                 if packet is not None:
                     add(packet)
-                    if expired:
-                        yield from self._hand_out(expired, stats)
+                    if cache.expired:
+                        yield self._hand_out(cache, stats)
                 if progress is not None and not read % PROGRESS_EVERY:
                     self._update_stats(stats, read, decoder, started)
                     progress(stats)
             cache.drain()
-            yield from self._hand_out(expired, stats)
+            if cache.expired:
+                yield self._hand_out(cache, stats)
         finally:
             capture.close()
             self._update_stats(stats, read, decoder, started)
 
     @staticmethod
-    def _hand_out(expired: list[Flow], stats: MeterStats) -> Iterator[Flow]:
-        flows = expired[:]
-        expired.clear()
+    def _hand_out(cache: FlowCache, stats: MeterStats) -> list[Flow]:
+        flows, cache.expired = cache.expired, []
         for flow in flows:
             stats.flows[flow.end_reason] += 1
-            yield flow
+        return flows
 
     @staticmethod
     def _update_stats(stats: MeterStats, read: int, decoder: Decoder, started: float) -> None:
