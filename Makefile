@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q
 
 # Replays PCAP into a local nfcapd (IPFIX; PROTOCOL=netflow9 for v9) and prints what it stored.
 run: setup

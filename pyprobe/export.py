@@ -65,8 +65,11 @@ class Exporter:
         self._messages_since_templates = 0
         self._templates_sent_ms: int | None = None
         self._message_started_ms = 0
-        mtu_needed = self.protocol.header_length + 4 + max(
-            c.record_length for c in self._data.values()) + 3
+        # Every record, templates included, must fit in a message of its own (fixed parts only:
+        # IPFIX strings are as long as their values).
+        largest = max([c.record_length for c in self._data.values()]
+                      + [len(record) for _, record, _ in self._refresh_records()])
+        mtu_needed = self.protocol.header_length + 4 + largest + 3 * self.protocol.pad_sets
         if mtu_needed > mtu_bytes:
             raise TemplateError(f"mtu {mtu_bytes} is too small: a record needs {mtu_needed} octets")
 
@@ -117,7 +120,9 @@ class Exporter:
         if not builder.add(set_id, record, True):
             out.append(self._finish(now_ms))
             self._open(now_ms, out)
-            builder.add(set_id, record, True)
+            if not builder.add(set_id, record, True):  # the templates filled that message
+                out.append(self._finish(now_ms))
+                builder.add(set_id, record, True)
 
     def _open(self, now_ms: int, out: list[bytes]) -> None:
         """Starts a message: with the templates and options first when a refresh is due."""
@@ -126,11 +131,11 @@ class Exporter:
                 or self._messages_since_templates >= self.template_refresh_packets
                 or now_ms - self._templates_sent_ms >= self.template_refresh_ms):
             self._templates_sent_ms = now_ms
-            self._messages_since_templates = 0
             for set_id, record, data in self._refresh_records():
                 if not self._builder.add(set_id, record, data):
                     out.append(self._finish(now_ms))
                     self._builder.add(set_id, record, data)
+            self._messages_since_templates = 0  # counted from the message the refresh ends in
 
     def _refresh_records(self) -> list[tuple[int, bytes, bool]]:
         records = [(set_id, record, False) for set_id, record in self._template_records]

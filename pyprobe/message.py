@@ -74,17 +74,17 @@ class MessageBuilder:
     def add(self, set_id: int, record: bytes, data: bool) -> bool:
         """Adds a record to the message, in a set of `set_id`; False if it does not fit."""
         sets = self._sets
-        growth = len(record)
-        if not sets or sets[-1][0] != set_id:
-            growth += SET_HEADER_LENGTH + 3 * self.protocol.pad_sets  # room for the worst padding
-            if self._length + growth > self.mtu_bytes:
-                return False
-            sets.append((set_id, []))
-            self._length += SET_HEADER_LENGTH
-        elif self._length + growth + 3 * self.protocol.pad_sets > self.mtu_bytes:
+        new_set = not sets or sets[-1][0] != set_id
+        start = self._length
+        if new_set and self.protocol.pad_sets:
+            start += -start % 4  # the previous set's padding (headers and sets start 4-aligned)
+        end = start + SET_HEADER_LENGTH * new_set + len(record)
+        if end + (-end % 4 if self.protocol.pad_sets else 0) > self.mtu_bytes:
             return False
+        if new_set:
+            sets.append((set_id, []))
         sets[-1][1].append(record)
-        self._length += len(record)
+        self._length = end
         self.records += 1
         self.data_records += data
         return True

@@ -92,8 +92,10 @@ class Netflow9(Protocol):
     def build_header(self, length: int, count: int, now_ms: int, boot_ms: int, sequence: int,
                      domain: int) -> bytes:
         # Collectors compute boot time as unix_secs * 1000 - sys_uptime: both from the same
-        # whole second, so flow times come back exact to the millisecond.
-        unix_secs = now_ms // 1000
+        # whole second, so flow times come back exact to the millisecond. That second is rounded
+        # up, so sysUpTime is never below a LAST_SWITCHED of the packet: collectors that compute
+        # a flow's age as the uint32 sysUpTime - LAST_SWITCHED (pmacct) would see it wrap.
+        unix_secs = -(-now_ms // 1000)
         return _HEADER.build({"count": count, "sys_uptime": (unix_secs * 1000 - boot_ms) & 0xFFFFFFFF,
                               "unix_secs": unix_secs, "sequence": sequence % 2**32,
                               "source_id": domain})

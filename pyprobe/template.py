@@ -66,7 +66,8 @@ class Template:
 
     def compile(self, protocol: Protocol, **context: Any) -> CompiledTemplate:
         """The wire layout of this template in `protocol` (context: e.g. boot_ms for NFv9)."""
-        return CompiledTemplate(self, tuple(protocol.adapt(f, self.where, context) for f in self.fields))
+        return CompiledTemplate(self, tuple(protocol.adapt(f, f"{self.where}.fields[{i}]", context)
+                                            for i, f in enumerate(self.fields)))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,307 @@
+"""A small collector: decodes the IPFIX and NetFlow v9 messages the probe sends, for debugging and tests.
+
+`Collector` is sans-IO: `feed(datagram, source)` returns the data records it decoded, with the
+templates it learned kept per (exporter address, observation domain / source id, template id).
+Headers, sets and template records are parsed with the construct formats of `ipfix.py` and
+`netflow9.py`; values are decoded by the element's data type in the `ElementRegistry`.
+`run(args)` is `pyprobe collect`: it listens on a UDP port and prints every record.
+
+>>> from pyprobe.export import Exporter
+>>> from pyprobe.template import load_templates
+>>> registry = ElementRegistry.default()
+>>> exporter = Exporter("ipfix", load_templates("templates/default.yaml", registry), registry)
+>>> collector = Collector(registry)
+>>> [record] = collector.feed(exporter.flush(now_ms=1_700_000_000_000)[0], ("192.0.2.1", 4739))
+>>> record.exporter, record.version, record.template_id, record.fields[:2]
+('192.0.2.1:4739', 10, 65400, [('exportingProcessId', 0), ('exportedMessageTotalCount', 0)])
+>>> record.as_dict()["fields"]["observationTimeMilliseconds"]
+[0, 0]
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from construct import ConstructError
+
+from . import ipfix, netflow9
+from .elements import NTOP_PEN, NTOP_V9_BASE, VARLEN, ElementRegistry, InformationElement
+from .errors import PyprobeError
+
+Decode = Callable[[bytes], Any]
+# NFv9 options scope field types (RFC 3954 §6.1): a namespace of their own, not element ids.
+V9_SCOPES = {1: "scopeSystem", 2: "scopeInterface", 3: "scopeLineCard", 4: "scopeCache",
+             5: "scopeTemplate"}
+
+
+# Version -> (module of its formats, set header's id key, (template set id, options template set id)).
+PROTOCOLS = {
+    ipfix.IPFIX_VERSION: (ipfix, "set_id", (ipfix.TEMPLATE_SET_ID, ipfix.OPTIONS_TEMPLATE_SET_ID)),
+    netflow9.NETFLOW9_VERSION: (netflow9, "flowset_id", (netflow9.TEMPLATE_FLOWSET_ID,
+                                                         netflow9.OPTIONS_TEMPLATE_FLOWSET_ID)),
+}
+
+
+class CollectError(PyprobeError):
+    """A datagram is not a well-formed IPFIX or NetFlow v9 message."""
+
+
+@dataclass
+class Record:
+    """One decoded data record (flow or options data), with the header of its message."""
+
+    exporter: str  # "host:port" the message came from
+    version: int  # 10 IPFIX, 9 NetFlow v9
+    domain: int  # IPFIX observation domain, NFv9 source id
+    template_id: int
+    sequence: int
+    export_time: int  # IPFIX export time, NFv9 unix_secs
+    sys_uptime: int | None  # NFv9 only: ms since the exporter's boot
+    scope_count: int  # options records: how many leading fields are the scope
+    fields: list[tuple[str, Any]] = field(default_factory=list)  # wire order; names may repeat
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the header values, and `fields` as a mapping (a repeated name: a list)."""
+        values: dict[str, Any] = {}
+        repeated: set[str] = set()
+        for name, value in self.fields:
+            if name not in values:
+                values[name] = value
+            elif name in repeated:
+                values[name].append(value)
+            else:
+                values[name] = [values[name], value]
+                repeated.add(name)
+        return {k: v for k, v in vars(self).items() if k != "fields"} | {"fields": values}
+
+    def __str__(self) -> str:
+        """One readable line: where it came from, the template, then name=value pairs."""
+        uptime = "" if self.sys_uptime is None else f" uptime {self.sys_uptime}"
+        pairs = " ".join(f"{name}={value}" for name, value in self.fields)
+        return (f"{self.exporter} v{self.version} domain {self.domain} seq {self.sequence} "
+                f"time {self.export_time}{uptime} template {self.template_id}: {pairs}")
+
+
+@dataclass(frozen=True)
+class _Template:
+    fields: tuple[tuple[str, int, Decode], ...]  # (name, length or VARLEN, decoder)
+    scope_count: int
+
+    @property
+    def min_length(self) -> int:
+        return max(1, sum(1 if length == VARLEN else length for _, length, _ in self.fields))
+
+
+def _hex(value: bytes) -> str:
+    return value.hex()
+
+
+def _unsigned(value: bytes) -> int:
+    return int.from_bytes(value, "big")
+
+
+def _decoder(ie: InformationElement | None, length: int) -> Decode:
+    """How to read the element's values: by its data type; hex when unknown or of odd width."""
+    kind = ie.data_type.name if ie is not None else "octetArray"
+    if kind.startswith(("unsigned", "dateTime")):
+        return _unsigned
+    if kind.startswith("signed"):
+        return lambda b: int.from_bytes(b, "big", signed=True)
+    if kind.startswith("float") and length in (4, 8):
+        return lambda b: struct.unpack("!f" if len(b) == 4 else "!d", b)[0]
+    if kind == "boolean":
+        return lambda b: {b"\x01": True, b"\x02": False}.get(b, b.hex())
+    if kind in ("ipv4Address", "ipv6Address") and length in (4, 16):
+        return lambda b: str(ipaddress.ip_address(b))
+    if kind == "macAddress" and length == 6:
+        return lambda b: b.hex(":")
+    if kind == "string":  # fixed-width strings (all of NFv9's) are NUL-padded
+        if length == VARLEN:
+            return lambda b: b.decode("utf-8", "replace")
+        return lambda b: b.decode("utf-8", "replace").rstrip("\x00")
+    return _hex
+
+
+class Collector:
+    """Decodes IPFIX and NetFlow v9 messages into `Record`s, learning templates as they come."""
+
+    def __init__(self, registry: ElementRegistry | None = None) -> None:
+        """A collector with no templates yet; elements are looked up in `registry`."""
+        self.registry = registry or ElementRegistry.default()
+        self.templates: dict[tuple[str, int, int], _Template] = {}
+        self.messages = 0
+        self.records = 0
+        self.missing_template = 0  # data sets skipped because their template was not known
+
+    def feed(self, data: bytes, source: tuple) -> list[Record]:
+        """The data records of one message from `source` (host, port); templates are kept."""
+        self.messages += 1
+        version = int.from_bytes(data[:2], "big")
+        if version not in PROTOCOLS:
+            raise CollectError(f"version {version} is neither IPFIX (10) nor NetFlow v9 (9)")
+        module, set_key, template_sets = PROTOCOLS[version]
+        size = module.HEADER.sizeof()
+        if len(data) < size:
+            raise CollectError(f"{len(data)}-octet datagram is shorter than a v{version} header")
+        header = module.HEADER.parse(data[:size])
+        if version == ipfix.IPFIX_VERSION:
+            if not size <= header.length <= len(data):
+                raise CollectError(f"IPFIX length {header.length}, datagram {len(data)} octets")
+            end, domain, export_time, uptime = (header.length, header.observation_domain,
+                                                header.export_time, None)
+        else:
+            end, domain, export_time, uptime = (len(data), header.source_id, header.unix_secs,
+                                                header.sys_uptime)
+        exporter = _address(source)
+        records: list[Record] = []
+        offset = size
+        while end - offset >= 4:  # NFv9 exporters may pad the packet
+            set_header = module.SET_HEADER.parse(data[offset:offset + 4]) if version == 10 else \
+                module.FLOWSET_HEADER.parse(data[offset:offset + 4])
+            set_id, length = set_header[set_key], set_header.length
+            if length < 4 or offset + length > end:
+                raise CollectError(f"set {set_id} at octet {offset}: length {length} past the end")
+            body = data[offset + 4:offset + length]
+            offset += length
+            if set_id in template_sets:
+                self._templates(body, version, set_id == template_sets[1], (exporter, domain))
+            elif set_id >= 256:
+                template = self.templates.get((exporter, domain, set_id))
+                if template is None:
+                    self.missing_template += 1
+                    continue
+                records += (Record(exporter, version, domain, set_id, header.sequence, export_time,
+                                   uptime, template.scope_count, values)
+                            for values in _data_records(body, template, set_id))
+        self.records += len(records)
+        return records
+
+    def _templates(self, body: bytes, version: int, options: bool, where: tuple[str, int]) -> None:
+        """Learns (or withdraws) the template records of a template or options template set."""
+        read = self._ipfix_template if version == ipfix.IPFIX_VERSION else self._v9_template
+        position = 0
+        while len(body) - position >= 4:
+            try:
+                template_id, template, used = read(body[position:], options)
+            except ConstructError as error:
+                raise CollectError(f"template set: truncated template record ({error})") from None
+            if template_id < 256:  # padding
+                return
+            position += used
+            if template is None:
+                self.templates.pop((*where, template_id), None)
+            else:
+                self.templates[(*where, template_id)] = template
+
+    def _element(self, pen: int, element_id: int) -> tuple[str, InformationElement | None]:
+        try:
+            ie = self.registry[pen, element_id]
+        except KeyError:
+            return f"{pen}:{element_id}", None
+        return ie.name, ie
+
+    def _field(self, pen: int, element_id: int, length: int) -> tuple[str, int, Decode]:
+        name, ie = self._element(pen, element_id)
+        return name, length, _decoder(ie, length)
+
+    def _ipfix_template(self, body: bytes, options: bool) -> tuple[int, _Template | None, int]:
+        """(template id, template or None for a withdrawal, octets used) of an IPFIX record."""
+        record = (ipfix.OPTIONS_TEMPLATE_RECORD if options else ipfix.TEMPLATE_RECORD).parse(body)
+        specifiers = record.fields
+        used = (6 if options else 4) + sum(4 if s.pen is None else 8 for s in specifiers)
+        if not specifiers:
+            return record.template_id, None, used
+        fields = tuple(self._field(s.pen or 0, s.id & ~ipfix.ENTERPRISE_BIT, s.length)
+                       for s in specifiers)
+        return record.template_id, _Template(fields, record.scope_field_count if options else 0), used
+
+    def _v9_template(self, body: bytes, options: bool) -> tuple[int, _Template | None, int]:
+        """(template id, template, octets used) of a NetFlow v9 (options) template record."""
+        if not options:
+            record = netflow9.TEMPLATE_RECORD.parse(body)
+            fields = tuple(self._v9_field(s) for s in record.fields)
+            return (record.template_id, _Template(fields, 0) if fields else None,
+                    4 + 4 * record.field_count)
+        record = netflow9.OPTIONS_TEMPLATE_RECORD.parse(body)
+        scopes = tuple((V9_SCOPES.get(s.type, f"scope:{s.type}"), s.length, _unsigned)
+                       for s in record.scopes)
+        fields = scopes + tuple(self._v9_field(s) for s in record.options)
+        return (record.template_id, _Template(fields, len(scopes)),
+                6 + record.scope_length + record.option_length)
+
+    def _v9_field(self, specifier: Any) -> tuple[str, int, Decode]:
+        """NFv9 field types: IANA ids, and ntop's elements as 57472 + n."""
+        if specifier.type >= NTOP_V9_BASE:
+            return self._field(NTOP_PEN, specifier.type - NTOP_V9_BASE, specifier.length)
+        return self._field(0, specifier.type, specifier.length)
+
+
+def _data_records(body: bytes, template: _Template, set_id: int) -> list[list[tuple[str, Any]]]:
+    """The records of a data set; what is left shorter than a record is padding."""
+    out = []
+    offset, minimum, end = 0, template.min_length, len(body)
+    while end - offset >= minimum:
+        values, start = [], offset
+        for name, length, decode in template.fields:
+            if length == VARLEN:
+                if offset >= end:
+                    raise CollectError(f"data set {set_id}: record truncated in {name}")
+                length = body[offset]
+                offset += 1
+                if length == 255:
+                    length = int.from_bytes(body[offset:offset + 2], "big")
+                    offset += 2
+            if offset + length > end:
+                raise CollectError(f"data set {set_id}: record truncated in {name}")
+            values.append((name, decode(body[offset:offset + length])))
+            offset += length
+        out.append(values)
+        if offset == start:  # a template of empty fields: one record, not an endless loop
+            break
+    return out
+
+
+def _address(source: tuple) -> str:
+    host, port = source[0], source[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """`pyprobe collect`: prints the records arriving on UDP (host, port) until --count or --timeout."""
+    collector = Collector()
+    family, kind, proto, _, address = socket.getaddrinfo(
+        args.host, args.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)[0]
+    with socket.socket(family, kind, proto) as sock:
+        try:
+            sock.bind(address)
+        except OSError as error:
+            raise CollectError(f"cannot listen on {_address(address)}: {error.strerror}") from None
+        sock.settimeout(args.timeout)
+        # The line a script (or a test) waits for before it sends: the port is bound from here on.
+        print(f"listening on {_address(sock.getsockname())}", file=sys.stderr, flush=True)
+        try:
+            while args.count is None or collector.messages < args.count:
+                try:
+                    data, source = sock.recvfrom(65535)
+                except socket.timeout:
+                    break
+                try:
+                    records = collector.feed(data, source)
+                except CollectError as error:  # reported; it still counts toward --count
+                    print(f"pyprobe collect: {_address(source)}: {error}", file=sys.stderr)
+                    continue
+                for record in records:
+                    print(json.dumps(record.as_dict()) if args.json else record)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+    print(f"{collector.messages} messages, {collector.records} records, "
+          f"{collector.missing_template} data sets without a template", file=sys.stderr)
+    return 0
