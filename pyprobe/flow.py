@@ -9,8 +9,10 @@ The sums of inter-arrival times need no counter at all: they telescope to last -
 """
 from __future__ import annotations
 
+import json
 import math
 import socket
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -165,9 +167,7 @@ class Flow:
     __slots__ = ("id", "key", "src_addr", "dst_addr", "src_port", "dst_port", "protocol",
                  "vlan_id", "tunnel_id", "src2dst", "dst2src", "src_is_first", "first_seen_ms",
                  "last_seen_ms", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "end_by_ms",
-                 "closing", "end_reason", "application_name", "application_category_name",
-                 "application_confidence", "requested_server_name", "client_fingerprint",
-                 "user_agent", "classifier_state", "_udps")
+                 "closing", "end_reason", "dpi", "classifier_state", "_udps")
 
     def __init__(self, flow_id: int, key: tuple, src_is_first: bool, packet: Packet,
                  time_ms: int, end_by_ms: int) -> None:
@@ -184,12 +184,7 @@ class Flow:
         self.end_by_ms = end_by_ms  # active timeout, or the end of the close linger
         self.closing = False  # RST, or FIN both ways, was seen
         self.end_reason = 0  # an EndReason once expired; a plugin may set it to end the flow now
-        self.application_name = "Unknown"
-        self.application_category_name = ""
-        self.application_confidence = 0
-        self.requested_server_name = ""
-        self.client_fingerprint = ""
-        self.user_agent = ""
+        self.dpi: DpiInfo | None = None  # set by the nDPI classifier; read through DPI_LABELS
         self.classifier_state: Any = None
         self._udps: Udps | None = None
 
@@ -275,7 +270,51 @@ class Flow:
 
     def to_dict(self) -> dict[str, Any]:
         """The flow's exported attributes (nfstream names), for JSON output."""
-        return {name: getattr(self, name) for name in FLOW_FIELDS} | {"udps": vars(self.udps)}
+        return {name: getattr(self, name) for name in FLOW_FIELDS} | {
+            "dpi": None if self.dpi is None else self.dpi.to_dict(), "udps": vars(self.udps)}
+
+
+@dataclass(slots=True)
+class DpiInfo:
+    """What nDPI found in a flow: labels, risks and metadata; made only for flows nDPI saw.
+
+    The labels (DPI_LABELS) read as flow attributes of the same names.
+    """
+
+    application_name: str  # "Master.App", as ndpiReader and nfstream print it
+    application_category_name: str
+    application_is_guessed: int  # 1 when nDPI guessed from the port or address
+    application_confidence: int  # an ndpi_confidence_t value
+    requested_server_name: str  # SNI, HTTP Host, DNS query name...
+    client_fingerprint: str  # JA4
+    server_fingerprint: str  # JA3S
+    user_agent: str
+    content_type: str
+    master_protocol: int
+    app_protocol: int
+    category: int
+    risk: int  # ndpi_risk bitmap: bit n set for risk n
+    risk_score: int
+    dpi_json: str  # ndpi_dpi2json's text: a few hundred bytes, where the parsed dict takes kilobytes
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Everything nDPI reported (hostname, tls, http, dns, quic... blocks), parsed on each read."""
+        return dpi_metadata(self.dpi_json)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The values that are not flow labels already: protocol ids, risks and metadata."""
+        return {"master_protocol": self.master_protocol, "app_protocol": self.app_protocol,
+                "category": self.category, "risk": self.risk, "risk_score": self.risk_score,
+                "metadata": self.metadata}
+
+
+_DPI_JSON = json.JSONDecoder(strict=False)  # dpi2json copies strings from packets, control bytes too
+
+
+def dpi_metadata(text: str) -> dict[str, Any]:
+    """The "ndpi" object of ndpi_dpi2json's JSON text."""
+    return _DPI_JSON.decode(text)["ndpi"]
 
 
 class Udps:
@@ -314,6 +353,22 @@ def _flag_property(side: str | None, bit: int) -> property:
     return property(get, doc=f"packets with TCP {FLAG_NAMES[bit].upper()} set ({side or 'both'})")
 
 
+# nfstream's nDPI labels on a Flow, with their values when nDPI did not classify the flow.
+DPI_LABELS = {"application_name": "Unknown", "application_category_name": "",
+              "application_is_guessed": 0, "application_confidence": 0,
+              "requested_server_name": "", "client_fingerprint": "", "server_fingerprint": "",
+              "user_agent": "", "content_type": ""}
+
+
+def _dpi_property(name: str, default: Any) -> property:
+    def get(flow: Flow) -> Any:
+        dpi = flow.dpi
+        return default if dpi is None else getattr(dpi, name)
+    return property(get, doc=f"nDPI's {name} ({default!r} without a classification)")
+
+
+for _name, _default in DPI_LABELS.items():
+    setattr(Flow, _name, _dpi_property(_name, _default))
 for _side in ("src2dst", "dst2src"):
     for _name in DIRECTION_FIELDS:
         setattr(Flow, f"{_side}_{_name}", _direction_property(_side, _name))
@@ -335,7 +390,7 @@ FLOW_FIELDS = (
             for flag in _NFSTREAM_FLAG_ORDER)
     + ("src2dst_tcp_flags", "dst2src_tcp_flags", "src2dst_min_ttl", "src2dst_max_ttl",
        "dst2src_min_ttl", "dst2src_max_ttl", "src2dst_tos", "dst2src_tos", "icmp_type_code",
-       "end_reason", "application_name", "application_category_name", "application_confidence",
-       "requested_server_name", "client_fingerprint", "user_agent")
+       "end_reason")
+    + tuple(DPI_LABELS)
 )
 """The attributes of a flow that `to_dict()` and `replay --json` report, in nfstream's order."""

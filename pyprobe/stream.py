@@ -54,14 +54,15 @@ class FlowStream:
     """Iterates the flows of a capture file or interface as they expire.
 
     `source` is a pcap/pcapng path or an interface name. Timeouts are in seconds. `plugins` are
-    objects with nfstream's on_init / on_update / on_expire hooks (see `cache.Plugin`). After
-    iteration, `stats` holds the run's `MeterStats`.
+    objects with nfstream's on_init / on_update / on_expire hooks (see `cache.Plugin`). With
+    `dpi`, nDPI labels every flow from its first `n_dissections` packets (`classify`) before the
+    plugins run. After iteration, `stats` holds the run's `MeterStats`.
     """
 
     def __init__(self, source: str, *, active_timeout: float = 120, idle_timeout: float = 30,
                  max_flows: int = 524_288, bpf_filter: str | None = None, snaplen: int = 65535,
-                 dpi: bool = True, decode_tunnels: bool = False, close_linger: float = 2,
-                 plugins: Sequence[Plugin] = (),
+                 dpi: bool = True, n_dissections: int = 20, decode_tunnels: bool = False,
+                 close_linger: float = 2, plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None) -> None:
         self.source = source
         self.active_timeout = active_timeout
@@ -69,10 +70,13 @@ class FlowStream:
         self.max_flows = max_flows
         self.bpf_filter = bpf_filter
         self.snaplen = snaplen
-        self.dpi = dpi  # nDPI classification arrives with the classify stage; accepted now
+        self.dpi = dpi
         self.decode_tunnels = decode_tunnels
         self.close_linger = close_linger
         self.plugins = tuple(plugins)
+        if dpi:
+            from .classify import NdpiClassifier  # nDPI is needed only here
+            self.plugins = (NdpiClassifier(n_dissections),) + self.plugins
         self.progress = progress
         self.stats = MeterStats()
         self.cache: FlowCache | None = None

@@ -1,0 +1,96 @@
+"""nDPI classification of every flow, as a FlowStream plugin (nfstream's `n_dissections` rule).
+
+Each new flow gets an nDPI flow buffer in `flow.classifier_state`. Its packets (IP header onwards,
+as captured, never past the IP total length) go to nDPI until nDPI reports the flow classified,
+or `n_dissections` packets have gone in, in which case nDPI's giveup gives its best guess; a flow
+that ends before either gets that guess too. Then the labels are set (`flow.dpi`, a `DpiInfo`)
+and the buffer is freed at once, so only flows still under inspection hold nDPI state.
+
+One detection module serves the whole process: it is made on first use and shared.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .flow import DpiInfo, Flow, Packet, dpi_metadata
+from .ndpi import NDPI, Confidence, NDPIFlow, NDPIProtocol, State
+
+N_DISSECTIONS = 20  # nfstream's default budget of packets per flow
+GUESSED = frozenset((Confidence.MATCH_BY_PORT, Confidence.MATCH_BY_IP))
+CLASSIFIED = State.CLASSIFIED
+
+_shared: NDPI | None = None
+
+
+def shared_ndpi() -> NDPI:
+    """The process's detection module, made on first call."""
+    global _shared
+    if _shared is None:
+        _shared = NDPI()
+    return _shared
+
+
+class NdpiClassifier:
+    """FlowStream plugin: labels every flow with nDPI (application, category, SNI, JA4, risks)."""
+
+    __slots__ = ("n_dissections", "ndpi")
+
+    def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None) -> None:
+        if n_dissections < 1:
+            raise ValueError(f"n_dissections must be at least 1, not {n_dissections}")
+        self.n_dissections = n_dissections
+        self.ndpi = ndpi or shared_ndpi()
+
+    def on_init(self, packet: Packet, flow: Flow) -> None:
+        """Starts nDPI on the flow with its first packet."""
+        state = flow.classifier_state = NDPIFlow()
+        self._inspect(packet, flow, state)
+
+    def on_update(self, packet: Packet, flow: Flow) -> None:
+        """Hands the packet to nDPI while the flow is under inspection."""
+        state = flow.classifier_state
+        if state is not None:
+            self._inspect(packet, flow, state)
+
+    def on_expire(self, flow: Flow) -> None:
+        """Takes nDPI's guess for a flow that ends under inspection."""
+        state = flow.classifier_state
+        if state is not None:
+            self._label(flow, state, self.ndpi.giveup(state))
+
+    def _inspect(self, packet: Packet, flow: Flow, state: NDPIFlow) -> None:
+        offset = packet.ip_offset
+        result = self.ndpi.process_packet(
+            state, memoryview(packet.frame)[offset:offset + packet.ip_size], packet.time_ms)
+        if result.state == CLASSIFIED:
+            self._label(flow, state, result)
+        elif state.packets >= self.n_dissections:
+            self._label(flow, state, self.ndpi.giveup(state))
+
+    def _label(self, flow: Flow, state: NDPIFlow, result: NDPIProtocol) -> None:
+        """Sets the flow's labels from nDPI's result, then frees the flow's nDPI state."""
+        ndpi = self.ndpi
+        text = ndpi.flow_json(state, result)
+        state.free()
+        flow.classifier_state = None
+        metadata = dpi_metadata(text)
+        risk = sum(1 << int(bit) for bit in metadata.get("flow_risk", ()))
+        tls = _tls(metadata)
+        http = metadata.get("http", {})
+        confidence = result.confidence.id
+        flow.dpi = DpiInfo(
+            application_name=ndpi.protocol_name(result),
+            application_category_name=ndpi.protocol_category_name(result),
+            application_is_guessed=int(confidence in GUESSED),
+            application_confidence=confidence,
+            requested_server_name=metadata.get("hostname", ""),
+            client_fingerprint=tls.get("ja4", ""), server_fingerprint=tls.get("ja3s", ""),
+            user_agent=http.get("user_agent", ""), content_type=http.get("content_type", ""),
+            master_protocol=result.master_protocol, app_protocol=result.app_protocol,
+            category=result.category, risk=risk, risk_score=ndpi.risk_score(risk),
+            dpi_json=text)
+
+
+def _tls(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The TLS block of dpi2json's output: at the top for TLS and DTLS, inside "quic" for QUIC."""
+    return metadata.get("tls") or metadata.get("quic", {}).get("tls", {})

@@ -1,0 +1,311 @@
+"""nDPI 5.x through cffi in ABI mode, with the Python face of nDPI's own `ndpi` package.
+
+The library is the one compiled into the `nfstream==6.6.0` wheel (its top-level module
+`_lib_engine`), opened with `ffi.dlopen`; only the functions used here are declared. Importing
+this module checks the declared layout against the facts of that build (and against the headers
+`_lib_engine` was compiled with) and raises ImportError on a mismatch rather than misread memory.
+
+>>> ndpi = NDPI()                                        # doctest: +SKIP
+>>> flow = NDPIFlow()                                    # doctest: +SKIP
+>>> result = ndpi.process_packet(flow, ip_bytes, time_ms)  # doctest: +SKIP
+>>> ndpi.protocol_name(result), result.state             # doctest: +SKIP
+('TLS.YouTube', <State.CLASSIFIED: 3>)
+>>> flow.free()                                          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from cffi import FFI
+
+try:
+    import _lib_engine
+except ImportError as error:  # pragma: no cover - depends on the installation
+    raise ImportError("nDPI is not installed: pyprobe uses the nDPI 5.x library inside the "
+                      "nfstream==6.6.0 wheel (pip install --no-deps nfstream==6.6.0)") from error
+
+CDEF = """
+typedef struct { uint16_t master_protocol; uint16_t app_protocol; } ndpi_master_app_protocol;
+typedef struct { uint16_t protos[8]; uint16_t protos_num; } ndpi_protocol_stack;
+typedef struct { ndpi_master_app_protocol proto; int confidence; } ndpi_fpc_info;
+typedef struct {
+  ndpi_master_app_protocol proto;
+  ndpi_protocol_stack protocol_stack;
+  uint16_t protocol_by_ip;
+  int category;
+  int breed;
+  ndpi_fpc_info fpc;
+  void *custom_category_userdata;
+  int state;
+} ndpi_protocol;
+struct ndpi_flow_input_info { unsigned char in_pkt_dir; unsigned char seen_flow_beginning; };
+struct ndpi_detection_module_struct;
+struct ndpi_flow_struct;
+struct ndpi_global_context;
+
+struct ndpi_detection_module_struct *ndpi_init_detection_module(struct ndpi_global_context *g_ctx);
+int ndpi_finalize_initialization(struct ndpi_detection_module_struct *ndpi_str);
+void ndpi_exit_detection_module(struct ndpi_detection_module_struct *ndpi_str);
+uint32_t ndpi_detection_get_sizeof_ndpi_flow_struct(void);
+ndpi_protocol ndpi_detection_process_packet(struct ndpi_detection_module_struct *ndpi_str,
+    struct ndpi_flow_struct *flow, const unsigned char *packet, const unsigned short packetlen,
+    const uint64_t packet_time_ms, struct ndpi_flow_input_info *input_info);
+ndpi_protocol ndpi_detection_giveup(struct ndpi_detection_module_struct *ndpi_str,
+    struct ndpi_flow_struct *flow);
+void ndpi_free_flow_data(struct ndpi_flow_struct *flow);
+char *ndpi_protocol2name(struct ndpi_detection_module_struct *ndpi_str,
+    ndpi_master_app_protocol proto, char *buf, unsigned int buf_len);
+const char *ndpi_category_get_name(struct ndpi_detection_module_struct *ndpi_str, int category);
+const char *ndpi_confidence_get_name(int confidence);
+char *ndpi_revision(void);
+uint16_t ndpi_get_api_version(void);
+uint16_t ndpi_risk2score(uint64_t risk, uint16_t *client_score, uint16_t *server_score);
+
+int ndpi_init_serializer(void *serializer, int fmt);
+void ndpi_term_serializer(void *serializer);
+char *ndpi_serializer_get_buffer(void *serializer, uint32_t *buffer_len);
+int ndpi_dpi2json(struct ndpi_detection_module_struct *ndpi_str, struct ndpi_flow_struct *flow,
+    ndpi_protocol l7_protocol, void *serializer);
+"""
+
+# Layout facts of nDPI 5.0.0 (the nfstream 6.6.0 build), checked at import.
+PROTOCOL_SIZE = 56
+PROTOCOL_OFFSETS = {"proto": 0, "protocol_stack": 4, "protocol_by_ip": 22, "category": 24,
+                    "breed": 28, "fpc": 32, "custom_category_userdata": 40, "state": 48}
+FLOW_CONFIDENCE_OFFSET = 52  # ndpi_flow_struct.confidence, an int: the one field read in place
+SERIALIZER_SIZE = 256  # ndpi_serializer is opaque (72 bytes in 5.0): room to spare
+SERIALIZATION_JSON = 2  # ndpi_serialization_format_json
+REVISION_PREFIX = "5."
+NAME_SIZE = 128  # room for "Master.App"
+
+ffi = FFI()
+ffi.cdef(CDEF)
+lib = ffi.dlopen(_lib_engine.__file__)
+
+
+class State(IntEnum):
+    """ndpi_classification_state: where nDPI is with a flow."""
+
+    INSPECTING = 0
+    PARTIAL = 1
+    MONITORING = 2
+    CLASSIFIED = 3
+
+
+class Confidence(IntEnum):
+    """ndpi_confidence_t: how a classification was reached."""
+
+    UNKNOWN = 0
+    MATCH_BY_PORT = 1
+    NBPF = 2
+    DPI_PARTIAL = 3
+    DPI_PARTIAL_CACHE = 4
+    DPI_CACHE = 5
+    DPI = 6
+    MATCH_BY_IP = 7
+    DPI_AGGRESSIVE = 8
+    CUSTOM_RULE = 9
+
+
+def _check_layout() -> int:
+    """Compares the declarations with the library's build; returns its flow struct size."""
+    problems = []
+    revision = ffi.string(lib.ndpi_revision()).decode()
+    if not revision.startswith(REVISION_PREFIX):
+        problems.append(f"revision {revision!r} is not {REVISION_PREFIX}x")
+    declared = {name: ffi.offsetof("ndpi_protocol", name) for name in PROTOCOL_OFFSETS}
+    if ffi.sizeof("ndpi_protocol") != PROTOCOL_SIZE or declared != PROTOCOL_OFFSETS:
+        problems.append(f"ndpi_protocol is {ffi.sizeof('ndpi_protocol')} bytes at {declared}, "
+                        f"not {PROTOCOL_SIZE} at {PROTOCOL_OFFSETS}")
+    flow_size = lib.ndpi_detection_get_sizeof_ndpi_flow_struct()
+    built = _lib_engine.ffi  # the headers the library was compiled with
+    built_offsets = {name: built.offsetof("ndpi_protocol", name) for name in PROTOCOL_OFFSETS}
+    if built.sizeof("ndpi_protocol") != PROTOCOL_SIZE or built_offsets != PROTOCOL_OFFSETS:
+        problems.append(f"the library's ndpi_protocol is {built.sizeof('ndpi_protocol')} bytes "
+                        f"at {built_offsets}")
+    if built.sizeof("struct ndpi_flow_struct") != flow_size:
+        problems.append(f"the library says its flow struct is {flow_size} bytes, its headers "
+                        f"{built.sizeof('struct ndpi_flow_struct')}")
+    if built.offsetof("struct ndpi_flow_struct", "confidence") != FLOW_CONFIDENCE_OFFSET:
+        problems.append("ndpi_flow_struct.confidence moved from offset "
+                        f"{FLOW_CONFIDENCE_OFFSET}")
+    if built.sizeof("ndpi_serializer") > SERIALIZER_SIZE:
+        problems.append(f"ndpi_serializer is larger than {SERIALIZER_SIZE} bytes")
+    states = {state.name: getattr(_lib_engine.lib, f"NDPI_STATE_{state.name}") for state in State}
+    if states != {state.name: state.value for state in State}:
+        problems.append(f"classification states are {states}")
+    confidences = {c.name: getattr(_lib_engine.lib, f"NDPI_CONFIDENCE_{c.name}") for c in Confidence}
+    if confidences != {c.name: c.value for c in Confidence}:
+        problems.append(f"confidence values are {confidences}")
+    if problems:
+        raise ImportError(f"the nDPI library at {_lib_engine.__file__} does not match pyprobe's "
+                          "declarations: " + "; ".join(problems))
+    return flow_size
+
+
+FLOW_SIZE = _check_layout()
+_STATES = tuple(State)  # by value: indexing is cheaper than State(value) once a packet
+
+
+class NDPIConfidence(NamedTuple):
+    """A classification's confidence: its id and nDPI's name for it ("DPI", "Match by port", ...)."""
+
+    id: int
+    name: str
+
+
+@lru_cache(maxsize=None)
+def confidence_of(confidence_id: int) -> NDPIConfidence:
+    """The NDPIConfidence of a confidence id."""
+    return NDPIConfidence(confidence_id,
+                          ffi.string(lib.ndpi_confidence_get_name(confidence_id)).decode())
+
+
+class NDPIProtocol(NamedTuple):
+    """What nDPI says of a flow after a packet or a giveup; `C` is the ndpi_protocol itself."""
+
+    C: Any
+    master_protocol: int
+    app_protocol: int
+    category: int
+    confidence: NDPIConfidence
+    state: State
+
+
+class NDPIFlow:
+    """nDPI's state of one flow: a zeroed buffer of the library's flow size until `free()`.
+
+    `NDPIFlow.live` counts the buffers not yet freed, over all instances.
+    """
+
+    __slots__ = ("C", "packets", "_buffer", "_confidence")
+    live = 0
+
+    def __init__(self) -> None:
+        self._buffer = ffi.new("char[]", FLOW_SIZE)
+        self.C = ffi.cast("struct ndpi_flow_struct *", self._buffer)
+        self._confidence = ffi.cast("int *", self._buffer) + FLOW_CONFIDENCE_OFFSET // 4
+        self.packets = 0
+        """Packets handed to nDPI."""
+        NDPIFlow.live += 1
+
+    @property
+    def confidence(self) -> NDPIConfidence:
+        """The confidence of the flow's current classification."""
+        return confidence_of(self._confidence[0])
+
+    def free(self) -> None:
+        """Frees what nDPI allocated for the flow, then the buffer; later calls do nothing."""
+        if self._buffer is not None:
+            lib.ndpi_free_flow_data(self.C)
+            ffi.release(self._buffer)
+            self._buffer = None
+            self.C = self._confidence = ffi.NULL
+            NDPIFlow.live -= 1
+
+    def __del__(self) -> None:
+        self.free()
+
+
+class NDPI:
+    """A detection module with nDPI's default configuration (every protocol enabled)."""
+
+    __slots__ = ("_module", "_names", "_categories")
+
+    def __init__(self) -> None:
+        self._module = ffi.NULL
+        self._names: dict[tuple[int, int], str] = {}
+        self._categories: dict[int, str] = {}
+        module = lib.ndpi_init_detection_module(ffi.NULL)
+        if module == ffi.NULL:
+            raise MemoryError("ndpi_init_detection_module failed")
+        if lib.ndpi_finalize_initialization(module) != 0:
+            lib.ndpi_exit_detection_module(module)
+            raise RuntimeError("ndpi_finalize_initialization failed")
+        self._module = module
+
+    @property
+    def revision(self) -> str:
+        """The library's git revision, e.g. "5.0.0-1-375f99e"."""
+        return ffi.string(lib.ndpi_revision()).decode()
+
+    @property
+    def api_version(self) -> int:
+        """The library's API version number."""
+        return lib.ndpi_get_api_version()
+
+    def process_packet(self, flow: NDPIFlow, packet: Any, time_ms: int,
+                       input_info: tuple[int, int] | None = None) -> NDPIProtocol:
+        """Hands one IP packet (a bytes-like object, IP header first) to nDPI, without copying it.
+
+        `input_info` is (in_pkt_dir, seen_flow_beginning) when the caller knows them.
+        """
+        data = ffi.from_buffer("unsigned char[]", packet)
+        info = ffi.NULL if input_info is None else ffi.new("struct ndpi_flow_input_info *",
+                                                             input_info)
+        flow.packets += 1
+        protocol = lib.ndpi_detection_process_packet(self._module, flow.C, data,
+                                                     min(len(data), 0xFFFF), time_ms, info)
+        return self._result(protocol, flow)
+
+    def giveup(self, flow: NDPIFlow) -> NDPIProtocol:
+        """nDPI's final word on a flow it has not classified: its best guess."""
+        return self._result(lib.ndpi_detection_giveup(self._module, flow.C), flow)
+
+    @staticmethod
+    def _result(protocol: Any, flow: NDPIFlow) -> NDPIProtocol:
+        proto = protocol.proto
+        return NDPIProtocol(protocol, proto.master_protocol, proto.app_protocol,
+                            protocol.category, flow.confidence, _STATES[protocol.state])
+
+    def protocol_name(self, result: NDPIProtocol) -> str:
+        """"Master.App" as ndpiReader prints it: "TLS.YouTube", "DNS", "Unknown"."""
+        ids = result.master_protocol, result.app_protocol
+        name = self._names.get(ids)
+        if name is None:
+            buf = ffi.new("char[]", NAME_SIZE)
+            lib.ndpi_protocol2name(self._module, result.C.proto, buf, NAME_SIZE)
+            name = self._names[ids] = ffi.string(buf).decode(errors="replace")
+        return name
+
+    def protocol_category_name(self, result: NDPIProtocol) -> str:
+        """The category's name, e.g. "Web", "SocialNetwork"."""
+        category = result.category
+        name = self._categories.get(category)
+        if name is None:
+            name = self._categories[category] = ffi.string(
+                lib.ndpi_category_get_name(self._module, category)).decode()
+        return name
+
+    def flow_json(self, flow: NDPIFlow, result: NDPIProtocol) -> str:
+        """What nDPI found in the flow: ndpi_dpi2json's JSON text, {"ndpi": {...}}.
+
+        Its strings are copied from packets: parse it with `strict=False` (raw control bytes).
+        """
+        serializer = ffi.new("char[]", SERIALIZER_SIZE)
+        if lib.ndpi_init_serializer(serializer, SERIALIZATION_JSON) == -1:
+            raise MemoryError("ndpi_init_serializer failed")
+        try:
+            lib.ndpi_dpi2json(self._module, flow.C, result.C, serializer)
+            length = ffi.new("uint32_t *")
+            text = ffi.unpack(lib.ndpi_serializer_get_buffer(serializer, length), length[0])
+        finally:
+            lib.ndpi_term_serializer(serializer)
+        return text.decode(errors="replace")
+
+    @staticmethod
+    def risk_score(risk: int) -> int:
+        """The total score nDPI gives a risk bitmap (ndpi_risk2score)."""
+        client, server = ffi.new("uint16_t *"), ffi.new("uint16_t *")
+        return lib.ndpi_risk2score(risk, client, server)
+
+    def close(self) -> None:
+        """Destroys the detection module; later calls do nothing."""
+        if self._module != ffi.NULL:
+            lib.ndpi_exit_detection_module(self._module)
+            self._module = ffi.NULL
+
+    def __del__(self) -> None:
+        self.close()
