@@ -60,7 +60,10 @@ class Exporter:
         if self._enterprise and self.protocol is IPFIX:
             options.append(type_information_template(registry))
         self._options = tuple(compile_(t) for t in options)
-        self._template_records = self._template_records_of()
+        self._template_records = [(set_id, record, False)
+                                  for set_id, record in self._template_records_of()]
+        self._type_records = [(c.id, c.encode_values(type_information_values(ie)), True)
+                              for c in self._options[1:] for ie in self._enterprise]
         self._builder = MessageBuilder(self.protocol, mtu_bytes)
         self._messages_since_templates = 0
         self._templates_sent_ms: int | None = None
@@ -138,13 +141,11 @@ class Exporter:
             self._messages_since_templates = 0  # counted from the message the refresh ends in
 
     def _refresh_records(self) -> list[tuple[int, bytes, bool]]:
-        records = [(set_id, record, False) for set_id, record in self._template_records]
+        """Templates, then options data: statistics as of now, and the fixed type records."""
         statistics = self._options[0]
-        records.append((statistics.id, statistics.encode_values(statistics_values(self.stats)), True))
-        for compiled in self._options[1:]:
-            records += [(compiled.id, compiled.encode_values(type_information_values(ie)), True)
-                        for ie in self._enterprise]
-        return records
+        return [*self._template_records,
+                (statistics.id, statistics.encode_values(statistics_values(self.stats)), True),
+                *self._type_records]
 
     def _finish(self, now_ms: int) -> bytes:
         builder = self._builder

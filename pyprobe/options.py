@@ -10,7 +10,7 @@ are encoded from values given here (`CompiledTemplate.encode_values`), not from 
 """
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 from .elements import ElementRegistry, InformationElement
 from .template import Template, TemplateField
@@ -76,7 +76,7 @@ def type_information_template(registry: ElementRegistry) -> Template:
 
 
 def statistics_values(stats: ExportStats) -> tuple:
-    return astuple(stats)
+    return tuple(vars(stats).values())  # field order: astuple's deep copies cost 10x
 
 
 def type_information_values(ie: InformationElement) -> tuple:
