@@ -181,11 +181,13 @@ def load_templates(path: str | Path, registry: ElementRegistry) -> TemplateSet:
         raise TemplateError(f"{path}: cannot read: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise TemplateError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("templates"), list):
+    if not isinstance(document, dict):
         raise TemplateError(f"{path}: expected a mapping with a 'templates' list")
     unknown = set(document) - {"templates", "biflow"}
     if unknown:
         raise TemplateError(f"{path}: unknown key {sorted(unknown)[0]!r} (expected 'templates', 'biflow')")
+    if not isinstance(document.get("templates"), list):
+        raise TemplateError(f"{path}: templates: expected a list of templates, {_got(document, 'templates')}")
     biflow = document.get("biflow", False)
     if not isinstance(biflow, bool):
         raise TemplateError(f"{path}: biflow: expected true or false, got {biflow!r}")
@@ -208,19 +210,26 @@ def _template(entry: Any, where: str, registry: ElementRegistry) -> Template:
     if unknown:
         raise TemplateError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected id, name, match, fields)")
     template_id = entry.get("id")
-    if not isinstance(template_id, int) or not MIN_TEMPLATE_ID <= template_id <= 0xFFFF:
-        raise TemplateError(f"{where}: id: expected an integer from 256 to 65535, got {template_id!r}")
+    if type(template_id) is not int or not MIN_TEMPLATE_ID <= template_id <= 0xFFFF:
+        raise TemplateError(f"{where}: id: expected an integer from 256 to 65535, {_got(entry, 'id')}")
     match = entry.get("match") or {}
+    if not isinstance(match, dict):
+        raise TemplateError(f"{where}: match: expected a mapping such as {{ip_version: 4}}, got {match!r}")
     for key, value in match.items():
         if key not in MATCH_KEYS or value not in MATCH_KEYS[key]:
             raise TemplateError(f"{where}: match: expected ip_version: 4 or 6, got {key}: {value!r}")
     fields = entry.get("fields")
     if not isinstance(fields, list) or not fields:
-        raise TemplateError(f"{where}: fields: expected a list of element names")
+        raise TemplateError(f"{where}: fields: expected a list of element names, {_got(entry, 'fields')}")
     return Template(template_id, str(entry.get("name", f"template_{template_id}")),
                     match.get("ip_version"),
                     tuple(_field(item, f"{where}.fields[{i}]", registry) for i, item in enumerate(fields)),
                     where)
+
+
+def _got(mapping: dict, key: str) -> str:
+    """What a template file holds at `key`, for error messages."""
+    return f"got {mapping[key]!r}" if key in mapping else "it is missing"
 
 
 def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
@@ -241,12 +250,13 @@ def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
                             f"their reverse elements)")
     if length is None:
         length = element.default_length
-    elif not isinstance(length, int) or not element.data_type.accepts_length(length) or (
+    elif type(length) is not int or not element.data_type.accepts_length(length) or (
             not element.data_type.variable and not element.data_type.struct_code.endswith("s")
             and length not in (1, 2, 4, 8)):
-        raise TemplateError(f"{where}: length {length!r} does not fit {name} "
-                            f"({element.data_type.name}, {element.data_type.length} octets"
-                            f"{', or fewer (1, 2, 4)' if element.data_type.reducible else ''})")
+        data_type = element.data_type
+        expected = (f"1 to {VARLEN} octets, {VARLEN} or none for variable-length" if data_type.variable
+                    else f"{data_type.length} octets{', or fewer (1, 2, 4)' if data_type.reducible else ''}")
+        raise TemplateError(f"{where}: length {length!r} does not fit {name} ({data_type.name}, {expected})")
     return TemplateField(element, length, expression)
 
 

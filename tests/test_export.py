@@ -1,0 +1,311 @@
+"""Export, sans-IO: flows -> Exporter -> messages -> Collector, with exact values on the wire.
+
+Round trips per template and protocol, the header rules (sequence, count, sysUpTime), strings,
+the MTU, template refresh and the options data, template file errors, and one IPFIX and one NFv9
+message checked byte for byte. Real nfcapd and tshark are in test_interop.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from builders import (  # noqa: E402
+    A4, A6, ACK, B4, B6, ICMP, ICMPV6, RST, SYN, TCP, UDP, icmp, ipv4, ipv6, link, tcp, udp,
+    write_pcap,
+)
+from pyprobe import FlowStream, Packet  # noqa: E402
+from pyprobe.cache import FlowCache  # noqa: E402
+from pyprobe.collect import Collector, Record  # noqa: E402
+from pyprobe.elements import ElementRegistry  # noqa: E402
+from pyprobe.export import Exporter  # noqa: E402
+from pyprobe.flow import EMPTY_DIRECTION, DpiInfo, Flow  # noqa: E402
+from pyprobe.ipfix import IPFIX  # noqa: E402
+from pyprobe.message import MessageBuilder  # noqa: E402
+from pyprobe.netflow9 import NETFLOW9  # noqa: E402
+from pyprobe.template import TemplateError, TemplateSet, load_templates  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY = ElementRegistry.default()
+T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+BOOT_MS = T0 - 1000  # the NFv9 boot time the probe picks: a whole second before the first packet
+EXPORTER = ("192.0.2.1", 4739)
+STATISTICS, TYPE_INFORMATION = 65400, 65401
+R4 = bytes([10, 0, 0, 3])
+VLAN = 0x8100
+
+
+def at(ms: int, packet: bytes, vlan: int = 0) -> tuple[int, bytes]:
+    """An Ethernet frame T0 + ms, 802.1Q-tagged when `vlan` is set."""
+    return T0 + ms, link(1, packet, tags=((VLAN, vlan),) if vlan else ())
+
+
+# The capture: TCP with a RST (VLAN 7), ICMP echo, one-way UDP; IPv6 UDP (VLAN 9), ICMPv6 echo.
+FRAMES = [
+    at(0, ipv4(tcp(40000, 80, SYN), TCP, src=A4, dst=B4, ttl=64, tos=0x10), vlan=7),
+    at(10, ipv4(tcp(80, 40000, SYN | ACK), TCP, src=B4, dst=A4, ttl=50, tos=0x48), vlan=7),
+    at(20, ipv4(tcp(40000, 80, ACK, bytes(100)), TCP, src=A4, dst=B4, ttl=63, tos=0x10), vlan=7),
+    at(30, ipv4(tcp(80, 40000, RST | ACK), TCP, src=B4, dst=A4, ttl=50, tos=0x48), vlan=7),
+    at(100, ipv4(icmp(8, 0, bytes(32)), ICMP, src=A4, dst=R4, ttl=64)),
+    at(115, ipv4(icmp(0, 0, bytes(32)), ICMP, src=R4, dst=A4, ttl=60)),
+    at(200, ipv4(udp(5000, 53, bytes(20)), UDP, src=A4, dst=R4, ttl=64, tos=0xB8)),
+    at(300, ipv6(udp(1234, 443, bytes(50)), UDP, src=A6, dst=B6, hlim=64, tclass=0x20), vlan=9),
+    at(340, ipv6(udp(443, 1234, bytes(10)), UDP, src=B6, dst=A6, hlim=55), vlan=9),
+    at(400, ipv6(icmp(128, 0, bytes(8)), ICMPV6, src=A6, dst=B6, hlim=64)),
+    at(1500, ipv6(icmp(129, 0, bytes(8)), ICMPV6, src=B6, dst=A6, hlim=60)),
+]
+# Its flows, worked by hand: (forward, reverse or None), each direction as
+# (start, end, source, destination, source port, destination port, protocol, ToS, TCP flags,
+#  octets, packets, end reason, VLAN, ICMP type*256+code, minimum TTL, maximum TTL).
+FLOWS = [
+    ((T0, T0 + 20, "10.0.0.1", "10.0.0.2", 40000, 80, TCP, 0x10, SYN | ACK, 180, 2, 3, 7, 0, 63, 64),
+     (T0 + 10, T0 + 30, "10.0.0.2", "10.0.0.1", 80, 40000, TCP, 0x48, SYN | ACK | RST, 80, 2, 3, 7,
+      0, 50, 50)),
+    ((T0 + 100, T0 + 100, "10.0.0.1", "10.0.0.3", 0, 0x0800, ICMP, 0, 0, 60, 1, 4, 0, 0x0800, 64, 64),
+     (T0 + 115, T0 + 115, "10.0.0.3", "10.0.0.1", 0, 0, ICMP, 0, 0, 60, 1, 4, 0, 0, 60, 60)),
+    ((T0 + 200, T0 + 200, "10.0.0.1", "10.0.0.3", 5000, 53, UDP, 0xB8, 0, 48, 1, 4, 0, 0, 64, 64),
+     None),
+    ((T0 + 300, T0 + 300, "2001:db8::1", "2001:db8::2", 1234, 443, UDP, 0x20, 0, 98, 1, 4, 9, 0, 64,
+      64),
+     (T0 + 340, T0 + 340, "2001:db8::2", "2001:db8::1", 443, 1234, UDP, 0, 0, 58, 1, 4, 9, 0, 55,
+      55)),
+    ((T0 + 400, T0 + 400, "2001:db8::1", "2001:db8::2", 0, 0x8000, ICMPV6, 0, 0, 56, 1, 4, 0, 0x8000,
+      64, 64),
+     (T0 + 1500, T0 + 1500, "2001:db8::2", "2001:db8::1", 0, 0x8100, ICMPV6, 0, 0, 56, 1, 4, 0,
+      0x8100, 60, 60)),
+]
+COLUMNS = ("flowStartMilliseconds", "flowEndMilliseconds", "source", "destination",
+           "sourceTransportPort", "destinationTransportPort", "protocolIdentifier",
+           "ipClassOfService", "tcpControlBits", "octetDeltaCount", "packetDeltaCount",
+           "flowEndReason", "vlanId", "icmpTypeCode", "minimumTTL", "maximumTTL")
+TEMPLATE_IDS = {("default", 4): 256, ("default", 6): 257, ("biflow", 4): 258, ("biflow", 6): 259}
+REVERSED = ("flowStartMilliseconds", "flowEndMilliseconds", "ipClassOfService", "tcpControlBits",
+            "octetDeltaCount", "packetDeltaCount", "minimumTTL", "maximumTTL")  # biflow.yaml's
+
+
+def direction_fields(row: tuple) -> dict[str, Any]:
+    """A row of FLOWS as the IPFIX element values of default.yaml, in template order."""
+    values = dict(zip(COLUMNS, row))
+    version = 6 if ":" in values["source"] else 4
+    address = f"IPv{version}Address"
+    return {"flowStartMilliseconds": values["flowStartMilliseconds"],
+            "flowEndMilliseconds": values["flowEndMilliseconds"],
+            f"source{address}": values["source"], f"destination{address}": values["destination"],
+            **{name: values[name] for name in COLUMNS[4:12]},
+            "vlanId": values["vlanId"], "ipVersion": version, "flowDirection": 0,
+            f"icmpTypeCodeIPv{version}": values["icmpTypeCode"],
+            "minimumTTL": values["minimumTTL"], "maximumTTL": values["maximumTTL"]}
+
+
+def expected_records(template: str) -> list[tuple[int, dict[str, Any]]]:
+    """(template id, field values) of every flow record of the capture, in export order."""
+    out = []
+    for forward, reverse in FLOWS:
+        version = 6 if ":" in forward[2] else 4
+        if template == "default":
+            out += [(TEMPLATE_IDS[template, version], direction_fields(row)) for row in (forward, reverse) if row]
+            continue
+        fields = direction_fields(forward)
+        fields = {("biflowDirection" if k == "flowDirection" else k): (1 if k == "flowDirection" else v)
+                  for k, v in fields.items()}
+        back = dict(zip(COLUMNS, reverse or (0,) * len(COLUMNS)))
+        out.append((TEMPLATE_IDS[template, version], fields | {
+            "reverse" + name[0].upper() + name[1:]: back[name] for name in REVERSED}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def flows(tmp_path_factory: pytest.TempPathFactory) -> list[Flow]:
+    """The capture's flows, metered from a pcap (nDPI off: labels are not exported here)."""
+    path = write_pcap(tmp_path_factory.mktemp("export") / "export.pcap", FRAMES)
+    return list(FlowStream(str(path), dpi=False))
+
+
+def templates(name: str) -> TemplateSet:
+    return load_templates(ROOT / "templates" / f"{name}.yaml", REGISTRY)
+
+
+def exporter(template: str | TemplateSet = "default", protocol: str = "ipfix",
+             **options: Any) -> Exporter:
+    template_set = templates(template) if isinstance(template, str) else template
+    return Exporter(protocol, template_set, REGISTRY, boot_ms=BOOT_MS, **options)
+
+
+def decode(messages: list[bytes]) -> list[list[Record]]:
+    """The records of each message, decoded by one collector that must know every template."""
+    collector = Collector(REGISTRY)
+    decoded = [collector.feed(message, EXPORTER) for message in messages]
+    assert collector.missing_template == 0
+    return decoded
+
+
+def absolute_times(record: Record) -> dict[str, Any]:
+    """A record's fields, NFv9's sysUpTime-relative times made absolute as IPFIX sends them."""
+    fields = dict(record.fields)
+    if record.version == 9:
+        boot_ms = record.export_time * 1000 - record.sys_uptime
+        for relative, absolute in (("flowStartSysUpTime", "flowStartMilliseconds"),
+                                   ("flowEndSysUpTime", "flowEndMilliseconds")):
+            fields = {(absolute if k == relative else k): (boot_ms + v if k == relative else v)
+                      for k, v in fields.items()}
+    return fields
+
+
+def flow_records(decoded: list[list[Record]]) -> list[Record]:
+    return [r for records in decoded for r in records if r.template_id < STATISTICS]
+
+
+def set_ids(message: bytes) -> list[int]:
+    """The set ids of a message, in order (IPFIX header 16 octets, NFv9 20)."""
+    offset, ids = (16 if message[1] == 10 else 20), []
+    while offset < len(message):
+        set_id, length = struct.unpack_from("!HH", message, offset)
+        ids.append(set_id)
+        offset += length
+    return ids
+
+
+def with_name(flow: Flow, name: str) -> Flow:
+    """The flow labelled `name` by nDPI (its other labels empty)."""
+    flow.dpi = DpiInfo(**{f.name: name if f.name == "application_name" else "" if f.type == "str" else 0
+                          for f in dataclasses.fields(DpiInfo)})
+    return flow
+
+
+def udp_flows(count: int, *, start_ms: int = T0, replies: bool = True,
+              addresses: tuple[bytes, bytes] = (A4, B4)) -> list[Flow]:
+    """`count` one-packet UDP flows from ports 10000 + i (every even one answered), in order."""
+    cache = FlowCache()
+    src, dst = addresses
+    for i in range(count):
+        cache.add(Packet(start_ms + i, src, dst, 10000 + i, 53, UDP, 0, 100, 64, 0, 0, 0, 0, b"", 0))
+        if replies and i % 2 == 0:
+            cache.add(Packet(start_ms + i, dst, src, 53, 10000 + i, UDP, 0, 200, 64, 0, 0, 0, 0, b"", 0))
+    cache.drain()
+    return cache.expired
+
+
+# Round trips.
+
+@pytest.mark.parametrize("template, protocol", [("default", "ipfix"), ("default", "netflow9"),
+                                                ("biflow", "ipfix")])
+def test_round_trip_gives_back_every_field(flows: list[Flow], template: str, protocol: str) -> None:
+    """Every field of every record, IPv4 and IPv6, comes back exactly (NFv9 times made absolute)."""
+    export = exporter(template, protocol)
+    messages = export.export(flows, T0 + 2000) + export.flush(T0 + 2500)
+    records = flow_records(decode(messages))
+    assert [(r.template_id, absolute_times(r)) for r in records] == expected_records(template)
+    if protocol == "netflow9":
+        assert [dict(r.fields)["flowStartSysUpTime"] for r in records] == [
+            1000, 1010, 1100, 1115, 1200, 1300, 1340, 1400, 2500]
+    assert export.stats.flow_records == len(records) == {"default": 9, "biflow": 5}[template]
+
+
+def test_uniflow_sends_one_record_per_direction_and_biflow_one_per_flow() -> None:
+    """200 flows, every even one answered: 300 uniflow records, 200 biflow records."""
+    flows = udp_flows(200)
+    uniflow, biflow = exporter("default"), exporter("biflow")
+    per_direction = flow_records(decode(uniflow.export(flows, T0 + 1000) + uniflow.flush(T0 + 1000)))
+    per_flow = flow_records(decode(biflow.export(flows, T0 + 1000) + biflow.flush(T0 + 1000)))
+    assert (len(per_direction), uniflow.stats.flow_records) == (300, 300)
+    assert (len(per_flow), biflow.stats.flow_records) == (200, 200)
+    assert [(r.fields[4][1], r.fields[5][1], r.fields[9][1]) for r in per_direction[:4]] == [
+        (10000, 53, 100), (53, 10000, 200), (10001, 53, 100), (10002, 53, 100)]
+    assert [(d["sourceTransportPort"], d["octetDeltaCount"], d["reverseOctetDeltaCount"],
+             d["reversePacketDeltaCount"]) for d in map(dict, (r.fields for r in per_flow[:3]))] == [
+        (10000, 100, 200, 1), (10001, 100, 0, 0), (10002, 100, 200, 1)]
+
+
+def test_biflow_needs_ipfix() -> None:
+    with pytest.raises(TemplateError) as error:
+        exporter("biflow", "netflow9")
+    assert str(error.value) == (
+        f"{ROOT / 'templates' / 'biflow.yaml'}: biflow templates need IPFIX (RFC 5103 reverse "
+        "elements have no NetFlow v9 field types)")
+
+
+# Template files.
+
+ONE_FIELD = "templates:\n  - id: 256\n    fields: [{}]\n"
+TEMPLATE_ERRORS = [  # (file text, the message after "FILE: ")
+    (ONE_FIELD.format("sourceIPv4Adress"),
+     "templates[0].fields[0]: unknown information element 'sourceIPv4Adress' (did you mean "
+     "'sourceIPv4Address' or 'sourceIPv6Address' or 'reverseSourceIPv4Address'?)"),
+    (ONE_FIELD.format("reverseOctetDeltaCont"),
+     "templates[0].fields[0]: unknown information element 'reverseOctetDeltaCont' (did you mean "
+     "'reverseOctetDeltaCount' or 'reversePostOctetDeltaCount' or 'reversePacketDeltaCount'?)"),
+    (ONE_FIELD.format("{name: octetDeltaCount, length: 3}"),
+     "templates[0].fields[0]: length 3 does not fit octetDeltaCount (unsigned64, 8 octets, "
+     "or fewer (1, 2, 4))"),
+    (ONE_FIELD.format("{name: octetDeltaCount, length: true}"),
+     "templates[0].fields[0]: length True does not fit octetDeltaCount (unsigned64, 8 octets, "
+     "or fewer (1, 2, 4))"),
+    (ONE_FIELD.format("{name: sourceIPv4Address, length: 2}"),
+     "templates[0].fields[0]: length 2 does not fit sourceIPv4Address (ipv4Address, 4 octets)"),
+    (ONE_FIELD.format("{name: flowStartMilliseconds, length: 4}"),
+     "templates[0].fields[0]: length 4 does not fit flowStartMilliseconds "
+     "(dateTimeMilliseconds, 8 octets)"),
+    (ONE_FIELD.format("{name: applicationName, length: 0}"),
+     "templates[0].fields[0]: length 0 does not fit applicationName (string, 1 to 65535 octets, "
+     "65535 or none for variable-length)"),
+    (ONE_FIELD.format("{name: octetDeltaCount, lenght: 4}"),
+     "templates[0].fields[0]: expected an element name or {name: ..., length: N}, got "
+     "{'name': 'octetDeltaCount', 'lenght': 4}"),
+    (ONE_FIELD.format("mplsTopLabelTTL"),
+     "templates[0].fields[0]: pyprobe has no value for element 'mplsTopLabelTTL' (it can send: "),
+    ("templates:\n  - name: no_id\n    fields: [octetDeltaCount]\n",
+     "templates[0]: id: expected an integer from 256 to 65535, it is missing"),
+    ("templates:\n  - id: 255\n    fields: [octetDeltaCount]\n",
+     "templates[0]: id: expected an integer from 256 to 65535, got 255"),
+    ("templates:\n  - id: 256\n", "templates[0]: fields: expected a list of element names, it is missing"),
+    ("templates:\n  - id: 256\n    fields: octetDeltaCount\n",
+     "templates[0]: fields: expected a list of element names, got 'octetDeltaCount'"),
+    ("templates:\n  - id: 256\n    feilds: [octetDeltaCount]\n",
+     "templates[0]: unknown key 'feilds' (expected id, name, match, fields)"),
+    ("templates:\n  - id: 256\n    match: {ip_version: 5}\n    fields: [octetDeltaCount]\n",
+     "templates[0]: match: expected ip_version: 4 or 6, got ip_version: 5"),
+    ("templates:\n  - id: 256\n    match: [4]\n    fields: [octetDeltaCount]\n",
+     "templates[0]: match: expected a mapping such as {ip_version: 4}, got [4]"),
+    ("templates:\n  - id: 256\n    fields: [octetDeltaCount]\n  - id: 256\n    fields: [packetDeltaCount]\n",
+     "templates[1]: id 256 is used twice"),
+    ("templates:\n  - octetDeltaCount\n", "templates[0]: expected a mapping with id, name, fields"),
+    ("biflow: true\n", "templates: expected a list of templates, it is missing"),
+    ("templates: []\n", "templates: expected at least one template"),
+    ("templatez: []\n", "unknown key 'templatez' (expected 'templates', 'biflow')"),
+    ("- 256\n", "expected a mapping with a 'templates' list"),
+    ("biflow: yes please\ntemplates: []\n", "biflow: expected true or false, got 'yes please'"),
+    ("templates: [\n", "not valid YAML: while parsing a flow node"),
+]
+
+
+@pytest.mark.parametrize("text, message", TEMPLATE_ERRORS)
+def test_template_file_errors_name_the_file_the_entry_and_what_is_expected(
+        tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(TemplateError) as error:
+        load_templates(path, REGISTRY)
+    assert str(error.value).startswith(f"{path}: {message}")
+
+
+def test_template_file_that_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError) as error:
+        load_templates(tmp_path / "absent.yaml", REGISTRY)
+    assert str(error.value) == f"{tmp_path / 'absent.yaml'}: cannot read: No such file or directory"
+
+
+def test_netflow9_refuses_variable_length_strings(tmp_path: Path) -> None:
+    """NFv9 has no variable-length fields: a string needs a length, said at exporter start."""
+    path = tmp_path / "names.yaml"
+    path.write_text(ONE_FIELD.format("applicationName"))
+    with pytest.raises(TemplateError) as error:
+        exporter(load_templates(path, REGISTRY), "netflow9")
+    assert str(error.value) == (
+        f"{path}: templates[0].fields[0]: applicationName needs a length in NetFlow v9, which has "
+        "no variable-length fields: write {name: applicationName, length: N}")
