@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .cache import FlowCache, Plugin
 from .capture import PcapSource
-from .decode import Decoder
+from .decode import Decoder, TunnelDecoder
 from .flow import EndReason, Flow
 
 PROGRESS_EVERY = 1 << 16  # packets between two progress callbacks
@@ -27,6 +27,8 @@ class MeterStats:
     skipped: Counter = field(default_factory=Counter)
     """Frames that were not metered, by reason."""
     skipped_octets: int = 0
+    tunnel_fallbacks: Counter = field(default_factory=Counter)
+    """With tunnel decoding: tunnelled packets metered as their outer packet, by reason."""
     flows: Counter = field(default_factory=Counter)
     """Expired flows by EndReason."""
     elapsed_s: float = 0.0
@@ -43,7 +45,7 @@ class MeterStats:
         return {
             "packets_read": self.packets_read, "packets_decoded": self.packets_decoded,
             "packets_skipped": self.packets_skipped, "skipped": dict(self.skipped),
-            "skipped_octets": self.skipped_octets,
+            "skipped_octets": self.skipped_octets, "tunnel_fallbacks": dict(self.tunnel_fallbacks),
             "flows": sum(self.flows.values()),
             "flows_by_end_reason": {EndReason(r).name.lower(): n for r, n in sorted(self.flows.items())},
             "elapsed_s": round(self.elapsed_s, 3), "packets_per_s": round(self.packets_per_s),
@@ -89,7 +91,7 @@ class FlowStream:
     def batches(self) -> Iterator[list[Flow]]:
         """The expired flows in batches: those one packet (or the end of the source) ended."""
         capture = PcapSource(self.source, bpf_filter=self.bpf_filter, snaplen=self.snaplen)
-        decoder = Decoder(capture.linktype)
+        decoder = (TunnelDecoder if self.decode_tunnels else Decoder)(capture.linktype)
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
                           plugins=self.plugins)
@@ -128,5 +130,7 @@ class FlowStream:
         stats.packets_read = read
         stats.skipped = Counter(decoder.skipped)
         stats.skipped_octets = decoder.skipped_octets
+        if isinstance(decoder, TunnelDecoder):
+            stats.tunnel_fallbacks = Counter(decoder.tunnel_fallbacks)
         stats.packets_decoded = read - stats.packets_skipped
         stats.elapsed_s = time.perf_counter() - started
