@@ -309,3 +309,136 @@ def test_netflow9_refuses_variable_length_strings(tmp_path: Path) -> None:
     assert str(error.value) == (
         f"{path}: templates[0].fields[0]: applicationName needs a length in NetFlow v9, which has "
         "no variable-length fields: write {name: applicationName, length: N}")
+
+
+# Headers.
+
+def test_ipfix_sequence_counts_data_records_sent_before_per_domain() -> None:
+    """Sequence = data records (options data included, templates not) before the message."""
+    flows = udp_flows(120)
+    for domain in (1, 77):
+        export = exporter(observation_domain=domain, mtu_bytes=512, template_refresh_packets=4)
+        messages = export.export(flows, T0 + 1000) + export.flush(T0 + 1000)
+        decoded = decode(messages)
+        headers = [struct.unpack_from("!HHIII", m) for m in messages]
+        sent = [0]
+        for records in decoded[:-1]:
+            sent.append(sent[-1] + len(records))
+        assert [h[3] for h in headers] == sent
+        assert {h[4] for h in headers} == {domain}
+        refreshes = sum(3 in set_ids(m) for m in messages)  # each with one statistics record
+        assert sent[-1] + len(decoded[-1]) == 180 + refreshes
+        assert refreshes == len(messages) // 4 + 1  # every 4 messages, and the final flush
+
+
+def test_netflow9_header_count_sequence_and_uptime() -> None:
+    """count = every record in the packet, sequence = packets before, sysUpTime >= LAST_SWITCHED."""
+    flows = udp_flows(120, start_ms=T0 + 250)
+    export = exporter("default", "netflow9", mtu_bytes=512, template_refresh_packets=4)
+    messages = export.export(flows, T0 + 1400) + export.flush(T0 + 1400)
+    decoded = decode(messages)
+    headers = [struct.unpack_from("!HHIIII", m) for m in messages]
+    templates_in = [3 if set_ids(m)[0] == 0 else 0 for m in messages]  # 256, 257 and 65400
+    assert [h[1] for h in headers] == [len(r) + t for r, t in zip(decoded, templates_in)]
+    assert [h[4] for h in headers] == list(range(len(messages)))
+    # Boot at T0 - 1 s; the header's second is rounded up: unix_secs T0/1000 + 2, uptime 3000.
+    assert {(h[2], h[3]) for h in headers} == {(3000, T0 // 1000 + 2)}
+    times = [(r.fields[0][1], r.fields[1][1]) for r in flow_records(decoded)]
+    assert times[:3] == [(1250, 1250), (1250, 1250), (1251, 1251)]
+    assert all(0 < first <= last <= 3000 for first, last in times)
+
+
+def test_export_times_follow_the_packet_clock() -> None:
+    """IPFIX export time is the second of the clock; NFv9 sysUpTime + boot time is that clock."""
+    ipfix, netflow9 = exporter(), exporter("default", "netflow9")
+    for now_ms in (T0 + 500, T0 + 3_600_000, T0 + 86_400_999):
+        (ipfix_message,), (v9_message,) = ipfix.flush(now_ms), netflow9.flush(now_ms)
+        assert struct.unpack_from("!I", ipfix_message, 4)[0] == now_ms // 1000
+        uptime, unix_secs = struct.unpack_from("!II", v9_message, 4)
+        assert (unix_secs, unix_secs * 1000 - uptime) == (-(-now_ms // 1000), BOOT_MS)
+
+
+# Strings.
+
+NAMES = ["DNS", "HTTP.Google", "x" * 254, "y" * 255, "z" * 300]
+
+
+def named_flows() -> list[Flow]:
+    """One one-packet flow 10.0.0.1 -> 10.0.0.2 per name of NAMES, labelled with it."""
+    return [with_name(flow, name) for flow, name in zip(udp_flows(len(NAMES), replies=False), NAMES)]
+
+
+def string_template(tmp_path: Path, field: str) -> TemplateSet:
+    path = tmp_path / "names.yaml"
+    path.write_text(f"templates:\n  - id: 300\n    fields: [sourceIPv4Address, {field}]\n")
+    return load_templates(path, REGISTRY)
+
+
+def test_ipfix_strings_are_variable_length(tmp_path: Path) -> None:
+    """RFC 7011 §7: one length octet below 255, else 255 and two length octets."""
+    template = string_template(tmp_path, "applicationName")
+    compiled = template.templates[0].compile(IPFIX)
+    records = [compiled.encode(f, f.src2dst, EMPTY_DIRECTION, (f.src_addr, f.dst_addr, 0, 0))
+               for f in named_flows()]
+    assert records == [A4 + b"\x03DNS", A4 + b"\x0bHTTP.Google", A4 + b"\xfe" + b"x" * 254,
+                       A4 + b"\xff\x00\xff" + b"y" * 255, A4 + b"\xff\x01\x2c" + b"z" * 300]
+    export = exporter(template)
+    decoded = decode(export.export(named_flows(), T0 + 1000) + export.flush(T0 + 1000))
+    assert [dict(r.fields)["applicationName"] for r in flow_records(decoded)] == NAMES
+
+
+def test_netflow9_strings_are_fixed_width_nul_padded_and_truncated(tmp_path: Path) -> None:
+    template = string_template(tmp_path, "{name: applicationName, length: 8}")
+    compiled = template.templates[0].compile(NETFLOW9, boot_ms=BOOT_MS)
+    records = [compiled.encode(f, f.src2dst, EMPTY_DIRECTION, (f.src_addr, f.dst_addr, 0, 0))
+               for f in named_flows()]
+    assert records == [A4 + b"DNS\0\0\0\0\0", A4 + b"HTTP.Goo", A4 + b"x" * 8, A4 + b"y" * 8,
+                       A4 + b"z" * 8]
+    export = exporter(template, "netflow9")
+    decoded = decode(export.export(named_flows(), T0 + 1000) + export.flush(T0 + 1000))
+    assert [dict(r.fields)["applicationName"] for r in flow_records(decoded)] == [
+        "DNS", "HTTP.Goo", "x" * 8, "y" * 8, "z" * 8]
+
+
+# The MTU.
+
+def smallest_mtu(protocol: str) -> int:
+    """The mtu the exporter asks for: the header, a set header and the largest record (the
+    statistics), plus NFv9's padding."""
+    with pytest.raises(TemplateError) as error:
+        exporter("default", protocol, mtu_bytes=1)
+    return int(str(error.value).rsplit("needs ", 1)[1].split()[0])
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+@pytest.mark.parametrize("extra", [0, 37, None], ids=["smallest", "smallest+37", "1400"])
+def test_no_message_exceeds_the_mtu_and_no_record_is_split_or_lost(protocol: str,
+                                                                   extra: int | None) -> None:
+    """300 flows, 450 records: every record decodes whole, once, from messages of <= mtu octets."""
+    mtu = 1400 if extra is None else smallest_mtu(protocol) + extra
+    flows = udp_flows(300)
+    export = exporter("default", protocol, mtu_bytes=mtu)
+    messages = export.export(flows, T0 + 1000) + export.flush(T0 + 1000)
+    assert max(len(m) for m in messages) <= mtu
+    if protocol == "netflow9":
+        assert {len(m) % 4 for m in messages} == {0}  # every flowset padded to 4 octets
+    records = flow_records(decode(messages))
+    expected = [(10000 + i, 53) for i in range(300) for _ in range(1 + (i % 2 == 0))]
+    expected[1::3] = [(53, 10000 + i) for i in range(0, 300, 2)]
+    assert [(r.fields[4][1], r.fields[5][1]) for r in records] == expected
+    assert (export.stats.flow_records, export.stats.messages) == (450, len(messages))
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+def test_mtu_too_small_for_one_record_is_refused(protocol: str) -> None:
+    """The smallest mtu fits exactly the statistics record, alone in its message."""
+    needed = smallest_mtu(protocol)
+    messages = exporter("default", protocol, mtu_bytes=needed).flush(T0)
+    template_set, options_set = (2, 3) if protocol == "ipfix" else (0, 1)
+    assert [set_ids(m) for m in messages] == [[template_set], [template_set], [options_set],
+                                              [STATISTICS]]
+    # NFv9 pads the record to 4 octets: its mtu allows for 3 octets of padding.
+    assert len(messages[-1]) == (needed if protocol == "ipfix" else needed // 4 * 4)
+    with pytest.raises(TemplateError) as error:
+        exporter("default", protocol, mtu_bytes=needed - 1)
+    assert str(error.value) == f"mtu {needed - 1} is too small: a record needs {needed} octets"
