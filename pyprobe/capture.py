@@ -1,10 +1,15 @@
 """Packet capture through libpcap (pypcap): a capture file or a live interface, as one iterator.
 
-The only module that touches libpcap. Frames come out as (timestamp in ns, frame bytes).
+The only module that touches libpcap. Frames come out as (timestamp in ns, frame bytes). A live
+capture is read nonblocking with `select`, and also yields ticks, (time in ns, None): the wall
+clock after `TICK_S` without a packet, else the last packet's time once per `TICK_S`, so the
+meter's timers run whether or not packets arrive. `stop()` (safe in a signal handler) ends it.
 """
 from __future__ import annotations
 
 import os
+import select
+import time
 from collections.abc import Iterator
 
 import pcap
@@ -14,6 +19,7 @@ from .errors import CaptureError
 
 # libpcap reports a few link types by their platform DLT value instead of the LINKTYPE number.
 DLT_TO_LINKTYPE = {12: 101, 14: 101}  # DLT_RAW (Linux, most BSDs; OpenBSD) -> LINKTYPE_RAW
+TICK_S = 0.2  # a live capture's tick interval, and so how soon stop() takes effect
 
 
 def is_capture_file(source: str) -> bool:
@@ -24,13 +30,13 @@ def is_capture_file(source: str) -> bool:
 class PcapSource:
     """Frames of a pcap/pcapng file or a live interface, with an optional BPF filter."""
 
-    __slots__ = ("source", "is_file", "linktype", "_handle")
+    __slots__ = ("source", "is_file", "linktype", "stopped", "_handle")
 
     def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = 65535,
-                 promiscuous: bool = True, buffer_size: int = 0,
-                 timeout_ms: int | None = None) -> None:
+                 promiscuous: bool = True, buffer_size: int = 0) -> None:
         self.source = source
         self.is_file = is_capture_file(source)
+        self.stopped = False
         if self.is_file and not os.path.isfile(source):
             raise CaptureError(f"{source}: no such capture file")
         try:
@@ -38,8 +44,9 @@ class PcapSource:
                 self._handle = pcap.pcap(source, timestamp_in_ns=True)
             else:
                 self._handle = pcap.pcap(source, snaplen=snaplen, promisc=promiscuous,
-                                         timeout_ms=timeout_ms, immediate=True,
-                                         timestamp_in_ns=True, buffer_size=buffer_size)
+                                         immediate=True, timestamp_in_ns=True,
+                                         buffer_size=buffer_size)
+                self._handle.setnonblock(True)
         except OSError as error:
             raise CaptureError(f"{source}: cannot open: {error}") from None
         if bpf_filter:
@@ -53,8 +60,27 @@ class PcapSource:
             raise CaptureError(f"{source}: unsupported link type {self.linktype} (supported: "
                                + ", ".join(f"{name} ({t})" for t, name in LINKTYPE_NAMES.items()) + ")")
 
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        return iter(self._handle)
+    def __iter__(self) -> Iterator[tuple[int, bytes | None]]:
+        return iter(self._handle) if self.is_file else self._live()
+
+    def _live(self) -> Iterator[tuple[int, bytes | None]]:
+        read, fd = self._handle.readpkts, self._handle.fileno()
+        last_ns, next_tick = 0, time.monotonic() + TICK_S
+        while not self.stopped:
+            frames = read()
+            if frames:
+                yield from frames
+                last_ns = frames[-1][0]
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_S
+                    yield last_ns, None
+            elif not select.select((fd,), (), (), TICK_S)[0]:
+                next_tick = time.monotonic() + TICK_S
+                yield max(time.time_ns(), last_ns), None
+
+    def stop(self) -> None:
+        """Ends a live capture's iteration within `TICK_S`."""
+        self.stopped = True
 
     def stats(self) -> tuple[int, int, int]:
         """(received, dropped by the kernel, dropped by the interface) of a live capture."""

@@ -1,7 +1,10 @@
 """Options records the exporter sends with every template refresh (RFC 7011 §4, RFC 5610).
 
 - Exporting-process statistics: scope exportingProcessId; messages, flow records and octets
-  exported, packets and octets the meter ignored (undecodable frames), flows not sent.
+  exported, packets and octets the meter ignored (undecodable frames), flows not sent; and the
+  capture's counters from libpcap: frames received (layer2FrameTotalCount), dropped by the
+  kernel for want of buffer (ignoredLayer2FrameTotalCount) and by the interface
+  (droppedPacketTotalCount); 0 for a capture file.
 - RFC 5610 type information, IPFIX only: for every enterprise element the templates use, its
   data type, semantics and name, so generic collectors (libfixbuf, ipfixcol2) can decode it.
 
@@ -45,6 +48,9 @@ class ExportStats:
     not_sent_octets: int = 0
     first_not_sent_ms: int = 0
     last_not_sent_ms: int = 0
+    captured_frames: int = 0
+    capture_dropped_frames: int = 0
+    interface_dropped_packets: int = 0
 
 
 STATISTICS_FIELDS = (  # in ExportStats' order; the first is the scope
@@ -52,6 +58,7 @@ STATISTICS_FIELDS = (  # in ExportStats' order; the first is the scope
     "exportedOctetTotalCount", "ignoredPacketTotalCount", "ignoredOctetTotalCount",
     "notSentFlowTotalCount", "notSentPacketTotalCount", "notSentOctetTotalCount",
     "observationTimeMilliseconds", "observationTimeMilliseconds",  # first and last not sent
+    "layer2FrameTotalCount", "ignoredLayer2FrameTotalCount", "droppedPacketTotalCount",
 )
 TYPE_INFORMATION_FIELDS = ("informationElementId", "privateEnterpriseNumber",
                            "informationElementDataType", "informationElementSemantics",

@@ -4,12 +4,17 @@ The only module that joins all the stages: FlowStream (capture → decode → ca
 `Exporter` per collector, whose messages go out through that collector's `UdpTransport`.
 Export times follow the packet clock; with `speed` set, exports are paced to the capture's own
 timing (speed 1 = real time, 2 = twice as fast), otherwise they go as fast as the meter runs.
+A live run is the same loop: the capture's ticks move the clock when no packets arrive, `timer`
+gets every tick of the clock, `stop()` ends the run as the end of a file would, and
+`set_collectors` swaps collectors while it runs.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from .config import COLLECTOR_DEFAULTS
 from .elements import ElementRegistry
 from .export import Exporter
 from .stream import FlowStream
@@ -21,12 +26,22 @@ TICK_MS = 1000  # how often, in packet time, exporters get their timer work
 
 @dataclass(frozen=True)
 class Collector:
-    """Where to send, in which protocol, with which templates."""
+    """Where to send, in which protocol, with which templates, and the exporter's settings."""
 
     host: str
     port: int
     protocol: str
     templates: TemplateSet
+    observation_domain: int = COLLECTOR_DEFAULTS["observation_domain"]
+    mtu_bytes: int = COLLECTOR_DEFAULTS["mtu"]
+    template_refresh_s: float = COLLECTOR_DEFAULTS["template_refresh"]
+    template_refresh_packets: int = COLLECTOR_DEFAULTS["template_refresh_packets"]
+
+    def exporter(self, registry: ElementRegistry, boot_ms: int = 0) -> Exporter:
+        return Exporter(self.protocol, self.templates, registry, boot_ms=boot_ms,
+                        observation_domain=self.observation_domain, mtu_bytes=self.mtu_bytes,
+                        template_refresh_s=self.template_refresh_s,
+                        template_refresh_packets=self.template_refresh_packets)
 
 
 @dataclass
@@ -44,35 +59,70 @@ class Probe:
     """Runs a FlowStream and exports its flows to collectors."""
 
     def __init__(self, stream: FlowStream, collectors: list[Collector], registry: ElementRegistry,
-                 *, observation_domain: int = 1, mtu_bytes: int = 1400,
-                 template_refresh_s: float = 60, template_refresh_packets: int = 20,
-                 speed: float | None = None) -> None:
+                 *, speed: float | None = None, timer: Callable[[int], None] | None = None) -> None:
         self.stream = stream
         self.collectors = collectors
         self.registry = registry
-        self.exporter_options = dict(observation_domain=observation_domain, mtu_bytes=mtu_bytes,
-                                     template_refresh_s=template_refresh_s,
-                                     template_refresh_packets=template_refresh_packets)
         self.speed = speed
+        self.timer = timer
         self.summary = ExportSummary()
         self.links: list[tuple[Exporter, UdpTransport]] = []
+        self.boot_ms: int | None = None
         for collector in collectors:  # fail on a bad template or protocol before any packet
-            Exporter(collector.protocol, collector.templates, registry, **self.exporter_options)
+            collector.exporter(registry)
 
     def _start(self, boot_ms: int) -> None:
-        self.links = [(Exporter(c.protocol, c.templates, self.registry, boot_ms=boot_ms,
-                                **self.exporter_options), UdpTransport(c.host, c.port))
+        self.boot_ms = boot_ms
+        self.links = [(c.exporter(self.registry, boot_ms), UdpTransport(c.host, c.port))
                       for c in self.collectors]
+
+    def set_collectors(self, collectors: list[Collector], now_ms: int) -> None:
+        """Keeps the links of collectors still listed; flushes and drops the others; adds new ones."""
+        kept = dict(zip(self.collectors, self.links))
+        self.update_statistics()
+        for collector, link in kept.items():
+            if collector not in collectors:
+                self._close(*link, now_ms)
+        self.collectors = collectors
+        if self.boot_ms is not None:
+            self.links = [kept.get(c) or (c.exporter(self.registry, self.boot_ms),
+                                          UdpTransport(c.host, c.port)) for c in collectors]
+
+    def stop(self) -> None:
+        """Ends the run soon (safe in a signal handler): live flows expire as forced end and go out."""
+        self.stream.stop()
+
+    def update_statistics(self) -> None:
+        """Copies the meter's and the capture's counters into every exporter's statistics."""
+        stream = self.stream
+        received, dropped, interface_dropped = (stream.capture.stats() if stream.capture is not None
+                                                else (0, 0, 0))
+        for exporter, _ in self.links:
+            stats = exporter.stats
+            stats.ignored_packets = stream.stats.packets_skipped
+            stats.ignored_octets = stream.stats.skipped_octets
+            stats.captured_frames = received
+            stats.capture_dropped_frames = dropped
+            stats.interface_dropped_packets = interface_dropped
+
+    def _close(self, exporter: Exporter, transport: UdpTransport, now_ms: int) -> None:
+        summary = self.summary
+        transport.send(exporter.flush(now_ms))
+        summary.records += exporter.stats.flow_records
+        summary.messages += exporter.stats.messages
+        summary.octets += exporter.stats.octets
+        summary.send_errors += transport.errors
+        transport.close()
 
     def run(self) -> ExportSummary:
         """Meters the whole source, exports every flow, flushes, and returns the summary."""
-        stream, summary = self.stream, self.summary
+        stream, summary, timer = self.stream, self.summary, self.timer
         wall_start = clock_start = None
         next_tick_ms = 0
         for flows in stream.batches():
             now_ms = stream.cache.now_ms
             if clock_start is None:
-                clock_start = stream.cache.started_ms
+                clock_start = stream.cache.started_ms or now_ms
                 wall_start = time.monotonic()
                 # NFv9 boot time: a whole second before the first packet. FIRST_SWITCHED 0
                 # would read as "no time" in nfdump, so it is never 0.
@@ -90,16 +140,12 @@ class Probe:
                 next_tick_ms = now_ms + TICK_MS
                 for exporter, transport in self.links:
                     transport.send(exporter.tick(now_ms))
+                if timer is not None:
+                    timer(now_ms)
         if clock_start is None:  # nothing metered: still announce the templates
             self._start(0)
         now_ms = stream.cache.now_ms if stream.cache is not None else 0
-        for exporter, transport in self.links:
-            exporter.stats.ignored_packets = stream.stats.packets_skipped
-            exporter.stats.ignored_octets = stream.stats.skipped_octets
-            transport.send(exporter.flush(now_ms))
-            summary.records += exporter.stats.flow_records
-            summary.messages += exporter.stats.messages
-            summary.octets += exporter.stats.octets
-            summary.send_errors += transport.errors
-            transport.close()
+        self.update_statistics()
+        for link in self.links:
+            self._close(*link, now_ms)
         return summary

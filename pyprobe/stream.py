@@ -55,15 +55,16 @@ class MeterStats:
 class FlowStream:
     """Iterates the flows of a capture file or interface as they expire.
 
-    `source` is a pcap/pcapng path or an interface name. Timeouts are in seconds. `plugins` are
-    objects with nfstream's on_init / on_update / on_expire hooks (see `cache.Plugin`). With
-    `dpi`, nDPI labels every flow from its first `n_dissections` packets (`classify`) before the
-    plugins run. After iteration, `stats` holds the run's `MeterStats`.
+    `source` is a pcap/pcapng path, an interface name, or an open `PcapSource`. Timeouts are in
+    seconds. `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
+    `cache.Plugin`). With `dpi`, nDPI labels every flow from its first `n_dissections` packets
+    (`classify`) before the plugins run. After iteration, `stats` holds the run's `MeterStats`.
     """
 
-    def __init__(self, source: str, *, active_timeout: float = 120, idle_timeout: float = 30,
-                 max_flows: int = 524_288, bpf_filter: str | None = None, snaplen: int = 65535,
-                 dpi: bool = True, n_dissections: int = 20, decode_tunnels: bool = False,
+    def __init__(self, source: str | PcapSource, *, active_timeout: float = 120,
+                 idle_timeout: float = 30, max_flows: int = 524_288,
+                 bpf_filter: str | None = None, snaplen: int = 65535, dpi: bool = True,
+                 n_dissections: int = 20, decode_tunnels: bool = False,
                  close_linger: float = 2, plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None) -> None:
         self.source = source
@@ -83,6 +84,8 @@ class FlowStream:
         self.stats = MeterStats()
         self.cache: FlowCache | None = None
         """The flow cache of the iteration under way (its clock: `cache.now_ms`)."""
+        self.capture: PcapSource | None = None
+        """The capture of the iteration under way (live: its `stats()`)."""
 
     def __iter__(self) -> Iterator[Flow]:
         for batch in self.batches():
@@ -90,7 +93,9 @@ class FlowStream:
 
     def batches(self) -> Iterator[list[Flow]]:
         """The expired flows in batches: those one packet (or the end of the source) ended."""
-        capture = PcapSource(self.source, bpf_filter=self.bpf_filter, snaplen=self.snaplen)
+        capture = self.capture = (self.source if isinstance(self.source, PcapSource) else
+                                  PcapSource(self.source, bpf_filter=self.bpf_filter,
+                                             snaplen=self.snaplen))
         decoder = (TunnelDecoder if self.decode_tunnels else Decoder)(capture.linktype)
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
@@ -102,6 +107,11 @@ class FlowStream:
         progress, read = self.progress, 0
         try:
             for ts_ns, frame in capture:
+                if frame is None:  # a live capture's tick: the timers run on its time
+                    cache.expire(ts_ns // 1_000_000)
+                    self._update_stats(stats, read, decoder, started)
+                    yield self._hand_out(cache, stats)
+                    continue
                 read += 1
                 packet = decode(ts_ns // 1_000_000, frame)
                 if packet is not None:
@@ -117,6 +127,11 @@ class FlowStream:
         finally:
             capture.close()
             self._update_stats(stats, read, decoder, started)
+
+    def stop(self) -> None:
+        """Ends a live iteration soon (safe in a signal handler): live flows expire as forced end."""
+        if self.capture is not None:
+            self.capture.stop()
 
     @staticmethod
     def _hand_out(cache: FlowCache, stats: MeterStats) -> list[Flow]:

@@ -1,0 +1,352 @@
+"""The sensor's configuration: one schema of dataclasses, the single source of every default.
+
+Each field is declared with `setting(default, doc, ...)`: its default, a one-line description and
+its bounds. `load_config` reads a YAML file (`yaml.safe_load` only) and checks it against the
+schema; `add_arguments` turns the same fields into command-line flags, whose values override the
+file's. Every mistake is a `ConfigError` naming the file (or the flag), the dotted key
+(`collectors[1].port`), the bad value and what was expected; unknown keys get a did-you-mean.
+Relative paths in a file are relative to the file.
+
+>>> config = load_config(None, {"capture.interface": "eth0", "collectors": [{"host": "10.0.0.5"}]})
+>>> config.cache.idle_timeout, config.collectors[0].port, config.collectors[0].protocol
+(30.0, 2055, 'ipfix')
+>>> load_config(None, {"capture.interface": "eth0", "collectors": [{"host": "h", "port": 0}]})
+Traceback (most recent call last):
+pyprobe.errors.ConfigError: command line: collectors[0].port: got 0, expected an integer from 1 to 65535
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import grp
+import pwd
+import types
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+from .transport import parse_address
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
+BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
+PROTOCOL_NAMES = ("ipfix", "netflow9")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+NO_FLAG = ""  # a field without a command-line flag
+
+
+def setting(default: Any, doc: str, *, minimum: float | None = None,
+            maximum: float | None = None, choices: tuple[str, ...] = (), flag: str | None = None,
+            path: bool = False) -> Any:
+    """A schema field: its default, its description, its bounds, and its flag (default: --name)."""
+    metadata = dict(doc=doc, minimum=minimum, maximum=maximum, choices=choices, flag=flag,
+                    path=path)
+    if default is MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Where packets come from."""
+
+    interface: str | None = setting(None, "live interface to capture on (`any`: all); or `file`")
+    file: str | None = setting(None, "pcap/pcapng file to meter instead of an interface",
+                               path=True)
+    bpf: str | None = setting(None, "BPF filter applied before metering (tcpdump syntax)")
+    snaplen: int = setting(65535, "octets kept of each frame", minimum=64, maximum=262144)
+    promiscuous: bool = setting(True, "put the interface in promiscuous mode")
+    buffer_size: int = setting(0, "kernel capture buffer in octets (0: libpcap's, 2 MiB)",
+                               minimum=0)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How packets become flows, and when flows end."""
+
+    idle_timeout: float = setting(30.0, "end a flow after this many seconds without packets",
+                                  minimum=0.001)
+    active_timeout: float = setting(120.0, "end a flow this many seconds after it began",
+                                    minimum=0.001)
+    max_flows: int = setting(524_288, "flows kept at once; beyond, the least recent ends",
+                             minimum=1)
+
+
+@dataclass(frozen=True)
+class DpiConfig:
+    """What is looked at beyond the flow key."""
+
+    enabled: bool = setting(True, "label flows with nDPI", flag="dpi")
+    packet_budget: int = setting(20, "packets per flow nDPI sees at most", minimum=1)
+    decode_tunnels: bool = setting(False, "meter the inner packets of GTP, GRE, VXLAN, Teredo, "
+                                          "IP-in-IP tunnels")
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """One collector and how to export to it."""
+
+    host: str = setting(MISSING, "collector's name or address (IPv4 or IPv6)", flag=NO_FLAG)
+    port: int = setting(2055, "collector's UDP port", minimum=1, maximum=65535, flag=NO_FLAG)
+    protocol: str = setting("ipfix", "export protocol", choices=PROTOCOL_NAMES)
+    template: str | None = setting(None, f"template file (null: templates/{DEFAULT_TEMPLATE.name})",
+                                   path=True)
+    mtu: int = setting(1400, "largest message, octets of UDP payload", minimum=256,
+                       maximum=65507)
+    observation_domain: int = setting(1, "IPFIX observation domain / NFv9 source id", minimum=0,
+                                      maximum=2**32 - 1)
+    template_refresh: float = setting(60.0, "resend templates every this many seconds",
+                                      minimum=0.001)
+    template_refresh_packets: int = setting(20, "and every this many messages", minimum=1)
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """A probe: capture, meter, classify, export; and how it runs."""
+
+    instance: str = setting("pyprobe", "name of this probe in the log")
+    log_level: str = setting("info", "least severe log events written", choices=LOG_LEVELS)
+    log_file: str | None = setting(None, "log file, reopened on SIGHUP (null: stderr)", path=True)
+    statistics_interval: float = setting(60.0, "seconds between two statistics log lines and "
+                                               "updates of the exported statistics", minimum=1)
+    user: str | None = setting(None, "user to run as once the capture is open (null: stay)")
+    group: str | None = setting(None, "group to run as (null: the user's)")
+    capture: CaptureConfig = setting(CaptureConfig(), "where packets come from")
+    cache: CacheConfig = setting(CacheConfig(), "how packets become flows")
+    dpi: DpiConfig = setting(DpiConfig(), "application labels and tunnels")
+    collectors: tuple[CollectorConfig, ...] = setting((), "where flows go (at least one)",
+                                                      flag=NO_FLAG)
+
+
+SECTIONS = {"capture": CaptureConfig, "cache": CacheConfig, "dpi": DpiConfig}
+DEFAULTS = SensorConfig()
+COLLECTOR_DEFAULTS = {f.name: f.default for f in fields(CollectorConfig)}
+
+
+class _Problem(Exception):
+    """A value that does not fit the schema, before it is told where it came from."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    kind = {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value))
+    return kind or repr(value)
+
+
+def _build(cls: type, raw: Any, path: str, base: Path | None) -> Any:
+    """An instance of the dataclass `cls` from a mapping, every field checked."""
+    schema = {f.name: f for f in fields(cls)}
+    if not isinstance(raw, dict):
+        raise _Problem(path, f"got {_describe(raw)}, expected a mapping of {', '.join(schema)}")
+    for key in raw:
+        if key not in schema:
+            near = difflib.get_close_matches(str(key), schema, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise _Problem(_join(path, str(key)), f"unknown key ({hint}expected one of "
+                                                  f"{', '.join(schema)})")
+    hints = get_type_hints(cls)
+    values = {}
+    for name, spec in schema.items():
+        key = _join(path, name)
+        if name in raw:
+            values[name] = _check(hints[name], raw[name], key, spec.metadata, base)
+        elif spec.default is MISSING:
+            raise _Problem(key, f"missing, expected {spec.metadata['doc']}")
+    return cls(**values)
+
+
+def _check(kind: Any, value: Any, key: str, meta: dict, base: Path | None) -> Any:
+    """`value` checked against the field's type and bounds; paths made absolute."""
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key, base)
+    if get_origin(kind) is tuple:  # a list of sections
+        if not isinstance(value, list) or not value:
+            raise _Problem(key, f"got {_describe(value)}, expected a list of at least one entry")
+        item = get_args(kind)[0]
+        return tuple(_build(item, v, f"{key}[{i}]", base) for i, v in enumerate(value))
+    if get_origin(kind) in (Union, types.UnionType):
+        if value is None:
+            return None
+        kind = next(k for k in get_args(kind) if k is not type(None))
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise _Problem(key, f"got {_describe(value)}, expected true or false")
+        return value
+    if kind in (int, float):
+        number = isinstance(value, int) or (kind is float and isinstance(value, float))
+        low, high = meta["minimum"], meta["maximum"]
+        if (not number or isinstance(value, bool) or (low is not None and value < low)
+                or (high is not None and value > high)):
+            noun = "an integer" if kind is int else "a number of seconds"
+            bounds = (f" from {low} to {high}" if high is not None else
+                      f" of at least {low}" if low is not None else "")
+            raise _Problem(key, f"got {_describe(value)}, expected {noun}{bounds}")
+        return kind(value)
+    if not isinstance(value, str) or not value:
+        raise _Problem(key, f"got {_describe(value)}, expected {meta['doc']}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise _Problem(key, f"got {value!r}, expected one of {', '.join(meta['choices'])}")
+    if meta["path"] and base is not None:
+        return str(base / value)
+    return value
+
+
+def _check_whole(config: SensorConfig) -> None:
+    """What no single field can tell: one packet source, at least one collector, known accounts."""
+    capture = config.capture
+    if (capture.interface is None) == (capture.file is None):
+        raise _Problem("capture", "expected one of interface or file, got "
+                                  + ("both" if capture.interface else "neither"))
+    if not config.collectors:
+        raise _Problem("collectors", "missing, expected a list of at least one collector")
+    for key, value, lookup in (("user", config.user, pwd.getpwnam),
+                               ("group", config.group, grp.getgrnam)):
+        if value is not None:
+            try:
+                lookup(value)
+            except KeyError:
+                raise _Problem(key, f"got {value!r}, expected a {key} of this system") from None
+
+
+def _read(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or error
+        raise ConfigError(f"{path}: {where}not valid YAML: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: got {_describe(raw)}, expected a mapping of "
+                          f"{', '.join(f.name for f in fields(SensorConfig))}")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SensorConfig:
+    """The file's configuration (or the defaults), with `overrides` (dotted key: value) on top.
+
+    An override `collectors` replaces the file's list; a collector key (`collectors.mtu`) applies
+    to every collector; `capture.interface` and `capture.file` replace each other.
+    """
+    overrides = overrides or {}
+    try:  # the overrides first, on their own, so that their errors name the command line
+        for key, value in overrides.items():
+            section, _, name = key.rpartition(".")
+            spec = {f.name: f for f in fields(_SECTION_TYPES[section])}[name]
+            kind = get_type_hints(_SECTION_TYPES[section])[name]
+            _check(kind, value, key, spec.metadata, None)
+    except _Problem as problem:
+        raise ConfigError(f"command line: {problem}") from None
+    source = str(path) if path is not None else "command line"
+    raw = _read(Path(path)) if path is not None else {}
+    for key, value in sorted(overrides.items(), key=lambda item: "." in item[0]):
+        section, _, name = key.rpartition(".")
+        if section == "collectors":
+            entries = raw.get("collectors")
+            for entry in entries if isinstance(entries, list) else ():
+                if isinstance(entry, dict):
+                    entry[name] = value
+        elif section:
+            part = raw.setdefault(section, {})
+            if isinstance(part, dict):
+                part[name] = value
+                if section == "capture" and name in ("interface", "file"):
+                    part.pop("file" if name == "interface" else "interface", None)
+        else:
+            raw[name] = value
+    base = Path(path).resolve().parent if path is not None else None
+    try:
+        config = _build(SensorConfig, raw, "", base)
+        _check_whole(config)
+    except _Problem as problem:
+        raise ConfigError(f"{source}: {problem}") from None
+    return config
+
+
+_SECTION_TYPES = {"": SensorConfig, "collectors": CollectorConfig, **SECTIONS}
+
+
+def flags() -> list[tuple[str, str, dataclasses.Field, Any]]:
+    """(flag, dotted key, field, type) of every setting that has a command-line flag."""
+    out = []
+    for section, cls in _SECTION_TYPES.items():
+        hints = get_type_hints(cls)
+        for spec in fields(cls):
+            flag = spec.metadata["flag"]
+            if flag == NO_FLAG or dataclasses.is_dataclass(hints[spec.name]):
+                continue
+            out.append(("--" + (flag or spec.name).replace("_", "-"),
+                        _join(section, spec.name), spec, hints[spec.name]))
+    return out
+
+
+def _collector_argument(text: str) -> dict[str, Any]:
+    """HOST:PORT[,PROTOCOL] as a collector's raw settings."""
+    address, _, protocol = text.partition(",")
+    if protocol and protocol not in PROTOCOL_NAMES:
+        raise argparse.ArgumentTypeError(f"{text}: protocol must be ipfix or netflow9")
+    try:
+        host, port = parse_address(address)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return {"host": host, "port": port} | ({"protocol": protocol} if protocol else {})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`-c FILE`, `--collector`, and a flag per setting, from the schema (no defaults: unset
+    flags leave the file's values)."""
+    parser.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+    parser.add_argument("--collector", action="append", dest="collectors",
+                        metavar="HOST:PORT[,PROTO]", type=_collector_argument,
+                        default=argparse.SUPPRESS,
+                        help="send flows there (repeatable; replaces the file's collectors)")
+    for flag, key, spec, kind in flags():
+        kind = next((k for k in get_args(kind) if k is not type(None)), kind)
+        default = spec.default
+        options: dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS,
+                                       help=f"{spec.metadata['doc']} (default {default})")
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+            options["metavar"] = "N" if kind in (int, float) else "VALUE"
+            if spec.metadata["choices"]:
+                options["choices"] = spec.metadata["choices"]
+        parser.add_argument(flag, **options)
+
+
+def config_from_arguments(args: argparse.Namespace) -> SensorConfig:
+    """The configuration `add_arguments`' flags describe."""
+    keys = {key for _, key, _, _ in flags()} | {"collectors"}
+    overrides = {k: v for k, v in vars(args).items() if k in keys}
+    return load_config(args.config, overrides)
+
+
+def to_yaml(config: SensorConfig) -> str:
+    """The configuration as YAML, every key with its effective value."""
+    return yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
