@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--max-flows", type=int, default=524_288, metavar="N",
                         help="flows kept at once; beyond, the least recent is expired (default 524288)")
     replay.add_argument("--bpf", metavar="EXPR", help="BPF filter applied before metering")
+    replay.add_argument("--decode-tunnels", action="store_true",
+                        help="meter GTP-U, GRE/PPTP, VXLAN, Teredo and IP-in-IP packets as the "
+                             "packets inside (one tunnel deep)")
     export = replay.add_argument_group("export (with --collector)")
     export.add_argument("--collector", action="append", default=[], metavar="HOST:PORT[,PROTOCOL]",
                         type=_collector_argument,
@@ -143,12 +146,12 @@ def export(args: argparse.Namespace, stream: FlowStream) -> int:
     registry = ElementRegistry.default()
     template_file = args.template or (BIFLOW_TEMPLATE if args.biflow else DEFAULT_TEMPLATE)
     templates = load_templates(template_file, registry)
-    collectors = [Collector(host, port, protocol or args.protocol, templates,
-                            observation_domain=args.observation_domain, mtu_bytes=args.mtu,
-                            template_refresh_s=args.template_refresh,
-                            template_refresh_packets=args.template_refresh_packets)
+    collectors = [Collector(host, port, protocol or args.protocol, templates)
                   for host, port, protocol in args.collector]
-    probe = Probe(stream, collectors, registry, speed=(args.speed or 1.0) if args.pace else None)
+    probe = Probe(stream, collectors, registry, observation_domain=args.observation_domain,
+                  mtu_bytes=args.mtu, template_refresh_s=args.template_refresh,
+                  template_refresh_packets=args.template_refresh_packets,
+                  speed=(args.speed or 1.0) if args.pace else None)
     summary = probe.run()
     print(format_summary(stream.stats))
     print(format_export_summary(summary))
@@ -160,7 +163,8 @@ def replay(args: argparse.Namespace) -> int:
     progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() and not sys.stdout.isatty() else None
     stream = FlowStream(args.file, idle_timeout=args.idle_timeout,
                         active_timeout=args.active_timeout, max_flows=args.max_flows,
-                        bpf_filter=args.bpf, progress=progress)
+                        bpf_filter=args.bpf, decode_tunnels=args.decode_tunnels,
+                        progress=progress)
     if args.collector:
         return export(args, stream)
     out = sys.stdout
