@@ -146,12 +146,12 @@ def export(args: argparse.Namespace, stream: FlowStream) -> int:
     registry = ElementRegistry.default()
     template_file = args.template or (BIFLOW_TEMPLATE if args.biflow else DEFAULT_TEMPLATE)
     templates = load_templates(template_file, registry)
-    collectors = [Collector(host, port, protocol or args.protocol, templates)
+    collectors = [Collector(host, port, protocol or args.protocol, templates,
+                            observation_domain=args.observation_domain, mtu_bytes=args.mtu,
+                            template_refresh_s=args.template_refresh,
+                            template_refresh_packets=args.template_refresh_packets)
                   for host, port, protocol in args.collector]
-    probe = Probe(stream, collectors, registry, observation_domain=args.observation_domain,
-                  mtu_bytes=args.mtu, template_refresh_s=args.template_refresh,
-                  template_refresh_packets=args.template_refresh_packets,
-                  speed=(args.speed or 1.0) if args.pace else None)
+    probe = Probe(stream, collectors, registry, speed=(args.speed or 1.0) if args.pace else None)
     summary = probe.run()
     print(format_summary(stream.stats))
     print(format_export_summary(summary))
