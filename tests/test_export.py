@@ -442,3 +442,95 @@ def test_mtu_too_small_for_one_record_is_refused(protocol: str) -> None:
     with pytest.raises(TemplateError) as error:
         exporter("default", protocol, mtu_bytes=needed - 1)
     assert str(error.value) == f"mtu {needed - 1} is too small: a record needs {needed} octets"
+
+
+# Template refresh and options data.
+
+TEMPLATES_AND_OPTIONS = [2, 3, STATISTICS]  # default.yaml over IPFIX: no enterprise element
+
+
+def test_templates_and_options_open_the_first_message_and_every_nth() -> None:
+    export = exporter(template_refresh_packets=3)
+    messages = export.export(udp_flows(200), T0 + 1000) + export.flush(T0 + 1000)
+    assert len(messages) == 15
+    assert [set_ids(m)[:3] == TEMPLATES_AND_OPTIONS for m in messages] == [
+        i % 3 == 0 or i == len(messages) - 1 for i in range(len(messages))]
+    assert set_ids(messages[0]) == TEMPLATES_AND_OPTIONS + [256]
+    assert set_ids(messages[1]) == [256]
+
+
+def test_templates_refresh_after_template_refresh_s_of_packet_time_even_without_data() -> None:
+    export = exporter(template_refresh_s=10)
+    batches = [udp_flows(2, start_ms=T0 + s * 1000) for s in range(4)]
+    sent = [export.export(batches[0], T0 + 1000), export.tick(T0 + 1999), export.tick(T0 + 2000),
+            export.export(batches[1], T0 + 5000), export.tick(T0 + 6000),
+            export.export(batches[2], T0 + 11_000), export.tick(T0 + 12_000),
+            export.tick(T0 + 20_999), export.tick(T0 + 21_000), export.tick(T0 + 30_999),
+            export.export(batches[3], T0 + 31_000), export.flush(T0 + 31_000)]
+    assert [[set_ids(m) for m in messages] for messages in sent] == [
+        [], [], [TEMPLATES_AND_OPTIONS + [256]],  # opened at 1000, held 1 s: the flush interval
+        [], [[256]],
+        [], [TEMPLATES_AND_OPTIONS + [256]],  # 10 s after the templates of 1000
+        [], [TEMPLATES_AND_OPTIONS],  # no data: the timer sends them alone, 10 s after 11 000
+        [], [],
+        [TEMPLATES_AND_OPTIONS + [256], TEMPLATES_AND_OPTIONS]]  # due at 31 000; flush: statistics
+
+
+def statistics_of(records: list[Record]) -> dict[str, Any]:
+    [statistics] = [r for r in records if r.template_id == STATISTICS]
+    return statistics.as_dict()["fields"]
+
+
+def test_statistics_report_what_was_sent_before_them() -> None:
+    export = exporter(mtu_bytes=400, template_refresh_packets=3)
+    messages = export.export(udp_flows(60), T0 + 1000)
+    export.stats.ignored_packets, export.stats.ignored_octets = 5, 321  # the probe sets them
+    messages += export.flush(T0 + 2000)
+    decoded = decode(messages)
+    for index in (0, 3, len(messages) - 1):
+        before = [r for records in decoded[:index] for r in records if r.template_id < STATISTICS]
+        statistics = statistics_of(decoded[index])
+        assert (statistics["exportedMessageTotalCount"], statistics["exportedFlowRecordTotalCount"],
+                statistics["exportedOctetTotalCount"]) == (
+            index, len(before), sum(len(m) for m in messages[:index]))
+    assert {k: statistics[k] for k in ("ignoredPacketTotalCount", "ignoredOctetTotalCount",
+                                       "notSentFlowTotalCount", "notSentPacketTotalCount",
+                                       "notSentOctetTotalCount")} == {
+        "ignoredPacketTotalCount": 5, "ignoredOctetTotalCount": 321, "notSentFlowTotalCount": 0,
+        "notSentPacketTotalCount": 0, "notSentOctetTotalCount": 0}
+    assert len(before) == 90
+
+
+def test_flows_without_a_template_are_counted_as_not_sent(tmp_path: Path) -> None:
+    path = tmp_path / "ipv4.yaml"
+    path.write_text("templates:\n  - id: 256\n    match: {ip_version: 4}\n"
+                    "    fields: [sourceIPv4Address, octetDeltaCount]\n")
+    export = exporter(load_templates(path, REGISTRY))
+    ipv6 = udp_flows(3, addresses=(A6, B6))  # 3 flows, 5 packets of 100 or 200 IP octets
+    messages = export.export(ipv6[:2], T0 + 1000) + export.export(ipv6[2:], T0 + 4000)
+    statistics = statistics_of(decode(messages + export.flush(T0 + 5000))[-1])
+    assert {k: statistics[k] for k in ("notSentFlowTotalCount", "notSentPacketTotalCount",
+                                       "notSentOctetTotalCount", "observationTimeMilliseconds")} == {
+        "notSentFlowTotalCount": 3, "notSentPacketTotalCount": 5, "notSentOctetTotalCount": 700,
+        "observationTimeMilliseconds": [T0 + 1000, T0 + 4000]}  # first and last not sent
+
+
+def test_type_records_describe_the_enterprise_elements_in_use(flows: list[Flow]) -> None:
+    """RFC 5610 records with every refresh for biflow's reverse elements (PEN 29305), IPFIX only."""
+    export = exporter("biflow")
+    decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))
+    assert [[r.template_id for r in records if r.template_id >= STATISTICS] for records in decoded] == [
+        [STATISTICS] + [TYPE_INFORMATION] * 8] * 2
+    assert [tuple(v for _, v in r.fields) for r in decoded[1] if r.template_id == TYPE_INFORMATION] == [
+        (152, 29305, 15, 0, "reverseFlowStartMilliseconds"),  # dateTimeMilliseconds
+        (153, 29305, 15, 0, "reverseFlowEndMilliseconds"),
+        (5, 29305, 1, 4, "reverseIpClassOfService"),  # unsigned8, identifier
+        (6, 29305, 2, 5, "reverseTcpControlBits"),  # unsigned16, flags
+        (1, 29305, 4, 3, "reverseOctetDeltaCount"),  # unsigned64, deltaCounter
+        (2, 29305, 4, 3, "reversePacketDeltaCount"),
+        (52, 29305, 1, 0, "reverseMinimumTTL"),
+        (53, 29305, 1, 0, "reverseMaximumTTL")]
+    for protocol in ("ipfix", "netflow9"):  # default.yaml: IANA elements only, no type records
+        export = exporter("default", protocol)
+        decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))
+        assert {r.template_id for records in decoded for r in records} == {256, 257, STATISTICS}
