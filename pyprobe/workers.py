@@ -1,0 +1,52 @@
+"""Running the meter in N processes, each on its own share of the flows (`--workers N`).
+
+Packets are shared out by a hash of their two IP addresses that is the same both ways, so both
+directions of a flow, and every fragment of a datagram, go to one worker. libpcap computes it: each
+worker opens the capture with a BPF filter, so a worker's Python code sees only its own packets.
+Worker k > 0 takes the packets whose hash is k; worker 0 takes every other frame (hash 0, non-IP,
+or shaped so the filter cannot find its addresses). A frame too short to hold its IP addresses
+(undecodable anyway) is seen by no worker: libpcap rejects it for every filter, so it is missing
+from the skipped-frame counts instead of counted as truncated.
+"""
+from __future__ import annotations
+
+import re
+
+from .errors import PyprobeError
+
+ETHERNET = 1
+# Keywords after which libpcap reads the rest of an expression further into the frame.
+SHIFTING_KEYWORDS = re.compile(r"\b(vlan|mpls|pppoes|pppoed|geneve)\b")
+
+
+def _fold(word: str) -> str:
+    """The low byte of a 32-bit word folded onto itself (BPF arithmetic is 32-bit unsigned)."""
+    half = f"({word} ^ ({word} >> 16))"
+    return f"(({half} ^ ({half} >> 8)) & 0xff)"
+
+
+def _hash_is(index: int, count: int) -> str:
+    ipv4 = f"(ip and {_fold('(ip[12:4] ^ ip[16:4])')} % {count} = {index})"
+    ipv6_words = " ^ ".join(f"ip6[{offset}:4]" for offset in range(8, 40, 4))
+    ipv6 = f"(ip6 and {_fold(f'({ipv6_words})')} % {count} = {index})"
+    return f"{ipv4} or {ipv6}"
+
+
+def shard_filter(indices: range, count: int, linktype: int) -> str:
+    """The BPF expression of the packets whose address hash (mod `count`) is one of `indices`."""
+    same = " or ".join(_hash_is(index, count) for index in indices)
+    # libpcap reads everything after `vlan` one tag further in: the tagged case must come last.
+    return f"{same} or (vlan and ({same}))" if linktype == ETHERNET else same
+
+
+def worker_filters(count: int, linktype: int, bpf_filter: str | None = None) -> list[str | None]:
+    """The BPF filter each of `count` workers reads with: disjoint shares covering the capture."""
+    if count == 1:
+        return [bpf_filter]
+    if bpf_filter and SHIFTING_KEYWORDS.search(bpf_filter):
+        raise PyprobeError(f"BPF filter {bpf_filter!r}: with more than one worker the filter "
+                           "cannot use vlan, mpls, pppoes, pppoed or geneve (they move the "
+                           "offsets the workers' share of the packets is read at)")
+    shares = [f"not ({shard_filter(range(1, count), count, linktype)})"]
+    shares += [shard_filter(range(index, index + 1), count, linktype) for index in range(1, count)]
+    return [f"({bpf_filter}) and ({share})" if bpf_filter else share for share in shares]
