@@ -534,3 +534,65 @@ def test_type_records_describe_the_enterprise_elements_in_use(flows: list[Flow])
         export = exporter("default", protocol)
         decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))
         assert {r.template_id for records in decoded for r in records} == {256, 257, STATISTICS}
+
+
+# Byte for byte.
+
+TINY_TEMPLATE = """templates:
+  - id: 256
+    fields: [sourceIPv4Address, destinationIPv4Address, sourceTransportPort,
+             destinationTransportPort, protocolIdentifier, ipClassOfService, tcpControlBits,
+             {name: octetDeltaCount, length: 4}, {name: packetDeltaCount, length: 4},
+             flowEndMilliseconds, flowEndReason]
+"""
+IPFIX_MESSAGE = [  # (hex, what it is)
+    ("000a 0069 6553f101 00000007 00000001", "version 10, length 105, export time T0 + 1 s, "
+                                             "sequence 7, observation domain 1"),
+    ("0002 0034", "template set, 52 octets"),
+    ("0100 000b", "template 256, 11 fields: (element id, length)"),
+    ("0008 0004  000c 0004  0007 0002  000b 0002",
+     "sourceIPv4Address, destinationIPv4Address, sourceTransportPort, destinationTransportPort"),
+    ("0004 0001  0005 0001  0006 0002", "protocolIdentifier, ipClassOfService, tcpControlBits"),
+    ("0001 0004  0002 0004", "octetDeltaCount and packetDeltaCount, reduced to 4 octets"),
+    ("0099 0008  0088 0001", "flowEndMilliseconds, flowEndReason"),
+    ("0100 0025", "data set of template 256, 37 octets"),
+    ("0a000001 0a000002 9c40 0050", "10.0.0.1 -> 10.0.0.2, 40000 -> 80"),
+    ("06 10 0002", "TCP, ToS 0x10, SYN"),
+    ("00000064 00000001", "100 octets, 1 packet"),
+    ("0000018bcfe568fa 04", "ended at T0 + 250 ms, forced end"),
+]
+NETFLOW9_MESSAGE = [
+    ("0009 0002 00000bb8 6553f102 00000007 00000001",
+     "version 9, 2 records, sysUpTime 3000 ms, unix secs T0 + 2 s (boot T0 - 1 s), "
+     "sequence 7, source id 1"),
+    ("0000 0034", "template flowset, 52 octets"),
+    ("0100 000b", "template 256, 11 fields: (field type, length)"),
+    ("0008 0004  000c 0004  0007 0002  000b 0002", "IPV4_SRC_ADDR, IPV4_DST_ADDR, ports"),
+    ("0004 0001  0005 0001  0006 0002", "PROTOCOL, SRC_TOS, TCP_FLAGS"),
+    ("0001 0004  0002 0004", "IN_BYTES, IN_PKTS in 4 octets"),
+    ("0015 0004  0088 0001", "LAST_SWITCHED (flowEndSysUpTime) replaces flowEndMilliseconds"),
+    ("0100 0024", "data flowset of template 256, 36 octets"),
+    ("0a000001 0a000002 9c40 0050 06 10 0002 00000064 00000001", "as in IPFIX"),
+    ("000004e2 04", "LAST_SWITCHED 1250 ms after boot (T0 + 250 ms), forced end"),
+    ("000000", "padding to 4 octets"),
+]
+
+
+@pytest.mark.parametrize("protocol, annotated", [(IPFIX, IPFIX_MESSAGE),
+                                                 (NETFLOW9, NETFLOW9_MESSAGE)], ids=["ipfix", "netflow9"])
+def test_one_template_and_one_record_byte_for_byte(tmp_path: Path, protocol: Any,
+                                                   annotated: list[tuple[str, str]]) -> None:
+    """A template set and one data record, against the hex worked out by hand above."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_TEMPLATE)
+    compiled = load_templates(path, REGISTRY).templates[0].compile(protocol, boot_ms=BOOT_MS)
+    cache = FlowCache()
+    cache.add(Packet(T0 + 250, A4, B4, 40000, 80, TCP, 0, 100, 64, 0x10, SYN, 0, 0, b"", 0))
+    cache.drain()
+    [flow] = cache.expired
+    builder = MessageBuilder(protocol)
+    builder.add(protocol.template_set_id, protocol.template_record(compiled.id, compiled.fields), False)
+    builder.add(compiled.id, compiled.encode(flow, flow.src2dst, EMPTY_DIRECTION,
+                                             (flow.src_addr, flow.dst_addr, 40000, 80)), True)
+    message = builder.finish(now_ms=T0 + 1500, boot_ms=BOOT_MS, sequence=7, domain=1)
+    assert message.hex() == "".join(hex_text for hex_text, _ in annotated).replace(" ", "")
