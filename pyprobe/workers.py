@@ -10,9 +10,15 @@ from the skipped-frame counts instead of counted as truncated.
 """
 from __future__ import annotations
 
+import multiprocessing
 import re
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import TypeVar
 
 from .errors import PyprobeError
+
+R = TypeVar("R")
 
 ETHERNET = 1
 # Keywords after which libpcap reads the rest of an expression further into the frame.
@@ -50,3 +56,46 @@ def worker_filters(count: int, linktype: int, bpf_filter: str | None = None) -> 
     shares = [f"not ({shard_filter(range(1, count), count, linktype)})"]
     shares += [shard_filter(range(index, index + 1), count, linktype) for index in range(1, count)]
     return [f"({bpf_filter}) and ({share})" if bpf_filter else share for share in shares]
+
+
+def run_sharded(count: int, linktype: int, bpf_filter: str | None,
+                work: Callable[[int, str | None], R]) -> list[R]:
+    """`work(index, share_filter)` in `count` forked processes at once; their results, in order.
+
+    A worker's exception is raised here, as a PyprobeError naming the worker, once all have ended.
+    """
+    filters = worker_filters(count, linktype, bpf_filter)
+    context = multiprocessing.get_context("fork")  # the work may be a closure: nothing is pickled
+    pipes, processes = [], []
+    for index, share in enumerate(filters):
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_worker, args=(sender, work, index, share),
+                                  name=f"pyprobe-worker-{index}")
+        process.start()
+        sender.close()
+        pipes.append(receiver)
+        processes.append(process)
+    outcomes = []
+    for receiver, process in zip(pipes, processes):
+        try:
+            outcome = receiver.recv()
+        except EOFError:  # it died before it could answer
+            outcome = None
+        process.join()
+        outcomes.append(outcome or (False, f"exited with status {process.exitcode}"))
+    failures = [f"worker {i}: {detail}" for i, (ok, detail) in enumerate(outcomes) if not ok]
+    if failures:
+        raise PyprobeError("; ".join(failures))
+    return [result for _, result in outcomes]
+
+
+def _worker(sender: Connection, work: Callable[[int, str | None], R], index: int,
+            share: str | None) -> None:
+    try:
+        outcome = (True, work(index, share))
+    except PyprobeError as error:
+        outcome = (False, str(error))
+    except Exception as error:  # noqa: BLE001 - reported to the parent, which decides
+        outcome = (False, f"{type(error).__name__}: {error}")
+    sender.send(outcome)
+    sender.close()

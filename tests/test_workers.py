@@ -10,7 +10,7 @@ from conftest import BENCH_PCAP, ndpi_captures, require
 from pyprobe import FlowStream
 from pyprobe.capture import PcapSource
 from pyprobe.errors import PyprobeError
-from pyprobe.workers import worker_filters
+from pyprobe.workers import run_sharded, worker_filters
 
 
 def per_direction(stream: FlowStream) -> Counter:
@@ -80,3 +80,24 @@ def test_user_filter_applies_to_every_share() -> None:
 def test_filters_that_move_offsets_are_refused() -> None:
     with pytest.raises(PyprobeError, match="'vlan 10 and tcp'.*cannot use vlan"):
         worker_filters(2, 1, "vlan 10 and tcp")
+
+
+def test_run_sharded_returns_each_workers_result_in_order() -> None:
+    path = require(BENCH_PCAP)
+
+    def decoded(index: int, share: str | None) -> tuple[int, int]:
+        stream = FlowStream(str(path), dpi=False, bpf_filter=share)
+        return index, sum(flow.bidirectional_packets for flow in stream)
+
+    results = run_sharded(2, 1, None, decoded)
+    assert [index for index, _ in results] == [0, 1]
+    assert sum(packets for _, packets in results) == 84_898
+
+
+def test_run_sharded_reports_a_failing_worker() -> None:
+    def fails(index: int, share: str | None) -> None:
+        if index == 1:
+            raise ValueError("no such thing")
+
+    with pytest.raises(PyprobeError, match="^worker 1: ValueError: no such thing$"):
+        run_sharded(2, 1, None, fails)
