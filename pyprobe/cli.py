@@ -25,6 +25,7 @@ log = logging.getLogger("pyprobe")
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
+NDPI_TEMPLATE = TEMPLATES / "ndpi.yaml"
 BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
 
 TABLE_COLUMNS = ("{:<5} {:>39} {:>39} {:>5} {:>9} {:>11} {:>23} {:>9} {:<18} {}")
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--max-flows", type=int, default=524_288, metavar="N",
                         help="flows kept at once; beyond, the least recent is expired (default 524288)")
     replay.add_argument("--bpf", metavar="EXPR", help="BPF filter applied before metering")
+    replay.add_argument("--no-dpi", dest="dpi", action="store_false",
+                        help="do not classify flows with nDPI (labels stay 'Unknown')")
     replay.add_argument("--decode-tunnels", action="store_true",
                         help="meter GTP-U, GRE/PPTP, VXLAN, Teredo and IP-in-IP packets as the "
                              "packets inside (one tunnel deep)")
@@ -100,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ipfix",
                         help="protocol of collectors that do not name one (default ipfix)")
     export.add_argument("--template", type=Path, metavar="FILE",
-                        help=f"template file (default {DEFAULT_TEMPLATE.name}, or "
-                             f"{BIFLOW_TEMPLATE.name} with --biflow)")
+                        help=f"template file (default {NDPI_TEMPLATE.name}, {DEFAULT_TEMPLATE.name} "
+                             f"with --no-dpi, {BIFLOW_TEMPLATE.name} with --biflow)")
     export.add_argument("--biflow", action="store_true",
                         help="one RFC 5103 biflow record per flow instead of one per direction (IPFIX)")
     export.add_argument("--mtu", type=int, default=1400, metavar="N",
@@ -144,7 +147,8 @@ def format_export_summary(summary: ExportSummary) -> str:
 
 def export(args: argparse.Namespace, stream: FlowStream) -> int:
     registry = ElementRegistry.default()
-    template_file = args.template or (BIFLOW_TEMPLATE if args.biflow else DEFAULT_TEMPLATE)
+    template_file = args.template or (BIFLOW_TEMPLATE if args.biflow
+                                      else NDPI_TEMPLATE if args.dpi else DEFAULT_TEMPLATE)
     templates = load_templates(template_file, registry)
     collectors = [Collector(host, port, protocol or args.protocol, templates,
                             observation_domain=args.observation_domain, mtu_bytes=args.mtu,
@@ -163,7 +167,7 @@ def replay(args: argparse.Namespace) -> int:
     progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() and not sys.stdout.isatty() else None
     stream = FlowStream(args.file, idle_timeout=args.idle_timeout,
                         active_timeout=args.active_timeout, max_flows=args.max_flows,
-                        bpf_filter=args.bpf, decode_tunnels=args.decode_tunnels,
+                        bpf_filter=args.bpf, dpi=args.dpi, decode_tunnels=args.decode_tunnels,
                         progress=progress)
     if args.collector:
         return export(args, stream)

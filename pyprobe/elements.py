@@ -82,7 +82,7 @@ class InformationElement:
     data_type: DataType
     semantics: str = ""  # RFC 7012 §3.2 data type semantics; "" where the registry gives none
     units: str = ""
-    default_length: int = 0  # a template's length when it gives none (0: the type's)
+    default_length: int = 0  # a template's length when it gives none (0: the type's); strings: NFv9's
     status: str = "current"
 
     def __post_init__(self) -> None:

@@ -72,9 +72,10 @@ class Exporter:
         # IPFIX strings are as long as their values).
         largest = max([c.record_length for c in self._data.values()]
                       + [len(record) for _, record, _ in self._refresh_records()])
-        mtu_needed = self.protocol.header_length + 4 + largest + 3 * self.protocol.pad_sets
-        if mtu_needed > mtu_bytes:
-            raise TemplateError(f"mtu {mtu_bytes} is too small: a record needs {mtu_needed} octets")
+        overhead = self.protocol.header_length + 4 + 3 * self.protocol.pad_sets
+        self._record_room = mtu_bytes - overhead  # the longest record a message can hold
+        if largest > self._record_room:
+            raise TemplateError(f"mtu {mtu_bytes} is too small: a record needs {overhead + largest} octets")
 
     def _template_records_of(self) -> list[tuple[int, bytes]]:
         """(set id, record) of every template and options template, in the order they are sent."""
@@ -97,15 +98,16 @@ class Exporter:
                 self._not_sent(flow, now_ms)
                 continue
             forward, reverse = flow.src2dst, flow.dst2src
-            add(compiled.id, compiled.encode(flow, forward, reverse or EMPTY_DIRECTION,
-                                             (flow.src_addr, flow.dst_addr, flow.src_port,
-                                              flow.dst_port)), now_ms, out)
+            if not add(compiled.id, compiled.encode(flow, forward, reverse or EMPTY_DIRECTION,
+                                                    (flow.src_addr, flow.dst_addr, flow.src_port,
+                                                     flow.dst_port)), now_ms, out):
+                self._not_sent(flow, now_ms)
+                continue
             stats.flow_records += 1
             if reverse is not None and uniflow:
-                add(compiled.id, compiled.encode(flow, reverse, forward,
-                                                 (flow.dst_addr, flow.src_addr, flow.dst_port,
-                                                  flow.src_port)), now_ms, out)
-                stats.flow_records += 1
+                stats.flow_records += add(compiled.id, compiled.encode(
+                    flow, reverse, forward, (flow.dst_addr, flow.src_addr, flow.dst_port,
+                                             flow.src_port)), now_ms, out)
         return out
 
     def _not_sent(self, flow: Flow, now_ms: int) -> None:
@@ -116,16 +118,22 @@ class Exporter:
         stats.first_not_sent_ms = stats.first_not_sent_ms or now_ms
         stats.last_not_sent_ms = now_ms
 
-    def _add(self, set_id: int, record: bytes, now_ms: int, out: list[bytes]) -> None:
+    def _add(self, set_id: int, record: bytes, now_ms: int, out: list[bytes]) -> bool:
+        """Adds a data record, sending the messages it fills; False if no message can hold it
+        (IPFIX strings can make a record longer than the mtu)."""
         builder = self._builder
         if not builder.records:
             self._open(now_ms, out)
-        if not builder.add(set_id, record, True):
+        if builder.add(set_id, record, True):
+            return True
+        if len(record) > self._record_room:
+            return False
+        out.append(self._finish(now_ms))
+        self._open(now_ms, out)
+        if not builder.add(set_id, record, True):  # the templates filled that message
             out.append(self._finish(now_ms))
-            self._open(now_ms, out)
-            if not builder.add(set_id, record, True):  # the templates filled that message
-                out.append(self._finish(now_ms))
-                builder.add(set_id, record, True)
+            builder.add(set_id, record, True)
+        return True
 
     def _open(self, now_ms: int, out: list[bytes]) -> None:
         """Starts a message: with the templates and options first when a refresh is due."""

@@ -6,10 +6,22 @@ source address, destination address, source port, destination port — swapped i
 record of a uniflow export). `template.py` compiles the expressions of a template into one
 function per template, so a record costs one call however many fields it has. The RFC 5103
 reverse element of an IANA element is the same expression with `this` and `other` exchanged.
+Expressions may call the functions of FIELD_FUNCTIONS (nDPI's values, read from `flow.dpi`).
+
+nDPI's application is its "upper" protocol, as nProbe's L7_PROTO and ndpi_get_upper_proto give
+it: the app protocol when nDPI found one (YouTube in TLS.YouTube), else the master (DNS). Its
+RFC 6759 applicationId is engine 22 (ntop nDPI) and that id in 4 octets (pmacct's nfprobe sends
+the same selector); its applicationName is the last part of the "Master.App" label.
 """
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from .flow import DpiInfo
+
+NDPI_ENGINE = 22  # RFC 6759 classification engine id of ntop nDPI
 
 FIELD_EXPRESSIONS: dict[str, str] = {
     "sourceIPv4Address": "ends[0]",
@@ -41,8 +53,75 @@ FIELD_EXPRESSIONS: dict[str, str] = {
     "minimumIpTotalLength": "this.min_ps",
     "maximumIpTotalLength": "this.max_ps",
     "applicationName": "flow.application_name",
+    "applicationId": "application_id(flow.dpi)",
+    "CLIENT_TCP_FLAGS": "flow.src2dst.tcp_flags",  # client: the flow's source, in both records
+    "SERVER_TCP_FLAGS": "flow.reverse.tcp_flags",
+    "UPSTREAM_TUNNEL_ID": "flow.tunnel_id",  # the tunnel of the flow's first packet
+    "L7_PROTO": "l7_proto(flow.dpi)",
+    "L7_PROTO_NAME": "flow.application_name",
+    "L7_PROTO_CATEGORY": "flow.application_category_name",
+    "L7_CONFIDENCE": "flow.application_confidence",
+    "L7_PROTO_RISK": "flow.dpi.risk if flow.dpi else 0",
+    "L7_RISK_SCORE": "flow.dpi.risk_score if flow.dpi else 0",
+    "TLS_SERVER_NAME": "l7_metadata(flow.dpi).tls_server_name",
+    "HTTP_HOST": "l7_metadata(flow.dpi).http_host",
+    "HTTP_URL": "l7_metadata(flow.dpi).http_url",
+    "HTTP_USER_AGENT": "flow.user_agent",
+    "DNS_QUERY": "l7_metadata(flow.dpi).dns_query",
+    "JA4C_HASH": "flow.client_fingerprint",
 }
 PARAMETERS = ("flow", "this", "other", "ends")
+
+
+def l7_proto(dpi: DpiInfo | None) -> int:
+    """nDPI's upper protocol id: the app protocol when there is one, else the master (0: none)."""
+    return (dpi.app_protocol or dpi.master_protocol) if dpi else 0
+
+
+def application_name(dpi: DpiInfo | None) -> str:
+    """The name of the upper protocol: "YouTube" of "TLS.YouTube" (nDPI names hold no dot)."""
+    return dpi.application_name.rpartition(".")[2] if dpi else "Unknown"
+
+
+@lru_cache(maxsize=None)
+def _application_id(protocol: int) -> bytes:
+    return bytes((NDPI_ENGINE,)) + protocol.to_bytes(4, "big")
+
+
+def application_id(dpi: DpiInfo | None) -> bytes:
+    """RFC 6759 applicationId: engine 22 (nDPI), then the upper protocol id in 4 octets."""
+    return _application_id((dpi.app_protocol or dpi.master_protocol) if dpi else 0)
+
+
+class L7Metadata(NamedTuple):
+    """The server names and URL nDPI found, each under the element its protocol calls for."""
+
+    tls_server_name: str = ""  # SNI, of TLS and QUIC
+    http_host: str = ""
+    http_url: str = ""
+    dns_query: str = ""
+
+
+NO_METADATA = L7Metadata()
+_last_metadata: list[Any] = [None, NO_METADATA]  # the records of one flow ask in a row: parse once
+
+
+def l7_metadata(dpi: DpiInfo | None) -> L7Metadata:
+    """The flow's L7Metadata, from nDPI's JSON (hostname and the tls / quic / http / dns blocks)."""
+    if dpi is None:
+        return NO_METADATA
+    if dpi is not _last_metadata[0]:
+        found = dpi.metadata
+        host = found.get("hostname", "")
+        _last_metadata[:] = dpi, L7Metadata(
+            host if "tls" in found or "quic" in found else "",
+            host if "http" in found else "", found.get("http", {}).get("url", ""),
+            host if "dns" in found else "")
+    return _last_metadata[1]
+
+
+FIELD_FUNCTIONS = {"application_id": application_id, "l7_proto": l7_proto,
+                   "l7_metadata": l7_metadata}
 
 
 class _SwapDirections(ast.NodeTransformer):

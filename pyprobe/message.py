@@ -74,7 +74,8 @@ class MessageBuilder:
     def add(self, set_id: int, record: bytes, data: bool) -> bool:
         """Adds a record to the message, in a set of `set_id`; False if it does not fit."""
         sets = self._sets
-        new_set = not sets or sets[-1][0] != set_id
+        # An options template set holds one record: nfdump reads only the first of a set.
+        new_set = not sets or sets[-1][0] != set_id or set_id == self.protocol.options_template_set_id
         start = self._length
         if new_set and self.protocol.pad_sets:
             start += -start % 4  # the previous set's padding (headers and sets start 4-aligned)

@@ -1,10 +1,10 @@
 """NetFlow v9 (RFC 3954): its header, flowset ids, field types and sequence rule.
 
 NFv9 has no enterprise numbers and no variable-length fields: ntop elements go as type 57472 + n,
-strings as fixed-width NUL-padded fields, and flow times as FIRST_SWITCHED / LAST_SWITCHED
-(flowStart/EndSysUpTime, 22/21): milliseconds of sysUpTime, counted from the exporter's boot time,
-which the exporter picks as a whole second no later than the first flow's start, so they are
-never negative.
+strings as fixed-width NUL-padded fields (the template's length, else nProbe's width), and flow
+times as FIRST_SWITCHED / LAST_SWITCHED (flowStart/EndSysUpTime, 22/21): milliseconds of
+sysUpTime, counted from the exporter's boot time, which the exporter picks as a whole second no
+later than the first flow's start, so they are never negative.
 The sequence number counts export packets sent before this one.
 """
 from __future__ import annotations
@@ -21,6 +21,9 @@ NETFLOW9_VERSION = 9
 TEMPLATE_FLOWSET_ID = 0
 OPTIONS_TEMPLATE_FLOWSET_ID = 1
 SCOPE_SYSTEM = 1  # RFC 3954 §6.1 scope field types: 1 System, 2 Interface, 3 Line Card, 4 Cache, 5 Template
+# Widths of IANA variable-length elements in NFv9; ntop strings take their CSV default_length,
+# nProbe's widths (strings are NUL-padded and truncated to them).
+NETFLOW9_WIDTHS = {"applicationId": 5}  # RFC 6759: engine id + 4-octet selector (pmacct's nfprobe)
 # Absolute times IPFIX sends as such, and the sysUpTime elements NFv9 sends instead.
 SYSUPTIME_ELEMENTS = {"flowStartMilliseconds": "flowStartSysUpTime",
                       "flowEndMilliseconds": "flowEndSysUpTime"}
@@ -69,6 +72,9 @@ class Netflow9(Protocol):
             raise TemplateError(f"{where}: {element.name} (PEN {element.pen}) has no NetFlow v9 "
                                 f"field type: NetFlow v9 carries IANA and ntop elements only")
         if field.length == VARLEN:
+            width = NETFLOW9_WIDTHS.get(element.name, element.default_length)
+            if width != VARLEN:
+                return TemplateField(element, width, field.expression)
             raise TemplateError(f"{where}: {element.name} needs a length in NetFlow v9, which "
                                 f"has no variable-length fields: write {{name: {element.name}, length: N}}")
         if element.name in SYSUPTIME_ELEMENTS:

@@ -7,6 +7,12 @@
   (droppedPacketTotalCount); 0 for a capture file.
 - RFC 5610 type information, IPFIX only: for every enterprise element the templates use, its
   data type, semantics and name, so generic collectors (libfixbuf, ipfixcol2) can decode it.
+- Application names (RFC 6759), when the templates send applicationId: one record per id seen,
+  its applicationName and applicationDescription, scoped by the observation domain (NFv9: System).
+  This is the layout nfdump 1.7 reads in both protocols: fixed-width fields (it places option
+  fields by their template lengths and matches ids by value and length), applicationId among
+  the options, not the scope (NFv9 scopes are System, Interface...; nfdump 1.7.1 reads IPFIX
+  scopes the same way).
 
 An options template is a `Template` whose first `scope_count` fields are its scope; its records
 are encoded from values given here (`CompiledTemplate.encode_values`), not from a flow.
@@ -20,6 +26,7 @@ from .template import Template, TemplateField
 
 STATISTICS_TEMPLATE_ID = 65400  # pyprobe's own options templates sit above user templates
 TYPE_INFORMATION_TEMPLATE_ID = 65401
+APPLICATION_NAMES_TEMPLATE_ID = 65402
 
 # IANA "IPFIX Information Element Data Types" and "... Semantics" registries (RFC 5610 §3.1, §3.2).
 DATA_TYPE_CODES = {name: code for code, name in enumerate((
@@ -64,6 +71,11 @@ TYPE_INFORMATION_FIELDS = ("informationElementId", "privateEnterpriseNumber",
                            "informationElementDataType", "informationElementSemantics",
                            "informationElementName")
 
+APPLICATION_NAMES_FIELDS = ("observationDomainId", "applicationId", "applicationName",
+                            "applicationDescription")
+APPLICATION_FIELD_LENGTHS = {"observationDomainId": 4, "applicationId": 5, "applicationName": 32,
+                             "applicationDescription": 64}  # nDPI's longest name has 25 octets
+
 
 def _options_template(template_id: int, name: str, fields: tuple[str, ...], scope_count: int,
                       registry: ElementRegistry) -> Template:
@@ -80,6 +92,19 @@ def statistics_template(registry: ElementRegistry) -> Template:
 def type_information_template(registry: ElementRegistry) -> Template:
     return _options_template(TYPE_INFORMATION_TEMPLATE_ID, "information_element_types",
                              TYPE_INFORMATION_FIELDS, 2, registry)
+
+
+def application_names_template(registry: ElementRegistry) -> Template:
+    """Scope: the observation domain; then applicationId, its name and description."""
+    return Template(APPLICATION_NAMES_TEMPLATE_ID, "application_names", None,
+                    tuple(TemplateField(registry[f], APPLICATION_FIELD_LENGTHS[f], None)
+                          for f in APPLICATION_NAMES_FIELDS),
+                    "options: application_names", scope_count=1)
+
+
+def application_names_values(domain: int, application_id: bytes, name: str) -> tuple:
+    """One application names record: nfdump shows it as "name/description"."""
+    return domain, application_id, name, f"nDPI protocol {int.from_bytes(application_id[1:], 'big')}"
 
 
 def statistics_values(stats: ExportStats) -> tuple:

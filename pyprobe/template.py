@@ -27,7 +27,7 @@ import yaml
 
 from .elements import IANA_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
-from .fields import FIELD_EXPRESSIONS, PARAMETERS, reverse_expression
+from .fields import FIELD_EXPRESSIONS, FIELD_FUNCTIONS, PARAMETERS, reverse_expression
 from .flow import Flow
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def _compile_values(fields: Sequence[TemplateField]) -> Callable[..., tuple]:
         text = field.element.data_type.variable  # strings and octet arrays; addresses are bytes
         items.append(f"_utf8({field.expression})" if text else f"({field.expression})")
     source = f"lambda {', '.join(PARAMETERS)}: ({', '.join(items)},)"
-    return eval(source, {"_utf8": _utf8})  # noqa: S307 - expressions come from fields.py
+    return eval(source, {"_utf8": _utf8, **FIELD_FUNCTIONS})  # noqa: S307 - expressions come from fields.py
 
 
 def varlen_bytes(value: bytes) -> bytes:
@@ -249,7 +249,7 @@ def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
                             f"(it can send: {', '.join(sorted(FIELD_EXPRESSIONS))}, and "
                             f"their reverse elements)")
     if length is None:
-        length = element.default_length
+        length = natural_length(element)
     elif type(length) is not int or not element.data_type.accepts_length(length) or (
             not element.data_type.variable and not element.data_type.struct_code.endswith("s")
             and length not in (1, 2, 4, 8)):
@@ -258,6 +258,12 @@ def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
                     else f"{data_type.length} octets{', or fewer (1, 2, 4)' if data_type.reducible else ''}")
         raise TemplateError(f"{where}: length {length!r} does not fit {name} ({data_type.name}, {expected})")
     return TemplateField(element, length, expression)
+
+
+def natural_length(element: InformationElement) -> int:
+    """A field's length when the template gives none: variable for strings and octet arrays
+    (NFv9, which has no variable length, sends them in `element.default_length`)."""
+    return VARLEN if element.data_type.variable else element.default_length
 
 
 def _expression(element: InformationElement, registry: ElementRegistry) -> str | None:

@@ -400,6 +400,24 @@ def test_netflow9_strings_are_fixed_width_nul_padded_and_truncated(tmp_path: Pat
         "DNS", "HTTP.Goo", "x" * 8, "y" * 8, "z" * 8]
 
 
+
+def test_a_record_longer_than_any_message_is_counted_as_not_sent(tmp_path: Path) -> None:
+    """An IPFIX string can outgrow the mtu: that flow is not sent, and the statistics say so."""
+    flows = named_flows()
+    with_name(flows[1], "w" * 1400)
+    export = exporter(string_template(tmp_path, "applicationName"))
+    messages = export.export(flows, T0 + 1000) + export.flush(T0 + 2000)
+    decoded = decode(messages)
+    assert [dict(r.fields)["applicationName"] for r in flow_records(decoded)] == [
+        NAMES[0], *NAMES[2:]]
+    assert all(set_ids(m) for m in messages)  # no empty message either
+    assert export.stats.flow_records == 4
+    statistics = statistics_of(decoded[-1])
+    assert [statistics[k] for k in ("exportedFlowRecordTotalCount", "notSentFlowTotalCount",
+                                    "notSentPacketTotalCount", "notSentOctetTotalCount")] == [
+        4, 1, 1, 100]
+
+
 # The MTU.
 
 def smallest_mtu(protocol: str) -> int:
