@@ -8,28 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from builders import (  # noqa: E402
+from builders import (
     A4, A6, ACK, B4, B6, ICMP, ICMPV6, RST, SYN, TCP, UDP, icmp, ipv4, ipv6, link, tcp, udp,
     write_pcap,
 )
-from pyprobe import FlowStream, Packet  # noqa: E402
-from pyprobe.cache import FlowCache  # noqa: E402
-from pyprobe.collect import Collector, Record  # noqa: E402
-from pyprobe.elements import ElementRegistry  # noqa: E402
-from pyprobe.export import Exporter  # noqa: E402
-from pyprobe.flow import EMPTY_DIRECTION, DpiInfo, Flow  # noqa: E402
-from pyprobe.ipfix import IPFIX  # noqa: E402
-from pyprobe.message import MessageBuilder  # noqa: E402
-from pyprobe.netflow9 import NETFLOW9  # noqa: E402
-from pyprobe.template import TemplateError, TemplateSet, load_templates  # noqa: E402
+from pyprobe import FlowStream, Packet
+from pyprobe.cache import FlowCache
+from pyprobe.collect import Collector, Record
+from pyprobe.elements import ElementRegistry
+from pyprobe.export import Exporter
+from pyprobe.flow import EMPTY_DIRECTION, DpiInfo, Flow
+from pyprobe.ipfix import IPFIX
+from pyprobe.message import MessageBuilder
+from pyprobe.netflow9 import NETFLOW9
+from pyprobe.template import TemplateError, TemplateSet, load_templates
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = ElementRegistry.default()
