@@ -30,13 +30,14 @@ def is_capture_file(source: str) -> bool:
 class PcapSource:
     """Frames of a pcap/pcapng file or a live interface, with an optional BPF filter."""
 
-    __slots__ = ("source", "is_file", "linktype", "stopped", "_handle")
+    __slots__ = ("source", "is_file", "linktype", "stopped", "_handle", "_final_stats")
 
     def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = 65535,
                  promiscuous: bool = True, buffer_size: int = 0) -> None:
         self.source = source
         self.is_file = is_capture_file(source)
         self.stopped = False
+        self._final_stats: tuple[int, int, int] | None = None
         if self.is_file and not os.path.isfile(source):
             raise CaptureError(f"{source}: no such capture file")
         try:
@@ -84,7 +85,11 @@ class PcapSource:
 
     def stats(self) -> tuple[int, int, int]:
         """(received, dropped by the kernel, dropped by the interface) of a live capture."""
+        if self._final_stats is not None:
+            return self._final_stats
         return (0, 0, 0) if self.is_file else tuple(self._handle.stats())
 
     def close(self) -> None:
+        """Closes the handle; `stats()` then reads as they were last."""
+        self._final_stats = self.stats()
         self._handle.close()

@@ -12,6 +12,7 @@ from typing import TextIO
 from pathlib import Path
 
 from . import __version__
+from .config import add_arguments, load_config, overrides_of, to_yaml
 from .elements import ElementRegistry
 from .errors import PyprobeError
 from .export import PROTOCOLS
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send at the capture's own speed instead of as fast as possible")
     export.add_argument("--speed", type=float, metavar="X",
                         help="with --pace: X times the capture's speed (default 1)")
+    for name, text in (("run", "capture live (or a file) and export, configured by a YAML file "
+                                "and flags, until SIGTERM"),
+                       ("check", "validate a configuration and its templates, print it in full")):
+        add_arguments(commands.add_parser(name, help=text, description=text))
     collect = commands.add_parser("collect", help="decode IPFIX / NetFlow v9 arriving on a UDP port")
     collect.add_argument("--port", type=int, required=True)
     collect.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -185,6 +190,15 @@ def replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def check(args: argparse.Namespace) -> int:
+    """`pyprobe check`: the configuration and its templates, checked; the effective configuration."""
+    from .sensor import collectors_of
+    config = load_config(args.config, overrides_of(args))
+    collectors_of(config, ElementRegistry.default())
+    sys.stdout.write(to_yaml(config))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -192,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "collect":
             from .collect import run as collect
             return collect(args)
+        if args.command == "run":
+            from .sensor import run
+            return run(args.config, overrides_of(args))
+        if args.command == "check":
+            return check(args)
         return replay(args)
     except PyprobeError as error:
         print(f"pyprobe: error: {error}", file=sys.stderr)

@@ -12,7 +12,7 @@ Relative paths in a file are relative to the file.
 (30.0, 2055, 'ipfix')
 >>> load_config(None, {"capture.interface": "eth0", "collectors": [{"host": "h", "port": 0}]})
 Traceback (most recent call last):
-pyprobe.errors.ConfigError: command line: collectors[0].port: got 0, expected an integer from 1 to 65535
+pyprobe.errors.ConfigError: command line: --collector[0].port: got 0, expected an integer from 1 to 65535
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from .transport import parse_address
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
+NDPI_TEMPLATE = TEMPLATES / "ndpi.yaml"
 BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
 PROTOCOL_NAMES = ("ipfix", "netflow9")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -93,8 +94,8 @@ class CollectorConfig:
     host: str = setting(MISSING, "collector's name or address (IPv4 or IPv6)", flag=NO_FLAG)
     port: int = setting(2055, "collector's UDP port", minimum=1, maximum=65535, flag=NO_FLAG)
     protocol: str = setting("ipfix", "export protocol", choices=PROTOCOL_NAMES)
-    template: str | None = setting(None, f"template file (null: templates/{DEFAULT_TEMPLATE.name})",
-                                   path=True)
+    template: str | None = setting(None, f"template file (null: {NDPI_TEMPLATE.name}, or "
+                                         f"{DEFAULT_TEMPLATE.name} without DPI)", path=True)
     mtu: int = setting(1400, "largest message, octets of UDP payload", minimum=256,
                        maximum=65507)
     observation_domain: int = setting(1, "IPFIX observation domain / NFv9 source id", minimum=0,
@@ -246,12 +247,13 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     to every collector; `capture.interface` and `capture.file` replace each other.
     """
     overrides = overrides or {}
-    try:  # the overrides first, on their own, so that their errors name the command line
+    flag_of = {key: flag for flag, key, _, _ in flags()} | {"collectors": "--collector"}
+    try:  # the overrides first, on their own, so that their errors name the flag
         for key, value in overrides.items():
             section, _, name = key.rpartition(".")
             spec = {f.name: f for f in fields(_SECTION_TYPES[section])}[name]
             kind = get_type_hints(_SECTION_TYPES[section])[name]
-            _check(kind, value, key, spec.metadata, None)
+            _check(kind, value, flag_of[key], spec.metadata, None)
     except _Problem as problem:
         raise ConfigError(f"command line: {problem}") from None
     source = str(path) if path is not None else "command line"
@@ -319,24 +321,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send flows there (repeatable; replaces the file's collectors)")
     for flag, key, spec, kind in flags():
         kind = next((k for k in get_args(kind) if k is not type(None)), kind)
-        default = spec.default
+        shown = "" if spec.default is None else f" (default {spec.default})"
         options: dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS,
-                                       help=f"{spec.metadata['doc']} (default {default})")
+                                       help=spec.metadata["doc"] + shown)
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
+        elif spec.metadata["choices"]:
+            options["choices"] = spec.metadata["choices"]
         else:
             options["type"] = kind
-            options["metavar"] = "N" if kind in (int, float) else "VALUE"
-            if spec.metadata["choices"]:
-                options["choices"] = spec.metadata["choices"]
+            options["metavar"] = {int: "N", float: "S"}.get(kind, spec.name.upper())
         parser.add_argument(flag, **options)
 
 
-def config_from_arguments(args: argparse.Namespace) -> SensorConfig:
-    """The configuration `add_arguments`' flags describe."""
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings `add_arguments`' flags set, as `load_config` overrides."""
     keys = {key for _, key, _, _ in flags()} | {"collectors"}
-    overrides = {k: v for k, v in vars(args).items() if k in keys}
-    return load_config(args.config, overrides)
+    return {k: v for k, v in vars(args).items() if k in keys}
 
 
 def to_yaml(config: SensorConfig) -> str:

@@ -1,0 +1,182 @@
+"""The sensor: `pyprobe run`, a probe configured by a `SensorConfig` that runs until told to stop.
+
+It checks everything it can before it starts (configuration, templates), opens the capture,
+drops privileges, and runs the same `Probe` loop as a replay; the capture's ticks keep the
+timers going when no packets arrive. Signals:
+
+- SIGTERM, SIGINT: every live flow ends as forced end (4) and is sent, then the final statistics;
+  exit 0 within a second or so;
+- SIGHUP: the log file is reopened and the collectors are reloaded from the configuration (a bad
+  new configuration is logged and the running one kept; capture and cache settings need a restart).
+
+Every `statistics_interval` the capture's and the exporters' counters are logged on one line and
+copied into the exporting-process statistics that the next template refresh sends.
+"""
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import signal
+import sys
+
+from .capture import PcapSource
+from .config import DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
+from .elements import ElementRegistry
+from .errors import PyprobeError
+from .probe import Collector, Probe
+from .stream import FlowStream
+from .template import TemplateSet, load_templates
+
+log = logging.getLogger("pyprobe")
+LOG_FORMAT = "%(asctime)s {instance} %(levelname)s %(message)s"
+
+
+def collectors_of(config: SensorConfig, registry: ElementRegistry) -> list[Collector]:
+    """The configured collectors, their template files read and checked (each file once)."""
+    templates: dict[str, TemplateSet] = {}
+    default = NDPI_TEMPLATE if config.dpi.enabled else DEFAULT_TEMPLATE
+    collectors = []
+    for entry in config.collectors:
+        path = entry.template or str(default)
+        if path not in templates:
+            templates[path] = load_templates(path, registry)
+        collectors.append(Collector(entry.host, entry.port, entry.protocol, templates[path],
+                                    observation_domain=entry.observation_domain,
+                                    mtu_bytes=entry.mtu, template_refresh_s=entry.template_refresh,
+                                    template_refresh_packets=entry.template_refresh_packets))
+    for collector in collectors:  # a bad protocol/template pairing or MTU fails here too
+        collector.exporter(registry)
+    return collectors
+
+
+def open_capture(config: SensorConfig) -> PcapSource:
+    capture = config.capture
+    return PcapSource(capture.interface or capture.file, bpf_filter=capture.bpf,
+                      snaplen=capture.snaplen, promiscuous=capture.promiscuous,
+                      buffer_size=capture.buffer_size)
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """Becomes `user` (and `group`, else the user's), with no supplementary groups."""
+    if user is None and group is None:
+        return
+    account = pwd.getpwnam(user) if user is not None else pwd.getpwuid(os.getuid())
+    gid = grp.getgrnam(group).gr_gid if group is not None else account.pw_gid
+    try:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(account.pw_uid)
+    except OSError as error:
+        raise PyprobeError(f"cannot switch to user {account.pw_name}, group {gid}: "
+                           f"{error.strerror}") from None
+
+
+def log_handler(config: SensorConfig) -> logging.Handler:
+    handler = (logging.FileHandler(config.log_file) if config.log_file
+               else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT.format(instance=config.instance)))
+    return handler
+
+
+class Sensor:
+    """One run of the probe under a configuration, with its signal handling."""
+
+    def __init__(self, config: SensorConfig, config_path: str | None = None,
+                 overrides: dict | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides
+        self.registry = ElementRegistry.default()
+        self.probe: Probe | None = None
+        self._handler: logging.Handler | None = None
+        self._reload_requested = False
+        self._next_statistics_ms = 0
+
+    def run(self) -> int:
+        """Runs until SIGTERM/SIGINT or the end of a capture file; 0 once all is sent."""
+        config = self.config
+        self._set_logging(config)
+        collectors = collectors_of(config, self.registry)
+        capture = open_capture(config)
+        drop_privileges(config.user, config.group)
+        stream = FlowStream(capture, idle_timeout=config.cache.idle_timeout,
+                            active_timeout=config.cache.active_timeout,
+                            max_flows=config.cache.max_flows, dpi=config.dpi.enabled,
+                            n_dissections=config.dpi.packet_budget,
+                            decode_tunnels=config.dpi.decode_tunnels)
+        probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._request_reload)
+        log.info("started: capturing on %s as uid %d, exporting to %s", capture.source,
+                 os.getuid(), ", ".join(f"{c.host}:{c.port} ({c.protocol})" for c in collectors))
+        summary = probe.run()
+        log.info("stopped: %s; sent %d flows as %d records in %d messages, %d send errors",
+                 self._statistics(), summary.flows, summary.records, summary.messages,
+                 summary.send_errors)
+        return 0
+
+    def _stop(self, signum: int, frame: object) -> None:
+        log.info("%s: ending every flow and sending it", signal.Signals(signum).name)
+        self.probe.stop()
+
+    def _request_reload(self, signum: int, frame: object) -> None:
+        self._reload_requested = True
+
+    def _timer(self, now_ms: int) -> None:
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload(now_ms)
+        if now_ms >= self._next_statistics_ms:
+            self._next_statistics_ms = now_ms + round(self.config.statistics_interval * 1000)
+            self.probe.update_statistics()
+            log.info("statistics: %s", self._statistics())
+
+    def _statistics(self) -> str:
+        probe = self.probe
+        stream = probe.stream
+        received, dropped, interface_dropped = stream.capture.stats()
+        meter = stream.stats
+        sent = [exporter.stats for exporter, _ in probe.links]
+        return (f"captured {received} frames, dropped {dropped} by the kernel and "
+                f"{interface_dropped} by the interface; read {meter.packets_read}, skipped "
+                f"{meter.packets_skipped}; flows live {len(stream.cache or ())}, ended "
+                f"{sum(meter.flows.values())}; exported {sum(s.flow_records for s in sent)} "
+                f"records in {sum(s.messages for s in sent)} messages, "
+                f"{sum(t.errors for _, t in probe.links)} send errors")
+
+    def reload(self, now_ms: int) -> None:
+        """Reopens the log and swaps in the collectors of the configuration as it now reads."""
+        try:
+            config = load_config(self.config_path, self.overrides)
+            collectors = collectors_of(config, self.registry)
+            self._set_logging(config)
+        except (PyprobeError, OSError) as error:
+            log.error("reload: %s; keeping the running configuration", error)
+            return
+        kept = ("capture", "cache", "dpi", "user", "group")
+        changed = [key for key in kept if getattr(config, key) != getattr(self.config, key)]
+        if changed:
+            log.warning("reload: %s changed; they take effect at the next start", ", ".join(changed))
+        self.config = config
+        self.probe.set_collectors(collectors, now_ms)
+        log.info("reloaded: exporting to %s",
+                 ", ".join(f"{c.host}:{c.port} ({c.protocol})" for c in collectors))
+
+    def _set_logging(self, config: SensorConfig) -> None:
+        """Installs a new log handler (a reopened file) and level; the old handler is closed."""
+        handler = log_handler(config)
+        if self._handler is not None:
+            log.removeHandler(self._handler)
+            self._handler.close()
+        self._handler = handler
+        log.addHandler(handler)
+        log.setLevel(config.log_level.upper())
+        log.propagate = False
+
+
+def run(config_path: str | None, overrides: dict) -> int:
+    """`pyprobe run`: the configuration, then the sensor."""
+    return Sensor(load_config(config_path, overrides), config_path, overrides).run()
