@@ -1,10 +1,10 @@
 """nDPI classification of every flow, as a FlowStream plugin (nfstream's `n_dissections` rule).
 
 Each new flow gets an nDPI flow buffer in `flow.classifier_state`. Its packets (IP header onwards,
-as captured, never past the IP total length) go to nDPI until nDPI reports the flow classified,
-or `n_dissections` packets have gone in, in which case nDPI's giveup gives its best guess; a flow
-that ends before either gets that guess too. Then the labels are set (`flow.dpi`, a `DpiInfo`)
-and the buffer is freed at once, so only flows still under inspection hold nDPI state.
+never past the IP total length nor the captured bytes) go to nDPI until nDPI reports the flow
+classified, or `n_dissections` packets have gone in, in which case nDPI's giveup gives its best
+guess; a flow that ends before either gets that guess too. Then the labels are set (`flow.dpi`, a
+`DpiInfo`) and the buffer is freed at once, so only flows still under inspection hold nDPI state.
 
 One detection module serves the whole process: it is made on first use and shared.
 """
@@ -18,6 +18,24 @@ from .ndpi import NDPI, Confidence, NDPIFlow, NDPIProtocol, State
 N_DISSECTIONS = 20  # nfstream's default budget of packets per flow
 GUESSED = frozenset((Confidence.MATCH_BY_PORT, Confidence.MATCH_BY_IP))
 CLASSIFIED = State.CLASSIFIED
+METADATA = (  # DpiInfo field, the dpi2json block it is in, its key there
+    ("requested_server_name", "ndpi", "hostname"),
+    ("client_fingerprint", "tls", "ja4"),
+    ("server_fingerprint", "tls", "ja3s"),
+    ("user_agent", "http", "user_agent"),
+    ("content_type", "http", "content_type"),
+    ("http_url", "http", "url"),
+    ("http_response_code", "http", "code"),
+    ("tls_version", "tls", "version"),
+    ("tls_cipher", "tls", "cipher"),
+    ("tls_alpn", "tls", "negotiated_alpn"),
+    ("tls_advertised_alpns", "tls", "advertised_alpns"),
+    ("tls_server_names", "tls", "server_names"),
+    ("tls_issuer", "tls", "issuerDN"),
+    ("tls_subject", "tls", "subjectDN"),
+)
+"""Where each metadata field of a DpiInfo comes from in ndpi_dpi2json's output."""
+NO_BLOCK: dict[str, Any] = {}
 
 _shared: NDPI | None = None
 
@@ -33,24 +51,31 @@ def shared_ndpi() -> NDPI:
 class NdpiClassifier:
     """FlowStream plugin: labels every flow with nDPI (application, category, SNI, JA4, risks)."""
 
-    __slots__ = ("n_dissections", "ndpi")
+    __slots__ = ("n_dissections", "ndpi", "_dissect")
 
     def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None) -> None:
         if n_dissections < 1:
             raise ValueError(f"n_dissections must be at least 1, not {n_dissections}")
         self.n_dissections = n_dissections
         self.ndpi = ndpi or shared_ndpi()
+        self._dissect = self.ndpi.dissect
 
     def on_init(self, packet: Packet, flow: Flow) -> None:
         """Starts nDPI on the flow with its first packet."""
-        state = flow.classifier_state = NDPIFlow()
-        self._inspect(packet, flow, state)
+        flow.classifier_state = NDPIFlow()
+        self.on_update(packet, flow)
 
     def on_update(self, packet: Packet, flow: Flow) -> None:
         """Hands the packet to nDPI while the flow is under inspection."""
         state = flow.classifier_state
         if state is not None:
-            self._inspect(packet, flow, state)
+            offset = packet.ip_offset
+            protocol = self._dissect(state, packet.frame[offset:offset + packet.ip_size],
+                                     packet.time_ms)
+            if protocol.state == CLASSIFIED:
+                self._label(flow, state, self.ndpi.result(protocol, state))
+            elif state.packets >= self.n_dissections:
+                self._label(flow, state, self.ndpi.giveup(state))
 
     def on_expire(self, flow: Flow) -> None:
         """Takes nDPI's guess for a flow that ends under inspection."""
@@ -58,39 +83,28 @@ class NdpiClassifier:
         if state is not None:
             self._label(flow, state, self.ndpi.giveup(state))
 
-    def _inspect(self, packet: Packet, flow: Flow, state: NDPIFlow) -> None:
-        offset = packet.ip_offset
-        result = self.ndpi.process_packet(
-            state, memoryview(packet.frame)[offset:offset + packet.ip_size], packet.time_ms)
-        if result.state == CLASSIFIED:
-            self._label(flow, state, result)
-        elif state.packets >= self.n_dissections:
-            self._label(flow, state, self.ndpi.giveup(state))
-
     def _label(self, flow: Flow, state: NDPIFlow, result: NDPIProtocol) -> None:
         """Sets the flow's labels from nDPI's result, then frees the flow's nDPI state."""
         ndpi = self.ndpi
         text = ndpi.flow_json(state, result)
+        risk, method = state.risk, state.http_method
         state.free()
         flow.classifier_state = None
-        metadata = dpi_metadata(text)
-        risk = sum(1 << int(bit) for bit in metadata.get("flow_risk", ()))
-        tls = _tls(metadata)
-        http = metadata.get("http", {})
+        found = dpi_metadata(text)
+        blocks = {"ndpi": found, "tls": _tls(found), "http": found.get("http", NO_BLOCK)}
         confidence = result.confidence.id
         flow.dpi = DpiInfo(
             application_name=ndpi.protocol_name(result),
             application_category_name=ndpi.protocol_category_name(result),
             application_is_guessed=int(confidence in GUESSED),
             application_confidence=confidence,
-            requested_server_name=metadata.get("hostname", ""),
-            client_fingerprint=tls.get("ja4", ""), server_fingerprint=tls.get("ja3s", ""),
-            user_agent=http.get("user_agent", ""), content_type=http.get("content_type", ""),
+            http_method=method,
             master_protocol=result.master_protocol, app_protocol=result.app_protocol,
             category=result.category, risk=risk, risk_score=ndpi.risk_score(risk),
-            dpi_json=text)
+            dpi_json=text,
+            **{name: blocks[block][key] for name, block, key in METADATA if key in blocks[block]})
 
 
 def _tls(metadata: dict[str, Any]) -> dict[str, Any]:
     """The TLS block of dpi2json's output: at the top for TLS and DTLS, inside "quic" for QUIC."""
-    return metadata.get("tls") or metadata.get("quic", {}).get("tls", {})
+    return metadata.get("tls") or metadata.get("quic", NO_BLOCK).get("tls", NO_BLOCK)

@@ -278,24 +278,35 @@ class Flow:
 class DpiInfo:
     """What nDPI found in a flow: labels, risks and metadata; made only for flows nDPI saw.
 
-    The labels (DPI_LABELS) read as flow attributes of the same names.
+    The labels and metadata (DPI_LABELS) read as flow attributes of the same names; metadata
+    nDPI did not find is "" (0 for the response code).
     """
 
     application_name: str  # "Master.App", as ndpiReader and nfstream print it
     application_category_name: str
     application_is_guessed: int  # 1 when nDPI guessed from the port or address
     application_confidence: int  # an ndpi_confidence_t value
-    requested_server_name: str  # SNI, HTTP Host, DNS query name...
-    client_fingerprint: str  # JA4
-    server_fingerprint: str  # JA3S
-    user_agent: str
-    content_type: str
     master_protocol: int
     app_protocol: int
     category: int
     risk: int  # ndpi_risk bitmap: bit n set for risk n
     risk_score: int
     dpi_json: str  # ndpi_dpi2json's text: a few hundred bytes, where the parsed dict takes kilobytes
+    requested_server_name: str = ""  # TLS/QUIC SNI, HTTP Host, DNS query name...
+    client_fingerprint: str = ""  # JA4
+    server_fingerprint: str = ""  # JA3S
+    user_agent: str = ""
+    content_type: str = ""  # of the HTTP response
+    http_url: str = ""  # host and path, as nDPI keeps it
+    http_method: str = ""
+    http_response_code: int = 0
+    tls_version: str = ""  # "TLSv1.3"
+    tls_cipher: str = ""  # the server's choice, e.g. "TLS_AES_128_GCM_SHA256"
+    tls_alpn: str = ""  # negotiated
+    tls_advertised_alpns: str = ""  # by the client, comma-separated
+    tls_server_names: str = ""  # of the server's certificate, comma-separated
+    tls_issuer: str = ""  # the certificate's issuer DN
+    tls_subject: str = ""  # the certificate's subject DN
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -357,7 +368,10 @@ def _flag_property(side: str | None, bit: int) -> property:
 DPI_LABELS = {"application_name": "Unknown", "application_category_name": "",
               "application_is_guessed": 0, "application_confidence": 0,
               "requested_server_name": "", "client_fingerprint": "", "server_fingerprint": "",
-              "user_agent": "", "content_type": ""}
+              "user_agent": "", "content_type": "", "http_url": "", "http_method": "",
+              "http_response_code": 0, "tls_version": "", "tls_cipher": "", "tls_alpn": "",
+              "tls_advertised_alpns": "", "tls_server_names": "", "tls_issuer": "",
+              "tls_subject": ""}
 
 
 def _dpi_property(name: str, default: Any) -> property:

@@ -27,6 +27,8 @@ except ImportError as error:  # pragma: no cover - depends on the installation
                       "nfstream==6.6.0 wheel (pip install --no-deps nfstream==6.6.0)") from error
 
 CDEF = """
+typedef int ndpi_confidence_t;  /* enums, int-sized */
+typedef int ndpi_http_method;
 typedef struct { uint16_t master_protocol; uint16_t app_protocol; } ndpi_master_app_protocol;
 typedef struct { uint16_t protos[8]; uint16_t protos_num; } ndpi_protocol_stack;
 typedef struct { ndpi_master_app_protocol proto; int confidence; } ndpi_fpc_info;
@@ -47,6 +49,8 @@ struct ndpi_global_context;
 
 struct ndpi_detection_module_struct *ndpi_init_detection_module(struct ndpi_global_context *g_ctx);
 int ndpi_finalize_initialization(struct ndpi_detection_module_struct *ndpi_str);
+int ndpi_set_config(struct ndpi_detection_module_struct *ndpi_str, const char *proto,
+    const char *param, const char *value);
 void ndpi_exit_detection_module(struct ndpi_detection_module_struct *ndpi_str);
 uint32_t ndpi_detection_get_sizeof_ndpi_flow_struct(void);
 ndpi_protocol ndpi_detection_process_packet(struct ndpi_detection_module_struct *ndpi_str,
@@ -59,6 +63,7 @@ char *ndpi_protocol2name(struct ndpi_detection_module_struct *ndpi_str,
     ndpi_master_app_protocol proto, char *buf, unsigned int buf_len);
 const char *ndpi_category_get_name(struct ndpi_detection_module_struct *ndpi_str, int category);
 const char *ndpi_confidence_get_name(int confidence);
+const char *ndpi_http_method2str(int method);
 char *ndpi_revision(void);
 uint16_t ndpi_get_api_version(void);
 uint16_t ndpi_risk2score(uint64_t risk, uint16_t *client_score, uint16_t *server_score);
@@ -74,11 +79,15 @@ int ndpi_dpi2json(struct ndpi_detection_module_struct *ndpi_str, struct ndpi_flo
 PROTOCOL_SIZE = 56
 PROTOCOL_OFFSETS = {"proto": 0, "protocol_stack": 4, "protocol_by_ip": 22, "category": 24,
                     "breed": 28, "fpc": 32, "custom_category_userdata": 40, "state": 48}
-FLOW_CONFIDENCE_OFFSET = 52  # ndpi_flow_struct.confidence, an int: the one field read in place
+# The ndpi_flow_struct fields read in place (no API gives them), by offset and C type.
+FLOW_FIELDS = {"confidence": (52, "ndpi_confidence_t"), "risk": (376, "uint64_t"),
+               "http.method": (560, "ndpi_http_method")}
 SERIALIZER_SIZE = 256  # ndpi_serializer is opaque (72 bytes in 5.0): room to spare
 SERIALIZATION_JSON = 2  # ndpi_serialization_format_json
 REVISION_PREFIX = "5."
 NAME_SIZE = 128  # room for "Master.App"
+CONFIG = {("dns", "subclassification"): "1"}
+"""Settings that differ from the library's defaults: nfstream's (DNS.<App> labels, as ndpiReader gives)."""
 
 ffi = FFI()
 ffi.cdef(CDEF)
@@ -128,9 +137,16 @@ def _check_layout() -> int:
     if built.sizeof("struct ndpi_flow_struct") != flow_size:
         problems.append(f"the library says its flow struct is {flow_size} bytes, its headers "
                         f"{built.sizeof('struct ndpi_flow_struct')}")
-    if built.offsetof("struct ndpi_flow_struct", "confidence") != FLOW_CONFIDENCE_OFFSET:
-        problems.append("ndpi_flow_struct.confidence moved from offset "
-                        f"{FLOW_CONFIDENCE_OFFSET}")
+    for name, (offset, ctype) in FLOW_FIELDS.items():
+        *outer, field = name.split(".")
+        struct, at = built.typeof("struct ndpi_flow_struct"), 0
+        for part in outer:
+            member = dict(struct.fields)[part]
+            struct, at = member.type, at + member.offset
+        member = dict(struct.fields)[field]
+        if (at + member.offset, member.type.cname) != (offset, ctype):
+            problems.append(f"ndpi_flow_struct.{name} is {member.type.cname} at "
+                            f"{at + member.offset}, not {ctype} at {offset}")
     if built.sizeof("ndpi_serializer") > SERIALIZER_SIZE:
         problems.append(f"ndpi_serializer is larger than {SERIALIZER_SIZE} bytes")
     states = {state.name: getattr(_lib_engine.lib, f"NDPI_STATE_{state.name}") for state in State}
@@ -174,19 +190,33 @@ class NDPIProtocol(NamedTuple):
     state: State
 
 
+def _fields_view() -> str:
+    """The cdef of `struct ndpi_flow_fields`: FLOW_FIELDS at their offsets, padding between."""
+    members, at = [], 0
+    for name, (offset, ctype) in sorted(FLOW_FIELDS.items(), key=lambda item: item[1][0]):
+        members += [f"char _pad{at}[{offset - at}];", f"{ctype} {name.replace('.', '_')};"]
+        at = offset + ffi.sizeof(ctype)
+    return "struct ndpi_flow_fields { %s };" % " ".join(members)
+
+
+ffi.cdef(_fields_view())
+FLOW_POINTER = ffi.typeof("struct ndpi_flow_struct *")
+FIELDS_POINTER = ffi.typeof("struct ndpi_flow_fields *")
+
+
 class NDPIFlow:
     """nDPI's state of one flow: a zeroed buffer of the library's flow size until `free()`.
 
     `NDPIFlow.live` counts the buffers not yet freed, over all instances.
     """
 
-    __slots__ = ("C", "packets", "_buffer", "_confidence")
+    __slots__ = ("C", "packets", "_buffer", "_fields")
     live = 0
 
     def __init__(self) -> None:
-        self._buffer = ffi.new("char[]", FLOW_SIZE)
-        self.C = ffi.cast("struct ndpi_flow_struct *", self._buffer)
-        self._confidence = ffi.cast("int *", self._buffer) + FLOW_CONFIDENCE_OFFSET // 4
+        buffer = self._buffer = ffi.new("char[]", FLOW_SIZE)
+        self.C = ffi.cast(FLOW_POINTER, buffer)
+        self._fields = ffi.cast(FIELDS_POINTER, buffer)  # FLOW_FIELDS, read in place
         self.packets = 0
         """Packets handed to nDPI."""
         NDPIFlow.live += 1
@@ -194,7 +224,18 @@ class NDPIFlow:
     @property
     def confidence(self) -> NDPIConfidence:
         """The confidence of the flow's current classification."""
-        return confidence_of(self._confidence[0])
+        return confidence_of(self._fields.confidence)
+
+    @property
+    def risk(self) -> int:
+        """The flow's risks as nDPI's bitmap: bit n set for ndpi_risk_enum n."""
+        return self._fields.risk
+
+    @property
+    def http_method(self) -> str:
+        """The HTTP request method nDPI saw ("GET", ...), or "" for none."""
+        method = self._fields.http_method
+        return ffi.string(lib.ndpi_http_method2str(method)).decode() if method else ""
 
     def free(self) -> None:
         """Frees what nDPI allocated for the flow, then the buffer; later calls do nothing."""
@@ -202,7 +243,7 @@ class NDPIFlow:
             lib.ndpi_free_flow_data(self.C)
             ffi.release(self._buffer)
             self._buffer = None
-            self.C = self._confidence = ffi.NULL
+            self.C = self._fields = ffi.NULL
             NDPIFlow.live -= 1
 
     def __del__(self) -> None:
@@ -210,17 +251,26 @@ class NDPIFlow:
 
 
 class NDPI:
-    """A detection module with nDPI's default configuration (every protocol enabled)."""
+    """A detection module with nDPI's default configuration (every protocol enabled) and CONFIG."""
 
-    __slots__ = ("_module", "_names", "_categories")
+    __slots__ = ("_module", "_names", "_categories", "_scores", "_serializer", "_length",
+                 "_scores_out")
 
     def __init__(self) -> None:
         self._module = ffi.NULL
         self._names: dict[tuple[int, int], str] = {}
         self._categories: dict[int, str] = {}
+        self._scores: dict[int, int] = {0: 0}
+        self._serializer = ffi.new("char[]", SERIALIZER_SIZE)
+        self._length = ffi.new("uint32_t *")
+        self._scores_out = ffi.new("uint16_t[2]")
         module = lib.ndpi_init_detection_module(ffi.NULL)
         if module == ffi.NULL:
             raise MemoryError("ndpi_init_detection_module failed")
+        for (proto, param), value in CONFIG.items():
+            if lib.ndpi_set_config(module, proto.encode(), param.encode(), value.encode()) != 0:
+                lib.ndpi_exit_detection_module(module)
+                raise RuntimeError(f"ndpi_set_config {proto}.{param}={value} failed")
         if lib.ndpi_finalize_initialization(module) != 0:
             lib.ndpi_exit_detection_module(module)
             raise RuntimeError("ndpi_finalize_initialization failed")
@@ -236,26 +286,31 @@ class NDPI:
         """The library's API version number."""
         return lib.ndpi_get_api_version()
 
-    def process_packet(self, flow: NDPIFlow, packet: Any, time_ms: int,
+    def process_packet(self, flow: NDPIFlow, packet: bytes, time_ms: int,
                        input_info: tuple[int, int] | None = None) -> NDPIProtocol:
-        """Hands one IP packet (a bytes-like object, IP header first) to nDPI, without copying it.
+        """Hands one IP packet (IP header first; bytes, or any buffer) to nDPI, without copying it.
 
         `input_info` is (in_pkt_dir, seen_flow_beginning) when the caller knows them.
         """
-        data = ffi.from_buffer("unsigned char[]", packet)
         info = ffi.NULL if input_info is None else ffi.new("struct ndpi_flow_input_info *",
                                                              input_info)
+        if not isinstance(packet, bytes):
+            packet = ffi.from_buffer("unsigned char[]", packet)
+        return self.result(self.dissect(flow, packet, time_ms, info), flow)
+
+    def dissect(self, flow: NDPIFlow, packet: bytes, time_ms: int, info: Any = ffi.NULL) -> Any:
+        """process_packet for hot loops: `packet` is bytes; returns the ndpi_protocol (cdata) as is."""
         flow.packets += 1
-        protocol = lib.ndpi_detection_process_packet(self._module, flow.C, data,
-                                                     min(len(data), 0xFFFF), time_ms, info)
-        return self._result(protocol, flow)
+        return lib.ndpi_detection_process_packet(self._module, flow.C, packet,
+                                                 min(len(packet), 0xFFFF), time_ms, info)
 
     def giveup(self, flow: NDPIFlow) -> NDPIProtocol:
         """nDPI's final word on a flow it has not classified: its best guess."""
-        return self._result(lib.ndpi_detection_giveup(self._module, flow.C), flow)
+        return self.result(lib.ndpi_detection_giveup(self._module, flow.C), flow)
 
     @staticmethod
-    def _result(protocol: Any, flow: NDPIFlow) -> NDPIProtocol:
+    def result(protocol: Any, flow: NDPIFlow) -> NDPIProtocol:
+        """The NDPIProtocol of an ndpi_protocol (cdata) that `dissect` returned for `flow`."""
         proto = protocol.proto
         return NDPIProtocol(protocol, proto.master_protocol, proto.app_protocol,
                             protocol.category, flow.confidence, _STATES[protocol.state])
@@ -284,22 +339,24 @@ class NDPI:
 
         Its strings are copied from packets: parse it with `strict=False` (raw control bytes).
         """
-        serializer = ffi.new("char[]", SERIALIZER_SIZE)
+        serializer = self._serializer
         if lib.ndpi_init_serializer(serializer, SERIALIZATION_JSON) == -1:
             raise MemoryError("ndpi_init_serializer failed")
         try:
             lib.ndpi_dpi2json(self._module, flow.C, result.C, serializer)
-            length = ffi.new("uint32_t *")
-            text = ffi.unpack(lib.ndpi_serializer_get_buffer(serializer, length), length[0])
+            text = ffi.unpack(lib.ndpi_serializer_get_buffer(serializer, self._length),
+                              self._length[0])
         finally:
             lib.ndpi_term_serializer(serializer)
         return text.decode(errors="replace")
 
-    @staticmethod
-    def risk_score(risk: int) -> int:
+    def risk_score(self, risk: int) -> int:
         """The total score nDPI gives a risk bitmap (ndpi_risk2score)."""
-        client, server = ffi.new("uint16_t *"), ffi.new("uint16_t *")
-        return lib.ndpi_risk2score(risk, client, server)
+        score = self._scores.get(risk)
+        if score is None:
+            out = self._scores_out
+            score = self._scores[risk] = lib.ndpi_risk2score(risk, out, out + 1)
+        return score
 
     def close(self) -> None:
         """Destroys the detection module; later calls do nothing."""
