@@ -1,0 +1,142 @@
+"""The sensor's configuration: every error class names file, key, value and what is expected;
+flags override the file; the example configurations pass `pyprobe check`."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pyprobe.config import (SECTIONS, CollectorConfig, SensorConfig, load_config, to_yaml)
+from pyprobe.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+VALID = "capture: {interface: eth0}\ncollectors: [{host: 127.0.0.1}]\n"
+
+
+def pyprobe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyprobe", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sensor.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("capture: {interface: eth0\n", "line 2, column 1: not valid YAML: expected ',' or '}', "
+                                    "but got '<stream end>'"),
+    ("- eth0\n", "got a list, expected a mapping of instance, log_level, log_file, "
+                 "statistics_interval, user, group, capture, cache, dpi, collectors"),
+    (VALID + "cache: {idle_timout: 5}\n",
+     "cache.idle_timout: unknown key (did you mean idle_timeout? expected one of idle_timeout, "
+     "active_timeout, max_flows)"),
+    (VALID + "colectors: []\n", "colectors: unknown key (did you mean collectors? expected one of "
+                                "instance, log_level, log_file, statistics_interval, user, "
+                                "group, capture, cache, dpi, collectors)"),
+    (VALID + "dpi: {xyz: 1}\n", "dpi.xyz: unknown key (expected one of enabled, packet_budget, "
+                                "decode_tunnels)"),
+    ("capture: {interface: eth0}\ncollectors: [{host: a}, {host: b, port: 70000}]\n",
+     "collectors[1].port: got 70000, expected an integer from 1 to 65535"),
+    ("capture: {interface: eth0}\ncollectors: [{host: a, port: '2055'}]\n",
+     "collectors[0].port: got '2055', expected an integer from 1 to 65535"),
+    (VALID + "cache: {idle_timeout: -1}\n",
+     "cache.idle_timeout: got -1, expected a number of seconds of at least 0.001"),
+    (VALID + "cache: {max_flows: true}\n", "cache.max_flows: got True, expected an integer of "
+                                           "at least 1"),
+    (VALID + "capture: {interface: eth0, promiscuous: 'yes'}\n",
+     "capture.promiscuous: got 'yes', expected true or false"),
+    (VALID + "capture: eth0\n", "capture: got 'eth0', expected a mapping of interface, file, bpf, "
+                                "snaplen, promiscuous, buffer_size"),
+    (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
+                                     "warning, error"),
+    ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
+     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9"),
+    ("capture: {interface: eth0}\ncollectors: [{port: 2055}]\n",
+     "collectors[0].host: missing, expected collector's name or address (IPv4 or IPv6)"),
+    ("capture: {interface: eth0}\ncollectors: {host: a}\n",
+     "collectors: got a mapping, expected a list of at least one entry"),
+    ("capture: {interface: eth0}\n", "collectors: missing, expected a list of at least one "
+                                     "collector"),
+    ("capture: {interface: eth0, file: x.pcap}\ncollectors: [{host: a}]\n",
+     "capture: expected one of interface or file, got both"),
+    ("collectors: [{host: a}]\n", "capture: expected one of interface or file, got neither"),
+    (VALID + "user: no-such-user\n", "user: got 'no-such-user', expected a user of this system"),
+    (VALID + "group: no-such-group\n", "group: got 'no-such-group', expected a group of this "
+                                       "system"),
+])
+def test_file_errors_name_file_key_value_and_expectation(tmp_path: Path, text: str,
+                                                         message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"collectors.mtu": 100}, "command line: --mtu: got 100, expected an integer from 256 to 65507"),
+    ({"cache.idle_timeout": 0.0}, "command line: --idle-timeout: got 0.0, expected a number of "
+                                  "seconds of at least 0.001"),
+    ({"collectors": [{"host": "a", "port": 0}]},
+     "command line: --collector[0].port: got 0, expected an integer from 1 to 65535"),
+])
+def test_flag_errors_name_the_flag(tmp_path: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, VALID), overrides)
+    assert str(error.value) == message
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config("/nonexistent/sensor.yaml")
+    assert str(error.value) == "/nonexistent/sensor.yaml: cannot read: No such file or directory"
+
+
+def test_flags_override_the_file_and_paths_are_relative_to_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "capture: {file: in.pcap}\ncache: {idle_timeout: 5}\n"
+                           "collectors: [{host: a, template: t.yaml}, {host: b, mtu: 9000}]\n")
+    config = load_config(path, {"capture.interface": "eth1", "collectors.mtu": 1200,
+                                "cache.active_timeout": 60})
+    assert (config.capture.interface, config.capture.file) == ("eth1", None)
+    assert (config.cache.idle_timeout, config.cache.active_timeout) == (5.0, 60.0)
+    assert [(c.host, c.mtu, c.template) for c in config.collectors] == [
+        ("a", 1200, str(tmp_path / "t.yaml")), ("b", 1200, None)]
+    replaced = load_config(path, {"collectors": [{"host": "c", "port": 4739}]})
+    assert [(c.host, c.port, c.protocol) for c in replaced.collectors] == [("c", 4739, "ipfix")]
+    assert load_config(path).capture.file == str(tmp_path / "in.pcap")
+
+
+def test_the_example_lists_every_key_with_its_default() -> None:
+    example = yaml.safe_load((CONF / "sensor.yaml").read_text())
+    defaults = dataclasses.asdict(SensorConfig())
+    for key, value in defaults.items():
+        if key in SECTIONS:
+            expected = {**value, "interface": "eth0"} if key == "capture" else value
+            assert example[key] == expected, key
+        elif key != "collectors":
+            assert example[key] == value, key
+    collector = {f.name: f.default for f in dataclasses.fields(CollectorConfig)}
+    assert example["collectors"] == [{**collector, "host": "127.0.0.1"}]
+
+
+@pytest.mark.parametrize("name", ["sensor.yaml", "replay.yaml"])
+def test_examples_pass_check(name: str) -> None:
+    result = pyprobe("check", "-c", str(CONF / name))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == to_yaml(load_config(CONF / name))
+
+
+def test_check_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID + "collectors: [{host: a, template: missing.yaml}]\n")
+    result = pyprobe("run", "-c", str(path))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"pyprobe: error: {tmp_path / 'missing.yaml'}")
+    assert result.stderr.count("\n") == 1
+    result = pyprobe("check", "-c", str(path), "--protocol", "sflow")
+    assert result.returncode == 2 and "invalid choice: 'sflow'" in result.stderr
