@@ -213,11 +213,12 @@ class Collector:
 
     def _ipfix_template(self, body: bytes, options: bool) -> tuple[int, _Template | None, int]:
         """(template id, template or None for a withdrawal, octets used) of an IPFIX record."""
+        template_id, field_count = struct.unpack_from("!HH", body)
+        if not field_count:  # a withdrawal: 4 octets, options templates too (RFC 7011 §8.1)
+            return template_id, None, 4
         record = (ipfix.OPTIONS_TEMPLATE_RECORD if options else ipfix.TEMPLATE_RECORD).parse(body)
         specifiers = record.fields
         used = (6 if options else 4) + sum(4 if s.pen is None else 8 for s in specifiers)
-        if not specifiers:
-            return record.template_id, None, used
         fields = tuple(self._field(s.pen or 0, s.id & ~ipfix.ENTERPRISE_BIT, s.length)
                        for s in specifiers)
         return record.template_id, _Template(fields, record.scope_field_count if options else 0), used

@@ -1,0 +1,192 @@
+"""The built-in collector: `pyprobe collect` fed by `pyprobe replay --collector` over loopback, and
+the sans-IO `Collector` on malformed, early and withdrawn input.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builders import A4, B4, ETH_ARP, ether
+from tinypcap import EPOCH_MS, session, write_pcap
+
+from pyprobe import Packet
+from pyprobe.cache import FlowCache
+from pyprobe.collect import Collector, CollectError, Record
+from pyprobe.elements import ElementRegistry
+from pyprobe.export import Exporter
+from pyprobe.ipfix import IPFIX
+from pyprobe.message import MessageBuilder
+from pyprobe.template import load_templates
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY = ElementRegistry.default()
+SOURCE = ("192.0.2.1", 4739)
+ARP = ether(bytes(28), ETH_ARP)  # 42 octets the meter skips
+
+
+def pyprobe(*args: str, **options) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pyprobe", *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options)
+
+
+def listening_port(collect: subprocess.Popen) -> int:
+    """Waits for `pyprobe collect` to say where it listens; returns the port."""
+    line = collect.stderr.readline()
+    assert line.startswith("listening on 127.0.0.1:"), line
+    return int(line.rsplit(":", 1)[1])
+
+
+# tinypcap.session() by hand: (source, source port, destination port, packets, octets, first and
+# last ms after EPOCH_MS, TCP flags, end reason) of each direction, in export order.
+SESSION_RECORDS = [
+    ("10.0.0.1", 40000, "10.0.0.2", 80, 6, 390, 0, 90, 0x1B, 3),  # SYN, ACK, PSH, FIN
+    ("10.0.0.2", 80, "10.0.0.1", 40000, 4, 460, 10, 80, 0x1B, 3),
+    ("10.0.0.1", 5000, "10.0.0.3", 53, 2, 86, 100, 120, 0, 4),
+    ("10.0.0.3", 53, "10.0.0.1", 5000, 1, 58, 110, 110, 0, 4),
+]
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, protocol: str) -> None:
+    """Replay over loopback into `pyprobe collect --json`: every flow field and the statistics."""
+    capture = write_pcap(tmp_path / "session.pcap", session()[:1] + [(5, ARP)] + session()[1:])
+    collect = pyprobe("collect", "--port", "0", "--json", "--count", "2", "--timeout", "20")
+    try:
+        port = listening_port(collect)
+        replay = subprocess.run([sys.executable, "-m", "pyprobe", "replay", capture, "--no-dpi",
+                                 "--collector", f"127.0.0.1:{port},{protocol}"],
+                                capture_output=True, text=True, timeout=60)
+        out, err = collect.communicate(timeout=20)
+    finally:
+        collect.kill()
+    assert replay.returncode == 0, replay.stderr
+    assert "exported 2 flows as 4 records in 2 messages" in replay.stdout
+    assert err.splitlines()[-1] == "2 messages, 6 records, 0 data sets without a template"
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["template_id"] for r in records] == [65400, 256, 256, 256, 256, 65400]
+    assert {(r["version"], r["domain"], r["exporter"].rsplit(":", 1)[0]) for r in records} == {
+        ({"ipfix": 10, "netflow9": 9}[protocol], 1, "127.0.0.1")}
+    flows = []
+    for record in records[1:5]:
+        fields = record["fields"]
+        if protocol == "netflow9":
+            boot_ms = record["export_time"] * 1000 - record["sys_uptime"]
+            first, last = boot_ms + fields["flowStartSysUpTime"], boot_ms + fields["flowEndSysUpTime"]
+        else:
+            first, last = fields["flowStartMilliseconds"], fields["flowEndMilliseconds"]
+        flows.append((fields["sourceIPv4Address"], fields["sourceTransportPort"],
+                      fields["destinationIPv4Address"], fields["destinationTransportPort"],
+                      fields["packetDeltaCount"], fields["octetDeltaCount"], first - EPOCH_MS,
+                      last - EPOCH_MS, fields["tcpControlBits"], fields["flowEndReason"]))
+    assert flows == SESSION_RECORDS
+    statistics = records[-1]["fields"]
+    assert [statistics[k] for k in ("exportedMessageTotalCount", "exportedFlowRecordTotalCount",
+                                    "ignoredPacketTotalCount", "ignoredOctetTotalCount",
+                                    "notSentFlowTotalCount")] == [1, 4, 1, len(ARP), 0]
+
+
+# The sans-IO collector.
+
+def exporter(protocol: str = "ipfix", **options) -> Exporter:
+    return Exporter(protocol, load_templates(ROOT / "templates" / "default.yaml", REGISTRY),
+                    REGISTRY, **options)
+
+
+def templates_then_data() -> list[bytes]:
+    """Two IPFIX messages: templates and statistics, then one flow record 10.0.0.1:5000 -> :53."""
+    export = exporter()
+    cache = FlowCache()
+    cache.add(Packet(EPOCH_MS, A4, B4, 5000, 53, 17, 0, 100, 64, 0, 0, 0, 0, b"", 0))
+    cache.drain()
+    [templates] = export.flush(EPOCH_MS)
+    assert export.export(cache.expired, EPOCH_MS) == []
+    [data] = export.tick(EPOCH_MS + 1000)  # held for the flush interval
+    return [templates, data]
+
+
+@pytest.mark.parametrize("datagram, message", [
+    (b"\x00\x05" + bytes(22), "version 5 is neither IPFIX (10) nor NetFlow v9 (9)"),
+    (b"\x00\x0a\x00\x10", "4-octet datagram is shorter than a v10 header"),
+    (struct.pack("!HHIII", 10, 40, 0, 0, 1), "IPFIX length 40, datagram 16 octets"),
+    (struct.pack("!HHIII", 10, 24, 0, 0, 1) + struct.pack("!HH", 256, 12) + bytes(4),
+     "set 256 at octet 16: length 12 past the end"),
+    (struct.pack("!HHIII", 10, 24, 0, 0, 1) + struct.pack("!HHHH", 2, 8, 256, 3),
+     "template set: truncated template record"),
+])
+def test_malformed_messages_are_refused_with_the_reason(datagram: bytes, message: str) -> None:
+    with pytest.raises(CollectError) as error:
+        Collector(REGISTRY).feed(datagram, SOURCE)
+    assert str(error.value).startswith(message)
+
+
+def test_data_before_its_template_is_counted_and_skipped() -> None:
+    templates, data = templates_then_data()
+    collector = Collector(REGISTRY)
+    assert collector.feed(data, SOURCE) == []
+    assert (collector.messages, collector.records, collector.missing_template) == (1, 0, 1)
+    collector.feed(templates, SOURCE)
+    [record] = collector.feed(data, SOURCE)
+    assert (record.template_id, record.sequence, record.fields[2:6]) == (256, 1, [
+        ("sourceIPv4Address", "10.0.0.1"), ("destinationIPv4Address", "10.0.0.2"),
+        ("sourceTransportPort", 5000), ("destinationTransportPort", 53)])
+    assert (collector.messages, collector.records, collector.missing_template) == (3, 2, 1)
+
+
+def test_templates_belong_to_one_exporter_and_domain() -> None:
+    templates, data = templates_then_data()
+    collector = Collector(REGISTRY)
+    collector.feed(templates, SOURCE)
+    other_domain = data[:12] + struct.pack("!I", 2) + data[16:]
+    assert collector.feed(data, ("192.0.2.2", 4739)) == []
+    assert collector.feed(other_domain, SOURCE) == []
+    assert len(collector.feed(data, SOURCE)) == 1
+    assert collector.missing_template == 2
+
+
+def test_ipfix_template_withdrawals_forget_the_templates() -> None:
+    """RFC 7011 §8.1: template id and field count 0, four octets, in a template or options set."""
+    templates, data = templates_then_data()
+    collector = Collector(REGISTRY)
+    collector.feed(templates, SOURCE)
+    builder = MessageBuilder(IPFIX)
+    builder.add(IPFIX.template_set_id, struct.pack("!HH", 256, 0), False)
+    builder.add(IPFIX.options_template_set_id, struct.pack("!HH", 65400, 0), False)
+    collector.feed(builder.finish(now_ms=EPOCH_MS, boot_ms=0, sequence=0, domain=1), SOURCE)
+    assert collector.feed(data, SOURCE) == []
+    assert [key[2] for key in collector.templates] == [257]
+
+
+def test_a_truncated_variable_length_value_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "names.yaml"
+    path.write_text("templates:\n  - id: 300\n    fields: [sourceIPv4Address, applicationName]\n")
+    template = load_templates(path, REGISTRY).templates[0].compile(IPFIX)
+    builder = MessageBuilder(IPFIX)
+    builder.add(IPFIX.template_set_id, IPFIX.template_record(300, template.fields), False)
+    builder.add(300, bytes(4) + b"\x09short", True)  # says 9 octets, holds 5
+    with pytest.raises(CollectError) as error:
+        Collector(REGISTRY).feed(builder.finish(now_ms=0, boot_ms=0, sequence=0, domain=1), SOURCE)
+    assert str(error.value) == "data set 300: record truncated in applicationName"
+
+
+def test_unknown_enterprise_elements_decode_as_hex_under_pen_and_id() -> None:
+    builder = MessageBuilder(IPFIX)
+    builder.add(IPFIX.template_set_id, struct.pack("!HHHHI", 300, 1, 0x8000 | 7, 2, 4242), False)
+    builder.add(300, b"\xbe\xef", True)
+    [record] = Collector(REGISTRY).feed(
+        builder.finish(now_ms=EPOCH_MS, boot_ms=0, sequence=5, domain=3), SOURCE)
+    assert record.fields == [("4242:7", "beef")]
+    assert str(record) == "192.0.2.1:4739 v10 domain 3 seq 5 time 1700000000 template 300: 4242:7=beef"
+
+
+def test_record_as_dict_lists_repeated_names() -> None:
+    record = Record("[2001:db8::1]:4739", 9, 1, 256, 7, 1_700_000_000, 3000, 0,
+                    [("a", 1), ("b", 2), ("a", 3), ("a", 4)])
+    assert record.as_dict() == {
+        "exporter": "[2001:db8::1]:4739", "version": 9, "domain": 1, "template_id": 256,
+        "sequence": 7, "export_time": 1_700_000_000, "sys_uptime": 3000, "scope_count": 0,
+        "fields": {"a": [1, 3, 4], "b": 2}}
