@@ -104,15 +104,14 @@ def expected_records(template: str) -> list[tuple[int, dict[str, Any]]]:
     """(template id, field values) of every flow record of the capture, in export order."""
     out = []
     for forward, reverse in FLOWS:
-        version = 6 if ":" in forward[2] else 4
+        template_id = TEMPLATE_IDS[template, 6 if ":" in forward[2] else 4]
         if template == "default":
-            out += [(TEMPLATE_IDS[template, version], direction_fields(row)) for row in (forward, reverse) if row]
+            out += [(template_id, direction_fields(row)) for row in (forward, reverse) if row]
             continue
         fields = direction_fields(forward)
-        fields = {("biflowDirection" if k == "flowDirection" else k): (1 if k == "flowDirection" else v)
-                  for k, v in fields.items()}
+        del fields["flowDirection"]
         back = dict(zip(COLUMNS, reverse or (0,) * len(COLUMNS)))
-        out.append((TEMPLATE_IDS[template, version], fields | {
+        out.append((template_id, fields | {"biflowDirection": 1} | {
             "reverse" + name[0].upper() + name[1:]: back[name] for name in REVERSED}))
     return out
 
@@ -230,32 +229,32 @@ def test_biflow_needs_ipfix() -> None:
 # Template files.
 
 ONE_FIELD = "templates:\n  - id: 256\n    fields: [{}]\n"
-TEMPLATE_ERRORS = [  # (file text, the message after "FILE: ")
-    (ONE_FIELD.format("sourceIPv4Adress"),
-     "templates[0].fields[0]: unknown information element 'sourceIPv4Adress' (did you mean "
+FIELD_ERRORS = [  # (the field of a one-field template, the message after its place)
+    ("sourceIPv4Adress",
+     "unknown information element 'sourceIPv4Adress' (did you mean "
      "'sourceIPv4Address' or 'sourceIPv6Address' or 'reverseSourceIPv4Address'?)"),
-    (ONE_FIELD.format("reverseOctetDeltaCont"),
-     "templates[0].fields[0]: unknown information element 'reverseOctetDeltaCont' (did you mean "
+    ("reverseOctetDeltaCont",
+     "unknown information element 'reverseOctetDeltaCont' (did you mean "
      "'reverseOctetDeltaCount' or 'reversePostOctetDeltaCount' or 'reversePacketDeltaCount'?)"),
-    (ONE_FIELD.format("{name: octetDeltaCount, length: 3}"),
-     "templates[0].fields[0]: length 3 does not fit octetDeltaCount (unsigned64, 8 octets, "
-     "or fewer (1, 2, 4))"),
-    (ONE_FIELD.format("{name: octetDeltaCount, length: true}"),
-     "templates[0].fields[0]: length True does not fit octetDeltaCount (unsigned64, 8 octets, "
-     "or fewer (1, 2, 4))"),
-    (ONE_FIELD.format("{name: sourceIPv4Address, length: 2}"),
-     "templates[0].fields[0]: length 2 does not fit sourceIPv4Address (ipv4Address, 4 octets)"),
-    (ONE_FIELD.format("{name: flowStartMilliseconds, length: 4}"),
-     "templates[0].fields[0]: length 4 does not fit flowStartMilliseconds "
-     "(dateTimeMilliseconds, 8 octets)"),
-    (ONE_FIELD.format("{name: applicationName, length: 0}"),
-     "templates[0].fields[0]: length 0 does not fit applicationName (string, 1 to 65535 octets, "
+    ("{name: octetDeltaCount, length: 3}",
+     "length 3 does not fit octetDeltaCount (unsigned64, 8 octets, or fewer (1, 2, 4))"),
+    ("{name: octetDeltaCount, length: true}",
+     "length True does not fit octetDeltaCount (unsigned64, 8 octets, or fewer (1, 2, 4))"),
+    ("{name: sourceIPv4Address, length: 2}",
+     "length 2 does not fit sourceIPv4Address (ipv4Address, 4 octets)"),
+    ("{name: flowStartMilliseconds, length: 4}",
+     "length 4 does not fit flowStartMilliseconds (dateTimeMilliseconds, 8 octets)"),
+    ("{name: applicationName, length: 0}",
+     "length 0 does not fit applicationName (string, 1 to 65535 octets, "
      "65535 or none for variable-length)"),
-    (ONE_FIELD.format("{name: octetDeltaCount, lenght: 4}"),
-     "templates[0].fields[0]: expected an element name or {name: ..., length: N}, got "
-     "{'name': 'octetDeltaCount', 'lenght': 4}"),
-    (ONE_FIELD.format("mplsTopLabelTTL"),
-     "templates[0].fields[0]: pyprobe has no value for element 'mplsTopLabelTTL' (it can send: "),
+    ("{name: octetDeltaCount, lenght: 4}",
+     "expected an element name or {name: ..., length: N}, got {'name': 'octetDeltaCount', "
+     "'lenght': 4}"),
+    ("mplsTopLabelTTL", "pyprobe has no value for element 'mplsTopLabelTTL' (it can send: "),
+]
+TEMPLATE_ERRORS = [  # (file text, the message after "FILE: ")
+    *((ONE_FIELD.format(field), f"templates[0].fields[0]: {message}")
+      for field, message in FIELD_ERRORS),
     ("templates:\n  - name: no_id\n    fields: [octetDeltaCount]\n",
      "templates[0]: id: expected an integer from 256 to 65535, it is missing"),
     ("templates:\n  - id: 255\n    fields: [octetDeltaCount]\n",
@@ -326,6 +325,17 @@ def test_ipfix_sequence_counts_data_records_sent_before_per_domain() -> None:
         refreshes = sum(3 in set_ids(m) for m in messages)  # each with one statistics record
         assert sent[-1] + len(decoded[-1]) == 180 + refreshes
         assert refreshes == len(messages) // 4 + 1  # every 4 messages, and the final flush
+
+
+@pytest.mark.parametrize("protocol, offset, following", [
+    ("ipfix", 8, 1),  # 2^32 - 2 + 3 data records (a flow both ways and the statistics)
+    ("netflow9", 12, 2**32 - 1),  # + 1 packet
+])
+def test_sequence_numbers_wrap_modulo_2_to_the_32(protocol: str, offset: int, following: int) -> None:
+    export = exporter("default", protocol)
+    export.sequence = 2**32 - 2
+    messages = export.export(udp_flows(1), T0 + 1000) + export.flush(T0 + 1000)
+    assert [struct.unpack_from("!I", m, offset)[0] for m in messages] == [2**32 - 2, following]
 
 
 def test_netflow9_header_count_sequence_and_uptime() -> None:
