@@ -118,9 +118,9 @@ class CompiledTemplate:
             if len(parts) == 1 and parts[0][0] is not None:
                 pack = parts[0][0].pack
                 self.encode = lambda *args: pack(*values(*args))
-            else:
-                encode_values = self.encode_values
-                self.encode = lambda *args: encode_values(values(*args))
+            else:  # the compiled values are bytes already: no second UTF-8 pass
+                parts = self._parts
+                self.encode = lambda *args: _encode_parts(parts, values(*args))
 
     @property
     def id(self) -> int:
@@ -135,6 +135,11 @@ class CompiledTemplate:
             else:
                 out.append(packer.pack(*[_utf8(v) for v in values[first:end]]))
         return b"".join(out)
+
+
+def _encode_parts(parts: tuple, values: tuple) -> bytes:
+    return b"".join(varlen_bytes(values[first]) if packer is None else packer.pack(*values[first:end])
+                    for packer, first, end in parts)
 
 
 def _utf8(value: object) -> object:
