@@ -26,6 +26,7 @@ from pyprobe.flow import EMPTY_DIRECTION, DpiInfo, Flow
 from pyprobe.ipfix import IPFIX
 from pyprobe.message import MessageBuilder
 from pyprobe.netflow9 import NETFLOW9
+from pyprobe.options import enterprise_elements
 from pyprobe.template import TemplateError, TemplateSet, load_templates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -555,6 +556,12 @@ def test_type_records_describe_the_enterprise_elements_in_use(flows: list[Flow])
         (2, 29305, 4, 3, "reversePacketDeltaCount"),
         (52, 29305, 1, 0, "reverseMinimumTTL"),
         (53, 29305, 1, 0, "reverseMaximumTTL")]
+    ntop = [e for e in enterprise_elements(templates("ndpi").templates) if e.pen == 35632]
+    assert ntop  # ndpi.yaml sends ntop elements
+    for protocol, count in (("ipfix", len(ntop)), ("netflow9", 0)):  # NFv9: no RFC 5610 records
+        decoded = decode(exporter("ndpi", protocol).flush(T0))
+        assert [(r.fields[0][1], r.fields[1][1]) for records in decoded for r in records
+                if r.template_id == TYPE_INFORMATION] == [(e.id, 35632) for e in ntop][:count]
     for protocol in ("ipfix", "netflow9"):  # default.yaml: IANA elements only, no type records
         export = exporter("default", protocol)
         decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))
