@@ -268,6 +268,19 @@ def test_tunnel_signalling_is_the_outer_packet(name: str) -> None:
     assert (decoder.tunnel_fallbacks, decoder.skipped) == (Counter(), Counter())
 
 
+def test_cut_and_corrupted_tunnels_never_crash() -> None:
+    """Every tunnel frame cut at every length, and with each octet set to 0x00 and to 0xFF:
+    each decodes to a packet or is skipped once, never raises."""
+    frames = [link(1, outer) for outer, *_ in OPENED.values()]
+    variants = [frame[:cut] for frame in frames for cut in range(len(frame))]
+    variants += [frame[:i] + bytes([octet]) + frame[i + 1:] for frame in frames
+                 for i in range(len(frame)) for octet in (0x00, 0xFF)]
+    decoder = TunnelDecoder(1)
+    decoded = sum(decoder.decode(1_000, frame) is not None for frame in variants)
+    assert decoded + sum(decoder.skipped.values()) == len(variants) == 6_297
+    assert (decoded, sum(decoder.tunnel_fallbacks.values())) == (5_353, 1_202)
+
+
 def test_outer_fragments_are_not_opened() -> None:
     """A fragmented tunnel packet is metered as its outer fragments, in one outer flow."""
     datagram = udp(33333, 2152, gtp_u(1, INNER4))
