@@ -17,13 +17,14 @@ clock is whatever `now_ms` the caller passes: packet time in a replay.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from .elements import ElementRegistry
 from .flow import EMPTY_DIRECTION, Flow
 from .ipfix import IPFIX
 from .message import MessageBuilder, Protocol
-from .netflow9 import NETFLOW9
+from .netflow9 import NETFLOW9, UPTIME_WINDOW_MS
 from .options import (ExportStats, enterprise_elements, statistics_template, statistics_values,
                       type_information_template, type_information_values)
 from .template import TemplateError, TemplateSet
@@ -54,7 +55,7 @@ class Exporter:
         self.stats = ExportStats()
         self.sequence = 0
         compile_ = lambda t: t.compile(self.protocol, boot_ms=boot_ms)  # noqa: E731
-        self._data = {t.ip_version: compile_(t) for t in reversed(templates.templates)}
+        self._compile_data()
         options = [statistics_template(registry)]
         self._enterprise = enterprise_elements(templates.templates)
         if self._enterprise and self.protocol is IPFIX:
@@ -77,6 +78,20 @@ class Exporter:
         if largest > self._record_room:
             raise TemplateError(f"mtu {mtu_bytes} is too small: a record needs {overhead + largest} octets")
 
+    def _compile_data(self) -> None:
+        """The data templates compiled for `boot_ms`, and the flow times they can carry."""
+        self._data = {t.ip_version: t.compile(self.protocol, boot_ms=self.boot_ms)
+                      for t in reversed(self.templates.templates)}
+        self._times = ((self.boot_ms, self.boot_ms + UPTIME_WINDOW_MS) if self.protocol is NETFLOW9
+                       else (-math.inf, math.inf))
+
+    def _reboot(self, flow: Flow, now_ms: int, out: list[bytes]) -> None:
+        """NFv9: a new boot time for a flow outside sysUpTime's window of the current one."""
+        if self._builder.records:
+            out.append(self._finish(now_ms))
+        self.boot_ms = min(flow.first_seen_ms, now_ms - UPTIME_WINDOW_MS // 2) // 1000 * 1000
+        self._compile_data()
+
     def _template_records_of(self) -> list[tuple[int, bytes]]:
         """(set id, record) of every template and options template, in the order they are sent."""
         protocol = self.protocol
@@ -92,7 +107,11 @@ class Exporter:
         out: list[bytes] = []
         uniflow = not self.templates.biflow
         data, add, stats = self._data, self._add, self.stats
+        first_ms, end_ms = self._times
         for flow in flows:
+            if not first_ms <= flow.first_seen_ms <= flow.last_seen_ms < end_ms:
+                self._reboot(flow, now_ms, out)
+                data, (first_ms, end_ms) = self._data, self._times
             compiled = data.get(4 if len(flow.src_addr) == 4 else 6) or data.get(None)
             if compiled is None:
                 self._not_sent(flow, now_ms)

@@ -27,6 +27,9 @@ NETFLOW9_WIDTHS = {"applicationId": 5}  # RFC 6759: engine id + 4-octet selector
 # Absolute times IPFIX sends as such, and the sysUpTime elements NFv9 sends instead.
 SYSUPTIME_ELEMENTS = {"flowStartMilliseconds": "flowStartSysUpTime",
                       "flowEndMilliseconds": "flowEndSysUpTime"}
+# Flow times an exporter may send relative to its boot time: sysUpTime is 32-bit ms (49.7 days),
+# less 2 s so that the header's whole second can still follow the last of them.
+UPTIME_WINDOW_MS = 2**32 - 2000
 
 HEADER = Struct(
     "version" / Const(NETFLOW9_VERSION, Int16ub),
@@ -101,7 +104,9 @@ class Netflow9(Protocol):
         # whole second, so flow times come back exact to the millisecond. That second is rounded
         # up, so sysUpTime is never below a LAST_SWITCHED of the packet: collectors that compute
         # a flow's age as the uint32 sysUpTime - LAST_SWITCHED (pmacct) would see it wrap.
-        unix_secs = -(-now_ms // 1000)
+        # Past the uptime window (a capture's clock jumping ahead) the header stays at its end,
+        # as the records in the message were timed against this boot time.
+        unix_secs = min(-(-now_ms // 1000), (boot_ms + UPTIME_WINDOW_MS) // 1000 + 1)
         return _HEADER.build({"count": count, "sys_uptime": (unix_secs * 1000 - boot_ms) & 0xFFFFFFFF,
                               "unix_secs": unix_secs, "sequence": sequence % 2**32,
                               "source_id": domain})
