@@ -78,6 +78,7 @@ class PcapSource:
             elif not select.select((fd,), (), (), TICK_S)[0]:
                 next_tick = time.monotonic() + TICK_S
                 yield max(time.time_ns(), last_ns), None
+        yield from read()  # what the kernel holds at stop() is metered too
 
     def stop(self) -> None:
         """Ends a live capture's iteration within `TICK_S`."""

@@ -14,6 +14,7 @@ copied into the exporting-process statistics that the next template refresh send
 """
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401  getaddrinfo loads it: import it while files are readable
 import grp
 import logging
 import os
@@ -112,10 +113,8 @@ class Sensor:
         signal.signal(signal.SIGHUP, self._request_reload)
         log.info("started: capturing on %s as uid %d, exporting to %s", capture.source,
                  os.getuid(), ", ".join(f"{c.host}:{c.port} ({c.protocol})" for c in collectors))
-        summary = probe.run()
-        log.info("stopped: %s; sent %d flows as %d records in %d messages, %d send errors",
-                 self._statistics(), summary.flows, summary.records, summary.messages,
-                 summary.send_errors)
+        probe.run()
+        log.info("stopped: %s", self._statistics())
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:

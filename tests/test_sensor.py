@@ -1,0 +1,223 @@
+"""The live sensor on real traffic into a real collector, inside a network namespace it makes.
+
+The namespace holds a veth pair (`pyprobe run` captures on one end, `tcpreplay` sends into the
+other) and its own loopback, where nfcapd and `pyprobe collect` listen: nothing leaves it.
+IPv6 is disabled in the namespace (sysctl) before the veths exist, so the kernel sends no router
+solicitations or MLD reports on them, and the veths have no IPv4 address, so no ARP: the probe
+sees exactly the frames tcpreplay sends. Skipped where namespaces cannot be made (not root, no
+`ip netns`, no tcpreplay or nfcapd).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference import count  # noqa: E402
+from tinypcap import CLIENT, RESOLVER, SERVER, tcp, udp, write_pcap  # noqa: E402
+
+from pyprobe.flow import TH_ACK, TH_FIN, TH_PSH, TH_SYN  # noqa: E402
+
+PYPROBE = [sys.executable, "-m", "pyprobe"]
+NFDUMP_FORMAT = "fmt:%sa|%da|%sp|%dp|%pr|%pkt|%byt"
+Key = tuple[str, str, int, int, int]  # one direction's addresses, ports, protocol
+
+
+class Namespace:
+    """A network namespace with the veth pair `va` (captured) - `vb` (sent into) and loopback."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def command(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(self.command(*args), check=True, capture_output=True, text=True,
+                              timeout=30).stdout
+
+    def popen(self, *args: str, log: Path) -> subprocess.Popen:
+        with log.open("wb") as out:
+            return subprocess.Popen(self.command(*args), stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=Path(__file__).resolve().parent.parent)
+
+    def udp_bound(self, port: int) -> bool:
+        return bool(self.run("ss", "-Huln", f"sport = :{port}").strip())
+
+    def replay(self, pcap: Path) -> None:
+        self.run("tcpreplay", "--pps", "500", "-i", "vb", str(pcap))
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[Namespace]:
+    for tool in ("ip", "tcpreplay", "nfcapd", "nfdump"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    name = f"pyprobe-test-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
+    namespace = Namespace(name)
+    try:
+        namespace.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                      "net.ipv6.conf.default.disable_ipv6=1")
+        namespace.run("ip", "link", "add", "va", "type", "veth", "peer", "name", "vb")
+        for link in ("lo", "va", "vb"):
+            namespace.run("ip", "link", "set", link, "up")
+        yield namespace
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def until(condition, what: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+class Nfcapd:
+    """nfcapd on the namespace's 127.0.0.1:port, writing into `directory`."""
+
+    def __init__(self, netns: Namespace, port: int, directory: Path) -> None:
+        directory.mkdir()
+        self.netns, self.port, self.directory = netns, port, directory
+        self.process = netns.popen("nfcapd", "-b", "127.0.0.1", "-p", str(port), "-w",
+                                   str(directory), log=directory.with_suffix(".log"))
+        until(lambda: netns.udp_bound(port), f"nfcapd did not bind port {port}")
+
+    def stop(self) -> dict[Key, tuple[int, int]]:
+        """Stops nfcapd once its socket is drained; per one-way 5-tuple packets and bytes."""
+        until(lambda: self.netns.run("ss", "-Huln", f"sport = :{self.port}").split()[1] == "0",
+              "nfcapd did not drain its socket")
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=10) == 0
+        totals: dict[Key, tuple[int, int]] = {}
+        out = subprocess.run(["nfdump", "-R", str(self.directory), "-q", "-N", "-o", NFDUMP_FORMAT],
+                             check=True, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            assert line.count("|") == 6, out
+            src, dst, sport, dport, proto, packets, size = (f.strip() for f in line.split("|"))
+            key = (src, dst, int(sport), int(dport), int(proto))
+            before = totals.get(key, (0, 0))
+            totals[key] = (before[0] + int(packets), before[1] + int(size))
+        return totals
+
+
+class Probe:
+    """`pyprobe run` in the namespace, its log in a file."""
+
+    def __init__(self, netns: Namespace, log: Path, *args: str) -> None:
+        self.log = log
+        self.process = netns.popen(*PYPROBE, "run", "--interface", "va", "--no-dpi", *args,
+                                   log=log)
+        self.wait_for("INFO started: ")
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, pattern: str, timeout_s: float = 10) -> re.Match:
+        found: list[re.Match] = []
+        until(lambda: found.append(re.search(pattern, self.text())) or found[-1]
+              or self.process.poll() is not None, f"no {pattern!r} in the log", timeout_s)
+        assert found[-1], self.text()
+        return found[-1]
+
+    def stop(self) -> float:
+        """SIGTERM; the seconds until it exited 0."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=10) == 0, self.text()
+        return time.monotonic() - started
+
+
+def records(path: Path) -> list[dict]:
+    """What `pyprobe collect --json` has decoded so far."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def flow_records(path: Path) -> list[dict]:
+    return [r["fields"] for r in records(path) if r["template_id"] == 256]
+
+
+def expected(pcap: Path) -> dict[Key, tuple[int, int]]:
+    """Per one-way 5-tuple packets and bytes of a capture, by the dpkt reference counter."""
+    import socket
+    return {(socket.inet_ntoa(src), socket.inet_ntoa(dst), sport, dport, proto): (p, b)
+            for (src, dst, sport, dport, proto, _), (p, b) in count(pcap).totals.items()}
+
+
+def traffic(path: Path, port: int) -> Path:
+    """A closed TCP flow to `port` and a DNS-like UDP exchange from `port`: 13 frames."""
+    frames = [tcp(0, CLIENT, port, SERVER, 80, TH_SYN), tcp(1, SERVER, 80, CLIENT, port,
+                                                            TH_SYN | TH_ACK),
+              tcp(2, CLIENT, port, SERVER, 80, TH_ACK),
+              tcp(3, CLIENT, port, SERVER, 80, TH_PSH | TH_ACK, b"x" * 100),
+              tcp(4, SERVER, 80, CLIENT, port, TH_PSH | TH_ACK, b"y" * 1000),
+              tcp(5, CLIENT, port, SERVER, 80, TH_FIN | TH_ACK),
+              tcp(6, SERVER, 80, CLIENT, port, TH_FIN | TH_ACK),
+              tcp(7, CLIENT, port, SERVER, 80, TH_ACK)]
+    frames += [udp(10 + i, CLIENT, port, RESOLVER, 53, b"q" * (20 + i)) for i in range(3)]
+    frames += [udp(20 + i, RESOLVER, 53, CLIENT, port, b"r" * (60 + i)) for i in range(2)]
+    write_pcap(path, frames)
+    return path
+
+
+def test_live_flows_reach_nfcapd_exactly_across_its_restart(netns: Namespace,
+                                                             tmp_path: Path) -> None:
+    before, after = traffic(tmp_path / "a.pcap", 40001), traffic(tmp_path / "b.pcap", 40002)
+    first = Nfcapd(netns, 2055, tmp_path / "first")
+    collect = netns.popen(*PYPROBE, "collect", "--port", "4739", "--json", "--timeout", "30",
+                          log=tmp_path / "collect.json")
+    until(lambda: netns.udp_bound(4739), "pyprobe collect did not bind")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055",
+                  "--collector", "127.0.0.1:4739", "--idle-timeout", "1",
+                  "--template-refresh", "1", "--statistics-interval", "1", "--user", "nobody")
+    status = Path(f"/proc/{probe.process.pid}/status").read_text()
+    nobody = pwd.getpwnam("nobody")
+    assert re.search(r"^Uid:\s+(\d+)", status, re.M)[1] == str(nobody.pw_uid)
+    assert re.search(r"^Gid:\s+(\d+)", status, re.M)[1] == str(nobody.pw_gid)
+
+    netns.replay(before)  # a closed TCP flow and a UDP flow that idles out, sent at once
+    until(lambda: len(flow_records(tmp_path / "collect.json")) == 4, "no records of a.pcap")
+    assert first.stop() == expected(before)
+    second = Nfcapd(netns, 2055, tmp_path / "second")
+    time.sleep(1.5)  # one template refresh (1 s) and a tick
+    netns.replay(after)  # its flows end with SIGTERM
+    stop_s = probe.stop()
+    assert second.stop() == expected(after)
+    assert stop_s < 2, stop_s
+    log = probe.text()
+    assert re.search(r"stopped: captured 26 frames, dropped 0 by the kernel and 0 by the "
+                     r"interface; read 26, skipped 0; flows live 0, ended 4; exported 16 "
+                     r"records in \d+ messages, \d+ send errors\n", log), log
+
+    collect.send_signal(signal.SIGINT)
+    assert collect.wait(timeout=10) == 0
+    flows = flow_records(tmp_path / "collect.json")
+    # end reasons: a.pcap's TCP closed (3), UDP idle (1); b.pcap's TCP closing (3), UDP forced (4)
+    assert sorted((f["sourceTransportPort"], f["destinationTransportPort"], f["packetDeltaCount"],
+                   f["octetDeltaCount"], f["flowEndReason"]) for f in flows) == sorted(
+        (sport, dport, packets, size, (3 if proto == 6 else 1 if a else 4))
+        for a, capture in ((True, before), (False, after))
+        for (_, _, sport, dport, proto), (packets, size) in expected(capture).items())
+    statistics = [r["fields"] for r in records(tmp_path / "collect.json")
+                  if r["template_id"] == 65400]
+    final = statistics[-1]
+    assert (final["layer2FrameTotalCount"], final["ignoredLayer2FrameTotalCount"],
+            final["droppedPacketTotalCount"], final["exportedFlowRecordTotalCount"],
+            final["ignoredPacketTotalCount"]) == (26, 0, 0, 8, 0)
+    assert 13 in [s["layer2FrameTotalCount"] for s in statistics]  # updated while running
