@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from .cache import FlowCache, Plugin
 from .capture import PcapSource
-from .decode import Decoder, TunnelDecoder
+from .decode import Decoder
+from .tunnel import TunnelDecoder
 from .flow import EndReason, Flow
 
 PROGRESS_EVERY = 1 << 16  # packets between two progress callbacks

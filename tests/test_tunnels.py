@@ -31,7 +31,8 @@ from test_captures import assert_same, capture_params, unidirectional_totals  # 
 from test_decode import fields  # noqa: E402
 
 from pyprobe import FlowStream  # noqa: E402
-from pyprobe.decode import Decoder, TunnelDecoder  # noqa: E402
+from pyprobe.decode import Decoder  # noqa: E402
+from pyprobe.tunnel import TunnelDecoder  # noqa: E402
 
 C4, D4 = bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2])  # the tunnel endpoints
 C6 = bytes.fromhex("20010db8ffff00000000000000000001")
@@ -227,7 +228,8 @@ FALLBACKS = [  # id, outer IP packet, reason
     ("vxlan-truncated", udp4(4789, bytes([8, 0, 0, 0, 0, 0, 1])), "VXLAN: truncated VXLAN header"),
     ("vxlan-no-vni", udp4(4789, vxlan(5, inner_ether(INNER4), flags=0)),
      "VXLAN: VXLAN VNI flag not set"),
-    ("vxlan-ethernet-cut", udp4(4789, vxlan(5, bytes(13))), "VXLAN: truncated inner Ethernet header"),
+    ("vxlan-ethernet-cut", udp4(4789, vxlan(5, bytes(13))),
+     "VXLAN: truncated inner Ethernet header"),
     ("vxlan-arp", udp4(4789, vxlan(5, ether(bytes(28), ETH_ARP))), "VXLAN: not IP"),
     ("teredo-ipv4", udp4(3544, INNER4), "Teredo: no IPv6 packet"),
     ("teredo-empty", udp4(3544, b""), "Teredo: no IPv6 packet"),
@@ -380,7 +382,8 @@ def tshark_inner_totals(path: Path) -> dict[FlowKey, list[int]]:
         kind = layers[at]
         n = layers[:at].count(kind)
         if kind == "ip":
-            src, dst = (socket.inet_pton(socket.AF_INET, values[f][n]) for f in ("ip.src", "ip.dst"))
+            src, dst = (socket.inet_pton(socket.AF_INET, values[f][n])
+                        for f in ("ip.src", "ip.dst"))
             size, protocol = int(values["ip.len"][n]), int(values["ip.proto"][n])
         else:
             src, dst = (socket.inet_pton(socket.AF_INET6, values[f][n])
@@ -418,7 +421,8 @@ def test_tunnel_capture_inner_flows_match_tshark(name: str) -> None:
 def test_tunnel_decoding_conserves_packets(path: Path) -> None:
     """Every nDPI capture with decoding on: the same frames metered and skipped as with it off,
     each metered packet in one flow, and flows changed only in the captures with tunnels."""
-    off, on = FlowStream(str(path), dpi=False), FlowStream(str(path), dpi=False, decode_tunnels=True)
+    off = FlowStream(str(path), dpi=False)
+    on = FlowStream(str(path), dpi=False, decode_tunnels=True)
     off_totals, on_flows = unidirectional_totals(off), list(on)
     assert (on.stats.packets_read, on.stats.packets_decoded, on.stats.skipped) == (
         off.stats.packets_read, off.stats.packets_decoded, off.stats.skipped)
