@@ -118,16 +118,16 @@ class Nfcapd:
 
 
 class Probe:
-    """`pyprobe run` in the namespace, its log in a file."""
+    """`pyprobe run` in the namespace, its output in a file; its log there too, or in `log`."""
 
-    def __init__(self, netns: Namespace, log: Path, *args: str) -> None:
-        self.log = log
+    def __init__(self, netns: Namespace, output: Path, *args: str, log: Path | None = None) -> None:
+        self.log = log or output
         self.process = netns.popen(*PYPROBE, "run", "--interface", "va", "--no-dpi", *args,
-                                   log=log)
+                                   log=output)
         self.wait_for("INFO started: ")
 
     def text(self) -> str:
-        return self.log.read_text()
+        return self.log.read_text() if self.log.exists() else ""
 
     def wait_for(self, pattern: str, timeout_s: float = 10) -> re.Match:
         found: list[re.Match] = []
@@ -221,3 +221,50 @@ def test_live_flows_reach_nfcapd_exactly_across_its_restart(netns: Namespace,
             final["droppedPacketTotalCount"], final["exportedFlowRecordTotalCount"],
             final["ignoredPacketTotalCount"]) == (26, 0, 0, 8, 0)
     assert 13 in [s["layer2FrameTotalCount"] for s in statistics]  # updated while running
+
+
+def test_sighup_reopens_the_log_and_swaps_collectors_keeping_them_on_a_bad_config(
+        netns: Namespace, tmp_path: Path) -> None:
+    config, log = tmp_path / "sensor.yaml", tmp_path / "sensor.log"
+    settings = ("capture: {interface: va}\ndpi: {enabled: false}\ncache: {idle_timeout: 1}\n"
+                f"log_file: {log}\nstatistics_interval: 1\ncollectors:\n")
+    config.write_text(settings + "  - {host: 127.0.0.1, port: 4740, template_refresh: 1}\n")
+    listeners = {port: netns.popen(*PYPROBE, "collect", "--port", str(port), "--json",
+                                   "--timeout", "30", log=tmp_path / f"{port}.json")
+                 for port in (4740, 4741)}
+    for port in listeners:
+        until(lambda: netns.udp_bound(port), f"pyprobe collect did not bind {port}")
+    probe = Probe(netns, tmp_path / "stderr.log", "-c", str(config), log=log)
+
+    netns.replay(traffic(tmp_path / "a.pcap", 40001))
+    until(lambda: len(flow_records(tmp_path / "4740.json")) == 4, "no records at 4740")
+    config.write_text(settings + "  - {host: 127.0.0.1, port: 4741, protocol: netflow9}\n")
+    log.rename(tmp_path / "sensor.log.1")  # as logrotate does
+    probe.process.send_signal(signal.SIGHUP)
+    until(lambda: log.exists(), "the log was not reopened")
+    probe.wait_for(r"INFO reloaded: exporting to 127\.0\.0\.1:4741 \(netflow9\)")
+    netns.replay(traffic(tmp_path / "b.pcap", 40002))
+    until(lambda: len(flow_records(tmp_path / "4741.json")) == 4, "no records at 4741")
+
+    config.write_text(settings + "  - {host: 127.0.0.1, port: 70000}\n")
+    probe.process.send_signal(signal.SIGHUP)
+    probe.wait_for("keeping the running configuration")
+    netns.replay(traffic(tmp_path / "c.pcap", 40003))
+    until(lambda: len(flow_records(tmp_path / "4741.json")) == 8, "records lost after a bad reload")
+    probe.stop()
+    for listener in listeners.values():
+        listener.send_signal(signal.SIGINT)
+        assert listener.wait(timeout=10) == 0
+
+    assert "ERROR reload: " + f"{config}: collectors[0].port: got 70000, expected an integer " \
+           "from 1 to 65535; keeping the running configuration" in log.read_text()
+    assert "INFO started: " in (tmp_path / "sensor.log.1").read_text()
+    assert "INFO started: " not in log.read_text()
+    first = records(tmp_path / "4740.json")
+    assert sorted(r["fields"]["sourceTransportPort"] for r in first if r["template_id"] == 256) == [
+        53, 80, 40001, 40001]  # a.pcap only; then it was flushed with its final statistics
+    assert first[-1]["template_id"] == 65400
+    assert first[-1]["fields"]["exportedFlowRecordTotalCount"] == 4
+    assert {r["version"] for r in records(tmp_path / "4741.json")} == {9}
+    assert sorted(f["sourceTransportPort"] for f in flow_records(tmp_path / "4741.json")) == [
+        53, 53, 80, 80, 40002, 40002, 40003, 40003]
