@@ -17,6 +17,7 @@ packet of its 5-tuple starts a new flow.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import attrgetter
 from typing import Any
@@ -42,6 +43,33 @@ LABELS = (("application_name", "application_name"), ("category_name", "applicati
           ("requested_server_name", "requested_server_name"),
           ("client_fingerprint", "client_fingerprint"), ("user_agent", "user_agent"))
 """(metric name, Flow attribute) of the DPI labels copied into `metrics` when nDPI is enabled."""
+SERVER_METRICS = ("tls_client_server_name", "tls_server_server_name", "tls_server_organization",
+                  "tls_version", "http_dns_server_name", "tls_not_before", "tls_not_after")
+"""The tutorial's server metrics, also in `metrics` with nDPI: the client's SNI; the certificate's
+CN and O; the TLS version; the HTTP Host or DNS query. nDPI 5.0 reports no certificate validity
+(ndpi_dpi2json leaves it out), so tls_not_before and tls_not_after are always ""."""
+
+
+def _dn_attribute(dn: str, name: str) -> str:
+    """One attribute of a distinguished name as nDPI prints it ("C=US, O=Facebook, Inc., CN=x")."""
+    found = re.search(rf"(?:^|, ){name}=(.*?)(?=, [A-Za-z]+=|$)", dn)
+    return found.group(1) if found else ""
+
+
+def server_metrics(flow: Flow) -> dict[str, str]:
+    """SERVER_METRICS of a flow, "" where nDPI found nothing."""
+    dpi = flow.dpi
+    if dpi is None:
+        return dict.fromkeys(SERVER_METRICS, "")
+    found = dpi.metadata
+    return {"tls_client_server_name":
+            dpi.requested_server_name if "tls" in found or "quic" in found else "",
+            "tls_server_server_name": _dn_attribute(dpi.tls_subject, "CN"),
+            "tls_server_organization": _dn_attribute(dpi.tls_subject, "O"),
+            "tls_version": dpi.tls_version,
+            "http_dns_server_name":
+            dpi.requested_server_name if "http" in found or "dns" in found else "",
+            "tls_not_before": "", "tls_not_after": ""}
 
 
 def _alias(path: str, doc: str) -> property:
@@ -256,7 +284,7 @@ class Streamer:
 
     Timeouts are in seconds; `capacity` is the most flows metered at once (then the least
     recently updated is exported, reason 2). With `enable_ndpi`, each exported flow's `metrics`
-    also hold its DPI labels (`LABELS`). The source is opened when iteration starts; `stream` is
+    also hold its DPI labels (`LABELS`) and `SERVER_METRICS`. The source is opened when iteration starts; `stream` is
     the underlying FlowStream (its `stats` describe the last run).
     """
 
@@ -282,6 +310,7 @@ class Streamer:
                 view: StreamerFlow = vars(flow.udps).pop(UDPS_NAME)  # no flow <-> view cycle
                 if self.enable_ndpi:
                     view.metrics.update((name, getattr(flow, attribute)) for name, attribute in LABELS)
+                    view.metrics.update(server_metrics(flow))
                 yield view
         finally:
             self.plugin.on_exit()

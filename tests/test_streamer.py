@@ -9,7 +9,8 @@ import pytest
 
 from pyprobe import EndReason, Streamer, StreamerClassifier
 from pyprobe.flow import TH_ACK, TH_FIN, TH_PSH, TH_SYN
-from pyprobe.streamer import EXPORT_REASONS, LABELS, UDPS_NAME, PacketInformation, StreamerFlow
+from pyprobe.streamer import (EXPORT_REASONS, LABELS, SERVER_METRICS, UDPS_NAME, PacketInformation,
+                              StreamerFlow)
 from tests.tinypcap import EPOCH_MS, session, tcp, udp, write_pcap
 
 
@@ -223,7 +224,7 @@ def test_ndpi_labels_in_metrics(session_pcap: str) -> None:
     flows = list(Streamer(session_pcap, user_metrics={"packets_seen": packets_seen}))
     assert [f.metrics["packets_seen"] for f in flows] == [10, 3]
     for flow in flows:
-        assert list(flow.metrics) == ["packets_seen"] + [name for name, _ in LABELS]
+        assert list(flow.metrics) == ["packets_seen", *(name for name, _ in LABELS), *SERVER_METRICS]
         assert flow.metrics["application_name"] == flow.flow.application_name
         assert flow.metrics["category_name"] == flow.flow.application_category_name
         assert not hasattr(flow.flow.udps, UDPS_NAME)  # no flow <-> view cycle left
