@@ -114,13 +114,7 @@ class CompiledTemplate:
         self.encode: Callable[..., bytes] = self.encode_values
         """encode(flow, this, other, ends) -> bytes: one data record of a flow direction."""
         if all(f.expression is not None for f in fields):
-            values = _compile_values(fields)
-            if len(parts) == 1 and parts[0][0] is not None:
-                pack = parts[0][0].pack
-                self.encode = lambda *args: pack(*values(*args))
-            else:  # the compiled values are bytes already: no second UTF-8 pass
-                parts = self._parts
-                self.encode = lambda *args: _encode_parts(parts, values(*args))
+            self.encode = _compile_encoder(fields, self._parts)
 
     @property
     def id(self) -> int:
@@ -137,31 +131,51 @@ class CompiledTemplate:
         return b"".join(out)
 
 
-def _encode_parts(parts: tuple, values: tuple) -> bytes:
-    return b"".join(varlen_bytes(values[first]) if packer is None else packer.pack(*values[first:end])
-                    for packer, first, end in parts)
-
-
 def _utf8(value: object) -> object:
     return value.encode() if isinstance(value, str) else value
 
 
-def _compile_values(fields: Sequence[TemplateField]) -> Callable[..., tuple]:
-    """One function returning a record's values: the fields' expressions in one tuple."""
-    items = []
-    for field in fields:
-        text = field.element.data_type.variable  # strings and octet arrays; addresses are bytes
-        items.append(f"_utf8({field.expression})" if text else f"({field.expression})")
-    source = f"lambda {', '.join(PARAMETERS)}: ({', '.join(items)},)"
-    return eval(source, {"_utf8": _utf8, **FIELD_FUNCTIONS})  # noqa: S307 - expressions come from fields.py
+def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[..., bytes]:
+    """One function that encodes a record: the fields' expressions inlined into its struct calls.
+
+    A variable-length field's value is computed first, as bytes, then given its length prefix.
+    """
+    namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8,
+                                 **FIELD_FUNCTIONS}
+    body, pieces = [], []
+    for packer, first, end in parts:
+        if packer is None:
+            value, head = f"v{first}", f"h{first}"
+            body += [f"{value} = {fields[first].expression}",
+                     f"if {value}.__class__ is str: {value} = {value}.encode()",
+                     f"if len({value}) < 255: {head} = _SHORT[len({value})]",
+                     f"else: {head}, {value} = _long({value})"]
+            pieces += [head, value]
+        else:
+            namespace[f"_pack{first}"] = packer.pack
+            values = (f"_utf8({f.expression})" if f.element.data_type.variable else
+                      f"({f.expression})" for f in fields[first:end])
+            pieces.append(f"_pack{first}({', '.join(values)})")
+    result = pieces[0] if len(pieces) == 1 else f"b''.join(({', '.join(pieces)},))"
+    source = "\n    ".join([f"def encode({', '.join(PARAMETERS)}):", *body, f"return {result}"])
+    exec(source, namespace)  # noqa: S102 - expressions come from fields.py, not from input
+    return namespace["encode"]
+
+
+SHORT_LENGTHS = tuple(bytes((n,)) for n in range(255))  # RFC 7011 §7 one-octet length prefixes
+
+
+def _long_varlen(value: bytes) -> tuple[bytes, bytes]:
+    """The 3-octet prefix (255, length) of a value of 255 octets or more, and the value it fits."""
+    value = value[:0xFFFF]
+    return b"\xff" + len(value).to_bytes(2, "big"), value
 
 
 def varlen_bytes(value: bytes) -> bytes:
     """RFC 7011 §7: a 1-byte length, or 255 and a 2-byte length, then the value."""
     if len(value) < 255:
-        return bytes((len(value),)) + value
-    value = value[:0xFFFF]
-    return b"\xff" + len(value).to_bytes(2, "big") + value
+        return SHORT_LENGTHS[len(value)] + value
+    return b"".join(_long_varlen(value))
 
 
 def struct_code(element: InformationElement, length: int) -> str:
