@@ -4,9 +4,11 @@ It owns the wire state of one collector: the compiled templates, the sequence nu
 templates were last sent. Records are buffered into the current message, which goes out when the
 next record does not fit in `mtu_bytes`, when `tick(now_ms)` finds it older than
 `flush_interval_ms`, or on `flush(now_ms)`. Templates, options templates and the options data
-(exporting-process statistics, RFC 5610 type records) open the first message, and again once
-`template_refresh_s` of clock time or `template_refresh_packets` messages have passed. The
-clock is whatever `now_ms` the caller passes: packet time in a replay.
+(exporting-process statistics, RFC 5610 type records, application names) open the first
+message, and again once `template_refresh_s` of clock time or `template_refresh_packets`
+messages have passed. The clock is whatever `now_ms` the caller passes: packet time in a
+replay. When the templates send applicationId, a flow whose application was not seen before is
+preceded by its names record.
 
 >>> from pyprobe.elements import ElementRegistry
 >>> from pyprobe.template import load_templates
@@ -21,11 +23,13 @@ import math
 from collections.abc import Iterable
 
 from .elements import ElementRegistry
+from .fields import application_id, application_name
 from .flow import EMPTY_DIRECTION, Flow
 from .ipfix import IPFIX
 from .message import MessageBuilder, Protocol
 from .netflow9 import NETFLOW9, UPTIME_WINDOW_MS
-from .options import (ExportStats, enterprise_elements, statistics_template, statistics_values,
+from .options import (ExportStats, application_names_template, application_names_values,
+                      enterprise_elements, statistics_template, statistics_values,
                       type_information_template, type_information_values)
 from .template import TemplateError, TemplateSet
 
@@ -56,15 +60,19 @@ class Exporter:
         self.sequence = 0
         compile_ = lambda t: t.compile(self.protocol, boot_ms=boot_ms)  # noqa: E731
         self._compile_data()
-        options = [statistics_template(registry)]
         self._enterprise = enterprise_elements(templates.templates)
-        if self._enterprise and self.protocol is IPFIX:
-            options.append(type_information_template(registry))
-        self._options = tuple(compile_(t) for t in options)
+        types = ([compile_(type_information_template(registry))]
+                 if self._enterprise and self.protocol is IPFIX else [])
+        names = ([compile_(application_names_template(registry))]
+                 if any(f.element.name == "applicationId" for t in templates.templates
+                        for f in t.fields) else [])
+        self._application_names = names[0] if names else None
+        self._applications: dict[bytes, bytes] = {}  # applicationId: its names record
+        self._options = (compile_(statistics_template(registry)), *types, *names)
         self._template_records = [(set_id, record, False)
                                   for set_id, record in self._template_records_of()]
         self._type_records = [(c.id, c.encode_values(type_information_values(ie)), True)
-                              for c in self._options[1:] for ie in self._enterprise]
+                              for c in types for ie in self._enterprise]
         self._builder = MessageBuilder(self.protocol, mtu_bytes)
         self._messages_since_templates = 0
         self._templates_sent_ms: int | None = None
@@ -108,6 +116,7 @@ class Exporter:
         uniflow = not self.templates.biflow
         data, add, stats = self._data, self._add, self.stats
         first_ms, end_ms = self._times
+        applications = None if self._application_names is None else self._applications
         for flow in flows:
             if not first_ms <= flow.first_seen_ms <= flow.last_seen_ms < end_ms:
                 self._reboot(flow, now_ms, out)
@@ -116,6 +125,8 @@ class Exporter:
             if compiled is None:
                 self._not_sent(flow, now_ms)
                 continue
+            if applications is not None and application_id(flow.dpi) not in applications:
+                self._new_application(flow, now_ms, out)
             forward, reverse = flow.src2dst, flow.dst2src
             if not add(compiled.id, compiled.encode(flow, forward, reverse or EMPTY_DIRECTION,
                                                     (flow.src_addr, flow.dst_addr, flow.src_port,
@@ -128,6 +139,14 @@ class Exporter:
                     flow, reverse, forward, (flow.dst_addr, flow.src_addr, flow.dst_port,
                                              flow.src_port)), now_ms, out)
         return out
+
+    def _new_application(self, flow: Flow, now_ms: int, out: list[bytes]) -> None:
+        """Sends the names record of the flow's application, and keeps it for every refresh."""
+        names, key = self._application_names, application_id(flow.dpi)
+        record = names.encode_values(application_names_values(
+            self.observation_domain, key, application_name(flow.dpi)))
+        self._add(names.id, record, now_ms, out)
+        self._applications[key] = record
 
     def _not_sent(self, flow: Flow, now_ms: int) -> None:
         stats = self.stats
@@ -168,11 +187,12 @@ class Exporter:
             self._messages_since_templates = 0  # counted from the message the refresh ends in
 
     def _refresh_records(self) -> list[tuple[int, bytes, bool]]:
-        """Templates, then options data: statistics as of now, and the fixed type records."""
+        """Templates, then options data: statistics as of now, type records, application names."""
         statistics = self._options[0]
         return [*self._template_records,
                 (statistics.id, statistics.encode_values(statistics_values(self.stats)), True),
-                *self._type_records]
+                *self._type_records,
+                *[(self._application_names.id, r, True) for r in self._applications.values()]]
 
     def _finish(self, now_ms: int) -> bytes:
         builder = self._builder
