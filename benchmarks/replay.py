@@ -1,14 +1,20 @@
 """Replay benchmark: packets/s of the meter alone and with IPFIX export, on synthetic and real captures.
 
-    .venv/bin/python benchmarks/replay.py [--repeat N] [--synth-packets N] [FILE ...]
+    .venv/bin/python benchmarks/replay.py [--repeat N] [--synth-packets N] [--dpi] [FILE ...]
 
 Without FILE it measures a gen_synth.py capture (made once, kept in benchmarks/.cache/) and
 ../shared/pcaps/bench/ndpi_merged_bench.pcap. Export goes to a local UDP socket that is never
 read (the kernel drops what overflows). Each row is the median of the runs; DPI is off.
+
+With --dpi, a second table: the meter with nDPI on (packets/s, and as a share of the meter
+alone), packets handed to nDPI per flow, flows that took nDPI's guess, and resident memory per
+active flow with nDPI on and off: the growth of RSS from before a run to the moment the last
+packet has been metered, with timeouts so long that every flow of the capture is still live.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import socket
 import statistics
@@ -39,9 +45,10 @@ def synthetic_capture(packets: int) -> Path:
     return path
 
 
-def run_once(path: Path, sink: tuple[str, int] | None) -> tuple[int, int, float]:
-    """(packets, flows, seconds) of one full replay, exported to `sink` when given."""
-    stream = FlowStream(str(path), dpi=False)
+def run_once(path: Path, sink: tuple[str, int] | None, dpi: bool = False,
+             ) -> tuple[int, int, float, FlowStream]:
+    """(packets, flows, seconds, the stream) of one full replay, exported to `sink` when given."""
+    stream = FlowStream(str(path), dpi=dpi)
     started = time.perf_counter()
     if sink is None:
         flows = sum(1 for _ in stream)
@@ -49,7 +56,58 @@ def run_once(path: Path, sink: tuple[str, int] | None) -> tuple[int, int, float]
         registry = ElementRegistry.default()
         templates = load_templates(ROOT / "templates" / "default.yaml", registry)
         flows = Probe(stream, [Collector(*sink, "ipfix", templates)], registry).run().flows
-    return stream.stats.packets_read, flows, time.perf_counter() - started
+    return stream.stats.packets_read, flows, time.perf_counter() - started, stream
+
+
+def resident_kib() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4
+
+
+class FirstExpiry:
+    """A plugin that notes the resident memory and live flows when the first flow expires."""
+
+    def __init__(self, stream: FlowStream) -> None:
+        self.stream, self.kib, self.flows = stream, 0, 0
+
+    def on_init(self, packet: object, flow: object) -> None:
+        pass
+
+    def on_update(self, packet: object, flow: object) -> None:
+        pass
+
+    def on_expire(self, flow: object) -> None:
+        if not self.kib:
+            self.kib, self.flows = resident_kib(), len(self.stream.cache) + 1
+
+
+def kib_per_flow(path: Path, dpi: bool) -> float:
+    """Resident memory per active flow: every flow of `path` live at once (no timeout fires).
+
+    Run it in a fresh process: memory freed by earlier runs stays resident and would be reused.
+    """
+    stream = FlowStream(str(path), dpi=dpi, idle_timeout=1e9, active_timeout=1e9, close_linger=1e9)
+    probe = FirstExpiry(stream)
+    stream.plugins += (probe,)
+    before = resident_kib()
+    for _ in stream.batches():
+        pass
+    return (probe.kib - before) / probe.flows
+
+
+def dpi_row(path: Path, runs: list[tuple[int, int, float, FlowStream]], meter_s: float) -> str:
+    """The --dpi table's row for one capture, from its runs with nDPI on."""
+    packets, flows, _, stream = runs[0]
+    classifier = stream.plugins[0]
+    seconds = statistics.median(r[2] for r in runs)
+    return (f"{path.name:<28} {packets / seconds:>12,.0f} {meter_s / seconds:>8.0%} "
+            f"{classifier.packets / classifier.flows:>10.2f} {classifier.giveups / flows:>8.1%} "
+            f"{fresh_kib_per_flow(path, True):>10.2f} {fresh_kib_per_flow(path, False):>11.2f}")
+
+
+def fresh_kib_per_flow(path: Path, dpi: bool) -> float:
+    """kib_per_flow in a new process."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(kib_per_flow, (path, dpi))
 
 
 def main() -> None:
@@ -57,6 +115,7 @@ def main() -> None:
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--synth-packets", type=int, default=1_000_000)
+    parser.add_argument("--dpi", action="store_true", help="also measure the meter with nDPI on")
     args = parser.parse_args()
     files = args.files or [synthetic_capture(args.synth_packets),
                            SHARED / "pcaps" / "bench" / "ndpi_merged_bench.pcap"]
@@ -65,19 +124,28 @@ def main() -> None:
     sink = sink_socket.getsockname()
     print(f"{'capture':<28} {'packets':>9} {'flows':>8} {'meter pkt/s':>12} {'+IPFIX pkt/s':>13} "
           f"{'export cost':>11} {'flows/s':>8}")
+    dpi_rows = []
     for path in files:
         if not path.exists():
             print(f"{path.name:<28} absent, skipped")
             continue
-        meter, export = [], []
-        for _ in range(args.repeat):  # alternate, so both see the same machine load
+        meter, export, dpi = [], [], []
+        for _ in range(args.repeat):  # alternate, so all see the same machine load
             meter.append(run_once(path, None))
             export.append(run_once(path, sink))
-        packets, flows, _ = meter[0]
+            if args.dpi:
+                dpi.append(run_once(path, None, dpi=True))
+        packets, flows, _, _ = meter[0]
         meter_s = statistics.median(r[2] for r in meter)
         export_s = statistics.median(r[2] for r in export)
         print(f"{path.name:<28} {packets:>9} {flows:>8} {packets / meter_s:>12,.0f} "
               f"{packets / export_s:>13,.0f} {export_s / meter_s - 1:>11.1%} {flows / meter_s:>8,.0f}")
+        if args.dpi:
+            dpi_rows.append(dpi_row(path, dpi, meter_s))
+    if dpi_rows:
+        print(f"\n{'capture':<28} {'nDPI pkt/s':>12} {'of meter':>8} {'nDPI pkt/flow':>10} "
+              f"{'giveups':>8} {'KiB/flow on':>10} {'KiB/flow off':>11}")
+        print("\n".join(dpi_rows))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mib:.0f} MiB")
 

@@ -49,15 +49,20 @@ def shared_ndpi() -> NDPI:
 
 
 class NdpiClassifier:
-    """FlowStream plugin: labels every flow with nDPI (application, category, SNI, JA4, risks)."""
+    """FlowStream plugin: labels every flow with nDPI (application, category, SNI, JA4, risks).
 
-    __slots__ = ("n_dissections", "ndpi", "_dissect")
+    `flows`, `packets` and `giveups` count the flows labelled, the packets they handed to nDPI
+    and how many took nDPI's guess.
+    """
+
+    __slots__ = ("n_dissections", "ndpi", "flows", "packets", "giveups", "_dissect")
 
     def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None) -> None:
         if n_dissections < 1:
             raise ValueError(f"n_dissections must be at least 1, not {n_dissections}")
         self.n_dissections = n_dissections
         self.ndpi = ndpi or shared_ndpi()
+        self.flows = self.packets = self.giveups = 0
         self._dissect = self.ndpi.dissect
 
     def on_init(self, packet: Packet, flow: Flow) -> None:
@@ -75,17 +80,23 @@ class NdpiClassifier:
             if protocol.state == CLASSIFIED:
                 self._label(flow, state, self.ndpi.result(protocol, state))
             elif state.packets >= self.n_dissections:
-                self._label(flow, state, self.ndpi.giveup(state))
+                self._give_up(flow, state)
 
     def on_expire(self, flow: Flow) -> None:
         """Takes nDPI's guess for a flow that ends under inspection."""
         state = flow.classifier_state
         if state is not None:
-            self._label(flow, state, self.ndpi.giveup(state))
+            self._give_up(flow, state)
+
+    def _give_up(self, flow: Flow, state: NDPIFlow) -> None:
+        self.giveups += 1
+        self._label(flow, state, self.ndpi.giveup(state))
 
     def _label(self, flow: Flow, state: NDPIFlow, result: NDPIProtocol) -> None:
         """Sets the flow's labels from nDPI's result, then frees the flow's nDPI state."""
         ndpi = self.ndpi
+        self.flows += 1
+        self.packets += state.packets
         text = ndpi.flow_json(state, result)
         risk, method = state.risk, state.http_method
         state.free()
