@@ -429,3 +429,20 @@ def test_tunnel_decoding_conserves_packets(path: Path) -> None:
     assert sum(flow.bidirectional_packets for flow in on_flows) == on.stats.packets_decoded
     assert (unidirectional_totals(on_flows) != off_totals) == (path.name in CHANGED_BY_TUNNELS)
     assert on.stats.tunnel_fallbacks == Counter()
+
+
+NDPI_LABELS = {  # capture: nDPI's labels of its flows with decoding off, and on (ndpiReader's)
+    "vxlan.pcap": ({"VXLAN": 9}, {"TLS.Facebook": 2, "DNS.Facebook": 2}),
+    "gre.pcapng": ({"GRE": 1}, {"SIP": 1}),
+    "6in4tunnel.pcap": ({"Unknown": 1}, {"ICMPV6": 3, "DNS.Facebook": 2, "IMAPS": 2, "HTTP": 1,
+                                         "TLS": 1, "TLS.Facebook": 1}),
+}
+
+
+@pytest.mark.parametrize("name", list(NDPI_LABELS))
+def test_ndpi_classifies_the_inner_packets(name: str) -> None:
+    """nDPI is handed the inner packet: the tunnel's label off, the applications inside on."""
+    path = require(NDPI_PCAPS / name)
+    labels = [Counter(flow.application_name for flow in FlowStream(str(path), decode_tunnels=on))
+              for on in (False, True)]
+    assert labels == [Counter(expected) for expected in NDPI_LABELS[name]]
