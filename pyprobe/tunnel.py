@@ -138,7 +138,7 @@ def open_gre(frame: bytes, start: int, end: int) -> tuple[int, int, int] | None:
     return offset, protocol, key
 
 
-def open_vxlan(frame: bytes, start: int, end: int) -> tuple[int, int, int] | None:
+def open_vxlan(frame: bytes, start: int, end: int) -> tuple[int, int, int]:
     """VXLAN (RFC 7348): the Ethernet frame inside; the VNI."""
     if end < start + 8:
         raise TunnelError("truncated VXLAN header")
@@ -148,7 +148,7 @@ def open_vxlan(frame: bytes, start: int, end: int) -> tuple[int, int, int] | Non
     return _ethernet_inside(frame, start + 8, end, vni >> 8)
 
 
-def open_teredo(frame: bytes, start: int, end: int) -> tuple[int, int, int] | None:
+def open_teredo(frame: bytes, start: int, end: int) -> tuple[int, int, int]:
     """Teredo (RFC 4380 §5.1.1): the IPv6 packet after the optional authentication and origin
     indications."""
     offset = start
