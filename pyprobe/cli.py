@@ -1,4 +1,5 @@
-"""The `pyprobe` command line: `replay` a capture (and, as the stages land, export it)."""
+"""The `pyprobe` command line: `replay` a capture, `run` the sensor, `check` its configuration,
+`collect` what a probe sends. Settings shared with the sensor take their flags from `config`."""
 from __future__ import annotations
 
 import argparse
@@ -9,25 +10,21 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TextIO
 
-from pathlib import Path
-
 from . import __version__
-from .config import add_arguments, load_config, overrides_of, to_yaml
+from .config import (BIFLOW_TEMPLATE, SensorConfig, add_arguments, flags, load_config,
+                     overrides_of, to_yaml)
 from .elements import ElementRegistry
 from .errors import PyprobeError
-from .export import PROTOCOLS
 from .flow import Flow
-from .probe import Collector, ExportSummary, Probe
+from .probe import ExportSummary, Probe
+from .sensor import collectors_of, run, stream_of
 from .stream import FlowStream, MeterStats
-from .template import load_templates
-from .transport import parse_address
 
 log = logging.getLogger("pyprobe")
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
-NDPI_TEMPLATE = TEMPLATES / "ndpi.yaml"
-BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
+# The settings replay takes from the schema: the meter's and the collectors'.
+REPLAY_SETTINGS = [key for _, key, _, _ in flags()
+                   if key.startswith(("cache.", "dpi.", "collectors.")) or key == "capture.bpf"]
 
 TABLE_COLUMNS = ("{:<5} {:>39} {:>39} {:>5} {:>9} {:>11} {:>23} {:>9} {:<18} {}")
 TABLE_HEADER = TABLE_COLUMNS.format("proto", "source", "destination", "vlan", "packets",
@@ -84,46 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", help="pcap or pcapng capture")
     replay.add_argument("--json", action="store_true",
                         help="one JSON object per flow on stdout (the summary goes to stderr)")
-    replay.add_argument("--idle-timeout", type=float, default=30, metavar="S",
-                        help="expire a flow after S seconds without packets (default 30)")
-    replay.add_argument("--active-timeout", type=float, default=120, metavar="S",
-                        help="expire a flow S seconds after it started (default 120)")
-    replay.add_argument("--max-flows", type=int, default=524_288, metavar="N",
-                        help="flows kept at once; beyond, the least recent is expired (default 524288)")
-    replay.add_argument("--bpf", metavar="EXPR", help="BPF filter applied before metering")
-    replay.add_argument("--no-dpi", dest="dpi", action="store_false",
-                        help="do not classify flows with nDPI (labels stay 'Unknown')")
-    replay.add_argument("--decode-tunnels", action="store_true",
-                        help="meter GTP-U, GRE/PPTP, VXLAN, Teredo and IP-in-IP packets as the "
-                             "packets inside (one tunnel deep)")
-    export = replay.add_argument_group("export (with --collector)")
-    export.add_argument("--collector", action="append", default=[], metavar="HOST:PORT[,PROTOCOL]",
-                        type=_collector_argument,
-                        help="send flows there (repeatable; [v6addr]:port for IPv6; protocol "
-                             "ipfix or netflow9, default --protocol)")
-    export.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ipfix",
-                        help="protocol of collectors that do not name one (default ipfix)")
-    export.add_argument("--template", type=Path, metavar="FILE",
-                        help=f"template file (default {NDPI_TEMPLATE.name}, {DEFAULT_TEMPLATE.name} "
-                             f"with --no-dpi, {BIFLOW_TEMPLATE.name} with --biflow)")
-    export.add_argument("--biflow", action="store_true",
-                        help="one RFC 5103 biflow record per flow instead of one per direction (IPFIX)")
-    export.add_argument("--mtu", type=int, default=1400, metavar="N",
-                        help="largest message, octets of UDP payload (default 1400)")
-    export.add_argument("--observation-domain", type=int, default=1, metavar="N",
-                        help="IPFIX observation domain / NFv9 source id (default 1)")
-    export.add_argument("--template-refresh", type=float, default=60, metavar="S",
-                        help="resend templates every S seconds of packet time (default 60)")
-    export.add_argument("--template-refresh-packets", type=int, default=20, metavar="N",
-                        help="and every N messages (default 20)")
-    export.add_argument("--pace", action="store_true",
+    add_arguments(replay, REPLAY_SETTINGS)
+    replay.add_argument("--biflow", action="store_true",
+                        help=f"one RFC 5103 biflow record per flow instead of one per direction "
+                             f"(IPFIX; template {BIFLOW_TEMPLATE.name})")
+    replay.add_argument("--pace", action="store_true",
                         help="send at the capture's own speed instead of as fast as possible")
-    export.add_argument("--speed", type=float, metavar="X",
+    replay.add_argument("--speed", type=float, metavar="X",
                         help="with --pace: X times the capture's speed (default 1)")
     for name, text in (("run", "capture live (or a file) and export, configured by a YAML file "
                                 "and flags, until SIGTERM"),
                        ("check", "validate a configuration and its templates, print it in full")):
-        add_arguments(commands.add_parser(name, help=text, description=text))
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+        add_arguments(command)
     collect = commands.add_parser("collect", help="decode IPFIX / NetFlow v9 arriving on a UDP port")
     collect.add_argument("--port", type=int, required=True)
     collect.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -134,32 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _collector_argument(text: str) -> tuple[str, int, str | None]:
-    address, _, protocol = text.partition(",")
-    if protocol and protocol not in PROTOCOLS:
-        raise argparse.ArgumentTypeError(f"{text}: protocol must be ipfix or netflow9")
-    try:
-        host, port = parse_address(address)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return host, port, protocol or None
-
-
 def format_export_summary(summary: ExportSummary) -> str:
     return (f"exported {summary.flows} flows as {summary.records} records in {summary.messages} "
             f"messages, {summary.octets} octets, {summary.send_errors} send errors")
 
 
-def export(args: argparse.Namespace, stream: FlowStream) -> int:
+def export(args: argparse.Namespace, config: SensorConfig, stream: FlowStream) -> int:
     registry = ElementRegistry.default()
-    template_file = args.template or (BIFLOW_TEMPLATE if args.biflow
-                                      else NDPI_TEMPLATE if args.dpi else DEFAULT_TEMPLATE)
-    templates = load_templates(template_file, registry)
-    collectors = [Collector(host, port, protocol or args.protocol, templates,
-                            observation_domain=args.observation_domain, mtu_bytes=args.mtu,
-                            template_refresh_s=args.template_refresh,
-                            template_refresh_packets=args.template_refresh_packets)
-                  for host, port, protocol in args.collector]
+    collectors = collectors_of(config, registry, biflow=args.biflow)
     probe = Probe(stream, collectors, registry, speed=(args.speed or 1.0) if args.pace else None)
     summary = probe.run()
     print(format_summary(stream.stats))
@@ -170,12 +123,11 @@ def export(args: argparse.Namespace, stream: FlowStream) -> int:
 def replay(args: argparse.Namespace) -> int:
     # Progress only where it cannot interleave with the flows: stderr a terminal, stdout not.
     progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() and not sys.stdout.isatty() else None
-    stream = FlowStream(args.file, idle_timeout=args.idle_timeout,
-                        active_timeout=args.active_timeout, max_flows=args.max_flows,
-                        bpf_filter=args.bpf, dpi=args.dpi, decode_tunnels=args.decode_tunnels,
-                        progress=progress)
-    if args.collector:
-        return export(args, stream)
+    config = load_config(None, overrides_of(args) | {"capture.file": args.file},
+                         need_collectors=False)
+    stream = stream_of(config, args.file, progress=progress)
+    if config.collectors:
+        return export(args, config, stream)
     out = sys.stdout
     for count, flow in enumerate(stream):
         if args.json:
@@ -192,7 +144,6 @@ def replay(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """`pyprobe check`: the configuration and its templates, checked; the effective configuration."""
-    from .sensor import collectors_of
     config = load_config(args.config, overrides_of(args))
     collectors_of(config, ElementRegistry.default())
     sys.stdout.write(to_yaml(config))
@@ -207,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .collect import run as collect
             return collect(args)
         if args.command == "run":
-            from .sensor import run
             return run(args.config, overrides_of(args))
         if args.command == "check":
             return check(args)

@@ -20,8 +20,10 @@ import argparse
 import dataclasses
 import difflib
 import grp
+import os
 import pwd
 import types
+from collections.abc import Collection
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -203,13 +205,13 @@ def _check(kind: Any, value: Any, key: str, meta: dict, base: Path | None) -> An
     return value
 
 
-def _check_whole(config: SensorConfig) -> None:
+def _check_whole(config: SensorConfig, need_collectors: bool) -> None:
     """What no single field can tell: one packet source, at least one collector, known accounts."""
     capture = config.capture
     if (capture.interface is None) == (capture.file is None):
         raise _Problem("capture", "expected one of interface or file, got "
                                   + ("both" if capture.interface else "neither"))
-    if not config.collectors:
+    if need_collectors and not config.collectors:
         raise _Problem("collectors", "missing, expected a list of at least one collector")
     for key, value, lookup in (("user", config.user, pwd.getpwnam),
                                ("group", config.group, grp.getgrnam)):
@@ -240,19 +242,26 @@ def _read(path: Path) -> dict:
     return raw
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SensorConfig:
+def _spec(key: str) -> tuple[dataclasses.Field, Any]:
+    """The field a dotted key (`cache.idle_timeout`, `collectors.mtu`) names, and its type."""
+    section, _, name = key.rpartition(".")
+    cls = _SECTION_TYPES[section]
+    return {f.name: f for f in fields(cls)}[name], get_type_hints(cls)[name]
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None, *,
+                need_collectors: bool = True) -> SensorConfig:
     """The file's configuration (or the defaults), with `overrides` (dotted key: value) on top.
 
     An override `collectors` replaces the file's list; a collector key (`collectors.mtu`) applies
-    to every collector; `capture.interface` and `capture.file` replace each other.
+    to every file collector, and to those of the override that do not set it; `capture.interface`
+    and `capture.file` replace each other. Paths of overrides are relative to the working folder.
     """
     overrides = overrides or {}
     flag_of = {key: flag for flag, key, _, _ in flags()} | {"collectors": "--collector"}
     try:  # the overrides first, on their own, so that their errors name the flag
         for key, value in overrides.items():
-            section, _, name = key.rpartition(".")
-            spec = {f.name: f for f in fields(_SECTION_TYPES[section])}[name]
-            kind = get_type_hints(_SECTION_TYPES[section])[name]
+            spec, kind = _spec(key)
             _check(kind, value, flag_of[key], spec.metadata, None)
     except _Problem as problem:
         raise ConfigError(f"command line: {problem}") from None
@@ -260,11 +269,16 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     raw = _read(Path(path)) if path is not None else {}
     for key, value in sorted(overrides.items(), key=lambda item: "." in item[0]):
         section, _, name = key.rpartition(".")
+        if path is not None and _spec(key)[0].metadata["path"] and value is not None:
+            value = os.path.abspath(value)
         if section == "collectors":
             entries = raw.get("collectors")
             for entry in entries if isinstance(entries, list) else ():
                 if isinstance(entry, dict):
-                    entry[name] = value
+                    if "collectors" in overrides:
+                        entry.setdefault(name, value)
+                    else:
+                        entry[name] = value
         elif section:
             part = raw.setdefault(section, {})
             if isinstance(part, dict):
@@ -276,7 +290,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     base = Path(path).resolve().parent if path is not None else None
     try:
         config = _build(SensorConfig, raw, "", base)
-        _check_whole(config)
+        _check_whole(config, need_collectors)
     except _Problem as problem:
         raise ConfigError(f"{source}: {problem}") from None
     return config
@@ -311,15 +325,18 @@ def _collector_argument(text: str) -> dict[str, Any]:
     return {"host": host, "port": port} | ({"protocol": protocol} if protocol else {})
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`-c FILE`, `--collector`, and a flag per setting, from the schema (no defaults: unset
-    flags leave the file's values)."""
-    parser.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None = None) -> None:
+    """`--collector` and a flag per setting (of `keys` only, when given), from the schema. The
+    flags have no defaults: unset flags leave the file's values."""
     parser.add_argument("--collector", action="append", dest="collectors",
                         metavar="HOST:PORT[,PROTO]", type=_collector_argument,
                         default=argparse.SUPPRESS,
-                        help="send flows there (repeatable; replaces the file's collectors)")
+                        help="send flows there (repeatable; [v6addr]:port for IPv6; the "
+                             "protocol, default --protocol, ipfix or netflow9; replaces a "
+                             "file's collectors)")
     for flag, key, spec, kind in flags():
+        if keys is not None and key not in keys:
+            continue
         kind = next((k for k in get_args(kind) if k is not type(None)), kind)
         shown = "" if spec.default is None else f" (default {spec.default})"
         options: dict[str, Any] = dict(dest=key, default=argparse.SUPPRESS,

@@ -21,9 +21,10 @@ import os
 import pwd
 import signal
 import sys
+from typing import Any
 
 from .capture import PcapSource
-from .config import DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
+from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
 from .elements import ElementRegistry
 from .errors import PyprobeError
 from .probe import Collector, Probe
@@ -34,10 +35,15 @@ log = logging.getLogger("pyprobe")
 LOG_FORMAT = "%(asctime)s {instance} %(levelname)s %(message)s"
 
 
-def collectors_of(config: SensorConfig, registry: ElementRegistry) -> list[Collector]:
-    """The configured collectors, their template files read and checked (each file once)."""
+def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
+                  biflow: bool = False) -> list[Collector]:
+    """The configured collectors, their template files read and checked (each file once).
+
+    A collector without a template file gets the biflow, nDPI or default one, in that order.
+    """
     templates: dict[str, TemplateSet] = {}
-    default = NDPI_TEMPLATE if config.dpi.enabled else DEFAULT_TEMPLATE
+    default = (BIFLOW_TEMPLATE if biflow else NDPI_TEMPLATE if config.dpi.enabled
+               else DEFAULT_TEMPLATE)
     collectors = []
     for entry in config.collectors:
         path = entry.template or str(default)
@@ -50,6 +56,16 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry) -> list[Colle
     for collector in collectors:  # a bad protocol/template pairing or MTU fails here too
         collector.exporter(registry)
     return collectors
+
+
+def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:
+    """The meter of `source` with the configured cache and DPI settings (and `options`)."""
+    cache, dpi = config.cache, config.dpi
+    return FlowStream(source, idle_timeout=cache.idle_timeout,
+                      active_timeout=cache.active_timeout, max_flows=cache.max_flows,
+                      bpf_filter=config.capture.bpf, dpi=dpi.enabled,
+                      n_dissections=dpi.packet_budget, decode_tunnels=dpi.decode_tunnels,
+                      **options)
 
 
 def open_capture(config: SensorConfig) -> PcapSource:
@@ -102,12 +118,8 @@ class Sensor:
         collectors = collectors_of(config, self.registry)
         capture = open_capture(config)
         drop_privileges(config.user, config.group)
-        stream = FlowStream(capture, idle_timeout=config.cache.idle_timeout,
-                            active_timeout=config.cache.active_timeout,
-                            max_flows=config.cache.max_flows, dpi=config.dpi.enabled,
-                            n_dissections=config.dpi.packet_budget,
-                            decode_tunnels=config.dpi.decode_tunnels)
-        probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer)
+        probe = self.probe = Probe(stream_of(config, capture), collectors, self.registry,
+                                   timer=self._timer)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._request_reload)

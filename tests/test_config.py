@@ -110,6 +110,11 @@ def test_flags_override_the_file_and_paths_are_relative_to_it(tmp_path: Path) ->
     replaced = load_config(path, {"collectors": [{"host": "c", "port": 4739}]})
     assert [(c.host, c.port, c.protocol) for c in replaced.collectors] == [("c", 4739, "ipfix")]
     assert load_config(path).capture.file == str(tmp_path / "in.pcap")
+    named = load_config(path, {"collectors": [{"host": "c", "protocol": "netflow9"}, {"host": "d"}],
+                               "collectors.protocol": "ipfix", "collectors.template": "u.yaml"})
+    template = str(Path("u.yaml").resolve())  # flags' paths: from the working folder
+    assert [(c.host, c.protocol, c.template) for c in named.collectors] == [
+        ("c", "netflow9", template), ("d", "ipfix", template)]
 
 
 def test_the_example_lists_every_key_with_its_default() -> None:
