@@ -77,7 +77,7 @@ class Probe:
                       for c in self.collectors]
 
     def set_collectors(self, collectors: list[Collector], now_ms: int) -> None:
-        """Keeps the links of collectors still listed; flushes and drops the others; adds new ones."""
+        """Keeps unchanged collectors' links; flushes and drops the others; adds new ones."""
         kept = dict(zip(self.collectors, self.links))
         self.update_statistics()
         for collector, link in kept.items():
@@ -89,7 +89,7 @@ class Probe:
                                           UdpTransport(c.host, c.port)) for c in collectors]
 
     def stop(self) -> None:
-        """Ends the run soon (safe in a signal handler): live flows expire as forced end and go out."""
+        """Ends the run soon (safe in a signal handler): live flows end (forced) and go out."""
         self.stream.stop()
 
     def update_statistics(self) -> None:

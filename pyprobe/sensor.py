@@ -170,7 +170,8 @@ class Sensor:
         kept = ("capture", "cache", "dpi", "user", "group")
         changed = [key for key in kept if getattr(config, key) != getattr(self.config, key)]
         if changed:
-            log.warning("reload: %s changed; they take effect at the next start", ", ".join(changed))
+            log.warning("reload: %s changed; they take effect at the next start",
+                        ", ".join(changed))
         self.config = config
         self.probe.set_collectors(collectors, now_ms)
         log.info("reloaded: exporting to %s",

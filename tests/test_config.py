@@ -80,7 +80,8 @@ def test_file_errors_name_file_key_value_and_expectation(tmp_path: Path, text: s
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"collectors.mtu": 100}, "command line: --mtu: got 100, expected an integer from 256 to 65507"),
+    ({"collectors.mtu": 100},
+     "command line: --mtu: got 100, expected an integer from 256 to 65507"),
     ({"cache.idle_timeout": 0.0}, "command line: --idle-timeout: got 0.0, expected a number of "
                                   "seconds of at least 0.001"),
     ({"collectors": [{"host": "a", "port": 0}]},
