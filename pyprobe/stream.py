@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 from .cache import FlowCache, Plugin
 from .capture import PcapSource
+from .config import DEFAULTS
 from .decode import Decoder
 from .tunnel import TunnelDecoder
 from .flow import EndReason, Flow
 
 PROGRESS_EVERY = 1 << 16  # packets between two progress callbacks
+CAPTURE, CACHE, DPI = DEFAULTS.capture, DEFAULTS.cache, DEFAULTS.dpi  # the schema's defaults
 
 
 @dataclass
@@ -62,11 +64,12 @@ class FlowStream:
     (`classify`) before the plugins run. After iteration, `stats` holds the run's `MeterStats`.
     """
 
-    def __init__(self, source: str | PcapSource, *, active_timeout: float = 120,
-                 idle_timeout: float = 30, max_flows: int = 524_288,
-                 bpf_filter: str | None = None, snaplen: int = 65535, dpi: bool = True,
-                 n_dissections: int = 20, decode_tunnels: bool = False,
-                 close_linger: float = 2, plugins: Sequence[Plugin] = (),
+    def __init__(self, source: str | PcapSource, *,
+                 active_timeout: float = CACHE.active_timeout,
+                 idle_timeout: float = CACHE.idle_timeout, max_flows: int = CACHE.max_flows,
+                 bpf_filter: str | None = CAPTURE.bpf, snaplen: int = CAPTURE.snaplen,
+                 dpi: bool = DPI.enabled, n_dissections: int = DPI.packet_budget,
+                 decode_tunnels: bool = DPI.decode_tunnels, close_linger: float = 2, plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None) -> None:
         self.source = source
         self.active_timeout = active_timeout
