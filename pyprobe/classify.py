@@ -36,6 +36,7 @@ METADATA = (  # DpiInfo field, the dpi2json block it is in, its key there
 )
 """Where each metadata field of a DpiInfo comes from in ndpi_dpi2json's output."""
 NO_BLOCK: dict[str, Any] = {}
+MARKERS = ('"hostname"', '"tls"', '"http"')  # in dpi2json's text exactly when METADATA has a value
 
 _shared: NDPI | None = None
 
@@ -101,8 +102,6 @@ class NdpiClassifier:
         risk, method = state.risk, state.http_method
         state.free()
         flow.classifier_state = None
-        found = dpi_metadata(text)
-        blocks = {"ndpi": found, "tls": _tls(found), "http": found.get("http", NO_BLOCK)}
         confidence = result.confidence.id
         flow.dpi = DpiInfo(
             application_name=ndpi.protocol_name(result),
@@ -112,8 +111,16 @@ class NdpiClassifier:
             http_method=method,
             master_protocol=result.master_protocol, app_protocol=result.app_protocol,
             category=result.category, risk=risk, risk_score=ndpi.risk_score(risk),
-            dpi_json=text,
-            **{name: blocks[block][key] for name, block, key in METADATA if key in blocks[block]})
+            dpi_json=text, **_metadata(text))
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    """The METADATA values found in dpi2json's text (parsed only when it has any: most has none)."""
+    if not any(marker in text for marker in MARKERS):
+        return NO_BLOCK
+    found = dpi_metadata(text)
+    blocks = {"ndpi": found, "tls": _tls(found), "http": found.get("http", NO_BLOCK)}
+    return {name: blocks[block][key] for name, block, key in METADATA if key in blocks[block]}
 
 
 def _tls(metadata: dict[str, Any]) -> dict[str, Any]:
