@@ -8,7 +8,7 @@ packet and counted by reason in `TunnelDecoder.tunnel_fallbacks`; so are, uncoun
 packets that carry no user packet (signalling, acknowledgements) and outer IP fragments (the
 inner packet is cut). A tunnel inside the inner packet is not opened.
 
-Ethernet frames skip `Decoder`'s fast paths, which would meter a UDP tunnel's outer packet.
+UDP over untagged Ethernet skips `Decoder`'s fast paths, which would meter a tunnel's outer packet.
 
 >>> import dpkt
 >>> inner = dpkt.ip.IP(src=bytes([10, 0, 0, 1]), dst=bytes([10, 0, 0, 2]), p=17,
@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from .decode import (
     ETH_P_IP, ETH_P_IPV6, ETHERNET_TYPE, IPPROTO_UDP, LINKTYPE_RAW, PORTS, PPP_TO_ETHERTYPE,
-    TRUNCATED_LINK, U16, Decoder,
+    U16, Decoder,
 )
 from .flow import Packet
 
@@ -46,6 +46,9 @@ IPPROTO_GRE = 47
 ETH_P_TEB = 0x6558  # transparent Ethernet bridging: an Ethernet frame in GRE
 ETH_P_PPP = 0x880B  # PPP, in PPTP's enhanced GRE
 IP_VERSION_TO_ETHERTYPE = {4: ETH_P_IP, 6: ETH_P_IPV6}
+# Decoder's Ethernet fast paths: the shortest frame they take, where they read the IP protocol.
+FAST_PATH_MIN_FRAME = 54
+FAST_PATH_PROTOCOL_AT = {ETH_P_IP: 14 + 9, ETH_P_IPV6: 14 + 6}
 
 GTP_HEADER = struct.Struct("!BBHI").unpack_from  # flags, message type, length, TEID
 GTP_T_PDU = 255  # a user packet; echo, error indication and end marker carry none
@@ -210,10 +213,14 @@ class TunnelDecoder(Decoder):
         self._inner = _InnerDecoder(LINKTYPE_RAW)
 
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
-        # Not the fast paths: they would meter a UDP tunnel's outer packet.
-        if len(frame) < 14:
-            return self._skip(TRUNCATED_LINK, frame)
-        return self._ethertype(time_ms, frame, 14, ETHERNET_TYPE(frame)[0])
+        # Decoder's fast paths would meter a UDP tunnel's outer packet: the UDP they could take
+        # goes the general way, where tunnels are opened; other frames may take them.
+        if len(frame) >= FAST_PATH_MIN_FRAME:
+            ethertype = ETHERNET_TYPE(frame)[0]
+            at = FAST_PATH_PROTOCOL_AT.get(ethertype)
+            if at is not None and frame[at] == IPPROTO_UDP:
+                return self._ethertype(time_ms, frame, 14, ethertype)
+        return Decoder._ethernet(self, time_ms, frame)
 
     def _transport(self, time_ms: int, frame: bytes, offset: int, l4: int, vlan_id: int,
                    src: bytes, dst: bytes, protocol: int, size: int, ttl: int,
