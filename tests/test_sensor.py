@@ -9,12 +9,14 @@ sees exactly the frames tcpreplay sends. Skipped where namespaces cannot be made
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference import count  # noqa: E402
 from tinypcap import CLIENT, RESOLVER, SERVER, tcp, udp, write_pcap  # noqa: E402
 
+from pyprobe.collect import Collector  # noqa: E402
 from pyprobe.flow import TH_ACK, TH_FIN, TH_PSH, TH_SYN  # noqa: E402
 
 PYPROBE = [sys.executable, "-m", "pyprobe"]
@@ -155,7 +158,6 @@ def flow_records(path: Path) -> list[dict]:
 
 def expected(pcap: Path) -> dict[Key, tuple[int, int]]:
     """Per one-way 5-tuple packets and bytes of a capture, by the dpkt reference counter."""
-    import socket
     return {(socket.inet_ntoa(src), socket.inet_ntoa(dst), sport, dport, proto): (p, b)
             for (src, dst, sport, dport, proto, _), (p, b) in count(pcap).totals.items()}
 
@@ -268,3 +270,35 @@ def test_sighup_reopens_the_log_and_swaps_collectors_keeping_them_on_a_bad_confi
     assert {r["version"] for r in records(tmp_path / "4741.json")} == {9}
     assert sorted(f["sourceTransportPort"] for f in flow_records(tmp_path / "4741.json")) == [
         53, 53, 80, 80, 40002, 40002, 40003, 40003]
+
+
+def test_run_on_a_capture_file_exports_what_replay_meters() -> None:
+    """`pyprobe run -c conf/replay.yaml`: the same loop on a file, its clock the packets'."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(0.5)  # the run has ended: what it sent is waiting in the socket
+        port = sink.getsockname()[1]
+        result = subprocess.run([*PYPROBE, "run", "-c", "conf/replay.yaml", "--collector",
+                                 f"127.0.0.1:{port}", "--template-refresh-packets", "1000"],
+                                capture_output=True, text=True, timeout=60,
+                                cwd=Path(__file__).resolve().parent.parent)
+        assert result.returncode == 0, result.stderr
+        collector, decoded = Collector(), []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                decoded += collector.feed(*sink.recvfrom(65535))
+    flows = sorted((f["sourceTransportPort"], f["destinationTransportPort"], f["packetDeltaCount"],
+                    f["octetDeltaCount"], f["flowEndReason"], f["flowStartMilliseconds"])
+                   for f in (r.as_dict()["fields"] for r in decoded if r.template_id in (256, 257)))
+    assert flows == [
+        (0, 0, 3, 120, 4, 1_700_000_001_015), (0, 2048, 3, 120, 4, 1_700_000_001_000),
+        (53, 53000, 1, 73, 4, 1_700_000_000_012), (80, 40000, 3, 188, 3, 1_700_000_000_120),
+        (123, 123, 1, 96, 4, 1_700_000_003_000), (123, 123, 1, 96, 4, 1_700_000_003_030),
+        (443, 40001, 3, 127, 3, 1_700_000_000_520), (16384, 16386, 5, 1000, 4, 1_700_000_002_000),
+        (40000, 80, 5, 265, 3, 1_700_000_000_100), (40001, 443, 5, 278, 3, 1_700_000_000_500),
+        (53000, 53, 1, 57, 4, 1_700_000_000_000)]
+    statistics = [r.as_dict()["fields"] for r in decoded if r.template_id == 65400][-1]
+    assert (statistics["exportedFlowRecordTotalCount"], statistics["layer2FrameTotalCount"]) == (
+        11, 0)
+    assert "INFO stopped: captured 0 frames, dropped 0 by the kernel and 0 by the interface; " \
+           "read 31, skipped 0; flows live 0, ended 6; exported 11 records" in result.stderr
