@@ -25,12 +25,13 @@ from builders import (  # noqa: E402
     ipv6, link, tcp, udp, write_pcap,
 )
 import reference  # noqa: E402
-from conftest import NDPI_PCAPS, require  # noqa: E402
+from conftest import BENCH_PCAP, NDPI_PCAPS, require  # noqa: E402
 from reference import FlowKey  # noqa: E402
 from test_captures import assert_same, capture_params, unidirectional_totals  # noqa: E402
 from test_decode import fields  # noqa: E402
 
 from pyprobe import FlowStream  # noqa: E402
+from pyprobe.capture import PcapSource  # noqa: E402
 from pyprobe.decode import Decoder  # noqa: E402
 from pyprobe.tunnel import TunnelDecoder  # noqa: E402
 
@@ -446,3 +447,35 @@ def test_ndpi_classifies_the_inner_packets(name: str) -> None:
     labels = [Counter(flow.application_name for flow in FlowStream(str(path), decode_tunnels=on))
               for on in (False, True)]
     assert labels == [Counter(expected) for expected in NDPI_LABELS[name]]
+
+
+# Packets per tunnel id in the bench capture as tshark counts them: `tshark -Y "gtp.message == 255
+# || vxlan || gre" -T fields -e gtp.teid -e vxlan.vni -e gre.key.call_id` (5 s, so kept here).
+BENCH_TUNNEL_PACKETS = {
+    0x000061B2: 1, 0x013C5B74: 13, 0x014CC10C: 8, 0x03D44F54: 2, 0x0444B5AE: 13, 0x0470BCAF: 22,
+    0x06607759: 8, 0x074C15B0: 1, 0x07E029A2: 2, 0x07ECE496: 2, 0x0E2C1DC7: 3, 0x12808FB8: 1,
+    0x1C4374D3: 2, 0x207536D7: 9, 0x41B13F5C: 14, 0x6DF68415: 8, 0x7EAA0C89: 1, 0x92480006: 1,
+    0xA2F254E5: 20, 0xD6201B11: 9, 0xDFD5B186: 2, 1111: 127, 0x9850: 1,
+}
+
+
+def test_bench_capture_tunnel_ids_and_conservation() -> None:
+    """The merged bench capture: every GTP-U, VXLAN and PPTP packet opened with tshark's tunnel
+    id, and the same frames metered and skipped as with decoding off, each in one flow."""
+    path = require(BENCH_PCAP)
+    capture = PcapSource(str(path))
+    decoder = TunnelDecoder(capture.linktype)
+    try:
+        packets = [decoder.decode(ts_ns // 1_000_000, frame) for ts_ns, frame in capture]
+    finally:
+        capture.close()
+    assert Counter(p.tunnel_id for p in packets if p is not None and p.tunnel_id) == Counter(
+        BENCH_TUNNEL_PACKETS)
+    off = FlowStream(str(path), dpi=False)
+    off_flows = sum(1 for _ in off)
+    on = FlowStream(str(path), dpi=False, decode_tunnels=True)
+    on_packets = sum(flow.bidirectional_packets for flow in on)
+    assert (on.stats.packets_read, on.stats.packets_decoded, on.stats.skipped) == (
+        off.stats.packets_read, off.stats.packets_decoded, off.stats.skipped)
+    assert (on_packets, sum(on.stats.flows.values()), off_flows) == (84_898, 9_105, 9_103)
+    assert on.stats.tunnel_fallbacks == Counter()
