@@ -58,6 +58,10 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
     return collectors
 
 
+def describe(collectors: list[Collector]) -> str:
+    return ", ".join(f"{c.host}:{c.port} ({c.protocol})" for c in collectors)
+
+
 def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:
     """The meter of `source` with the configured cache and DPI settings (and `options`)."""
     cache, dpi = config.cache, config.dpi
@@ -117,14 +121,14 @@ class Sensor:
         self._set_logging(config)
         collectors = collectors_of(config, self.registry)
         capture = open_capture(config)
+        stream = stream_of(config, capture)  # nDPI loads here, while its files are readable
         drop_privileges(config.user, config.group)
-        probe = self.probe = Probe(stream_of(config, capture), collectors, self.registry,
-                                   timer=self._timer)
+        probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._request_reload)
         log.info("started: capturing on %s as uid %d, exporting to %s", capture.source,
-                 os.getuid(), ", ".join(f"{c.host}:{c.port} ({c.protocol})" for c in collectors))
+                 os.getuid(), describe(collectors))
         probe.run()
         log.info("stopped: %s", self._statistics())
         return 0
@@ -174,8 +178,7 @@ class Sensor:
                         ", ".join(changed))
         self.config = config
         self.probe.set_collectors(collectors, now_ms)
-        log.info("reloaded: exporting to %s",
-                 ", ".join(f"{c.host}:{c.port} ({c.protocol})" for c in collectors))
+        log.info("reloaded: exporting to %s", describe(collectors))
 
     def _set_logging(self, config: SensorConfig) -> None:
         """Installs a new log handler (a reopened file) and level; the old handler is closed."""
