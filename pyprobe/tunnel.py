@@ -4,9 +4,9 @@ GTP-U, GRE (with PPTP's enhanced GRE carrying PPP), VXLAN, Teredo and IP in IP a
 tunnel deep: the packet's key, sizes and `ip_offset` are the inner packet's, the tunnel's id (GTP
 TEID, VXLAN VNI, GRE key, PPTP call id) is kept in `tunnel_id`, the VLAN stays the outer frame's.
 A tunnel that cannot be opened (a malformed or cut header or inner packet) is metered as the outer
-packet and counted by reason in `TunnelDecoder.tunnel_fallbacks`; so are, uncounted, tunnel
-packets that carry no user packet (signalling, acknowledgements) and outer IP fragments (the
-inner packet is cut). A tunnel inside the inner packet is not opened.
+packet and counted by reason in `TunnelDecoder.tunnel_fallbacks`. Tunnel packets that carry no
+user packet (signalling, acknowledgements) and outer IP fragments (the inner packet is cut) are
+metered as the outer packet too, uncounted. A tunnel inside the inner packet is not opened.
 
 UDP over untagged Ethernet skips `Decoder`'s fast paths, which would meter a tunnel's outer packet.
 
