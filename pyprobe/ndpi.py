@@ -70,6 +70,7 @@ uint16_t ndpi_risk2score(uint64_t risk, uint16_t *client_score, uint16_t *server
 
 int ndpi_init_serializer(void *serializer, int fmt);
 void ndpi_term_serializer(void *serializer);
+void ndpi_reset_serializer(void *serializer);
 char *ndpi_serializer_get_buffer(void *serializer, uint32_t *buffer_len);
 int ndpi_dpi2json(struct ndpi_detection_module_struct *ndpi_str, struct ndpi_flow_struct *flow,
     ndpi_protocol l7_protocol, void *serializer);
@@ -191,11 +192,12 @@ class NDPIProtocol(NamedTuple):
 
 
 def _fields_view() -> str:
-    """The cdef of `struct ndpi_flow_fields`: FLOW_FIELDS at their offsets, padding between."""
+    """The cdef of `struct ndpi_flow_fields`: a flow struct's size, FLOW_FIELDS at their offsets."""
     members, at = [], 0
     for name, (offset, ctype) in sorted(FLOW_FIELDS.items(), key=lambda item: item[1][0]):
         members += [f"char _pad{at}[{offset - at}];", f"{ctype} {name.replace('.', '_')};"]
         at = offset + ffi.sizeof(ctype)
+    members.append(f"char _pad{at}[{FLOW_SIZE - at}];")
     return "struct ndpi_flow_fields { %s };" % " ".join(members)
 
 
@@ -207,16 +209,16 @@ FIELDS_POINTER = ffi.typeof("struct ndpi_flow_fields *")
 class NDPIFlow:
     """nDPI's state of one flow: a zeroed buffer of the library's flow size until `free()`.
 
+    The buffer is typed as `struct ndpi_flow_fields`, which reads FLOW_FIELDS in place.
     `NDPIFlow.live` counts the buffers not yet freed, over all instances.
     """
 
-    __slots__ = ("C", "packets", "_buffer", "_fields")
+    __slots__ = ("C", "packets", "_fields")
     live = 0
 
     def __init__(self) -> None:
-        buffer = self._buffer = ffi.new("char[]", FLOW_SIZE)
-        self.C = ffi.cast(FLOW_POINTER, buffer)
-        self._fields = ffi.cast(FIELDS_POINTER, buffer)  # FLOW_FIELDS, read in place
+        self._fields = ffi.new(FIELDS_POINTER)
+        self.C = ffi.cast(FLOW_POINTER, self._fields)
         self.packets = 0
         """Packets handed to nDPI."""
         NDPIFlow.live += 1
@@ -239,10 +241,9 @@ class NDPIFlow:
 
     def free(self) -> None:
         """Frees what nDPI allocated for the flow, then the buffer; later calls do nothing."""
-        if self._buffer is not None:
+        if self.C != ffi.NULL:
             lib.ndpi_free_flow_data(self.C)
-            ffi.release(self._buffer)
-            self._buffer = None
+            ffi.release(self._fields)
             self.C = self._fields = ffi.NULL
             NDPIFlow.live -= 1
 
@@ -261,7 +262,7 @@ class NDPI:
         self._names: dict[tuple[int, int], str] = {}
         self._categories: dict[int, str] = {}
         self._scores: dict[int, int] = {0: 0}
-        self._serializer = ffi.new("char[]", SERIALIZER_SIZE)
+        self._serializer = ffi.NULL
         self._length = ffi.new("uint32_t *")
         self._scores_out = ffi.new("uint16_t[2]")
         module = lib.ndpi_init_detection_module(ffi.NULL)
@@ -275,6 +276,10 @@ class NDPI:
             lib.ndpi_exit_detection_module(module)
             raise RuntimeError("ndpi_finalize_initialization failed")
         self._module = module
+        serializer = ffi.new("char[]", SERIALIZER_SIZE)
+        if lib.ndpi_init_serializer(serializer, SERIALIZATION_JSON) == -1:
+            raise MemoryError("ndpi_init_serializer failed")
+        self._serializer = serializer  # reset before each use
 
     @property
     def revision(self) -> str:
@@ -340,14 +345,9 @@ class NDPI:
         Its strings are copied from packets: parse it with `strict=False` (raw control bytes).
         """
         serializer = self._serializer
-        if lib.ndpi_init_serializer(serializer, SERIALIZATION_JSON) == -1:
-            raise MemoryError("ndpi_init_serializer failed")
-        try:
-            lib.ndpi_dpi2json(self._module, flow.C, result.C, serializer)
-            text = ffi.unpack(lib.ndpi_serializer_get_buffer(serializer, self._length),
-                              self._length[0])
-        finally:
-            lib.ndpi_term_serializer(serializer)
+        lib.ndpi_reset_serializer(serializer)
+        lib.ndpi_dpi2json(self._module, flow.C, result.C, serializer)
+        text = ffi.unpack(lib.ndpi_serializer_get_buffer(serializer, self._length), self._length[0])
         return text.decode(errors="replace")
 
     def risk_score(self, risk: int) -> int:
@@ -360,6 +360,9 @@ class NDPI:
 
     def close(self) -> None:
         """Destroys the detection module; later calls do nothing."""
+        if self._serializer != ffi.NULL:
+            lib.ndpi_term_serializer(self._serializer)
+            self._serializer = ffi.NULL
         if self._module != ffi.NULL:
             lib.ndpi_exit_detection_module(self._module)
             self._module = ffi.NULL
