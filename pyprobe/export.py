@@ -31,7 +31,7 @@ from .netflow9 import NETFLOW9, UPTIME_WINDOW_MS
 from .options import (ExportStats, application_names_template, application_names_values,
                       enterprise_elements, statistics_template, statistics_values,
                       type_information_template, type_information_values)
-from .template import TemplateError, TemplateSet
+from .template import CompiledTemplate, TemplateError, TemplateSet
 
 PROTOCOLS: dict[str, Protocol] = {"ipfix": IPFIX, "netflow9": NETFLOW9}
 
@@ -57,7 +57,12 @@ class Exporter:
         self.flush_interval_ms = flush_interval_ms
         self.boot_ms = boot_ms
         self.stats = ExportStats()
-        self.sequence = 0
+        self._data_channel = _Channel(MessageBuilder(self.protocol, mtu_bytes), observation_domain)
+        # IPFIX: the exporting process's options (statistics, RFC 5610 types) go in messages of
+        # observation domain 0, with a sequence of their own: the data domain's sequence then
+        # counts flow records (and application names), which is what nfcapd checks it against.
+        self._options_channel = (_Channel(MessageBuilder(self.protocol, mtu_bytes), 0)
+                                 if self.protocol.sequence_counts_records else self._data_channel)
         compile_ = lambda t: t.compile(self.protocol, boot_ms=boot_ms)  # noqa: E731
         self._compile_data()
         self._enterprise = enterprise_elements(templates.templates)
@@ -68,19 +73,20 @@ class Exporter:
                         for f in t.fields) else [])
         self._application_names = names[0] if names else None
         self._applications: dict[bytes, bytes] = {}  # applicationId: its names record
-        self._options = (compile_(statistics_template(registry)), *types, *names)
-        self._template_records = [(set_id, record, False)
-                                  for set_id, record in self._template_records_of()]
+        self._options = (compile_(statistics_template(registry)), *types)
+        self._template_records = self._template_records_of((*self._data.values(), *names))
+        self._options_template_records = self._template_records_of(self._options)
         self._type_records = [(c.id, c.encode_values(type_information_values(ie)), True)
                               for c in types for ie in self._enterprise]
-        self._builder = MessageBuilder(self.protocol, mtu_bytes)
         self._messages_since_templates = 0
         self._templates_sent_ms: int | None = None
         self._message_started_ms = 0
         # Every record, templates included, must fit in a message of its own (fixed parts only:
         # IPFIX strings are as long as their values).
         largest = max([c.record_length for c in self._data.values()]
-                      + [len(record) for _, record, _ in self._refresh_records()])
+                      + [len(record) for _, record, _ in self._template_records]
+                      + [len(record) for _, record, _ in self._options_records()]
+                      + [len(record) for _, record, _ in self._names_records()])
         overhead = self.protocol.header_length + 4 + 3 * self.protocol.pad_sets
         self._record_room = mtu_bytes - overhead  # the longest record a message can hold
         if largest > self._record_room:
@@ -95,20 +101,17 @@ class Exporter:
 
     def _reboot(self, flow: Flow, now_ms: int, out: list[bytes]) -> None:
         """NFv9: a new boot time for a flow outside sysUpTime's window of the current one."""
-        if self._builder.records:
-            out.append(self._finish(now_ms))
+        self._send(now_ms, out)
         self.boot_ms = min(flow.first_seen_ms, now_ms - UPTIME_WINDOW_MS // 2) // 1000 * 1000
         self._compile_data()
 
-    def _template_records_of(self) -> list[tuple[int, bytes]]:
-        """(set id, record) of every template and options template, in the order they are sent."""
+    def _template_records_of(self, compiled: Iterable[CompiledTemplate]) -> list[tuple[int, bytes, bool]]:
+        """(set id, record, False) of each template: options templates when they have a scope."""
         protocol = self.protocol
-        records = [(protocol.template_set_id, protocol.template_record(c.id, c.fields))
-                   for c in self._data.values()]
-        records += [(protocol.options_template_set_id,
-                     protocol.template_record(c.id, c.fields, c.template.scope_count))
-                    for c in self._options]
-        return sorted(records, key=lambda r: r[0])
+        return [(protocol.options_template_set_id if c.template.scope_count else
+                 protocol.template_set_id,
+                 protocol.template_record(c.id, c.fields, c.template.scope_count), False)
+                for c in compiled]
 
     def export(self, flows: Iterable[Flow], now_ms: int) -> list[bytes]:
         """Adds the flows' records; returns the messages that filled up."""
@@ -145,7 +148,9 @@ class Exporter:
         names, key = self._application_names, application_id(flow.dpi)
         record = names.encode_values(application_names_values(
             self.observation_domain, key, application_name(flow.dpi)))
-        self._add(names.id, record, now_ms, out)
+        if not self._data_channel.builder.records:
+            self._open(now_ms, out)  # templates before the record
+        self._put(self._data_channel, names.id, record, True, now_ms, out)
         self._applications[key] = record
 
     def _not_sent(self, flow: Flow, now_ms: int) -> None:
@@ -159,19 +164,26 @@ class Exporter:
     def _add(self, set_id: int, record: bytes, now_ms: int, out: list[bytes]) -> bool:
         """Adds a data record, sending the messages it fills; False if no message can hold it
         (IPFIX strings can make a record longer than the mtu)."""
-        builder = self._builder
+        builder = self._data_channel.builder
         if not builder.records:
             self._open(now_ms, out)
         if builder.add(set_id, record, True):
             return True
         if len(record) > self._record_room:
             return False
-        out.append(self._finish(now_ms))
+        self._send(now_ms, out)
         self._open(now_ms, out)
         if not builder.add(set_id, record, True):  # the templates filled that message
-            out.append(self._finish(now_ms))
+            self._send(now_ms, out)
             builder.add(set_id, record, True)
         return True
+
+    def _put(self, channel: _Channel, set_id: int, record: bytes, data: bool, now_ms: int,
+             out: list[bytes]) -> None:
+        """Adds a record to a channel's message, sending that message first when it is full."""
+        if not channel.builder.add(set_id, record, data):
+            out.append(self._finish(channel, now_ms))
+            channel.builder.add(set_id, record, data)
 
     def _open(self, now_ms: int, out: list[bytes]) -> None:
         """Starts a message: with the templates and options first when a refresh is due."""
@@ -180,48 +192,79 @@ class Exporter:
                 or self._messages_since_templates >= self.template_refresh_packets
                 or now_ms - self._templates_sent_ms >= self.template_refresh_ms):
             self._templates_sent_ms = now_ms
-            for set_id, record, data in self._refresh_records():
-                if not self._builder.add(set_id, record, data):
-                    out.append(self._finish(now_ms))
-                    self._builder.add(set_id, record, data)
+            for set_id, record, data in self._template_records + self._names_records():
+                self._put(self._data_channel, set_id, record, data, now_ms, out)
+            for set_id, record, data in self._options_records():
+                self._put(self._options_channel, set_id, record, data, now_ms, out)
             self._messages_since_templates = 0  # counted from the message the refresh ends in
 
-    def _refresh_records(self) -> list[tuple[int, bytes, bool]]:
-        """Templates, then options data: statistics as of now, type records, application names."""
+    def _options_records(self) -> list[tuple[int, bytes, bool]]:
+        """Options templates, then options data: statistics as of now, and the type records."""
         statistics = self._options[0]
-        return [*self._template_records,
+        return [*self._options_template_records,
                 (statistics.id, statistics.encode_values(statistics_values(self.stats)), True),
-                *self._type_records,
-                *[(self._application_names.id, r, True) for r in self._applications.values()]]
+                *self._type_records]
 
-    def _finish(self, now_ms: int) -> bytes:
-        builder = self._builder
+    def _names_records(self) -> list[tuple[int, bytes, bool]]:
+        """The application names records: in the flows' domain, where nfdump looks names up."""
+        if self._application_names is None:
+            return []
+        return [(self._application_names.id, r, True) for r in self._applications.values()]
+
+    def _finish(self, channel: _Channel, now_ms: int) -> bytes:
+        """The channel's message, numbered; its builder is empty again."""
+        builder = channel.builder
         records = builder.data_records
-        message = builder.finish(now_ms=now_ms, boot_ms=self.boot_ms, sequence=self.sequence,
-                                 domain=self.observation_domain)
-        self.sequence += records if self.protocol.sequence_counts_records else 1
-        self._messages_since_templates += 1
+        message = builder.finish(now_ms=now_ms, boot_ms=self.boot_ms, sequence=channel.sequence,
+                                 domain=channel.domain)
+        channel.sequence += records if self.protocol.sequence_counts_records else 1
+        self._messages_since_templates += channel is self._data_channel
         self.stats.messages += 1
         self.stats.octets += len(message)
         return message
 
+    def _send(self, now_ms: int, out: list[bytes]) -> None:
+        """Finishes the messages being filled: options first, as their records come first."""
+        for channel in {self._options_channel: None, self._data_channel: None}:
+            if channel.builder.records:
+                out.append(self._finish(channel, now_ms))
+
+    @property
+    def sequence(self) -> int:
+        """The data domain's sequence number: the next message's (settable, to go on from one)."""
+        return self._data_channel.sequence
+
+    @sequence.setter
+    def sequence(self, value: int) -> None:
+        self._data_channel.sequence = value
+
     def tick(self, now_ms: int) -> list[bytes]:
         """Timer work: sends a message held longer than the flush interval, and templates when due."""
-        if self._builder.records:
+        out: list[bytes] = []
+        if self._data_channel.builder.records or self._options_channel.builder.records:
             if now_ms - self._message_started_ms >= self.flush_interval_ms:
-                return [self._finish(now_ms)]
-            return []
-        if self._templates_sent_ms is None or now_ms - self._templates_sent_ms >= self.template_refresh_ms:
-            out: list[bytes] = []
+                self._send(now_ms, out)
+        elif self._templates_sent_ms is None or now_ms - self._templates_sent_ms >= self.template_refresh_ms:
             self._open(now_ms, out)
-            out.append(self._finish(now_ms))
-            return out
-        return []
+            self._send(now_ms, out)
+        return out
 
     def flush(self, now_ms: int) -> list[bytes]:
-        """Sends the message being filled, then templates and options with the final statistics."""
-        out = [self._finish(now_ms)] if self._builder.records else []
+        """Sends the messages being filled, then templates and options with the final statistics."""
+        out: list[bytes] = []
+        self._send(now_ms, out)
         self._templates_sent_ms = None  # force the refresh: templates are the content
         self._open(now_ms, out)
-        out.append(self._finish(now_ms))
+        self._send(now_ms, out)
         return out
+
+
+class _Channel:
+    """Messages of one observation domain: the one being filled, and the sequence number."""
+
+    __slots__ = ("builder", "domain", "sequence")
+
+    def __init__(self, builder: MessageBuilder, domain: int) -> None:
+        self.builder = builder
+        self.domain = domain
+        self.sequence = 0

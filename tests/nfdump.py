@@ -142,15 +142,6 @@ def summary(directory: Path) -> dict[str, int]:
     return result
 
 
-def nfcapd_sequence_failures(messages: list[list[Record]]) -> int:
-    """The failures nfcapd 1.7.1 counts in an IPFIX stream, given each message's records.
-
-    It expects the next sequence number to grow by the flow records only, not by options data
-    records as RFC 7011 §3.1 says: each message with options data is followed by a "failure".
-    """
-    return sum(1 for before in messages[:-1] if any(r.scope_count for r in before))
-
-
 class UdpSink:
     """Receives datagrams on 127.0.0.1 in a thread, in place of a collector."""
 

@@ -55,7 +55,9 @@ SESSION_RECORDS = [
 def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, protocol: str) -> None:
     """Replay over loopback into `pyprobe collect --json`: every flow field and the statistics."""
     capture = write_pcap(tmp_path / "session.pcap", session()[:1] + [(5, ARP)] + session()[1:])
-    collect = pyprobe("collect", "--port", "0", "--json", "--count", "2", "--timeout", "20")
+    # IPFIX sends the options in observation domain 0, in messages of their own.
+    messages = {"ipfix": 4, "netflow9": 2}[protocol]
+    collect = pyprobe("collect", "--port", "0", "--json", "--count", str(messages), "--timeout", "20")
     try:
         port = listening_port(collect)
         replay = subprocess.run([sys.executable, "-m", "pyprobe", "replay", capture, "--no-dpi",
@@ -65,12 +67,14 @@ def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, proto
     finally:
         collect.kill()
     assert replay.returncode == 0, replay.stderr
-    assert "exported 2 flows as 4 records in 2 messages" in replay.stdout
-    assert err.splitlines()[-1] == "2 messages, 6 records, 0 data sets without a template"
+    assert f"exported 2 flows as 4 records in {messages} messages" in replay.stdout
+    assert err.splitlines()[-1] == f"{messages} messages, 6 records, 0 data sets without a template"
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["template_id"] for r in records] == [65400, 256, 256, 256, 256, 65400]
-    assert {(r["version"], r["domain"], r["exporter"].rsplit(":", 1)[0]) for r in records} == {
-        ({"ipfix": 10, "netflow9": 9}[protocol], 1, "127.0.0.1")}
+    version, options_domain = {"ipfix": (10, 0), "netflow9": (9, 1)}[protocol]
+    assert [(r["version"], r["domain"], r["exporter"].rsplit(":", 1)[0]) for r in records] == [
+        (version, options_domain, "127.0.0.1")] + [(version, 1, "127.0.0.1")] * 4 + [
+        (version, options_domain, "127.0.0.1")]
     flows = []
     for record in records[1:5]:
         fields = record["fields"]
@@ -87,7 +91,8 @@ def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, proto
     statistics = records[-1]["fields"]
     assert [statistics[k] for k in ("exportedMessageTotalCount", "exportedFlowRecordTotalCount",
                                     "ignoredPacketTotalCount", "ignoredOctetTotalCount",
-                                    "notSentFlowTotalCount")] == [1, 4, 1, len(ARP), 0]
+                                    "notSentFlowTotalCount")] == [
+        {"ipfix": 2, "netflow9": 1}[protocol], 4, 1, len(ARP), 0]  # the messages before it
 
 
 # The sans-IO collector.
@@ -98,12 +103,12 @@ def exporter(protocol: str = "ipfix", **options) -> Exporter:
 
 
 def templates_then_data() -> list[bytes]:
-    """Two IPFIX messages: templates and statistics, then one flow record 10.0.0.1:5000 -> :53."""
+    """Two IPFIX messages: the data templates, then one flow record 10.0.0.1:5000 -> :53."""
     export = exporter()
     cache = FlowCache()
     cache.add(Packet(EPOCH_MS, A4, B4, 5000, 53, 17, 0, 100, 64, 0, 0, 0, 0, b"", 0))
     cache.drain()
-    [templates] = export.flush(EPOCH_MS)
+    _, templates = export.flush(EPOCH_MS)  # the options (domain 0), then the data templates
     assert export.export(cache.expired, EPOCH_MS) == []
     [data] = export.tick(EPOCH_MS + 1000)  # held for the flush interval
     return [templates, data]
@@ -131,10 +136,10 @@ def test_data_before_its_template_is_counted_and_skipped() -> None:
     assert (collector.messages, collector.records, collector.missing_template) == (1, 0, 1)
     collector.feed(templates, SOURCE)
     [record] = collector.feed(data, SOURCE)
-    assert (record.template_id, record.sequence, record.fields[2:6]) == (256, 1, [
+    assert (record.template_id, record.sequence, record.fields[2:6]) == (256, 0, [
         ("sourceIPv4Address", "10.0.0.1"), ("destinationIPv4Address", "10.0.0.2"),
         ("sourceTransportPort", 5000), ("destinationTransportPort", 53)])
-    assert (collector.messages, collector.records, collector.missing_template) == (3, 2, 1)
+    assert (collector.messages, collector.records, collector.missing_template) == (3, 1, 1)
 
 
 def test_templates_belong_to_one_exporter_and_domain() -> None:

@@ -158,6 +158,11 @@ def flow_records(decoded: list[list[Record]]) -> list[Record]:
     return [r for records in decoded for r in records if r.template_id < STATISTICS]
 
 
+def data_domain(messages: list[bytes]) -> list[bytes]:
+    """The messages of the flows' observation domain (IPFIX options go in domain 0)."""
+    return [m for m in messages if m[1] == 9 or struct.unpack_from("!I", m, 12)[0] != 0]
+
+
 def set_ids(message: bytes) -> list[int]:
     """The set ids of a message, in order (IPFIX header 16 octets, NFv9 20)."""
     offset, ids = (16 if message[1] == 10 else 20), []
@@ -311,32 +316,35 @@ def test_netflow9_refuses_variable_length_strings(tmp_path: Path) -> None:
 # Headers.
 
 def test_ipfix_sequence_counts_data_records_sent_before_per_domain() -> None:
-    """Sequence = data records (options data included, templates not) before the message."""
+    """Sequence = data records (options data included, templates not) sent before the message in
+    its domain: flows in the configured domain, options in domain 0 (nfcapd counts flows only)."""
     flows = udp_flows(120)
     for domain in (1, 77):
         export = exporter(observation_domain=domain, mtu_bytes=512, template_refresh_packets=4)
         messages = export.export(flows, T0 + 1000) + export.flush(T0 + 1000)
-        decoded = decode(messages)
-        headers = [struct.unpack_from("!HHIII", m) for m in messages]
-        sent = [0]
-        for records in decoded[:-1]:
-            sent.append(sent[-1] + len(records))
-        assert [h[3] for h in headers] == sent
-        assert {h[4] for h in headers} == {domain}
+        sent = {domain: 0, 0: 0}
+        for message, records in zip(messages, decode(messages)):
+            _, _, _, sequence, message_domain = struct.unpack_from("!HHIII", message)
+            assert sequence == sent[message_domain]
+            sent[message_domain] += len(records)
+            has_options = 3 in set_ids(message)
+            assert has_options == (message_domain == 0)  # and flows in the other domain only
+            assert has_options or all(r.template_id in (256, 257) for r in records)
         refreshes = sum(3 in set_ids(m) for m in messages)  # each with one statistics record
-        assert sent[-1] + len(decoded[-1]) == 180 + refreshes
-        assert refreshes == len(messages) // 4 + 1  # every 4 messages, and the final flush
+        assert sent == {domain: 180, 0: refreshes}
+        assert refreshes == 1 + sum(2 in set_ids(m) for m in messages[:-1])  # and the final flush
 
 
 @pytest.mark.parametrize("protocol, offset, following", [
-    ("ipfix", 8, 1),  # 2^32 - 2 + 3 data records (a flow both ways and the statistics)
+    ("ipfix", 8, 0),  # 2^32 - 2 + 2 flow records (the statistics go in domain 0)
     ("netflow9", 12, 2**32 - 1),  # + 1 packet
 ])
 def test_sequence_numbers_wrap_modulo_2_to_the_32(protocol: str, offset: int, following: int) -> None:
     export = exporter("default", protocol)
     export.sequence = 2**32 - 2
     messages = export.export(udp_flows(1), T0 + 1000) + export.flush(T0 + 1000)
-    assert [struct.unpack_from("!I", m, offset)[0] for m in messages] == [2**32 - 2, following]
+    assert [struct.unpack_from("!I", m, offset)[0] for m in data_domain(messages)] == [
+        2**32 - 2, following]
 
 
 def test_netflow9_header_count_sequence_and_uptime() -> None:
@@ -360,8 +368,8 @@ def test_export_times_follow_the_packet_clock() -> None:
     """IPFIX export time is the second of the clock; NFv9 sysUpTime + boot time is that clock."""
     ipfix, netflow9 = exporter(), exporter("default", "netflow9")
     for now_ms in (T0 + 500, T0 + 3_600_000, T0 + 86_400_999):
-        (ipfix_message,), (v9_message,) = ipfix.flush(now_ms), netflow9.flush(now_ms)
-        assert struct.unpack_from("!I", ipfix_message, 4)[0] == now_ms // 1000
+        ipfix_messages, (v9_message,) = ipfix.flush(now_ms), netflow9.flush(now_ms)
+        assert [struct.unpack_from("!I", m, 4)[0] for m in ipfix_messages] == [now_ms // 1000] * 2
         uptime, unix_secs = struct.unpack_from("!II", v9_message, 4)
         assert (unix_secs, unix_secs * 1000 - uptime) == (-(-now_ms // 1000), BOOT_MS)
 
@@ -420,7 +428,7 @@ def test_a_record_longer_than_any_message_is_counted_as_not_sent(tmp_path: Path)
         NAMES[0], *NAMES[2:]]
     assert all(set_ids(m) for m in messages)  # no empty message either
     assert export.stats.flow_records == 4
-    statistics = statistics_of(decoded[-1])
+    statistics = final_statistics(decoded)
     assert [statistics[k] for k in ("exportedFlowRecordTotalCount", "notSentFlowTotalCount",
                                     "notSentPacketTotalCount", "notSentOctetTotalCount")] == [
         4, 1, 1, 100]
@@ -460,11 +468,13 @@ def test_mtu_too_small_for_one_record_is_refused(protocol: str) -> None:
     """The smallest mtu fits exactly the statistics record, alone in its message."""
     needed = smallest_mtu(protocol)
     messages = exporter("default", protocol, mtu_bytes=needed).flush(T0)
-    template_set, options_set = (2, 3) if protocol == "ipfix" else (0, 1)
-    assert [set_ids(m) for m in messages] == [[template_set], [template_set], [options_set],
-                                              [STATISTICS]]
+    # IPFIX: each template fills a message, and so do the options template and the statistics
+    # (domain 0), sent as they fill; NFv9: one stream.
+    assert [set_ids(m) for m in messages] == ([[2], [3], [STATISTICS], [2]] if protocol == "ipfix"
+                                              else [[0], [0], [1], [STATISTICS]])
+    [statistics] = [m for m in messages if set_ids(m) == [STATISTICS]]
     # NFv9 pads the record to 4 octets: its mtu allows for 3 octets of padding.
-    assert len(messages[-1]) == (needed if protocol == "ipfix" else needed // 4 * 4)
+    assert len(statistics) == (needed if protocol == "ipfix" else needed // 4 * 4)
     with pytest.raises(TemplateError) as error:
         exporter("default", protocol, mtu_bytes=needed - 1)
     assert str(error.value) == f"mtu {needed - 1} is too small: a record needs {needed} octets"
@@ -472,17 +482,22 @@ def test_mtu_too_small_for_one_record_is_refused(protocol: str) -> None:
 
 # Template refresh and options data.
 
-TEMPLATES_AND_OPTIONS = [2, 3, STATISTICS]  # default.yaml over IPFIX: no enterprise element
+OPTIONS = [3, STATISTICS]  # default.yaml over IPFIX: no enterprise element; in domain 0
+TEMPLATES = [2]  # the data templates, in the flows' domain
 
 
 def test_templates_and_options_open_the_first_message_and_every_nth() -> None:
     export = exporter(template_refresh_packets=3)
     messages = export.export(udp_flows(200), T0 + 1000) + export.flush(T0 + 1000)
-    assert len(messages) == 15
-    assert [set_ids(m)[:3] == TEMPLATES_AND_OPTIONS for m in messages] == [
-        i % 3 == 0 or i == len(messages) - 1 for i in range(len(messages))]
-    assert set_ids(messages[0]) == TEMPLATES_AND_OPTIONS + [256]
-    assert set_ids(messages[1]) == [256]
+    data = data_domain(messages)
+    assert len(data) == 15
+    assert [set_ids(m)[:1] == TEMPLATES for m in data] == [
+        i % 3 == 0 or i == len(data) - 1 for i in range(len(data))]
+    assert set_ids(data[0]) == TEMPLATES + [256]
+    assert set_ids(data[1]) == [256]
+    # Each refresh sends the options too, in a domain-0 message just before that data message.
+    assert [i for i, m in enumerate(messages) if m not in data] == [0, 4, 8, 12, 16, 19]
+    assert all(set_ids(messages[i]) == OPTIONS for i in (0, 4, 8, 12, 16, 19))
 
 
 def test_templates_refresh_after_template_refresh_s_of_packet_time_even_without_data() -> None:
@@ -494,17 +509,24 @@ def test_templates_refresh_after_template_refresh_s_of_packet_time_even_without_
             export.tick(T0 + 20_999), export.tick(T0 + 21_000), export.tick(T0 + 30_999),
             export.export(batches[3], T0 + 31_000), export.flush(T0 + 31_000)]
     assert [[set_ids(m) for m in messages] for messages in sent] == [
-        [], [], [TEMPLATES_AND_OPTIONS + [256]],  # opened at 1000, held 1 s: the flush interval
+        [], [], [OPTIONS, TEMPLATES + [256]],  # opened at 1000, held 1 s: the flush interval
         [], [[256]],
-        [], [TEMPLATES_AND_OPTIONS + [256]],  # 10 s after the templates of 1000
-        [], [TEMPLATES_AND_OPTIONS],  # no data: the timer sends them alone, 10 s after 11 000
+        [], [OPTIONS, TEMPLATES + [256]],  # 10 s after the templates of 1000
+        [], [OPTIONS, TEMPLATES],  # no data: the timer sends them alone, 10 s after 11 000
         [], [],
-        [TEMPLATES_AND_OPTIONS + [256], TEMPLATES_AND_OPTIONS]]  # due at 31 000; flush: statistics
+        [OPTIONS, TEMPLATES + [256], OPTIONS, TEMPLATES]]  # due at 31 000; flush: statistics
 
 
 def statistics_of(records: list[Record]) -> dict[str, Any]:
     [statistics] = [r for r in records if r.template_id == STATISTICS]
     return statistics.as_dict()["fields"]
+
+
+def final_statistics(decoded: list[list[Record]]) -> dict[str, Any]:
+    """The last statistics record sent (the final flush's)."""
+    return statistics_of([[r for r in records if r.template_id == STATISTICS]
+                          for records in decoded if any(r.template_id == STATISTICS
+                                                        for r in records)][-1])
 
 
 def test_statistics_report_what_was_sent_before_them() -> None:
@@ -513,7 +535,10 @@ def test_statistics_report_what_was_sent_before_them() -> None:
     export.stats.ignored_packets, export.stats.ignored_octets = 5, 321  # the probe sets them
     messages += export.flush(T0 + 2000)
     decoded = decode(messages)
-    for index in (0, 3, len(messages) - 1):
+    with_statistics = [i for i, records in enumerate(decoded)
+                       if any(r.template_id == STATISTICS for r in records)]
+    assert with_statistics == [0, 4, 8, 12, 16, 20, 24]  # every 3 data messages, and the flush
+    for index in with_statistics:
         before = [r for records in decoded[:index] for r in records if r.template_id < STATISTICS]
         statistics = statistics_of(decoded[index])
         assert (statistics["exportedMessageTotalCount"], statistics["exportedFlowRecordTotalCount"],
@@ -534,7 +559,7 @@ def test_flows_without_a_template_are_counted_as_not_sent(tmp_path: Path) -> Non
     export = exporter(load_templates(path, REGISTRY))
     ipv6 = udp_flows(3, addresses=(A6, B6))  # 3 flows, 5 packets of 100 or 200 IP octets
     messages = export.export(ipv6[:2], T0 + 1000) + export.export(ipv6[2:], T0 + 4000)
-    statistics = statistics_of(decode(messages + export.flush(T0 + 5000))[-1])
+    statistics = final_statistics(decode(messages + export.flush(T0 + 5000)))
     assert {k: statistics[k] for k in ("notSentFlowTotalCount", "notSentPacketTotalCount",
                                        "notSentOctetTotalCount", "observationTimeMilliseconds")} == {
         "notSentFlowTotalCount": 3, "notSentPacketTotalCount": 5, "notSentOctetTotalCount": 700,
@@ -546,8 +571,8 @@ def test_type_records_describe_the_enterprise_elements_in_use(flows: list[Flow])
     export = exporter("biflow")
     decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))
     assert [[r.template_id for r in records if r.template_id >= STATISTICS] for records in decoded] == [
-        [STATISTICS] + [TYPE_INFORMATION] * 8] * 2
-    assert [tuple(v for _, v in r.fields) for r in decoded[1] if r.template_id == TYPE_INFORMATION] == [
+        [STATISTICS] + [TYPE_INFORMATION] * 8, [], [STATISTICS] + [TYPE_INFORMATION] * 8, []]
+    assert [tuple(v for _, v in r.fields) for r in decoded[2] if r.template_id == TYPE_INFORMATION] == [
         (152, 29305, 15, 0, "reverseFlowStartMilliseconds"),  # dateTimeMilliseconds
         (153, 29305, 15, 0, "reverseFlowEndMilliseconds"),
         (5, 29305, 1, 4, "reverseIpClassOfService"),  # unsigned8, identifier
