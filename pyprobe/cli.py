@@ -6,8 +6,11 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TextIO
 
 from . import __version__
@@ -18,7 +21,9 @@ from .errors import PyprobeError
 from .flow import Flow
 from .probe import ExportSummary, Probe
 from .sensor import collectors_of, run, stream_of
+from .capture import PcapSource
 from .stream import FlowStream, MeterStats
+from .workers import run_sharded
 
 log = logging.getLogger("pyprobe")
 
@@ -89,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send at the capture's own speed instead of as fast as possible")
     replay.add_argument("--speed", type=float, metavar="X",
                         help="with --pace: X times the capture's speed (default 1)")
+    replay.add_argument("--workers", type=_positive, default=1, metavar="N",
+                        help="meter in N processes, each on its share of the flows (default 1)")
     for name, text in (("run", "capture live (or a file) and export, configured by a YAML file "
                                 "and flags, until SIGTERM"),
                        ("check", "validate a configuration and its templates, print it in full")):
@@ -105,40 +112,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def format_export_summary(summary: ExportSummary) -> str:
     return (f"exported {summary.flows} flows as {summary.records} records in {summary.messages} "
             f"messages, {summary.octets} octets, {summary.send_errors} send errors")
 
 
-def export(args: argparse.Namespace, config: SensorConfig, stream: FlowStream) -> int:
-    registry = ElementRegistry.default()
-    collectors = collectors_of(config, registry, biflow=args.biflow)
-    probe = Probe(stream, collectors, registry, speed=(args.speed or 1.0) if args.pace else None)
-    summary = probe.run()
-    print(format_summary(stream.stats))
-    print(format_export_summary(summary))
-    return 0
-
-
-def replay(args: argparse.Namespace) -> int:
-    # Progress only where it cannot interleave with the flows: stderr a terminal, stdout not.
-    progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() and not sys.stdout.isatty() else None
-    config = load_config(None, overrides_of(args) | {"capture.file": args.file},
-                         need_collectors=False)
-    stream = stream_of(config, args.file, progress=progress)
+def meter(args: argparse.Namespace, config: SensorConfig, stream: FlowStream, out: TextIO,
+          *, header: bool = True) -> ExportSummary | None:
+    """Runs the stream: exports its flows when collectors are set, else writes them to `out`."""
     if config.collectors:
-        return export(args, config, stream)
-    out = sys.stdout
+        registry = ElementRegistry.default()
+        collectors = collectors_of(config, registry, biflow=args.biflow)
+        return Probe(stream, collectors, registry,
+                     speed=(args.speed or 1.0) if args.pace else None).run()
     for count, flow in enumerate(stream):
         if args.json:
             out.write(json.dumps(flow.to_dict()) + "\n")
             continue
-        if not count:
+        if header and not count:
             out.write(TABLE_HEADER + "\n")
         out.write(format_flow(flow) + "\n")
-    if progress is not None:
-        progress.close()
-    print(format_summary(stream.stats), file=sys.stderr if args.json else out)
+    return None
+
+
+def meter_sharded(args: argparse.Namespace, config: SensorConfig
+                  ) -> tuple[MeterStats, ExportSummary | None]:
+    """`--workers N`: each worker meters its share of the flows (observation domain + its
+    index); their flows are written out in worker order, their counts added up."""
+    capture = PcapSource(args.file, bpf_filter=config.capture.bpf)
+    capture.close()
+    with tempfile.TemporaryDirectory(prefix="pyprobe-") as folder:
+        def work(index: int, share: str | None, end_clock: Callable[[int], int]
+                 ) -> tuple[MeterStats, ExportSummary | None]:
+            mine = replace(config, capture=replace(config.capture, bpf=share), collectors=tuple(
+                replace(c, observation_domain=c.observation_domain + index)
+                for c in config.collectors))
+            stream = stream_of(mine, args.file, end_clock=end_clock)
+            with open(Path(folder, str(index)), "w", encoding="utf-8") as out:
+                summary = meter(args, mine, stream, out, header=False)
+            return stream.stats, summary
+
+        results = run_sharded(args.workers, capture.linktype, config.capture.bpf, work)
+        rows = [Path(folder, str(index)).read_text(encoding="utf-8")
+                for index in range(args.workers)]
+    if any(rows) and not args.json and not config.collectors:
+        sys.stdout.write(TABLE_HEADER + "\n")
+    sys.stdout.writelines(rows)
+    stats, summaries = [s for s, _ in results], [s for _, s in results]
+    return (sum(stats[1:], stats[0]),
+            sum(summaries[1:], summaries[0]) if config.collectors else None)
+
+
+def replay(args: argparse.Namespace) -> int:
+    config = load_config(None, overrides_of(args) | {"capture.file": args.file},
+                         need_collectors=False)
+    if args.workers > 1:
+        stats, summary = meter_sharded(args, config)
+    else:
+        # Progress only where it cannot interleave with the flows: stderr a terminal, stdout not.
+        progress = (_ProgressLine(sys.stderr) if sys.stderr.isatty() and not sys.stdout.isatty()
+                    else None)
+        stream = stream_of(config, args.file, progress=progress)
+        summary = meter(args, config, stream, sys.stdout)
+        if progress is not None:
+            progress.close()
+        stats = stream.stats
+    print(format_summary(stats), file=sys.stderr if args.json and summary is None else sys.stdout)
+    if summary is not None:
+        print(format_export_summary(summary))
     return 0
 
 

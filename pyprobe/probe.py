@@ -54,6 +54,10 @@ class ExportSummary:
     octets: int = 0
     send_errors: int = 0
 
+    def __add__(self, other: ExportSummary) -> ExportSummary:
+        """Two workers' summaries as one."""
+        return ExportSummary(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
+
 
 class Probe:
     """Runs a FlowStream and exports its flows to collectors."""

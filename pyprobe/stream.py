@@ -36,6 +36,12 @@ class MeterStats:
     """Expired flows by EndReason."""
     elapsed_s: float = 0.0
 
+    def __add__(self, other: MeterStats) -> MeterStats:
+        """The stats of two workers that ran side by side: counts add up, the time is the longer."""
+        return MeterStats(*(max(mine, theirs) if name == "elapsed_s" else mine + theirs
+                            for name, mine, theirs in zip(vars(self), vars(self).values(),
+                                                          vars(other).values())))
+
     @property
     def packets_skipped(self) -> int:
         return sum(self.skipped.values())
@@ -69,8 +75,10 @@ class FlowStream:
                  idle_timeout: float = CACHE.idle_timeout, max_flows: int = CACHE.max_flows,
                  bpf_filter: str | None = CAPTURE.bpf, snaplen: int = CAPTURE.snaplen,
                  dpi: bool = DPI.enabled, n_dissections: int = DPI.packet_budget,
-                 decode_tunnels: bool = DPI.decode_tunnels, close_linger: float = 2, plugins: Sequence[Plugin] = (),
-                 progress: Callable[[MeterStats], None] | None = None) -> None:
+                 decode_tunnels: bool = DPI.decode_tunnels, close_linger: float = 2,
+                 plugins: Sequence[Plugin] = (),
+                 progress: Callable[[MeterStats], None] | None = None,
+                 end_clock: Callable[[int], int] | None = None) -> None:
         self.source = source
         self.active_timeout = active_timeout
         self.idle_timeout = idle_timeout
@@ -85,6 +93,9 @@ class FlowStream:
             from .classify import NdpiClassifier  # nDPI is needed only here
             self.plugins = (NdpiClassifier(n_dissections),) + self.plugins
         self.progress = progress
+        self.end_clock = end_clock
+        """Called with the clock when the source ends; the (later) clock it returns expires the
+        flows idle by then before the rest end (a worker's: the latest of all workers)."""
         self.stats = MeterStats()
         self.cache: FlowCache | None = None
         """The flow cache of the iteration under way (its clock: `cache.now_ms`)."""
@@ -125,6 +136,8 @@ class FlowStream:
                 if progress is not None and not read % PROGRESS_EVERY:
                     self._update_stats(stats, read, decoder, started)
                     progress(stats)
+            if self.end_clock is not None:
+                cache.expire(self.end_clock(cache.now_ms))
             cache.drain()
             if cache.expired:
                 yield self._hand_out(cache, stats)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import PyprobeError
 
 R = TypeVar("R")
+Work = Callable[[int, "str | None", Callable[[int], int]], R]
 
 ETHERNET = 1
 # Keywords after which libpcap reads the rest of an expression further into the frame.
@@ -58,19 +60,22 @@ def worker_filters(count: int, linktype: int, bpf_filter: str | None = None) -> 
     return [f"({bpf_filter}) and ({share})" if bpf_filter else share for share in shares]
 
 
-def run_sharded(count: int, linktype: int, bpf_filter: str | None,
-                work: Callable[[int, str | None], R]) -> list[R]:
-    """`work(index, share_filter)` in `count` forked processes at once; their results, in order.
+def run_sharded(count: int, linktype: int, bpf_filter: str | None, work: Work) -> list[R]:
+    """`work(index, share_filter, end_clock)` in `count` forked processes; their results, in order.
 
-    A worker's exception is raised here, as a PyprobeError naming the worker, once all have ended.
+    `end_clock(clock)` waits until every worker has called it and returns the latest clock, so
+    that all of them end the capture at the same time. A worker's exception is raised here, as a
+    PyprobeError naming the worker, once all have ended.
     """
     filters = worker_filters(count, linktype, bpf_filter)
     context = multiprocessing.get_context("fork")  # the work may be a closure: nothing is pickled
+    clocks = context.Array("q", count, lock=False)
+    barrier = context.Barrier(count)
     pipes, processes = [], []
     for index, share in enumerate(filters):
         receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=_worker, args=(sender, work, index, share),
-                                  name=f"pyprobe-worker-{index}")
+        process = context.Process(target=_worker, name=f"pyprobe-worker-{index}",
+                                  args=(sender, work, index, share, clocks, barrier))
         process.start()
         sender.close()
         pipes.append(receiver)
@@ -82,6 +87,8 @@ def run_sharded(count: int, linktype: int, bpf_filter: str | None,
         except EOFError:  # it died before it could answer
             outcome = None
         process.join()
+        if outcome is None:
+            barrier.abort()
         outcomes.append(outcome or (False, f"exited with status {process.exitcode}"))
     failures = [f"worker {i}: {detail}" for i, (ok, detail) in enumerate(outcomes) if not ok]
     if failures:
@@ -89,13 +96,22 @@ def run_sharded(count: int, linktype: int, bpf_filter: str | None,
     return [result for _, result in outcomes]
 
 
-def _worker(sender: Connection, work: Callable[[int, str | None], R], index: int,
-            share: str | None) -> None:
+def _worker(sender: Connection, work: Work, index: int, share: str | None, clocks: Any,
+            barrier: Any) -> None:
+    def end_clock(clock: int) -> int:
+        clocks[index] = clock
+        barrier.wait()
+        return max(clocks)
+
     try:
-        outcome = (True, work(index, share))
+        outcome = (True, work(index, share, end_clock))
+    except threading.BrokenBarrierError:
+        outcome = (False, "stopped: another worker failed")
     except PyprobeError as error:
         outcome = (False, str(error))
     except Exception as error:  # noqa: BLE001 - reported to the parent, which decides
         outcome = (False, f"{type(error).__name__}: {error}")
+    if not outcome[0]:
+        barrier.abort()  # the others must not wait for this one's clock
     sender.send(outcome)
     sender.close()
