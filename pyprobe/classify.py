@@ -37,6 +37,8 @@ METADATA = (  # DpiInfo field, the dpi2json block it is in, its key there
 """Where each metadata field of a DpiInfo comes from in ndpi_dpi2json's output."""
 NO_BLOCK: dict[str, Any] = {}
 MARKERS = ('"hostname"', '"tls"', '"http"')  # in dpi2json's text exactly when METADATA has a value
+SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("dns",)))
+"""Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
 _shared: NDPI | None = None
 
@@ -120,7 +122,10 @@ def _metadata(text: str) -> dict[str, Any]:
         return NO_BLOCK
     found = dpi_metadata(text)
     blocks = {"ndpi": found, "tls": _tls(found), "http": found.get("http", NO_BLOCK)}
-    return {name: blocks[block][key] for name, block, key in METADATA if key in blocks[block]}
+    values = {name: blocks[block][key] for name, block, key in METADATA if key in blocks[block]}
+    values["server_name_source"] = next((source for source, keys in SERVER_NAME_SOURCES
+                                         if any(key in found for key in keys)), "")
+    return values
 
 
 def _tls(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -72,7 +72,7 @@ class Exporter:
                  if any(f.element.name == "applicationId" for t in templates.templates
                         for f in t.fields) else [])
         self._application_names = names[0] if names else None
-        self._applications: dict[bytes, bytes] = {}  # applicationId: its names record
+        self._named: set[bytes] = set()  # applicationIds whose names went out since the timed refresh
         self._options = (compile_(statistics_template(registry)), *types)
         self._template_records = self._template_records_of((*self._data.values(), *names))
         self._options_template_records = self._template_records_of(self._options)
@@ -86,7 +86,7 @@ class Exporter:
         largest = max([c.record_length for c in self._data.values()]
                       + [len(record) for _, record, _ in self._template_records]
                       + [len(record) for _, record, _ in self._options_records()]
-                      + [len(record) for _, record, _ in self._names_records()])
+                      + [c.record_length for c in names])
         overhead = self.protocol.header_length + 4 + 3 * self.protocol.pad_sets
         self._record_room = mtu_bytes - overhead  # the longest record a message can hold
         if largest > self._record_room:
@@ -119,7 +119,7 @@ class Exporter:
         uniflow = not self.templates.biflow
         data, add, stats = self._data, self._add, self.stats
         first_ms, end_ms = self._times
-        applications = None if self._application_names is None else self._applications
+        named = None if self._application_names is None else self._named
         for flow in flows:
             if not first_ms <= flow.first_seen_ms <= flow.last_seen_ms < end_ms:
                 self._reboot(flow, now_ms, out)
@@ -128,7 +128,7 @@ class Exporter:
             if compiled is None:
                 self._not_sent(flow, now_ms)
                 continue
-            if applications is not None and application_id(flow.dpi) not in applications:
+            if named is not None and application_id(flow.dpi) not in named:
                 self._new_application(flow, now_ms, out)
             forward, reverse = flow.src2dst, flow.dst2src
             if not add(compiled.id, compiled.encode(flow, forward, reverse or EMPTY_DIRECTION,
@@ -144,14 +144,17 @@ class Exporter:
         return out
 
     def _new_application(self, flow: Flow, now_ms: int, out: list[bytes]) -> None:
-        """Sends the names record of the flow's application, and keeps it for every refresh."""
+        """Sends the names record of the flow's application: the first flow of each application
+        after every timed refresh is preceded by it. nfdump keeps names per file, so each file
+        that holds a flow gets its name; resending every name with every refresh would cost
+        hundreds of records each time."""
         names, key = self._application_names, application_id(flow.dpi)
         record = names.encode_values(application_names_values(
             self.observation_domain, key, application_name(flow.dpi)))
         if not self._data_channel.builder.records:
             self._open(now_ms, out)  # templates before the record
         self._put(self._data_channel, names.id, record, True, now_ms, out)
-        self._applications[key] = record
+        self._named.add(key)
 
     def _not_sent(self, flow: Flow, now_ms: int) -> None:
         stats = self.stats
@@ -188,11 +191,13 @@ class Exporter:
     def _open(self, now_ms: int, out: list[bytes]) -> None:
         """Starts a message: with the templates and options first when a refresh is due."""
         self._message_started_ms = now_ms
-        if (self._templates_sent_ms is None
-                or self._messages_since_templates >= self.template_refresh_packets
-                or now_ms - self._templates_sent_ms >= self.template_refresh_ms):
+        by_time = (self._templates_sent_ms is None
+                   or now_ms - self._templates_sent_ms >= self.template_refresh_ms)
+        if by_time or self._messages_since_templates >= self.template_refresh_packets:
             self._templates_sent_ms = now_ms
-            for set_id, record, data in self._template_records + self._names_records():
+            if by_time:
+                self._named.clear()  # names go out again, each before its next flow
+            for set_id, record, data in self._template_records:
                 self._put(self._data_channel, set_id, record, data, now_ms, out)
             for set_id, record, data in self._options_records():
                 self._put(self._options_channel, set_id, record, data, now_ms, out)
@@ -204,12 +209,6 @@ class Exporter:
         return [*self._options_template_records,
                 (statistics.id, statistics.encode_values(statistics_values(self.stats)), True),
                 *self._type_records]
-
-    def _names_records(self) -> list[tuple[int, bytes, bool]]:
-        """The application names records: in the flows' domain, where nfdump looks names up."""
-        if self._application_names is None:
-            return []
-        return [(self._application_names.id, r, True) for r in self._applications.values()]
 
     def _finish(self, channel: _Channel, now_ms: int) -> bytes:
         """The channel's message, numbered; its builder is empty again."""

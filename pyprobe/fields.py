@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 from functools import lru_cache
-from typing import Any, NamedTuple
 
 from .flow import DpiInfo
 
@@ -63,11 +62,11 @@ FIELD_EXPRESSIONS: dict[str, str] = {
     "L7_CONFIDENCE": "flow.application_confidence",
     "L7_PROTO_RISK": "flow.dpi.risk if flow.dpi else 0",
     "L7_RISK_SCORE": "flow.dpi.risk_score if flow.dpi else 0",
-    "TLS_SERVER_NAME": "l7_metadata(flow.dpi).tls_server_name",
-    "HTTP_HOST": "l7_metadata(flow.dpi).http_host",
-    "HTTP_URL": "l7_metadata(flow.dpi).http_url",
+    "TLS_SERVER_NAME": "server_name(flow.dpi, 'tls')",
+    "HTTP_HOST": "server_name(flow.dpi, 'http')",
+    "HTTP_URL": "flow.http_url",
     "HTTP_USER_AGENT": "flow.user_agent",
-    "DNS_QUERY": "l7_metadata(flow.dpi).dns_query",
+    "DNS_QUERY": "server_name(flow.dpi, 'dns')",
     "JA4C_HASH": "flow.client_fingerprint",
 }
 PARAMETERS = ("flow", "this", "other", "ends")
@@ -93,35 +92,13 @@ def application_id(dpi: DpiInfo | None) -> bytes:
     return _application_id((dpi.app_protocol or dpi.master_protocol) if dpi else 0)
 
 
-class L7Metadata(NamedTuple):
-    """The server names and URL nDPI found, each under the element its protocol calls for."""
-
-    tls_server_name: str = ""  # SNI, of TLS and QUIC
-    http_host: str = ""
-    http_url: str = ""
-    dns_query: str = ""
-
-
-NO_METADATA = L7Metadata()
-_last_metadata: list[Any] = [None, NO_METADATA]  # the records of one flow ask in a row: parse once
-
-
-def l7_metadata(dpi: DpiInfo | None) -> L7Metadata:
-    """The flow's L7Metadata, from nDPI's JSON (hostname and the tls / quic / http / dns blocks)."""
-    if dpi is None:
-        return NO_METADATA
-    if dpi is not _last_metadata[0]:
-        found = dpi.metadata
-        host = found.get("hostname", "")
-        _last_metadata[:] = dpi, L7Metadata(
-            host if "tls" in found or "quic" in found else "",
-            host if "http" in found else "", found.get("http", {}).get("url", ""),
-            host if "dns" in found else "")
-    return _last_metadata[1]
+def server_name(dpi: DpiInfo | None, source: str) -> str:
+    """nDPI's server name when it is `source`'s (tls, http, dns): each has its own element."""
+    return dpi.requested_server_name if dpi and dpi.server_name_source == source else ""
 
 
 FIELD_FUNCTIONS = {"application_id": application_id, "l7_proto": l7_proto,
-                   "l7_metadata": l7_metadata}
+                   "server_name": server_name}
 
 
 class _SwapDirections(ast.NodeTransformer):

@@ -293,6 +293,7 @@ class DpiInfo:
     risk_score: int
     dpi_json: str  # ndpi_dpi2json's text: a few hundred bytes, where the parsed dict takes kilobytes
     requested_server_name: str = ""  # TLS/QUIC SNI, HTTP Host, DNS query name...
+    server_name_source: str = ""  # whose name that is: "tls" (TLS, DTLS, QUIC), "http", "dns"
     client_fingerprint: str = ""  # JA4
     server_fingerprint: str = ""  # JA3S
     user_agent: str = ""

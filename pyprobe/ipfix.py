@@ -10,7 +10,7 @@ from typing import Any
 from construct import Array, Const, If, Int16ub, Int32ub, Struct, this
 
 
-from .message import Protocol
+from .message import Protocol, packer
 from .template import TemplateField
 
 IPFIX_VERSION = 10
@@ -42,7 +42,7 @@ OPTIONS_TEMPLATE_RECORD = Struct(
     "scope_field_count" / Int16ub,  # the first fields are the scope
     "fields" / Array(this.field_count, FIELD_SPECIFIER),
 )
-_HEADER = HEADER.compile()
+_HEADER = packer(HEADER)
 
 
 class Ipfix(Protocol):
@@ -74,8 +74,7 @@ class Ipfix(Protocol):
 
     def build_header(self, length: int, count: int, now_ms: int, boot_ms: int, sequence: int,
                      domain: int) -> bytes:
-        return _HEADER.build({"length": length, "export_time": now_ms // 1000,
-                              "sequence": sequence % 2**32, "observation_domain": domain})
+        return _HEADER.pack(IPFIX_VERSION, length, now_ms // 1000, sequence % 2**32, domain)
 
 
 IPFIX = Ipfix()

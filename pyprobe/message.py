@@ -18,11 +18,25 @@ starts a new message.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from construct import Struct
 
 from .template import TemplateField
+
+
+def packer(format: Struct) -> struct.Struct:
+    """The struct.Struct that packs a construct Struct of fixed-width integers, field by field:
+    a header stays declared once, in construct, and is packed at struct's speed."""
+    codes = []
+    for field in format.subcons:
+        while not hasattr(field, "fmtstr"):  # Renamed, Const... around the FormatField
+            field = field.subcon
+        codes.append(field.fmtstr)
+    if {code[0] for code in codes} != {">"}:
+        raise ValueError(f"{format}: not all big-endian fixed-width fields")
+    return struct.Struct(">" + "".join(code[1:] for code in codes))
 
 
 class Protocol:

@@ -14,7 +14,7 @@ from typing import Any
 from construct import Array, Const, Int16ub, Int32ub, Struct, this
 
 from .elements import VARLEN, ElementRegistry
-from .message import Protocol
+from .message import Protocol, packer
 from .template import TemplateError, TemplateField
 
 NETFLOW9_VERSION = 9
@@ -53,7 +53,7 @@ OPTIONS_TEMPLATE_RECORD = Struct(
     "scopes" / Array(this.scope_length // 4, FIELD_SPECIFIER),
     "options" / Array(this.option_length // 4, FIELD_SPECIFIER),
 )
-_HEADER = HEADER.compile()
+_HEADER = packer(HEADER)
 _REGISTRY = ElementRegistry.default()
 
 
@@ -107,9 +107,8 @@ class Netflow9(Protocol):
         # Past the uptime window (a capture's clock jumping ahead) the header stays at its end,
         # as the records in the message were timed against this boot time.
         unix_secs = min(-(-now_ms // 1000), (boot_ms + UPTIME_WINDOW_MS) // 1000 + 1)
-        return _HEADER.build({"count": count, "sys_uptime": (unix_secs * 1000 - boot_ms) & 0xFFFFFFFF,
-                              "unix_secs": unix_secs, "sequence": sequence % 2**32,
-                              "source_id": domain})
+        return _HEADER.pack(NETFLOW9_VERSION, count, (unix_secs * 1000 - boot_ms) & 0xFFFFFFFF,
+                            unix_secs, sequence % 2**32, domain)
 
 
 NETFLOW9 = Netflow9()

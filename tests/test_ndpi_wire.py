@@ -20,7 +20,7 @@ import pytest
 from pyprobe import FlowStream
 from pyprobe.elements import ElementRegistry
 from pyprobe.export import Exporter
-from pyprobe.fields import application_name, l7_metadata, l7_proto
+from pyprobe.fields import application_name, l7_proto, server_name
 from pyprobe.template import load_templates
 
 from .conftest import NDPI_PCAPS, ROOT, require
@@ -121,11 +121,11 @@ def test_wireshark_reads_the_ntop_elements_of_every_record(flows, protocol, tmp_
     widths = {"ipfix": {}, "netflow9": {"HTTP_URL": 128, "HTTP_USER_AGENT": 256}}[protocol]
     expected = []
     for src, _, sport, dport, _, flow in records(flows):
-        found = l7_metadata(flow.dpi)
         expected.append((src, str(sport), str(dport), str(l7_proto(flow.dpi)),
-                         flow.application_name, found.tls_server_name, found.http_host,
-                         found.http_url[:widths.get("HTTP_URL")],
-                         flow.user_agent[:widths.get("HTTP_USER_AGENT")], found.dns_query))
+                         flow.application_name, server_name(flow.dpi, "tls"),
+                         server_name(flow.dpi, "http"), flow.http_url[:widths.get("HTTP_URL")],
+                         flow.user_agent[:widths.get("HTTP_USER_AGENT")],
+                         server_name(flow.dpi, "dns")))
     decoded, text = tshark_records(export(flows, protocol), tmp_path / "sent.pcap")
     assert decoded == sorted(expected)
     assert {row[4:] for row in decoded} >= {
