@@ -40,7 +40,9 @@ run: setup
 	for i in $$(seq 50); do ss -Huln "sport = :$$port" | grep -q . && break; sleep 0.1; done; \
 	$(VENV)/bin/pyprobe replay $(PCAP) --collector 127.0.0.1:$$port,$(PROTOCOL) $(ARGS); \
 	kill -TERM $$pid; wait $$pid || true; \
-	echo; echo "nfdump -o line:"; nfdump -R $$dir/flows -o line; rm -rf $$dir
+	echo; echo "nfdump -o line:"; nfdump -R $$dir/flows -o line; \
+	echo; echo "nDPI application of each record (nfdump -o 'fmt:%sap -> %dap %nbid %nbnam'):"; \
+	nfdump -R $$dir/flows -q -o 'fmt:%sap -> %dap %nbid %nbnam'; rm -rf $$dir
 
 bench: setup
 	$(PY) benchmarks/replay.py
