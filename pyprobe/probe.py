@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from .config import COLLECTOR_DEFAULTS
 from .elements import ElementRegistry
 from .export import Exporter
-from .stream import FlowStream
+from .stream import TICK_MS, FlowStream
 from .template import TemplateSet
 from .transport import UdpTransport
 
-TICK_MS = 1000  # how often, in packet time, exporters get their timer work
 
 
 @dataclass(frozen=True)

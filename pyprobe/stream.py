@@ -17,6 +17,7 @@ from .decode import Decoder
 from .tunnel import TunnelDecoder
 from .flow import EndReason, Flow
 
+TICK_MS = 1000  # the longest stretch of packet time without a batch (callers' timer step)
 PROGRESS_EVERY = 1 << 16  # packets between two progress callbacks
 CAPTURE, CACHE, DPI = DEFAULTS.capture, DEFAULTS.cache, DEFAULTS.dpi  # the schema's defaults
 
@@ -107,7 +108,9 @@ class FlowStream:
             yield from batch
 
     def batches(self) -> Iterator[list[Flow]]:
-        """The expired flows in batches: those one packet (or the end of the source) ended."""
+        """The expired flows in batches: those one packet (or the end of the source) ended, and
+        an empty batch once `TICK_MS` of packet time passed without one, so callers' timers run
+        while packets keep flows alive."""
         capture = self.capture = (self.source if isinstance(self.source, PcapSource) else
                                   PcapSource(self.source, bpf_filter=self.bpf_filter,
                                              snaplen=self.snaplen))
@@ -119,7 +122,7 @@ class FlowStream:
         stats = self.stats = MeterStats()
         started = time.perf_counter()
         decode, add = decoder.decode, cache.add
-        progress, read = self.progress, 0
+        progress, read, tick_ms = self.progress, 0, 0
         try:
             for ts_ns, frame in capture:
                 if frame is None:  # a live capture's tick: the timers run on its time
@@ -131,7 +134,8 @@ class FlowStream:
                 packet = decode(ts_ns // 1_000_000, frame)
                 if packet is not None:
                     add(packet)
-                    if cache.expired:
+                    if cache.expired or cache.now_ms >= tick_ms:
+                        tick_ms = cache.now_ms + TICK_MS
                         yield self._hand_out(cache, stats)
                 if progress is not None and not read % PROGRESS_EVERY:
                     self._update_stats(stats, read, decoder, started)

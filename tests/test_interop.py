@@ -24,7 +24,9 @@ from conftest import BENCH_PCAP, GEN_SYNTH, NDPI_PCAPS, ROOT, ndpi_captures, req
 from nfdump import (HOST, ICMP_PROTOCOLS, Counts, Key, Nfcapd, UdpSink, add_uniflow,  # noqa: E402
                     free_udp_port, summary, tshark_frames, uniflows,
                     write_pcap)  # noqa: E402
+from builders import UDP, ipv4, link, udp, write_pcap as write_capture  # noqa: E402
 from test_captures import differences  # noqa: E402
+from test_export import set_ids  # noqa: E402
 
 from pyprobe.collect import Collector as Decoder, Record  # noqa: E402
 from pyprobe.elements import ElementRegistry  # noqa: E402
@@ -256,3 +258,19 @@ def test_collector_down_at_start_decodes_from_the_next_refresh(synth: Path, tmp_
     assert 0 < len(collected) < len(meter_uniflows(flows, "ipfix"))
     refused = sum(1 for t in sink.times if t < listening)
     assert sent.flows == len(flows) and 0 < sent.send_errors <= refused
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_templates_refresh_by_time_while_one_flow_lasts(protocol: str, tmp_path: Path) -> None:
+    """One UDP flow, a packet a second for 200 s: no flow ends before the active timeout, yet
+    the templates go out every 60 s of packet time (refresh by count off)."""
+    frames = [(1_700_000_000_000 + s * 1000, link(1, ipv4(udp(5000, 53, b"x" * 10), UDP)))
+              for s in range(200)]
+    capture = write_capture(tmp_path / "long.pcap", frames)
+    _, datagrams = wire(capture, protocol, template_refresh_packets=10**9)
+    template_set = TEMPLATE_SETS[protocol][0]
+    times = [struct.unpack_from("!I", d, 4 if protocol == "ipfix" else 8)[0] - 1_700_000_000
+             for d in datagrams if template_set in set_ids(d)]
+    # At the first packet, then 60 s after each refresh. At 120 s the flow's active timeout
+    # opens a message with the refresh and its record, sent after the 1 s flush interval.
+    assert times == [0, 60, 121, 180, 199]  # and the final flush
