@@ -55,8 +55,9 @@ SESSION_RECORDS = [
 def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, protocol: str) -> None:
     """Replay over loopback into `pyprobe collect --json`: every flow field and the statistics."""
     capture = write_pcap(tmp_path / "session.pcap", session()[:1] + [(5, ARP)] + session()[1:])
-    # IPFIX sends the options in observation domain 0, in messages of their own.
-    messages = {"ipfix": 4, "netflow9": 2}[protocol]
+    # Templates and options at the first packet, the flows, then the final statistics; IPFIX
+    # sends the options in observation domain 0, in messages of their own.
+    messages = {"ipfix": 5, "netflow9": 3}[protocol]
     collect = pyprobe("collect", "--port", "0", "--json", "--count", str(messages), "--timeout", "20")
     try:
         port = listening_port(collect)
@@ -92,7 +93,7 @@ def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, proto
     assert [statistics[k] for k in ("exportedMessageTotalCount", "exportedFlowRecordTotalCount",
                                     "ignoredPacketTotalCount", "ignoredOctetTotalCount",
                                     "notSentFlowTotalCount")] == [
-        {"ipfix": 2, "netflow9": 1}[protocol], 4, 1, len(ARP), 0]  # the messages before it
+        {"ipfix": 3, "netflow9": 2}[protocol], 4, 1, len(ARP), 0]  # the messages before it
 
 
 # The sans-IO collector.
