@@ -79,7 +79,7 @@ class FlowCache:
     def add(self, packet: Packet) -> None:
         """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
         (time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos, flags,
-         icmp_type_code, _, _, _) = packet
+         icmp_type_code, tunnel_id, _, _) = packet
         if time_ms > self.now_ms:
             self.now_ms = time_ms
             if time_ms >= self._next_scan_ms:
@@ -108,7 +108,8 @@ class FlowCache:
                     flow.max_piat_ms = piat
                 direction = flow.src2dst if src_is_first == flow.src_is_first else flow.dst2src
                 if direction is None:  # the first reply
-                    flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code)
+                    flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
+                                             tunnel_id)
                 else:
                     direction.packets += 1
                     direction.bytes += size

@@ -55,7 +55,9 @@ FIELD_EXPRESSIONS: dict[str, str] = {
     "applicationId": "application_id(flow.dpi)",
     "CLIENT_TCP_FLAGS": "flow.src2dst.tcp_flags",  # client: the flow's source, in both records
     "SERVER_TCP_FLAGS": "flow.reverse.tcp_flags",
-    "UPSTREAM_TUNNEL_ID": "flow.tunnel_id",  # the tunnel of the flow's first packet
+    # The tunnel id of each end's first packet (GTP TEIDs differ by direction, VXLAN VNIs not).
+    "UPSTREAM_TUNNEL_ID": "flow.src2dst.tunnel_id",
+    "DOWNSTREAM_TUNNEL_ID": "flow.reverse.tunnel_id",
     "L7_PROTO": "l7_proto(flow.dpi)",
     "L7_PROTO_NAME": "flow.application_name",
     "L7_PROTO_CATEGORY": "flow.application_category_name",

@@ -87,10 +87,10 @@ class Direction:
 
     __slots__ = ("packets", "bytes", "first_seen_ms", "last_seen_ms", "min_ps", "max_ps",
                  "sum_sq_ps", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "tcp_flags",
-                 "flag_counts", "min_ttl", "max_ttl", "tos", "icmp_type_code")
+                 "flag_counts", "min_ttl", "max_ttl", "tos", "icmp_type_code", "tunnel_id")
 
     def __init__(self, time_ms: int, size: int, ttl: int, tos: int, tcp_flags: int,
-                 icmp_type_code: int) -> None:
+                 icmp_type_code: int, tunnel_id: int) -> None:
         self.packets = 1
         self.bytes = self.min_ps = self.max_ps = size
         self.sum_sq_ps = size * size
@@ -102,6 +102,7 @@ class Direction:
         self.min_ttl = self.max_ttl = ttl
         self.tos = tos  # of the first packet
         self.icmp_type_code = icmp_type_code  # of the first packet
+        self.tunnel_id = tunnel_id  # of the first packet: GTP has a TEID per direction
 
     @property
     def duration_ms(self) -> int:
@@ -147,7 +148,7 @@ class _Empty:
 
     packets = bytes = first_seen_ms = last_seen_ms = min_ps = max_ps = sum_sq_ps = 0
     min_piat_ms = low_piat_ms = max_piat_ms = sum_sq_piat_ms = tcp_flags = flag_counts = 0
-    min_ttl = max_ttl = tos = icmp_type_code = duration_ms = 0
+    min_ttl = max_ttl = tos = icmp_type_code = tunnel_id = duration_ms = 0
     mean_ps = stddev_ps = mean_piat_ms = stddev_piat_ms = 0.0
 
     def flag_count(self, bit: int) -> int:
@@ -176,7 +177,7 @@ class Flow:
         self.id = flow_id
         self.key = key
         self.src_is_first = src_is_first  # the source is key[0]
-        self.src2dst = Direction(time_ms, size, ttl, tos, tcp_flags, icmp_type_code)
+        self.src2dst = Direction(time_ms, size, ttl, tos, tcp_flags, icmp_type_code, self.tunnel_id)
         self.dst2src: Direction | None = None
         self.first_seen_ms = self.last_seen_ms = time_ms
         self.low_piat_ms = _NO_MINIMUM

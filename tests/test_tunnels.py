@@ -25,14 +25,18 @@ from builders import (  # noqa: E402
     ipv6, link, tcp, udp, write_pcap,
 )
 import reference  # noqa: E402
-from conftest import BENCH_PCAP, NDPI_PCAPS, require  # noqa: E402
+from conftest import BENCH_PCAP, NDPI_PCAPS, ROOT, require  # noqa: E402
 from reference import FlowKey  # noqa: E402
 from test_captures import assert_same, capture_params, unidirectional_totals  # noqa: E402
 from test_decode import fields  # noqa: E402
 
 from pyprobe import FlowStream  # noqa: E402
 from pyprobe.capture import PcapSource  # noqa: E402
+from pyprobe.collect import Collector  # noqa: E402
 from pyprobe.decode import Decoder  # noqa: E402
+from pyprobe.elements import ElementRegistry  # noqa: E402
+from pyprobe.export import Exporter  # noqa: E402
+from pyprobe.template import load_templates  # noqa: E402
 from pyprobe.tunnel import TunnelDecoder  # noqa: E402
 
 C4, D4 = bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2])  # the tunnel endpoints
@@ -331,7 +335,16 @@ def test_flow_stream_meters_inner_flows(tmp_path: Path) -> None:
             for f in flows] == [
         ("10.0.0.1", 40000, "10.0.0.2", 443, TCP, 0x100, 2, 90, 1, 40),
         ("192.0.2.1", 33333, "192.0.2.2", 2152, UDP, 0, 1, 46, 0, 0)]
+    assert (flows[0].src2dst.tunnel_id, flows[0].reverse.tunnel_id) == (0x100, 0x200)
     assert on.stats.to_dict()["tunnel_fallbacks"] == {"GTP-U: truncated IP header": 1}
+    # On the wire (templates/ndpi.yaml), each record carries both ends' TEIDs.
+    registry = ElementRegistry.default()
+    exporter = Exporter("ipfix", load_templates(ROOT / "templates" / "ndpi.yaml", registry), registry)
+    messages = exporter.export(flows[:1], 2_000) + exporter.flush(2_000)
+    records = [r.as_dict()["fields"] for m in messages
+               for r in Collector(registry).feed(m, ("192.0.2.9", 4739)) if r.template_id == 260]
+    assert [(r["UPSTREAM_TUNNEL_ID"], r["DOWNSTREAM_TUNNEL_ID"]) for r in records] == [
+        (0x100, 0x200), (0x100, 0x200)]
     assert (on.stats.packets_decoded, on.stats.skipped) == (4, Counter())
     off = list(FlowStream(str(path), dpi=False))
     assert [(f.src_port, f.dst_port, f.bidirectional_packets, f.bidirectional_bytes)
