@@ -1,9 +1,10 @@
-"""Packet capture through libpcap (pypcap): a capture file or a live interface, as one iterator.
+"""Packet capture through libpcap (pypcap): a capture file or live interfaces, as one iterator.
 
 The only module that touches libpcap. Frames come out as (timestamp in ns, frame bytes). A live
-capture is read nonblocking with `select`, and also yields ticks, (time in ns, None): the wall
-clock after `TICK_S` without a packet, else the last packet's time once per `TICK_S`, so the
-meter's timers run whether or not packets arrive. `stop()` (safe in a signal handler) ends it.
+capture ("eth0", or "eth1,eth2": the two ports of a tap, of one link type) is read nonblocking
+with `select`, and also yields ticks, (time in ns, None): the wall clock after `TICK_S` without
+a packet, else the last packet's time once per `TICK_S`, so the meter's timers run whether or
+not packets arrive. `stop()` (safe in a signal handler) ends it.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def is_capture_file(source: str) -> bool:
 
 
 class PcapSource:
-    """Frames of a pcap/pcapng file or a live interface, with an optional BPF filter."""
+    """Frames of a pcap/pcapng file or of live interfaces, with an optional BPF filter."""
 
-    __slots__ = ("source", "is_file", "linktype", "stopped", "_handle", "_final_stats")
+    __slots__ = ("source", "is_file", "linktype", "stopped", "_handles", "_final_stats")
 
     def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = 65535,
                  promiscuous: bool = True, buffer_size: int = 0) -> None:
@@ -40,57 +41,84 @@ class PcapSource:
         self._final_stats: tuple[int, int, int] | None = None
         if self.is_file and not os.path.isfile(source):
             raise CaptureError(f"{source}: no such capture file")
-        try:
-            if self.is_file:
-                self._handle = pcap.pcap(source, timestamp_in_ns=True)
-            else:
-                self._handle = pcap.pcap(source, snaplen=snaplen, promisc=promiscuous,
-                                         immediate=True, timestamp_in_ns=True,
-                                         buffer_size=buffer_size)
-                self._handle.setnonblock(True)
-        except OSError as error:
-            raise CaptureError(f"{source}: cannot open: {error}") from None
-        if bpf_filter:
-            try:
-                self._handle.setfilter(bpf_filter)
-            except OSError as error:
-                raise CaptureError(f"{source}: bad BPF filter {bpf_filter!r}: {error}") from None
-        datalink = self._handle.datalink()
-        self.linktype = DLT_TO_LINKTYPE.get(datalink, datalink)
+        names = [source] if self.is_file else source.split(",")
+        self._handles = [_open(name, self.is_file, bpf_filter, snaplen, promiscuous, buffer_size)
+                         for name in names]
+        linktypes = {name: _linktype(handle) for name, handle in zip(names, self._handles)}
+        self.linktype = linktypes[names[0]]
         if self.linktype not in LINKTYPE_NAMES:
             raise CaptureError(f"{source}: unsupported link type {self.linktype} (supported: "
                                + ", ".join(f"{name} ({t})" for t, name in LINKTYPE_NAMES.items()) + ")")
+        if len(set(linktypes.values())) > 1:
+            raise CaptureError(f"{source}: the interfaces must have one link type, not "
+                               + ", ".join(f"{name} {t}" for name, t in linktypes.items()))
 
     def __iter__(self) -> Iterator[tuple[int, bytes | None]]:
-        return iter(self._handle) if self.is_file else self._live()
+        return iter(self._handles[0]) if self.is_file else self._live()
 
     def _live(self) -> Iterator[tuple[int, bytes | None]]:
-        read, fd = self._handle.readpkts, self._handle.fileno()
+        reads = [handle.readpkts for handle in self._handles]
+        fds = [handle.fileno() for handle in self._handles]
         last_ns, next_tick = 0, time.monotonic() + TICK_S
         while not self.stopped:
-            frames = read()
-            if frames:
-                yield from frames
-                last_ns = frames[-1][0]
+            idle = True
+            for read in reads:
+                frames = read()
+                if frames:
+                    idle = False
+                    yield from frames
+                    last_ns = max(last_ns, frames[-1][0])
+            if not idle:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
                     yield last_ns, None
-            elif not select.select((fd,), (), (), TICK_S)[0]:
+            elif not select.select(fds, (), (), TICK_S)[0]:
                 next_tick = time.monotonic() + TICK_S
                 yield max(time.time_ns(), last_ns), None
-        yield from read()  # what the kernel holds at stop() is metered too
+        for read in reads:  # what the kernel holds at stop() is metered too
+            yield from read()
 
     def stop(self) -> None:
         """Ends a live capture's iteration within `TICK_S`."""
         self.stopped = True
 
     def stats(self) -> tuple[int, int, int]:
-        """(received, dropped by the kernel, dropped by the interface) of a live capture."""
+        """(received, dropped by the kernel, dropped by the interface) of a live capture, summed
+        over its interfaces."""
         if self._final_stats is not None:
             return self._final_stats
-        return (0, 0, 0) if self.is_file else tuple(self._handle.stats())
+        if self.is_file:
+            return 0, 0, 0
+        received, dropped, interface_dropped = zip(*(h.stats() for h in self._handles))
+        return sum(received), sum(dropped), sum(interface_dropped)
 
     def close(self) -> None:
-        """Closes the handle; `stats()` then reads as they were last."""
+        """Closes the handles; `stats()` then reads as they were last."""
         self._final_stats = self.stats()
-        self._handle.close()
+        for handle in self._handles:
+            handle.close()
+
+
+def _open(name: str, is_file: bool, bpf_filter: str | None, snaplen: int, promiscuous: bool,
+          buffer_size: int) -> pcap.pcap:
+    """A libpcap handle on a file, or a nonblocking one on an interface; filtered."""
+    try:
+        if is_file:
+            handle = pcap.pcap(name, timestamp_in_ns=True)
+        else:
+            handle = pcap.pcap(name, snaplen=snaplen, promisc=promiscuous, immediate=True,
+                               timestamp_in_ns=True, buffer_size=buffer_size)
+            handle.setnonblock(True)
+    except OSError as error:
+        raise CaptureError(f"{name}: cannot open: {error}") from None
+    if bpf_filter:
+        try:
+            handle.setfilter(bpf_filter)
+        except OSError as error:
+            raise CaptureError(f"{name}: bad BPF filter {bpf_filter!r}: {error}") from None
+    return handle
+
+
+def _linktype(handle: pcap.pcap) -> int:
+    datalink = handle.datalink()
+    return DLT_TO_LINKTYPE.get(datalink, datalink)

@@ -57,7 +57,8 @@ def setting(default: Any, doc: str, *, minimum: float | None = None,
 class CaptureConfig:
     """Where packets come from."""
 
-    interface: str | None = setting(None, "live interface to capture on (`any`: all); or `file`")
+    interface: str | None = setting(None, "live interface(s) to capture on, comma-separated "
+                                          "(the ports of a tap; `any`: all); or `file`")
     file: str | None = setting(None, "pcap/pcapng file to meter instead of an interface",
                                path=True)
     bpf: str | None = setting(None, "BPF filter applied before metering (tcpdump syntax)")

@@ -58,8 +58,8 @@ class Namespace:
     def udp_bound(self, port: int) -> bool:
         return bool(self.run("ss", "-Huln", f"sport = :{port}").strip())
 
-    def replay(self, pcap: Path) -> None:
-        self.run("tcpreplay", "--pps", "500", "-i", "vb", str(pcap))
+    def replay(self, pcap: Path, interface: str = "vb") -> None:
+        self.run("tcpreplay", "--pps", "500", "-i", interface, str(pcap))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,8 @@ def netns() -> Iterator[Namespace]:
         namespace.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
                       "net.ipv6.conf.default.disable_ipv6=1")
         namespace.run("ip", "link", "add", "va", "type", "veth", "peer", "name", "vb")
-        for link in ("lo", "va", "vb"):
+        namespace.run("ip", "link", "add", "vc", "type", "veth", "peer", "name", "vd")
+        for link in ("lo", "va", "vb", "vc", "vd"):
             namespace.run("ip", "link", "set", link, "up")
         yield namespace
     finally:
@@ -123,9 +124,10 @@ class Nfcapd:
 class Probe:
     """`pyprobe run` in the namespace, its output in a file; its log there too, or in `log`."""
 
-    def __init__(self, netns: Namespace, output: Path, *args: str, log: Path | None = None) -> None:
+    def __init__(self, netns: Namespace, output: Path, *args: str, log: Path | None = None,
+                 interface: str = "va") -> None:
         self.log = log or output
-        self.process = netns.popen(*PYPROBE, "run", "--interface", "va", "--no-dpi", *args,
+        self.process = netns.popen(*PYPROBE, "run", "--interface", interface, "--no-dpi", *args,
                                    log=output)
         self.wait_for("INFO started: ")
 
@@ -302,3 +304,16 @@ def test_run_on_a_capture_file_exports_what_replay_meters() -> None:
         11, 0)
     assert "INFO stopped: captured 0 frames, dropped 0 by the kernel and 0 by the interface; " \
            "read 31, skipped 0; flows live 0, ended 6; exported 11 records" in result.stderr
+
+
+def test_the_two_ports_of_a_tap_make_one_capture(netns: Namespace, tmp_path: Path) -> None:
+    """`--interface va,vc`: what arrives on either port is metered, and counted, once."""
+    one, other = traffic(tmp_path / "a.pcap", 40001), traffic(tmp_path / "b.pcap", 40002)
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055",
+                  interface="va,vc")
+    netns.replay(one, "vb")
+    netns.replay(other, "vd")
+    probe.stop()
+    assert nfcapd.stop() == expected(one) | expected(other)
+    assert re.search(r"stopped: captured 26 frames, dropped 0 by the kernel", probe.text())
