@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -87,14 +88,15 @@ def run_tool(tool: str, path: Path, sink: tuple[str, int]) -> Run:
     """Runs one tool over `path`, exporting to `sink` where it exports."""
     collector = f"{sink[0]}:{sink[1]}"
     if tool == "softflowd":
-        command = ["softflowd", "-r", str(path), "-n", collector, "-v", "10", "-d",
-                   "-m", str(MAX_FLOWS), "-p", os.devnull, "-c", os.devnull]
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
-        output = process.stdout.read()
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as folder:  # its pid file and control socket
+            command = ["softflowd", "-r", str(path), "-n", collector, "-v", "10", "-d",
+                       "-m", str(MAX_FLOWS), "-p", f"{folder}/pid", "-c", f"{folder}/ctl"]
+            started = time.perf_counter()
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True)
+            output = process.stdout.read()
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.perf_counter() - started
         if status:
             raise RuntimeError(f"softflowd failed: {output.strip()[-500:]}")
         flows = int(re.search(r"Flows exported: (\d+)", output).group(1))
