@@ -7,7 +7,7 @@ Without FILE it measures a 1M-packet gen_synth.py capture (made once into benchm
 each row is the median of `--repeat` runs:
 
 - pyprobe: `pyprobe replay FILE --collector 127.0.0.1:PORT` (IPFIX) into a UDP sink, timed inside
-  the process from the command's start (imports excluded) to its last datagram;
+  the process from the command's start (its imports excluded) to its last datagram;
 - nfstream: `NFStreamer(source=FILE, statistical_analysis=False)` iterated to the end, timed the
   same way, from its own venv (benchmarks/.venv-nfstream, made once with pip);
 - softflowd: `softflowd -r FILE -n 127.0.0.1:PORT -v 10 -d -m 524288` (IPFIX, no DPI), timed
@@ -39,10 +39,9 @@ MAX_FLOWS = 524_288
 
 # Each runner prints {"packets": ..., "flows": ..., "seconds": ...} as its last line.
 PYPROBE_RUNNER = """
-import json, sys, time
-started = time.perf_counter()
-import contextlib, io
+import contextlib, io, json, sys, time
 from pyprobe.cli import main
+started = time.perf_counter()
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     main(sys.argv[1:])
@@ -88,12 +87,14 @@ def run_tool(tool: str, path: Path, sink: tuple[str, int]) -> Run:
     """Runs one tool over `path`, exporting to `sink` where it exports."""
     collector = f"{sink[0]}:{sink[1]}"
     if tool == "softflowd":
-        with tempfile.TemporaryDirectory() as folder:  # its pid file and control socket
-            command = ["softflowd", "-r", str(path), "-n", collector, "-v", "10", "-d",
-                       "-m", str(MAX_FLOWS), "-p", f"{folder}/pid", "-c", f"{folder}/ctl"]
+        # Its pid file and control socket go in a folder of their own, by short relative
+        # names: softflowd 1.1.0 never reads the capture when the socket's path is long.
+        with tempfile.TemporaryDirectory() as folder:
+            command = ["softflowd", "-r", str(path.resolve()), "-n", collector, "-v", "10", "-d",
+                       "-m", str(MAX_FLOWS), "-p", "pid", "-c", "ctl"]
             started = time.perf_counter()
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True)
+                                       text=True, cwd=folder)
             output = process.stdout.read()
             _, status, usage = os.wait4(process.pid, 0)
             seconds = time.perf_counter() - started
@@ -107,8 +108,7 @@ def run_tool(tool: str, path: Path, sink: tuple[str, int]) -> Run:
     else:
         command = [str(ROOT / ".venv" / "bin" / "python"), "-c", PYPROBE_RUNNER, "replay",
                    str(path), "--collector", collector]
-        if tool == "pyprobe (no DPI)":
-            command.append("--no-dpi")
+        command += TOOL_FLAGS[tool]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout = process.stdout.read()
     stderr = process.stderr.read()
@@ -119,7 +119,9 @@ def run_tool(tool: str, path: Path, sink: tuple[str, int]) -> Run:
     return Run(result["packets"], result["flows"], result["seconds"], usage.ru_maxrss)
 
 
-TOOLS = ("pyprobe", "pyprobe (no DPI)", "nfstream", "softflowd")
+TOOL_FLAGS = {"pyprobe": [], "pyprobe (no DPI)": ["--no-dpi"],
+              "pyprobe (2 workers)": ["--workers", "2"]}
+TOOLS = (*TOOL_FLAGS, "nfstream", "softflowd")
 
 
 def main() -> None:
