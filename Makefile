@@ -9,7 +9,7 @@ PCAP ?= pyprobe/data/sample.pcap
 PROTOCOL ?= ipfix
 ARGS ?=
 
-.PHONY: setup apt test run bench clean
+.PHONY: setup apt test run bench compare clean
 
 setup: apt $(VENV)/.installed
 
@@ -46,6 +46,9 @@ run: setup
 
 bench: setup
 	$(PY) benchmarks/replay.py
+
+compare: setup
+	$(PY) benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

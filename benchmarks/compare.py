@@ -138,7 +138,7 @@ def main() -> None:
     sink_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never read: the kernel drops
     sink_socket.bind(("127.0.0.1", 0))
     sink = sink_socket.getsockname()
-    print(f"{'capture':<28} {'tool':<17} {'packets':>9} {'flows':>8} {'packets/s':>10} "
+    print(f"{'capture':<28} {'tool':<19} {'packets':>9} {'flows':>8} {'packets/s':>10} "
           f"{'flows/s':>9} {'peak RSS':>9} {'vs nfstream':>11}")
     for path in files:
         if not path.exists():
@@ -153,7 +153,7 @@ def main() -> None:
         for tool, rs in runs.items():
             seconds = statistics.median(r.seconds for r in rs)
             ratio = f"{rates[tool] / rates['nfstream']:.2f}x" if "nfstream" in rates else "-"
-            print(f"{path.name:<28} {tool:<17} {rs[0].packets:>9} {rs[0].flows:>8} "
+            print(f"{path.name:<28} {tool:<19} {rs[0].packets:>9} {rs[0].flows:>8} "
                   f"{rates[tool]:>10,.0f} {rs[0].flows / seconds:>9,.0f} "
                   f"{max(r.peak_rss_kib for r in rs) / 1024:>6.0f} MiB {ratio:>11}", flush=True)
 
