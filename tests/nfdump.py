@@ -20,7 +20,6 @@ from pathlib import Path
 
 import dpkt
 
-from pyprobe.collect import Record
 
 HOST = "127.0.0.1"
 Key = tuple[str, str, int, int, int, int]  # source, destination, ports, protocol, VLAN
