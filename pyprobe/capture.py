@@ -9,6 +9,7 @@ not packets arrive. `stop()` (safe in a signal handler) ends it.
 from __future__ import annotations
 
 import os
+import re
 import select
 import time
 from collections.abc import Iterator
@@ -40,7 +41,8 @@ class PcapSource:
         self.stopped = False
         self._final_stats: tuple[int, int, int] | None = None
         if self.is_file and not os.path.isfile(source):
-            raise CaptureError(f"{source}: no such capture file")
+            raise CaptureError(f"{source}: " + ("a directory, not a capture file"
+                                                if os.path.isdir(source) else "no such capture file"))
         names = [source] if self.is_file else source.split(",")
         self._handles = [_open(name, self.is_file, bpf_filter, snaplen, promiscuous, buffer_size)
                          for name in names]
@@ -110,13 +112,22 @@ def _open(name: str, is_file: bool, bpf_filter: str | None, snaplen: int, promis
                                timestamp_in_ns=True, buffer_size=buffer_size)
             handle.setnonblock(True)
     except OSError as error:
-        raise CaptureError(f"{name}: cannot open: {error}") from None
+        if is_file:  # pypcap then tries the name as a device: its reason would mislead
+            raise CaptureError(f"{name}: not a readable pcap or pcapng file") from None
+        raise CaptureError(f"{name}: cannot capture: {_reason(error)}") from None
     if bpf_filter:
         try:
             handle.setfilter(bpf_filter)
         except OSError as error:
-            raise CaptureError(f"{name}: bad BPF filter {bpf_filter!r}: {error}") from None
+            raise CaptureError(f"{name}: bad BPF filter {bpf_filter!r}: {_reason(error)}") from None
     return handle
+
+
+def _reason(error: OSError) -> str:
+    """libpcap's own words from a pypcap error, without pypcap's wrapping around them."""
+    text = str(error)
+    found = re.search(r"""b(['"])(.*)\1""", text)
+    return found[2] if found else text
 
 
 def _linktype(handle: pcap.pcap) -> int:

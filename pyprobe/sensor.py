@@ -30,6 +30,7 @@ from .errors import PyprobeError
 from .probe import Collector, Probe
 from .stream import FlowStream
 from .template import TemplateSet, load_templates
+from .transport import resolve
 
 log = logging.getLogger("pyprobe")
 LOG_FORMAT = "%(asctime)s {instance} %(levelname)s %(message)s"
@@ -53,8 +54,9 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
                                     observation_domain=entry.observation_domain,
                                     mtu_bytes=entry.mtu, template_refresh_s=entry.template_refresh,
                                     template_refresh_packets=entry.template_refresh_packets))
-    for collector in collectors:  # a bad protocol/template pairing or MTU fails here too
+    for collector in collectors:  # a bad protocol/template pairing, MTU or host fails here too
         collector.exporter(registry)
+        resolve(collector.host, collector.port)
     return collectors
 
 

@@ -10,6 +10,8 @@ import logging
 import socket
 import time
 
+from .errors import PyprobeError
+
 log = logging.getLogger(__name__)
 
 
@@ -20,11 +22,27 @@ def parse_address(text: str, default_port: int = 2055) -> tuple[str, int]:
         port = rest[1:] if rest.startswith(":") else ""
     elif text.count(":") == 1:
         host, port = text.split(":")
+    elif ":" in text:  # "::1:2055" reads as an address of its own: say which is meant
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [ADDRESS]:PORT")
     else:
         host, port = text, ""
     if port and not port.isdigit():
         raise ValueError(f"bad port in {text!r}")
     return host, int(port) if port else default_port
+
+
+class TransportError(PyprobeError):
+    """A collector's address cannot be resolved."""
+
+
+def resolve(host: str, port: int) -> tuple:
+    """(family, type, protocol, address) of a collector; a TransportError names what failed."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise TransportError(f"collector {host}:{port}: cannot resolve {host!r}: "
+                             f"{getattr(error, 'strerror', None) or error}") from None
+    return family, kind, proto, address
 
 
 class UdpTransport:
@@ -35,8 +53,7 @@ class UdpTransport:
 
     def __init__(self, host: str, port: int, *, log_interval_s: float = 60) -> None:
         self.host, self.port = host, port
-        family, kind, proto, _, self.address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_DGRAM)[0]
+        family, kind, proto, self.address = resolve(host, port)
         self._socket = socket.socket(family, kind, proto)
         try:  # connected, so ICMP port unreachable comes back as an error on a later send
             self._socket.connect(self.address)

@@ -53,11 +53,25 @@ def test_replay_table_and_summary() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["replay", "missing.pcap"], "pyprobe: error: missing.pcap: no such capture file\n"),
+    (["replay", str(Path(__file__))],
+     f"pyprobe: error: {Path(__file__)}: not a readable pcap or pcapng file\n"),
     (["replay", str(SAMPLE), "--bpf", "tcp port"],
-     f"pyprobe: error: {SAMPLE}: bad BPF filter 'tcp port': "),
-    (["replay", str(Path(__file__))], f"pyprobe: error: {Path(__file__)}: cannot open: "),
+     f"pyprobe: error: {SAMPLE}: bad BPF filter 'tcp port': can't parse filter expression: syntax error\n"),
 ])
 def test_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = pyprobe(*args)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("collector, message", [
+    ("no.such.host.invalid:9130", "pyprobe: error: collector no.such.host.invalid:9130: "
+                                  "cannot resolve 'no.such.host.invalid': "),
+    ("::1:9131", "'::1:9131': write an IPv6 address in brackets, [ADDRESS]:PORT"),
+])
+def test_collector_mistakes_are_refused_before_metering(collector: str, message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pyprobe", "replay", str(SAMPLE), "--no-dpi",
+                             "--collector", collector], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert message in result.stderr.splitlines()[-1]
+    assert result.stdout == ""
