@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--pace", action="store_true",
                         help="send at the capture's own speed instead of as fast as possible")
     replay.add_argument("--speed", type=float, metavar="X",
-                        help="with --pace: X times the capture's speed (default 1)")
+                        help="pace at X times the capture's speed (implies --pace; default 1)")
     replay.add_argument("--workers", type=_positive, default=1, metavar="N",
                         help="meter in N processes, each on its share of the flows (default 1)")
     for name, text in (("run", "capture live (or a file) and export, configured by a YAML file "
@@ -130,7 +130,7 @@ def meter(args: argparse.Namespace, config: SensorConfig, stream: FlowStream, ou
         registry = ElementRegistry.default()
         collectors = collectors_of(config, registry, biflow=args.biflow)
         return Probe(stream, collectors, registry,
-                     speed=(args.speed or 1.0) if args.pace else None).run()
+                     speed=args.speed or (1.0 if args.pace else None)).run()
     for count, flow in enumerate(stream):
         if args.json:
             out.write(json.dumps(flow.to_dict()) + "\n")
