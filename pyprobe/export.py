@@ -4,11 +4,11 @@ It owns the wire state of one collector: the compiled templates, the sequence nu
 templates were last sent. Records are buffered into the current message, which goes out when the
 next record does not fit in `mtu_bytes`, when `tick(now_ms)` finds it older than
 `flush_interval_ms`, or on `flush(now_ms)`. Templates, options templates and the options data
-(exporting-process statistics, RFC 5610 type records, application names) open the first
-message, and again once `template_refresh_s` of clock time or `template_refresh_packets`
-messages have passed. The clock is whatever `now_ms` the caller passes: packet time in a
-replay. When the templates send applicationId, a flow whose application was not seen before is
-preceded by its names record.
+(exporting-process statistics, RFC 5610 type records) go out before the first data, and again
+once `template_refresh_s` of clock time or `template_refresh_packets` messages have passed; in
+IPFIX the options travel in messages of observation domain 0. The clock is whatever `now_ms`
+the caller passes: packet time in a replay. When the templates send applicationId, the first
+flow of each application after every timed refresh is preceded by its names record.
 
 >>> from pyprobe.elements import ElementRegistry
 >>> from pyprobe.template import load_templates
@@ -72,6 +72,7 @@ class Exporter:
                  if any(f.element.name == "applicationId" for t in templates.templates
                         for f in t.fields) else [])
         self._application_names = names[0] if names else None
+        self._names: dict[bytes, bytes] = {}  # applicationId: its names record, encoded once
         self._named: set[bytes] = set()  # applicationIds whose names went out since the timed refresh
         self._options = (compile_(statistics_template(registry)), *types)
         self._template_records = self._template_records_of((*self._data.values(), *names))
@@ -149,8 +150,10 @@ class Exporter:
         that holds a flow gets its name; resending every name with every refresh would cost
         hundreds of records each time."""
         names, key = self._application_names, application_id(flow.dpi)
-        record = names.encode_values(application_names_values(
-            self.observation_domain, key, application_name(flow.dpi)))
+        record = self._names.get(key)
+        if record is None:
+            record = self._names[key] = names.encode_values(application_names_values(
+                self.observation_domain, key, application_name(flow.dpi)))
         if not self._data_channel.builder.records:
             self._open(now_ms, out)  # templates before the record
         self._put(self._data_channel, names.id, record, True, now_ms, out)
@@ -224,7 +227,7 @@ class Exporter:
 
     def _send(self, now_ms: int, out: list[bytes]) -> None:
         """Finishes the messages being filled: options first, as their records come first."""
-        for channel in {self._options_channel: None, self._data_channel: None}:
+        for channel in dict.fromkeys((self._options_channel, self._data_channel)):  # NFv9: one
             if channel.builder.records:
                 out.append(self._finish(channel, now_ms))
 
