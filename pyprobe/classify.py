@@ -10,6 +10,7 @@ One detection module serves the whole process: it is made on first use and share
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .flow import DpiInfo, Flow, Packet, dpi_metadata
@@ -36,7 +37,8 @@ METADATA = (  # DpiInfo field, the dpi2json block it is in, its key there
 )
 """Where each metadata field of a DpiInfo comes from in ndpi_dpi2json's output."""
 NO_BLOCK: dict[str, Any] = {}
-MARKERS = ('"hostname"', '"tls"', '"http"')  # in dpi2json's text exactly when METADATA has a value
+HAS_METADATA = re.compile(r'"hostname":"[^"]|"(?:tls|http)": \{"').search
+"""Whether dpi2json's text has a METADATA value that is not empty (most flows' has none)."""
 SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("dns",)))
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
@@ -117,14 +119,15 @@ class NdpiClassifier:
 
 
 def _metadata(text: str) -> dict[str, Any]:
-    """The METADATA values found in dpi2json's text (parsed only when it has any: most has none)."""
-    if not any(marker in text for marker in MARKERS):
+    """The METADATA values found in dpi2json's text, parsed only when HAS_METADATA."""
+    if not HAS_METADATA(text):
         return NO_BLOCK
     found = dpi_metadata(text)
     blocks = {"ndpi": found, "tls": _tls(found), "http": found.get("http", NO_BLOCK)}
     values = {name: blocks[block][key] for name, block, key in METADATA if key in blocks[block]}
-    values["server_name_source"] = next((source for source, keys in SERVER_NAME_SOURCES
-                                         if any(key in found for key in keys)), "")
+    if values.get("requested_server_name"):
+        values["server_name_source"] = next((source for source, keys in SERVER_NAME_SOURCES
+                                             if any(key in found for key in keys)), "")
     return values
 
 

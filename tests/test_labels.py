@@ -8,6 +8,7 @@ differences that remain are listed, with their reasons, in KNOWN_DIFFERENCES and
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections import Counter, defaultdict
@@ -18,7 +19,10 @@ import pytest
 
 from conftest import NDPI_PCAPS, ndpi_captures
 from pyprobe import FlowStream
+from pyprobe.classify import METADATA, SERVER_NAME_SOURCES, _tls
+from pyprobe.flow import DpiInfo, dpi_metadata
 
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(DpiInfo)}
 THRESHOLD = 0.95  # nfstream 6.6.0 over the same library: 97 %
 FLOW_LINE = re.compile(r"\t\d+\t(\S+) (\S+) <?-> (\S+) (?:\[VLAN: \d+\])?"
                        r"\[proto: (?:\w+:)?[\d.]+/([^\]]+)\]")
@@ -81,15 +85,33 @@ def expected_flows(out: Path) -> list[tuple[tuple, str, str]]:
     return flows
 
 
-def compare(capture: Path) -> tuple[int, list[Mismatch], Counter]:
-    """(expected flows, mismatches, Counter of (expected, ours) label pairs) for one capture.
+def parsed_metadata(dpi: DpiInfo) -> dict:
+    """The METADATA values of a flow as a full parse of its dpi2json text gives them (the
+    classifier parses only texts that have one): the reference."""
+    found = dpi_metadata(dpi.dpi_json)
+    blocks = {"ndpi": found, "tls": _tls(found), "http": found.get("http", {})}
+    values = {name: blocks[block].get(key, DEFAULTS[name]) for name, block, key in METADATA}
+    values["server_name_source"] = next((source for source, keys in SERVER_NAME_SOURCES
+                                         if any(key in found for key in keys)), "")
+    if not values["requested_server_name"]:
+        values["server_name_source"] = ""  # whose name is moot without one
+    return values
+
+
+def compare(capture: Path) -> tuple[int, list[Mismatch], Counter, list[str]]:
+    """(expected flows, mismatches, Counter of (expected, ours) label pairs, flows whose metadata
+    differs from parsed_metadata) for one capture.
 
     A mismatched flow whose 5-tuple we meter more than once pairs with our first such flow.
     """
     ours: dict[tuple, list[str]] = defaultdict(list)
+    metadata_differs = []
     for flow in FlowStream(str(capture), idle_timeout=30, active_timeout=1800, decode_tunnels=True):
         ours[flow.protocol, frozenset(((flow.src_addr, flow.src_port),
                                        (flow.dst_addr, flow.dst_port)))].append(flow.application_name)
+        reference = parsed_metadata(flow.dpi)
+        if {name: getattr(flow.dpi, name) for name in reference} != reference:
+            metadata_differs.append(f"{capture.name} {flow!r}")
     expected = expected_flows(NDPI_PCAPS / "expected" / f"{capture.name}.out")
     mismatches, pairs = [], Counter()
     for key, endpoints, label in expected:
@@ -100,11 +122,11 @@ def compare(capture: Path) -> tuple[int, list[Mismatch], Counter]:
         mismatches.append(Mismatch(capture.name, key[0], endpoints, label, tuple(labels)))
         if labels:
             pairs[label, labels[0]] += 1
-    return len(expected), mismatches, pairs
+    return len(expected), mismatches, pairs, metadata_differs
 
 
 @pytest.fixture(scope="module")
-def comparison() -> dict[str, tuple[int, list[Mismatch], Counter]]:
+def comparison() -> dict[str, tuple[int, list[Mismatch], Counter, list[str]]]:
     """compare() of every capture that has an expected file."""
     captures = [c for c in ndpi_captures() if (NDPI_PCAPS / "expected" / f"{c.name}.out").exists()]
     if not captures:
@@ -119,8 +141,8 @@ def mismatch_table(mismatches: list[Mismatch]) -> str:
 
 
 def test_labels_agree_with_ndpireader(comparison: dict) -> None:
-    expected = sum(total for total, _, _ in comparison.values())
-    mismatches = [m for _, found, _ in comparison.values() for m in found]
+    expected = sum(total for total, _, _, _ in comparison.values())
+    mismatches = [m for _, found, _, _ in comparison.values() for m in found]
     agreement = 1 - len(mismatches) / expected
     print(f"\n{expected - len(mismatches)}/{expected} flows agree ({agreement:.2%}) over "
           f"{len(comparison)} captures\n{mismatch_table(mismatches)}")
@@ -133,3 +155,8 @@ def test_labels_agree_with_ndpireader(comparison: dict) -> None:
 def test_known_difference(comparison: dict, capture: str, expected: str, ours: str, flows: int,
                           why: str) -> None:
     assert comparison[capture][2][expected, ours] == flows, why
+
+
+def test_metadata_equals_a_full_parse(comparison: dict) -> None:
+    differs = [flow for *_, found in comparison.values() for flow in found]
+    assert not differs, "\n".join(differs[:20])
