@@ -44,7 +44,7 @@ typedef struct {
 } ndpi_protocol;
 struct ndpi_flow_input_info { unsigned char in_pkt_dir; unsigned char seen_flow_beginning; };
 struct ndpi_detection_module_struct;
-struct ndpi_flow_struct;
+struct ndpi_flow_struct;  /* completed below: the library's size, FLOW_FIELDS at their offsets */
 struct ndpi_global_context;
 
 struct ndpi_detection_module_struct *ndpi_init_detection_module(struct ndpi_global_context *g_ctx);
@@ -191,61 +191,65 @@ class NDPIProtocol(NamedTuple):
     state: State
 
 
-def _fields_view() -> str:
-    """The cdef of `struct ndpi_flow_fields`: a flow struct's size, FLOW_FIELDS at their offsets."""
+def _flow_struct() -> str:
+    """The cdef that completes `struct ndpi_flow_struct`: its size, FLOW_FIELDS at their offsets."""
     members, at = [], 0
     for name, (offset, ctype) in sorted(FLOW_FIELDS.items(), key=lambda item: item[1][0]):
         members += [f"char _pad{at}[{offset - at}];", f"{ctype} {name.replace('.', '_')};"]
         at = offset + ffi.sizeof(ctype)
     members.append(f"char _pad{at}[{FLOW_SIZE - at}];")
-    return "struct ndpi_flow_fields { %s };" % " ".join(members)
+    return "struct ndpi_flow_struct { %s };" % " ".join(members)
 
 
-ffi.cdef(_fields_view())
+ffi.cdef(_flow_struct())
 FLOW_POINTER = ffi.typeof("struct ndpi_flow_struct *")
-FIELDS_POINTER = ffi.typeof("struct ndpi_flow_fields *")
+_buffers = [0, 0]  # flow buffers made, freed (a class attribute written per flow would be slower)
+
+
+def live_flows() -> int:
+    """The NDPIFlow buffers made and not yet freed, over all instances."""
+    made, freed = _buffers
+    return made - freed
 
 
 class NDPIFlow:
     """nDPI's state of one flow: a zeroed buffer of the library's flow size until `free()`.
 
-    The buffer is typed as `struct ndpi_flow_fields`, which reads FLOW_FIELDS in place.
-    `NDPIFlow.live` counts the buffers not yet freed, over all instances.
+    `C` is the buffer, a `struct ndpi_flow_struct *` that reads FLOW_FIELDS in place.
     """
 
-    __slots__ = ("C", "packets", "_fields")
-    live = 0
+    __slots__ = ("C", "packets")
 
     def __init__(self) -> None:
-        self._fields = ffi.new(FIELDS_POINTER)
-        self.C = ffi.cast(FLOW_POINTER, self._fields)
+        self.C = ffi.new(FLOW_POINTER)
         self.packets = 0
         """Packets handed to nDPI."""
-        NDPIFlow.live += 1
+        _buffers[0] += 1
 
     @property
     def confidence(self) -> NDPIConfidence:
         """The confidence of the flow's current classification."""
-        return confidence_of(self._fields.confidence)
+        return confidence_of(self.C.confidence)
 
     @property
     def risk(self) -> int:
         """The flow's risks as nDPI's bitmap: bit n set for ndpi_risk_enum n."""
-        return self._fields.risk
+        return self.C.risk
 
     @property
     def http_method(self) -> str:
         """The HTTP request method nDPI saw ("GET", ...), or "" for none."""
-        method = self._fields.http_method
+        method = self.C.http_method
         return ffi.string(lib.ndpi_http_method2str(method)).decode() if method else ""
 
     def free(self) -> None:
         """Frees what nDPI allocated for the flow, then the buffer; later calls do nothing."""
-        if self.C != ffi.NULL:
-            lib.ndpi_free_flow_data(self.C)
-            ffi.release(self._fields)
-            self.C = self._fields = ffi.NULL
-            NDPIFlow.live -= 1
+        buffer = self.C
+        if buffer is not None:
+            self.C = None
+            lib.ndpi_free_flow_data(buffer)
+            ffi.release(buffer)
+            _buffers[1] += 1
 
     def __del__(self) -> None:
         self.free()

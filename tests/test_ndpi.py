@@ -15,7 +15,7 @@ from conftest import BENCH_PCAP, NDPI_PCAPS, require
 from pyprobe import FlowStream, Streamer
 from pyprobe.classify import NdpiClassifier, shared_ndpi
 from pyprobe.flow import DPI_LABELS
-from pyprobe.ndpi import NDPI, NDPIConfidence, NDPIFlow, State, ffi
+from pyprobe.ndpi import NDPI, NDPIConfidence, NDPIFlow, State, ffi, live_flows
 from tests.builders import A4, B4, ETH_IP, ether, ipv4, tcp, udp, write_pcap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def test_binding_is_the_nfstream_library() -> None:
 
 
 def test_process_packet_follows_a_dns_exchange() -> None:
-    ndpi, flow, live = shared_ndpi(), NDPIFlow(), NDPIFlow.live
+    ndpi, flow, live = shared_ndpi(), NDPIFlow(), live_flows()
     query = ipv4(udp(40000, 53, dns_message(7, "www.example.com")), 17)
     first = ndpi.process_packet(flow, query, 1_700_000_000_000)
     assert (ndpi.protocol_name(first), first.state, first.confidence) == ("DNS", State.PARTIAL, DPI)
@@ -58,7 +58,7 @@ def test_process_packet_follows_a_dns_exchange() -> None:
     assert flow.packets == 2
     flow.free()
     flow.free()
-    assert NDPIFlow.live == live - 1
+    assert live_flows() == live - 1
 
 
 def test_tls_metadata() -> None:
@@ -163,7 +163,7 @@ def test_fuzzed_captures_run_clean(capture: str, packets: int, flows: int,
     assert (stream.stats.packets_read, len(found)) == (packets, flows)
     assert Counter(flow.application_name for flow in found).most_common(2) == labels
     assert all(flow.dpi is not None for flow in found)
-    assert NDPIFlow.live == 0
+    assert live_flows() == 0
 
 
 class LiveBuffers:
@@ -176,8 +176,8 @@ class LiveBuffers:
         self.on_update(packet, flow)
 
     def on_update(self, packet: Any, flow: Any) -> None:
-        assert NDPIFlow.live <= len(self.stream.cache)
-        self.most = max(self.most, NDPIFlow.live)
+        assert live_flows() <= len(self.stream.cache)
+        self.most = max(self.most, live_flows())
 
     def on_expire(self, flow: Any) -> None:
         assert flow.classifier_state is None
@@ -192,7 +192,7 @@ def test_no_ndpi_memory_outlives_its_flow() -> None:
         watch = LiveBuffers(stream)
         stream.plugins += (watch,)
         assert (sum(1 for _ in stream), watch.labelled, watch.most) == (flows, flows, most)
-        assert NDPIFlow.live == 0
+        assert live_flows() == 0
 
 
 def resident_kib() -> int:
@@ -205,7 +205,7 @@ def test_resident_memory_stays_bounded_over_many_flows() -> None:
     before = resident_kib()
     assert sum(1 for _ in FlowStream(path)) == 9103
     assert resident_kib() - before < 1024, "9,103 flows through nDPI left more than 1 MiB behind"
-    assert NDPIFlow.live == 0
+    assert live_flows() == 0
 
 
 def test_dpi_off_makes_no_ndpi_flow() -> None:
