@@ -7,7 +7,8 @@ Without FILE it measures a 1M-packet gen_synth.py capture (made once into benchm
 each row is the median of `--repeat` runs:
 
 - pyprobe: `pyprobe replay FILE --collector 127.0.0.1:PORT` (IPFIX) into a UDP sink, timed inside
-  the process from the command's start (its imports excluded) to its last datagram;
+  the process from the command's start (its imports excluded, nDPI's library among them, as
+  nfstream's import loads it) to its last datagram;
 - nfstream: `NFStreamer(source=FILE, statistical_analysis=False)` iterated to the end, timed the
   same way, from its own venv (benchmarks/.venv-nfstream, made once with pip);
 - softflowd: `softflowd -r FILE -n 127.0.0.1:PORT -v 10 -d -m 524288` (IPFIX, no DPI), timed
@@ -41,6 +42,7 @@ MAX_FLOWS = 524_288
 PYPROBE_RUNNER = """
 import contextlib, io, json, sys, time
 from pyprobe.cli import main
+import pyprobe.classify  # loads nDPI's library, as `from nfstream import NFStreamer` does
 started = time.perf_counter()
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
