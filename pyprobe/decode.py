@@ -27,6 +27,13 @@ from collections import Counter, OrderedDict
 from .errors import CaptureError
 from .flow import Packet
 
+try:
+    from . import _fastdecode
+except ImportError:  # built at install only where a C compiler is (setup.py: optional)
+    _fastdecode = None
+COMPILED = _fastdecode is not None
+"""Whether the compiled Ethernet fast path (_fastdecode.c) is built; this module is its reference."""
+
 # Link-layer types (LINKTYPE_* / DLT_* numbers) this decoder reads.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family, host byte order
 LINKTYPE_ETHERNET = 1
@@ -101,9 +108,9 @@ TRUNCATED_TRANSPORT = "truncated transport header"
 class Decoder:
     """Turns captured frames of one link type into `Packet`s, counting what it skips."""
 
-    __slots__ = ("linktype", "decode", "skipped", "skipped_octets", "_fragments")
+    __slots__ = ("linktype", "compiled", "decode", "skipped", "skipped_octets", "_fragments")
 
-    def __init__(self, linktype: int) -> None:
+    def __init__(self, linktype: int, compiled: bool = True) -> None:
         link = {
             LINKTYPE_ETHERNET: self._ethernet, LINKTYPE_LINUX_SLL: self._linux_sll,
             LINKTYPE_LINUX_SLL2: self._linux_sll2, LINKTYPE_RAW: self._raw_ip,
@@ -113,7 +120,12 @@ class Decoder:
         if link is None:
             raise CaptureError(f"unsupported link type {linktype}")
         self.linktype = linktype
-        self.decode = link
+        # The compiled path stands in for Decoder._ethernet only: a subclass's own is kept.
+        self.compiled = (compiled and COMPILED and linktype == LINKTYPE_ETHERNET
+                         and type(self)._ethernet is Decoder._ethernet)
+        """Whether `decode` is the compiled Ethernet fast path (`compiled=False`: pure Python)."""
+        self.decode = (_fastdecode.ethernet_decoder(Packet, self._ethernet_general)
+                       if self.compiled else link)
         """decode(time_ms, frame) -> Packet | None"""
         self.skipped: Counter[str] = Counter()
         self.skipped_octets = 0
@@ -156,7 +168,11 @@ class Decoder:
                         return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
                                                     0, payload + 40, hop_limit, tos, 0, 0, 0, frame,
                                                     14))
-        elif len(frame) < 14:
+        return self._ethernet_general(time_ms, frame)
+
+    def _ethernet_general(self, time_ms: int, frame: bytes) -> Packet | None:
+        """Any Ethernet frame: those the fast paths (Python or compiled) leave come here."""
+        if len(frame) < 14:
             return self._skip(TRUNCATED_LINK, frame)
         return self._ethertype(time_ms, frame, 14, ETHERNET_TYPE(frame)[0])
 
