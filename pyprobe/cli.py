@@ -8,7 +8,6 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -20,7 +19,7 @@ from .elements import ElementRegistry
 from .errors import PyprobeError
 from .flow import Flow
 from .probe import ExportSummary, Probe
-from .sensor import collectors_of, run, stream_of
+from .sensor import collectors_of, run, stream_of, worker_config
 from .capture import PcapSource
 from .stream import FlowStream, MeterStats
 from .workers import run_sharded
@@ -29,7 +28,8 @@ log = logging.getLogger("pyprobe")
 
 # The settings replay takes from the schema: the meter's and the collectors'.
 REPLAY_SETTINGS = [key for _, key, _, _ in flags()
-                   if key.startswith(("cache.", "dpi.", "collectors.")) or key == "capture.bpf"]
+                   if key.startswith(("cache.", "dpi.", "collectors."))
+                   or key in ("capture.bpf", "capture.workers")]
 
 TABLE_COLUMNS = ("{:<5} {:>39} {:>39} {:>5} {:>9} {:>11} {:>23} {:>9} {:<18} {}")
 TABLE_HEADER = TABLE_COLUMNS.format("proto", "source", "destination", "vlan", "packets",
@@ -94,8 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send at the capture's own speed instead of as fast as possible")
     replay.add_argument("--speed", type=float, metavar="X",
                         help="pace at X times the capture's speed (implies --pace; default 1)")
-    replay.add_argument("--workers", type=_positive, default=1, metavar="N",
-                        help="meter in N processes, each on its share of the flows (default 1)")
     for name, text in (("run", "capture live (or a file) and export, configured by a YAML file "
                                 "and flags, until SIGTERM"),
                        ("check", "validate a configuration and its templates, print it in full")):
@@ -110,12 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--timeout", type=float, metavar="S",
                          help="stop after S seconds without a message")
     return parser
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
 
 
 def format_export_summary(summary: ExportSummary) -> str:
@@ -150,17 +142,15 @@ def meter_sharded(args: argparse.Namespace, config: SensorConfig
     with tempfile.TemporaryDirectory(prefix="pyprobe-") as folder:
         def work(index: int, share: str | None, end_clock: Callable[[int], int]
                  ) -> tuple[MeterStats, ExportSummary | None]:
-            mine = replace(config, capture=replace(config.capture, bpf=share), collectors=tuple(
-                replace(c, observation_domain=c.observation_domain + index)
-                for c in config.collectors))
+            mine = worker_config(config, index, share)
             stream = stream_of(mine, args.file, end_clock=end_clock)
             with open(Path(folder, str(index)), "w", encoding="utf-8") as out:
                 summary = meter(args, mine, stream, out, header=False)
             return stream.stats, summary
 
-        results = run_sharded(args.workers, capture.linktype, config.capture.bpf, work)
+        results = run_sharded(config.capture.workers, capture.linktype, config.capture.bpf, work)
         rows = [Path(folder, str(index)).read_text(encoding="utf-8")
-                for index in range(args.workers)]
+                for index in range(config.capture.workers)]
     if any(rows) and not args.json and not config.collectors:
         sys.stdout.write(TABLE_HEADER + "\n")
     sys.stdout.writelines(rows)
@@ -172,7 +162,7 @@ def meter_sharded(args: argparse.Namespace, config: SensorConfig
 def replay(args: argparse.Namespace) -> int:
     config = load_config(None, overrides_of(args) | {"capture.file": args.file},
                          need_collectors=False)
-    if args.workers > 1:
+    if config.capture.workers > 1:
         stats, summary = meter_sharded(args, config)
     else:
         # Progress only where it cannot interleave with the flows: stderr a terminal, stdout not.

@@ -5,7 +5,8 @@ its bounds. `load_config` reads a YAML file (`yaml.safe_load` only) and checks i
 schema; `add_arguments` turns the same fields into command-line flags, whose values override the
 file's. Every mistake is a `ConfigError` naming the file (or the flag), the dotted key
 (`collectors[1].port`), the bad value and what was expected; unknown keys get a did-you-mean.
-Relative paths in a file are relative to the file.
+Relative paths in a file are relative to the file. A loaded configuration's `capture.workers`
+is never null: it is the count of processes that will run.
 
 >>> config = load_config(None, {"capture.interface": "eth0", "collectors": [{"host": "10.0.0.5"}]})
 >>> config.cache.idle_timeout, config.collectors[0].port, config.collectors[0].protocol
@@ -66,6 +67,8 @@ class CaptureConfig:
     promiscuous: bool = setting(True, "put the interface in promiscuous mode")
     buffer_size: int = setting(0, "kernel capture buffer in octets (0: libpcap's, 2 MiB)",
                                minimum=0)
+    workers: int | None = setting(None, "processes metering, each its share of the flows (null: "
+                                        "one per CPU for an interface, 1 for a file)", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,16 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         _check_whole(config, need_collectors)
     except _Problem as problem:
         raise ConfigError(f"{source}: {problem}") from None
-    return config
+    return dataclasses.replace(config, capture=dataclasses.replace(
+        config.capture, workers=_worker_count(config.capture)))
+
+
+def _worker_count(capture: CaptureConfig) -> int:
+    """The processes a capture is metered by: as set, else one per CPU this process may use
+    for an interface and one for a file (replays stay single and deterministic)."""
+    if capture.workers is not None:
+        return capture.workers
+    return 1 if capture.file is not None else len(os.sched_getaffinity(0))
 
 
 _SECTION_TYPES = {"": SensorConfig, "collectors": CollectorConfig, **SECTIONS}

@@ -11,6 +11,10 @@ timers going when no packets arrive. Signals:
 
 Every `statistics_interval` the capture's and the exporters' counters are logged on one line and
 copied into the exporting-process statistics that the next template refresh sends.
+
+With `capture.workers` N > 1 the parent checks the configuration and forks N workers (see
+`workers`), each a sensor as above on its share of the packets, exporting in the observation
+domains + its index, logging as `instance/index`; the parent passes the signals on.
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ import os
 import pwd
 import signal
 import sys
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 from .capture import PcapSource
 from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
@@ -31,9 +37,24 @@ from .probe import Collector, Probe
 from .stream import FlowStream
 from .template import TemplateSet, load_templates
 from .transport import resolve
+from .workers import run_sharded
 
 log = logging.getLogger("pyprobe")
 LOG_FORMAT = "%(asctime)s {instance} %(levelname)s %(message)s"
+
+
+class Worker(NamedTuple):
+    """One of the sensor's processes: its index, its share of the packets, its end clock."""
+
+    index: int
+    share: str | None
+    end_clock: Callable[[int], int]
+
+
+def worker_config(config: SensorConfig, index: int, share: str | None) -> SensorConfig:
+    """Worker `index`'s view of `config`: its share filter, its collectors' domains + `index`."""
+    return replace(config, capture=replace(config.capture, bpf=share), collectors=tuple(
+        replace(c, observation_domain=c.observation_domain + index) for c in config.collectors))
 
 
 def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
@@ -96,10 +117,11 @@ def drop_privileges(user: str | None, group: str | None) -> None:
                            f"{error.strerror}") from None
 
 
-def log_handler(config: SensorConfig) -> logging.Handler:
+def log_handler(config: SensorConfig, worker: Worker | None = None) -> logging.Handler:
     handler = (logging.FileHandler(config.log_file) if config.log_file
                else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter(LOG_FORMAT.format(instance=config.instance)))
+    instance = config.instance if worker is None else f"{config.instance}/{worker.index}"
+    handler.setFormatter(logging.Formatter(LOG_FORMAT.format(instance=instance)))
     return handler
 
 
@@ -107,11 +129,13 @@ class Sensor:
     """One run of the probe under a configuration, with its signal handling."""
 
     def __init__(self, config: SensorConfig, config_path: str | None = None,
-                 overrides: dict | None = None) -> None:
+                 overrides: dict | None = None, worker: Worker | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.overrides = overrides
+        self.worker = worker
         self.registry = ElementRegistry.default()
+        self.capture: PcapSource | None = None
         self.probe: Probe | None = None
         self._handler: logging.Handler | None = None
         self._reload_requested = False
@@ -119,16 +143,20 @@ class Sensor:
 
     def run(self) -> int:
         """Runs until SIGTERM/SIGINT or the end of a capture file; 0 once all is sent."""
-        config = self.config
+        config, worker = self._own(self.config), self.worker
         self._set_logging(config)
         collectors = collectors_of(config, self.registry)
-        capture = open_capture(config)
-        stream = stream_of(config, capture)  # nDPI loads here, while its files are readable
+        capture = self.capture = open_capture(config)
+        end_clock = worker.end_clock if worker is not None and capture.is_file else None
+        # nDPI loads here, while its files are readable
+        stream = stream_of(config, capture, end_clock=end_clock)
         drop_privileges(config.user, config.group)
         probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer)
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGHUP, self._request_reload)
+        handlers = {signal.SIGTERM: self._stop, signal.SIGINT: self._stop,
+                    signal.SIGHUP: self._request_reload}
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)  # a worker starts with them blocked
         log.info("started: capturing on %s as uid %d, exporting to %s", capture.source,
                  os.getuid(), describe(collectors))
         probe.run()
@@ -136,6 +164,8 @@ class Sensor:
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:
+        if self.capture.stopped:  # a worker gets SIGTERM from its parent and from systemd
+            return
         log.info("%s: ending every flow and sending it", signal.Signals(signum).name)
         self.probe.stop()
 
@@ -168,7 +198,7 @@ class Sensor:
         """Reopens the log and swaps in the collectors of the configuration as it now reads."""
         try:
             config = load_config(self.config_path, self.overrides)
-            collectors = collectors_of(config, self.registry)
+            collectors = collectors_of(self._own(config), self.registry)
             self._set_logging(config)
         except (PyprobeError, OSError) as error:
             log.error("reload: %s; keeping the running configuration", error)
@@ -182,9 +212,14 @@ class Sensor:
         self.probe.set_collectors(collectors, now_ms)
         log.info("reloaded: exporting to %s", describe(collectors))
 
+    def _own(self, config: SensorConfig) -> SensorConfig:
+        """`config` as this process applies it (a worker's share and observation domains)."""
+        worker = self.worker
+        return config if worker is None else worker_config(config, worker.index, worker.share)
+
     def _set_logging(self, config: SensorConfig) -> None:
         """Installs a new log handler (a reopened file) and level; the old handler is closed."""
-        handler = log_handler(config)
+        handler = log_handler(config, self.worker)
         if self._handler is not None:
             log.removeHandler(self._handler)
             self._handler.close()
@@ -195,5 +230,16 @@ class Sensor:
 
 
 def run(config_path: str | None, overrides: dict) -> int:
-    """`pyprobe run`: the configuration, then the sensor."""
-    return Sensor(load_config(config_path, overrides), config_path, overrides).run()
+    """`pyprobe run`: the configuration, then the sensor, in `capture.workers` processes."""
+    config = load_config(config_path, overrides)
+    if config.capture.workers == 1:
+        return Sensor(config, config_path, overrides).run()
+    collectors_of(config, ElementRegistry.default())  # a mistake is told once, not per worker
+    capture = open_capture(config)  # only for its link type, which the share filters depend on
+    capture.close()
+
+    def work(index: int, share: str | None, end_clock: Callable[[int], int]) -> int:
+        return Sensor(config, config_path, overrides, Worker(index, share, end_clock)).run()
+
+    run_sharded(config.capture.workers, capture.linktype, config.capture.bpf, work, live=True)
+    return 0

@@ -150,9 +150,11 @@ class FlowStream:
             self._update_stats(stats, read, decoder, started)
 
     def stop(self) -> None:
-        """Ends a live iteration soon (safe in a signal handler): live flows expire as forced end."""
-        if self.capture is not None:
-            self.capture.stop()
+        """Ends a live iteration soon, or as soon as it starts (safe in a signal handler): live
+        flows expire as forced end."""
+        capture = self.capture or self.source
+        if isinstance(capture, PcapSource):
+            capture.stop()
 
     @staticmethod
     def _hand_out(cache: FlowCache, stats: MeterStats) -> list[Flow]:

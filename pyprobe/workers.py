@@ -7,14 +7,20 @@ Worker k > 0 takes the packets whose hash is k; worker 0 takes every other frame
 or shaped so the filter cannot find its addresses). A frame too short to hold its IP addresses
 (undecodable anyway) is seen by no worker: libpcap rejects it for every filter, so it is missing
 from the skipped-frame counts instead of counted as truncated.
+
+A live capture's workers (`pyprobe run`) have a parent that opens nothing: it passes the signals
+it gets on to them, and stops them all when one fails.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import re
+import signal
 import threading
-from collections.abc import Callable
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
 from .errors import PyprobeError
@@ -25,6 +31,7 @@ Work = Callable[[int, "str | None", Callable[[int], int]], R]
 ETHERNET = 1
 # Keywords after which libpcap reads the rest of an expression further into the frame.
 SHIFTING_KEYWORDS = re.compile(r"\b(vlan|mpls|pppoes|pppoed|geneve)\b")
+RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what a live run's parent passes on
 
 
 def _fold(word: str) -> str:
@@ -60,40 +67,86 @@ def worker_filters(count: int, linktype: int, bpf_filter: str | None = None) -> 
     return [f"({bpf_filter}) and ({share})" if bpf_filter else share for share in shares]
 
 
-def run_sharded(count: int, linktype: int, bpf_filter: str | None, work: Work) -> list[R]:
+def run_sharded(count: int, linktype: int, bpf_filter: str | None, work: Work, *,
+                live: bool = False) -> list[R]:
     """`work(index, share_filter, end_clock)` in `count` forked processes; their results, in order.
 
     `end_clock(clock)` waits until every worker has called it and returns the latest clock, so
-    that all of them end the capture at the same time. A worker's exception is raised here, as a
+    that all of them end the capture at the same time. A worker's failure is raised here, as a
     PyprobeError naming the worker, once all have ended.
+
+    `live` workers run until told to stop: SIGTERM, SIGINT and SIGHUP sent to the parent are
+    passed on to each, and when one fails the others get SIGTERM. They start with these signals
+    blocked, so that none is lost or kills a worker before it can handle them: the work unblocks
+    them once its handlers are in place.
     """
     filters = worker_filters(count, linktype, bpf_filter)
     context = multiprocessing.get_context("fork")  # the work may be a closure: nothing is pickled
     clocks = context.Array("q", count, lock=False)
     barrier = context.Barrier(count)
-    pipes, processes = [], []
-    for index, share in enumerate(filters):
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=_worker, name=f"pyprobe-worker-{index}",
-                                  args=(sender, work, index, share, clocks, barrier))
-        process.start()
-        sender.close()
-        pipes.append(receiver)
-        processes.append(process)
-    outcomes = []
-    for receiver, process in zip(pipes, processes):
-        try:
-            outcome = receiver.recv()
-        except EOFError:  # it died before it could answer
-            outcome = None
-        process.join()
-        if outcome is None:
-            barrier.abort()
-        outcomes.append(outcome or (False, f"exited with status {process.exitcode}"))
-    failures = [f"worker {i}: {detail}" for i, (ok, detail) in enumerate(outcomes) if not ok]
+    running: dict[Connection, tuple[int, Any]] = {}
+    relayed = RELAYED if live else ()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, relayed)
+    try:
+        for index, share in enumerate(filters):
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=_worker, name=f"pyprobe-worker-{index}",
+                                      args=(sender, work, index, share, clocks, barrier))
+            process.start()
+            sender.close()
+            running[receiver] = index, process
+        with _passed_on(relayed, running):
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            outcomes = _outcomes(running, barrier, live)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    failures = [f"worker {i}: {detail}" for i, (ok, detail) in sorted(outcomes.items()) if not ok]
     if failures:
         raise PyprobeError("; ".join(failures))
-    return [result for _, result in outcomes]
+    return [result for _, (_, result) in sorted(outcomes.items())]
+
+
+def _outcomes(running: dict[Connection, tuple[int, Any]], barrier: Any, live: bool
+              ) -> dict[int, tuple[bool, Any]]:
+    """Each worker's (ok, result or error), as they end; a failure stops the others."""
+    outcomes = {}
+    while running:
+        for receiver in wait(list(running)):
+            index, process = running.pop(receiver)  # before join: its pid may then be reused
+            try:
+                outcome = receiver.recv()
+            except EOFError:  # it died before it could answer
+                outcome = None
+            process.join()
+            outcome = outcome or (False, _death(process.exitcode))
+            if not outcome[0]:
+                barrier.abort()
+                for _, other in running.values() if live else ():
+                    os.kill(other.pid, signal.SIGTERM)
+            outcomes[index] = outcome
+    return outcomes
+
+
+def _death(exitcode: int) -> str:
+    if exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exited with status {exitcode}"
+
+
+@contextlib.contextmanager
+def _passed_on(signals: tuple[signal.Signals, ...],
+               running: dict[Connection, tuple[int, Any]]) -> Iterator[None]:
+    """While inside, `signals` received here are sent on to every running worker."""
+    def pass_on(signum: int, frame: object) -> None:
+        for _, process in running.values():
+            os.kill(process.pid, signum)
+
+    previous = {signum: signal.signal(signum, pass_on) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _worker(sender: Connection, work: Work, index: int, share: str | None, clocks: Any,

@@ -3,6 +3,7 @@ flags override the file; the example configurations pass `pyprobe check`."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def write(tmp_path: Path, text: str) -> Path:
     (VALID + "capture: {interface: eth0, promiscuous: 'yes'}\n",
      "capture.promiscuous: got 'yes', expected true or false"),
     (VALID + "capture: eth0\n", "capture: got 'eth0', expected a mapping of interface, file, bpf, "
-                                "snaplen, promiscuous, buffer_size"),
+                                "snaplen, promiscuous, buffer_size, workers"),
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
@@ -86,6 +87,7 @@ def test_file_errors_name_file_key_value_and_expectation(tmp_path: Path, text: s
                                   "seconds of at least 0.001"),
     ({"collectors": [{"host": "a", "port": 0}]},
      "command line: --collector[0].port: got 0, expected an integer from 1 to 65535"),
+    ({"capture.workers": 0}, "command line: --workers: got 0, expected an integer of at least 1"),
 ])
 def test_flag_errors_name_the_flag(tmp_path: Path, overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError) as error:
@@ -131,11 +133,25 @@ def test_the_example_lists_every_key_with_its_default() -> None:
     assert example["collectors"] == [{**collector, "host": "127.0.0.1"}]
 
 
-@pytest.mark.parametrize("name", ["sensor.yaml", "replay.yaml"])
-def test_examples_pass_check(name: str) -> None:
+@pytest.mark.parametrize(("name", "workers"), [("sensor.yaml", len(os.sched_getaffinity(0))),
+                                               ("replay.yaml", 1)])
+def test_examples_pass_check(name: str, workers: int) -> None:
+    """`check` prints the effective configuration: the worker count it would run."""
     result = pyprobe("check", "-c", str(CONF / name))
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == to_yaml(load_config(CONF / name))
+    assert yaml.safe_load(result.stdout)["capture"]["workers"] == workers
+
+
+def test_workers_default_to_the_usable_cpus_live_and_to_one_for_a_file(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID)
+    assert load_config(path).capture.workers == len(os.sched_getaffinity(0))
+    assert load_config(path, {"capture.file": "x.pcap"}).capture.workers == 1
+    assert load_config(path, {"capture.workers": 3}).capture.workers == 3
+    assert load_config(path, {"capture.file": "x.pcap", "capture.workers": 2}).capture.workers == 2
+    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "pyprobe", "check", "-c",
+                             str(path)], capture_output=True, text=True, timeout=60, check=True)
+    assert yaml.safe_load(pinned.stdout)["capture"]["workers"] == 1  # the CPUs it may use
 
 
 def test_check_error_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -125,11 +125,12 @@ class Probe:
     """`pyprobe run` in the namespace, its output in a file; its log there too, or in `log`."""
 
     def __init__(self, netns: Namespace, output: Path, *args: str, log: Path | None = None,
-                 interface: str = "va") -> None:
+                 interface: str = "va", workers: int = 1) -> None:
         self.log = log or output
-        self.process = netns.popen(*PYPROBE, "run", "--interface", interface, "--no-dpi", *args,
-                                   log=output)
-        self.wait_for("INFO started: ")
+        self.process = netns.popen(*PYPROBE, "run", "--interface", interface, "--no-dpi",
+                                   "--workers", str(workers), *args, log=output)
+        for index in range(workers):
+            self.wait_for("INFO started: " if workers == 1 else f"/{index} INFO started: ")
 
     def text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -158,9 +159,13 @@ def flow_records(path: Path) -> list[dict]:
     return [r["fields"] for r in records(path) if r["template_id"] == 256]
 
 
+def address(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(packed) == 16 else socket.AF_INET, packed)
+
+
 def expected(pcap: Path) -> dict[Key, tuple[int, int]]:
     """Per one-way 5-tuple packets and bytes of a capture, by the dpkt reference counter."""
-    return {(socket.inet_ntoa(src), socket.inet_ntoa(dst), sport, dport, proto): (p, b)
+    return {(address(src), address(dst), sport, dport, proto): (p, b)
             for (src, dst, sport, dport, proto, _), (p, b) in count(pcap).totals.items()}
 
 
