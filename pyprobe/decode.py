@@ -12,6 +12,9 @@ portless packet of its own flow (ports 0). A remembered datagram is forgotten af
 
 Tunnels are metered as their outer packet here; `tunnel.TunnelDecoder` opens them.
 
+Ethernet frames of the common shapes take a compiled fast path (`_fastdecode.c`) when it was built
+at install; this module's Python is its reference, forced with `Decoder(linktype, compiled=False)`.
+
 >>> import dpkt
 >>> frame = bytes(dpkt.ethernet.Ethernet(type=0x0800, data=dpkt.ip.IP(src=bytes([10, 0, 0, 1]),
 ...     dst=bytes([10, 0, 0, 2]), p=17, data=dpkt.udp.UDP(sport=5353, dport=53, data=b"x"))))
