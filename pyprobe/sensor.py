@@ -135,8 +135,8 @@ class Sensor:
         self.overrides = overrides
         self.worker = worker
         self.registry = ElementRegistry.default()
-        self.capture: PcapSource | None = None
         self.probe: Probe | None = None
+        self._stopping = False
         self._handler: logging.Handler | None = None
         self._reload_requested = False
         self._next_statistics_ms = 0
@@ -146,7 +146,7 @@ class Sensor:
         config, worker = self._own(self.config), self.worker
         self._set_logging(config)
         collectors = collectors_of(config, self.registry)
-        capture = self.capture = open_capture(config)
+        capture = open_capture(config)
         end_clock = worker.end_clock if worker is not None and capture.is_file else None
         # nDPI loads here, while its files are readable
         stream = stream_of(config, capture, end_clock=end_clock)
@@ -164,8 +164,9 @@ class Sensor:
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:
-        if self.capture.stopped:  # a worker gets SIGTERM from its parent and from systemd
+        if self._stopping:  # a worker gets SIGTERM from its parent and from systemd
             return
+        self._stopping = True  # before any call: a second signal may interrupt this handler
         log.info("%s: ending every flow and sending it", signal.Signals(signum).name)
         self.probe.stop()
 

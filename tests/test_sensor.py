@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,10 +28,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference import count  # noqa: E402
-from tinypcap import CLIENT, RESOLVER, SERVER, tcp, udp, write_pcap  # noqa: E402
+from tinypcap import CLIENT, EPOCH_MS, RESOLVER, SERVER, tcp, udp, write_pcap  # noqa: E402
 
+from pyprobe.capture import PcapSource  # noqa: E402
 from pyprobe.collect import Collector  # noqa: E402
 from pyprobe.flow import TH_ACK, TH_FIN, TH_PSH, TH_SYN  # noqa: E402
+from pyprobe.workers import worker_filters  # noqa: E402
 
 PYPROBE = [sys.executable, "-m", "pyprobe"]
 NFDUMP_FORMAT = "fmt:%sa|%da|%sp|%dp|%pr|%pkt|%byt"
@@ -51,9 +54,10 @@ class Namespace:
                               timeout=30).stdout
 
     def popen(self, *args: str, log: Path) -> subprocess.Popen:
-        with log.open("wb") as out:
+        with log.open("wb") as out:  # its own process group, as a service has
             return subprocess.Popen(self.command(*args), stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=Path(__file__).resolve().parent.parent)
+                                    cwd=Path(__file__).resolve().parent.parent,
+                                    start_new_session=True)
 
     def udp_bound(self, port: int) -> bool:
         return bool(self.run("ss", "-Huln", f"sport = :{port}").strip())
@@ -120,6 +124,16 @@ class Nfcapd:
             totals[key] = (before[0] + int(packets), before[1] + int(size))
         return totals
 
+    def domains(self) -> Counter:
+        """Flow records filed per observation domain, as `nfdump -E` counts them (once stopped)."""
+        flows: Counter = Counter()
+        for path in self.directory.glob("nfcapd.*"):
+            out = subprocess.run(["nfdump", "-E", str(path)], check=True, capture_output=True,
+                                 text=True).stdout
+            for domain, count in re.findall(r"\bID:\s+(\d+), .* flows: (\d+)", out):
+                flows[int(domain)] += int(count)
+        return flows
+
 
 class Probe:
     """`pyprobe run` in the namespace, its output in a file; its log there too, or in `log`."""
@@ -142,10 +156,14 @@ class Probe:
         assert found[-1], self.text()
         return found[-1]
 
-    def stop(self) -> float:
-        """SIGTERM; the seconds until it exited 0."""
+    def stop(self, *, group: bool = False) -> float:
+        """SIGTERM (to its whole process group, as systemd sends it, when `group`); the seconds
+        until it exited 0."""
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        if group:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        else:
+            self.process.send_signal(signal.SIGTERM)
         assert self.process.wait(timeout=10) == 0, self.text()
         return time.monotonic() - started
 
@@ -167,6 +185,43 @@ def expected(pcap: Path) -> dict[Key, tuple[int, int]]:
     """Per one-way 5-tuple packets and bytes of a capture, by the dpkt reference counter."""
     return {(address(src), address(dst), sport, dport, proto): (p, b)
             for (src, dst, sport, dport, proto, _), (p, b) in count(pcap).totals.items()}
+
+
+def uid(pid: int) -> int:
+    return int(re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)[1])
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def many_flows(path: Path) -> Path:
+    """20 IPv4 and 20 IPv6 pairs, each with a TCP and a UDP exchange left open: 80 flows in
+    240 frames, all live until SIGTERM."""
+    frames = []
+    for i in range(20):
+        for client, server in ((f"10.1.{i}.1", f"192.0.2.{i % 5 + 1}"),
+                               (f"2001:db8:1::{i + 1:x}", f"2001:db8:2::{i % 5 + 1}")):
+            port = 41000 + i
+            frames += [tcp(0, client, port, server, 443, TH_SYN),
+                       tcp(1, server, 443, client, port, TH_SYN | TH_ACK),
+                       tcp(2, client, port, server, 443, TH_PSH | TH_ACK, b"c" * (10 + i)),
+                       tcp(3, server, 443, client, port, TH_PSH | TH_ACK, b"s" * (100 + i)),
+                       udp(4, client, port, server, 53, b"q" * (20 + i)),
+                       udp(5, server, 53, client, port, b"r" * (40 + i))]
+    write_pcap(path, frames)
+    return path
+
+
+def shares(pcap: Path, count: int) -> list[dict[Key, tuple[int, int]]]:
+    """`expected` of each worker's share: the frames its filter passes."""
+    truths = []
+    for index, share in enumerate(worker_filters(count, 1)):
+        path = pcap.with_suffix(f".{index}.pcap")
+        write_pcap(path, ((ts // 1_000_000 - EPOCH_MS, frame)
+                          for ts, frame in PcapSource(str(pcap), bpf_filter=share)))
+        truths.append(expected(path))
+    return truths
 
 
 def traffic(path: Path, port: int) -> Path:
@@ -322,3 +377,44 @@ def test_the_two_ports_of_a_tap_make_one_capture(netns: Namespace, tmp_path: Pat
     probe.stop()
     assert nfcapd.stop() == expected(one) | expected(other)
     assert re.search(r"stopped: captured 26 frames, dropped 0 by the kernel", probe.text())
+
+
+def test_two_workers_meter_their_shares_and_lose_nothing_at_sigterm(netns: Namespace,
+                                                                    tmp_path: Path) -> None:
+    """`--workers 2`: each worker, as `nobody`, exports its share (IPv4 and IPv6 flows) in its
+    observation domain (1 + index), reloads on the parent's SIGHUP, and on SIGTERM sends every
+    live flow."""
+    pcap = many_flows(tmp_path / "flows.pcap")
+    truths = shares(pcap, 2)
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055",
+                  "--user", "nobody", workers=2)
+    workers = children(probe.process.pid)
+    assert [uid(pid) for pid in workers] == [pwd.getpwnam("nobody").pw_uid] * 2
+    assert uid(probe.process.pid) == 0  # the parent opens nothing, keeps nothing, and waits
+    netns.replay(pcap)
+    probe.process.send_signal(signal.SIGHUP)
+    for index in range(2):
+        probe.wait_for(rf"pyprobe/{index} INFO reloaded: exporting to 127\.0\.0\.1:2055 \(ipfix\)")
+    stop_s = probe.stop(group=True)  # each worker gets it twice: from the parent and directly
+    assert nfcapd.stop() == expected(pcap)
+    assert nfcapd.domains() == {1: len(truths[0]), 2: len(truths[1])}
+    assert stop_s < 2, stop_s
+    assert probe.text().count("INFO SIGTERM: ending every flow and sending it") == 2
+    assert [{":" in src for src, *_ in truth} for truth in truths] == [{False, True}] * 2
+    for index, truth in enumerate(truths):
+        read = sum(packets for packets, _ in truth.values())
+        assert re.search(rf"pyprobe/{index} INFO stopped: captured {read} frames, dropped 0 by "
+                         rf"the kernel and 0 by the interface; read {read}, skipped 0; flows "
+                         rf"live 0, ended {len(truth) // 2}; exported {len(truth)} records",
+                         probe.text()), probe.text()
+
+
+def test_a_dead_worker_stops_the_others_and_the_sensor_fails_naming_it(netns: Namespace,
+                                                                       tmp_path: Path) -> None:
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055", workers=2)
+    os.kill(children(probe.process.pid)[1], signal.SIGKILL)
+    assert probe.process.wait(timeout=10) == 2
+    error = re.search(r"\npyprobe: error: worker (\d): killed by SIGKILL\n$", probe.text())
+    assert error, probe.text()
+    assert f"pyprobe/{1 - int(error[1])} INFO stopped: " in probe.text()
