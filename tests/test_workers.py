@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -15,7 +17,7 @@ from nfdump import Nfcapd, summary, uniflows
 from pyprobe import FlowStream
 from pyprobe.capture import PcapSource
 from pyprobe.errors import PyprobeError
-from pyprobe.workers import run_sharded, worker_filters
+from pyprobe.workers import RELAYED, run_sharded, worker_filters
 
 
 def per_direction(stream: FlowStream) -> Counter:
@@ -115,6 +117,31 @@ def test_workers_end_the_capture_at_the_latest_clock() -> None:
         return end_clock(1000 + index)
 
     assert run_sharded(3, 1, None, clock) == [1002, 1002, 1002]
+
+
+def test_live_workers_get_the_signals_of_the_parent() -> None:
+    """Worker 1 signals the parent; both workers get each signal (blocked until they wait)."""
+    def signals(index: int, share: str | None, end_clock: object) -> list[str]:
+        received = []
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            if index == 1:
+                os.kill(os.getppid(), signum)
+            received.append(signal.Signals(signal.sigtimedwait(RELAYED, 10).si_signo).name)
+        return received
+
+    assert run_sharded(2, 1, None, signals, live=True) == [["SIGHUP", "SIGTERM"]] * 2
+
+
+def test_a_failed_live_worker_makes_the_parent_stop_the_others() -> None:
+    def fails(index: int, share: str | None, end_clock: object) -> None:
+        if index == 1:
+            raise ValueError("no such thing")
+        received = signal.sigtimedwait(RELAYED, 10)
+        raise PyprobeError(f"got {signal.Signals(received.si_signo).name}" if received else "none")
+
+    with pytest.raises(PyprobeError, match="^worker 0: got SIGTERM; "
+                                           "worker 1: ValueError: no such thing$"):
+        run_sharded(2, 1, None, fails, live=True)
 
 
 def replay(*args: str) -> subprocess.CompletedProcess:
