@@ -6,6 +6,11 @@ Without FILE it measures a gen_synth.py capture (made once, kept in benchmarks/.
 ../shared/pcaps/bench/ndpi_merged_bench.pcap. Export goes to a local UDP socket that is never
 read (the kernel drops what overflows). Each row is the median of the runs; DPI is off.
 
+With --syn-storm N, a third: resident memory per active flow over N single-SYN flows (each its
+own 5-tuple), every one live at once up to the cache's bound, nDPI off and on (on, every buffer
+is still live: a lone SYN never classifies), and what the bound did: the flows that ended as
+lack of resources (reason 5) and the most flows live at once.
+
 With --dpi, a second table: the meter with nDPI on (packets/s, and as a share of the meter
 alone), packets handed to nDPI per flow, flows that took nDPI's guess, and resident memory per
 active flow with nDPI on and off: the growth of RSS from before a run to the moment the last
@@ -18,12 +23,16 @@ import multiprocessing
 import resource
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dpkt
+
 from pyprobe import FlowStream
+from pyprobe.flow import EndReason
 from pyprobe.elements import ElementRegistry
 from pyprobe.probe import Collector, Probe
 from pyprobe.template import load_templates
@@ -42,6 +51,22 @@ def synthetic_capture(packets: int) -> Path:
         subprocess.run([sys.executable, str(SHARED / "tools" / "gen_synth.py"), "--packets",
                         str(packets), "--flows", str(packets // 10), str(path)], check=True,
                        stdout=subprocess.DEVNULL)
+    return path
+
+
+def syn_storm_capture(flows: int) -> Path:
+    """`flows` TCP SYNs 1 us apart, each from its own address to 10.255.0.1:80, made once."""
+    path = CACHE / f"syn_storm_{flows}.pcap"
+    if not path.exists():
+        CACHE.mkdir(exist_ok=True)
+        frame = bytearray(bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=dpkt.ip.IP(
+            src=bytes(4), dst=bytes((10, 255, 0, 1)), p=dpkt.ip.IP_PROTO_TCP,
+            data=dpkt.tcp.TCP(sport=40000, dport=80, flags=dpkt.tcp.TH_SYN)))))
+        with path.open("wb") as file:
+            writer = dpkt.pcap.Writer(file)
+            for index in range(flows):
+                struct.pack_into("!I", frame, 26, 0x0A000000 + index)  # source 10.x.y.z
+                writer.writepkt(bytes(frame), ts=1_700_000_000 + index * 1e-6)
     return path
 
 
@@ -94,6 +119,19 @@ def kib_per_flow(path: Path, dpi: bool) -> float:
     return (probe.kib - before) / probe.flows
 
 
+def storm_row(flows: int) -> str:
+    """The --syn-storm line: KiB per active flow off and on, and what the cache bound did."""
+    path = syn_storm_capture(flows)
+    stream = FlowStream(str(path), idle_timeout=1e9, active_timeout=1e9)
+    most = 0
+    for _ in stream.batches():
+        most = max(most, len(stream.cache))
+    return (f"SYN storm, {flows:,} flows: {fresh_kib_per_flow(path, False):.2f} KiB/flow with nDPI "
+            f"off, {fresh_kib_per_flow(path, True):.2f} on (buffers live); max_flows "
+            f"{stream.max_flows:,}: {stream.stats.flows[EndReason.LACK_OF_RESOURCES]:,} flows "
+            f"ended for lack of resources, at most {most:,} live")
+
+
 def dpi_row(path: Path, runs: list[tuple[int, int, float, FlowStream]], meter_s: float) -> str:
     """The --dpi table's row for one capture, from its runs with nDPI on."""
     packets, flows, _, stream = runs[0]
@@ -116,6 +154,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--synth-packets", type=int, default=1_000_000)
     parser.add_argument("--dpi", action="store_true", help="also measure the meter with nDPI on")
+    parser.add_argument("--syn-storm", type=int, metavar="N",
+                        help="also measure memory per flow over N single-SYN flows")
     args = parser.parse_args()
     files = args.files or [synthetic_capture(args.synth_packets),
                            SHARED / "pcaps" / "bench" / "ndpi_merged_bench.pcap"]
@@ -146,6 +186,8 @@ def main() -> None:
         print(f"\n{'capture':<28} {'nDPI pkt/s':>12} {'of meter':>8} {'nDPI pkt/flow':>10} "
               f"{'giveups':>8} {'KiB/flow on':>10} {'KiB/flow off':>11}")
         print("\n".join(dpi_rows))
+    if args.syn_storm:
+        print(f"\n{storm_row(args.syn_storm)}")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mib:.0f} MiB")
 
