@@ -61,14 +61,13 @@ def server_metrics(flow: Flow) -> dict[str, str]:
     dpi = flow.dpi
     if dpi is None:
         return dict.fromkeys(SERVER_METRICS, "")
-    found = dpi.metadata
-    return {"tls_client_server_name":
-            dpi.requested_server_name if "tls" in found or "quic" in found else "",
+    source = dpi.server_name_source
+    return {"tls_client_server_name": dpi.requested_server_name if source == "tls" else "",
             "tls_server_server_name": _dn_attribute(dpi.tls_subject, "CN"),
             "tls_server_organization": _dn_attribute(dpi.tls_subject, "O"),
             "tls_version": dpi.tls_version,
             "http_dns_server_name":
-            dpi.requested_server_name if "http" in found or "dns" in found else "",
+            dpi.requested_server_name if source in ("http", "dns") else "",
             "tls_not_before": "", "tls_not_after": ""}
 
 
