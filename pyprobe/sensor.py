@@ -242,5 +242,6 @@ def run(config_path: str | None, overrides: dict) -> int:
     def work(index: int, share: str | None, end_clock: Callable[[int], int]) -> int:
         return Sensor(config, config_path, overrides, Worker(index, share, end_clock)).run()
 
-    run_sharded(config.capture.workers, capture.linktype, config.capture.bpf, work, live=True)
+    run_sharded(config.capture.workers, capture.linktype, config.capture.bpf, work, live=True,
+                tags_stripped=not capture.is_file)
     return 0

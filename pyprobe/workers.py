@@ -8,8 +8,10 @@ or shaped so the filter cannot find its addresses). A frame too short to hold it
 (undecodable anyway) is seen by no worker: libpcap rejects it for every filter, so it is missing
 from the skipped-frame counts instead of counted as truncated.
 
-A live capture's workers (`pyprobe run`) have a parent that opens nothing: it passes the signals
-it gets on to them, and stops them all when one fails.
+Linux takes the VLAN tag out of a frame it receives before a live capture's filter sees it, so
+there the shares leave out the tagged case a file needs (with it, libpcap's live code for `vlan`
+lost most tagged frames from every share). A live capture's workers (`pyprobe run`) have a parent
+that opens nothing: it passes the signals it gets on to them, and stops them all when one fails.
 """
 from __future__ import annotations
 
@@ -47,14 +49,19 @@ def _hash_is(index: int, count: int) -> str:
     return f"{ipv4} or {ipv6}"
 
 
-def shard_filter(indices: range, count: int, linktype: int) -> str:
-    """The BPF expression of the packets whose address hash (mod `count`) is one of `indices`."""
+def shard_filter(indices: range, count: int, linktype: int, tags_stripped: bool = False) -> str:
+    """The BPF expression of the packets whose address hash (mod `count`) is one of `indices`;
+    `tags_stripped`: the filter sees frames without their outer VLAN tag (a live Linux capture:
+    the kernel moves it out of the frame before filtering)."""
     same = " or ".join(_hash_is(index, count) for index in indices)
+    if linktype != ETHERNET or tags_stripped:
+        return same
     # libpcap reads everything after `vlan` one tag further in: the tagged case must come last.
-    return f"{same} or (vlan and ({same}))" if linktype == ETHERNET else same
+    return f"{same} or (vlan and ({same}))"
 
 
-def worker_filters(count: int, linktype: int, bpf_filter: str | None = None) -> list[str | None]:
+def worker_filters(count: int, linktype: int, bpf_filter: str | None = None, *,
+                   tags_stripped: bool = False) -> list[str | None]:
     """The BPF filter each of `count` workers reads with: disjoint shares covering the capture."""
     if count == 1:
         return [bpf_filter]
@@ -62,13 +69,14 @@ def worker_filters(count: int, linktype: int, bpf_filter: str | None = None) -> 
         raise PyprobeError(f"BPF filter {bpf_filter!r}: with more than one worker the filter "
                            "cannot use vlan, mpls, pppoes, pppoed or geneve (they move the "
                            "offsets the workers' share of the packets is read at)")
-    shares = [f"not ({shard_filter(range(1, count), count, linktype)})"]
-    shares += [shard_filter(range(index, index + 1), count, linktype) for index in range(1, count)]
+    shares = [f"not ({shard_filter(range(1, count), count, linktype, tags_stripped)})"]
+    shares += [shard_filter(range(index, index + 1), count, linktype, tags_stripped)
+               for index in range(1, count)]
     return [f"({bpf_filter}) and ({share})" if bpf_filter else share for share in shares]
 
 
 def run_sharded(count: int, linktype: int, bpf_filter: str | None, work: Work, *,
-                live: bool = False) -> list[R]:
+                live: bool = False, tags_stripped: bool = False) -> list[R]:
     """`work(index, share_filter, end_clock)` in `count` forked processes; their results, in order.
 
     `end_clock(clock)` waits until every worker has called it and returns the latest clock, so
@@ -78,9 +86,9 @@ def run_sharded(count: int, linktype: int, bpf_filter: str | None, work: Work, *
     `live` workers run until told to stop: SIGTERM, SIGINT and SIGHUP sent to the parent are
     passed on to each, and when one fails the others get SIGTERM. They start with these signals
     blocked, so that none is lost or kills a worker before it can handle them: the work unblocks
-    them once its handlers are in place.
+    them once its handlers are in place. `tags_stripped`: as for `worker_filters`.
     """
-    filters = worker_filters(count, linktype, bpf_filter)
+    filters = worker_filters(count, linktype, bpf_filter, tags_stripped=tags_stripped)
     context = multiprocessing.get_context("fork")  # the work may be a closure: nothing is pickled
     clocks = context.Array("q", count, lock=False)
     barrier = context.Barrier(count)

@@ -196,19 +196,20 @@ def children(pid: int) -> list[int]:
 
 
 def many_flows(path: Path) -> Path:
-    """20 IPv4 and 20 IPv6 pairs, each with a TCP and a UDP exchange left open: 80 flows in
-    240 frames, all live until SIGTERM."""
+    """20 IPv4, 20 IPv6 and 20 VLAN-tagged IPv4 pairs, each with a TCP and a UDP exchange left
+    open: 120 flows in 360 frames, all live until SIGTERM."""
     frames = []
     for i in range(20):
-        for client, server in ((f"10.1.{i}.1", f"192.0.2.{i % 5 + 1}"),
-                               (f"2001:db8:1::{i + 1:x}", f"2001:db8:2::{i % 5 + 1}")):
+        for client, server, vlan in ((f"10.1.{i}.1", f"192.0.2.{i % 5 + 1}", 0),
+                                     (f"2001:db8:1::{i + 1:x}", f"2001:db8:2::{i % 5 + 1}", 0),
+                                     (f"10.2.{i}.1", f"198.51.100.{i % 5 + 1}", 10)):
             port = 41000 + i
-            frames += [tcp(0, client, port, server, 443, TH_SYN),
-                       tcp(1, server, 443, client, port, TH_SYN | TH_ACK),
-                       tcp(2, client, port, server, 443, TH_PSH | TH_ACK, b"c" * (10 + i)),
-                       tcp(3, server, 443, client, port, TH_PSH | TH_ACK, b"s" * (100 + i)),
-                       udp(4, client, port, server, 53, b"q" * (20 + i)),
-                       udp(5, server, 53, client, port, b"r" * (40 + i))]
+            frames += [tcp(0, client, port, server, 443, TH_SYN, vlan=vlan),
+                       tcp(1, server, 443, client, port, TH_SYN | TH_ACK, vlan=vlan),
+                       tcp(2, client, port, server, 443, TH_PSH | TH_ACK, b"c" * (10 + i), vlan),
+                       tcp(3, server, 443, client, port, TH_PSH | TH_ACK, b"s" * (100 + i), vlan),
+                       udp(4, client, port, server, 53, b"q" * (20 + i), vlan),
+                       udp(5, server, 53, client, port, b"r" * (40 + i), vlan)]
     write_pcap(path, frames)
     return path
 
@@ -381,9 +382,9 @@ def test_the_two_ports_of_a_tap_make_one_capture(netns: Namespace, tmp_path: Pat
 
 def test_two_workers_meter_their_shares_and_lose_nothing_at_sigterm(netns: Namespace,
                                                                     tmp_path: Path) -> None:
-    """`--workers 2`: each worker, as `nobody`, exports its share (IPv4 and IPv6 flows) in its
-    observation domain (1 + index), reloads on the parent's SIGHUP, and on SIGTERM sends every
-    live flow."""
+    """`--workers 2`: each worker, as `nobody`, exports its share (IPv4, IPv6, VLAN-tagged
+    flows) in its observation domain (1 + index), reloads on the parent's SIGHUP, and on SIGTERM
+    sends every live flow."""
     pcap = many_flows(tmp_path / "flows.pcap")
     truths = shares(pcap, 2)
     nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
