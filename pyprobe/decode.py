@@ -35,7 +35,7 @@ try:
 except ImportError:  # built at install only where a C compiler is (setup.py: optional)
     _fastdecode = None
 COMPILED = _fastdecode is not None
-"""Whether the compiled Ethernet fast path (_fastdecode.c) is built; this module is its reference."""
+"""Whether the compiled Ethernet fast path (_fastdecode.c) is built."""
 
 # Link-layer types (LINKTYPE_* / DLT_* numbers) this decoder reads.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family, host byte order

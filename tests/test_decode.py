@@ -466,14 +466,22 @@ def test_compiled_path_is_built() -> None:
     assert Decoder(1, compiled=False).compiled is False
 
 
-def decode_both(linktype: int, frames: list[tuple[int, bytes]]) -> tuple[Decoder, Decoder]:
-    """The compiled and the pure-Python decoder after both decoded `frames`, their outputs equal."""
+def read_frames(path: Path) -> tuple[int, list[tuple[int, bytes]]]:
+    """The link type and the (time in ms, frame) records of a capture."""
+    source = PcapSource(str(path))
+    frames = [(ts_ns // 1_000_000, frame) for ts_ns, frame in source]
+    source.close()
+    return source.linktype, frames
+
+
+def decode_both(linktype: int, frames: list[tuple[int, bytes]]) -> Decoder:
+    """The Python decoder after it and the compiled one decoded `frames`, with equal outputs."""
     compiled, python = Decoder(linktype), Decoder(linktype, compiled=False)
     for time_ms, frame in frames:
         packet, reference = compiled.decode(time_ms, frame), python.decode(time_ms, frame)
         assert packet == reference and type(packet) is type(reference), frame.hex()
     assert (compiled.skipped, compiled.skipped_octets) == (python.skipped, python.skipped_octets)
-    return compiled, python
+    return python
 
 
 def ethernet_only(time_ms: int, frame: bytes) -> Packet | None:
@@ -487,10 +495,7 @@ def ethernet_only(time_ms: int, frame: bytes) -> Packet | None:
 @pytest.mark.parametrize("path", CAPTURES, ids=[path.name for path in CAPTURES])
 def test_compiled_equals_python_on_captures(path: Path) -> None:
     """Every packet and skip of the shared captures is the same both ways."""
-    source = PcapSource(str(path))
-    frames = [(ts_ns // 1_000_000, frame) for ts_ns, frame in source]
-    source.close()
-    decode_both(source.linktype, frames)
+    decode_both(*read_frames(path))
 
 
 @needs_compiled
@@ -501,10 +506,8 @@ def test_compiled_equals_python_on_synthetic_capture(tmp_path: Path) -> None:
     path = tmp_path / "synth.pcap"
     subprocess.run([sys.executable, str(GEN_SYNTH), "--packets", "3000", "--flows", "300",
                     str(path)], check=True, stdout=subprocess.DEVNULL)
-    source = PcapSource(str(path))
-    frames = [(ts_ns // 1_000_000, frame) for ts_ns, frame in source]
-    source.close()
-    decode_both(1, frames)
+    linktype, frames = read_frames(path)
+    decode_both(linktype, frames)
     assert (len(frames), sum(frame[12:14] == b"\x81\x00" for _, frame in frames),
             sum(ethernet_only(*record) is not None for record in frames)) == (2549, 272, 2549)
 
@@ -544,7 +547,7 @@ def test_compiled_equals_python_at_every_cut(frame: bytes, taken: bool) -> None:
     """Each frame cut at every length decodes (or is skipped) the same both ways; the compiled
     path takes exactly the cuts Python decodes, of the shapes it knows."""
     cuts = [(1_000 + size, frame[:size]) for size in range(len(frame) + 1)]
-    _, python = decode_both(1, cuts)
+    python = decode_both(1, cuts)
     reference = [Decoder(1, compiled=False).decode(time_ms, cut) for time_ms, cut in cuts]
     assert [ethernet_only(time_ms, cut) for time_ms, cut in cuts] == [
         packet if taken else None for packet in reference]
