@@ -13,8 +13,10 @@
 /* What the transport layer reads, by IP protocol. */
 enum transport { OTHER, TCP, PORTS, ICMP, IPV6_EXTENSION };
 static const unsigned char TRANSPORT[256] = {
-    [6] = TCP, [17] = PORTS, [33] = PORTS, [132] = PORTS, [136] = PORTS,  /* UDP DCCP SCTP UDPLite */
-    [1] = ICMP, [58] = ICMP,
+    [6] = TCP,
+    [17] = PORTS, [33] = PORTS, [132] = PORTS, [136] = PORTS,  /* UDP, DCCP, SCTP, UDP-Lite */
+    [1] = ICMP, [58] = ICMP,  /* ICMP, ICMPv6 */
+    /* hop-by-hop, routing, fragment, AH, destination options, mobility, HIP, shim6 */
     [0] = IPV6_EXTENSION, [43] = IPV6_EXTENSION, [44] = IPV6_EXTENSION, [51] = IPV6_EXTENSION,
     [60] = IPV6_EXTENSION, [135] = IPV6_EXTENSION, [139] = IPV6_EXTENSION, [140] = IPV6_EXTENSION,
 };
