@@ -104,7 +104,7 @@ def run_sharded(count: int, linktype: int, bpf_filter: str | None, work: Work, *
             sender.close()
             running[receiver] = index, process
         with _passed_on(relayed, running):
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # those held meanwhile pass on now
             outcomes = _outcomes(running, barrier, live)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
