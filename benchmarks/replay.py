@@ -71,15 +71,16 @@ def syn_storm_capture(flows: int) -> Path:
 
 
 def run_once(path: Path, sink: tuple[str, int] | None, dpi: bool = False,
-             ) -> tuple[int, int, float, FlowStream]:
-    """(packets, flows, seconds, the stream) of one full replay, exported to `sink` when given."""
+             template: str = "default.yaml") -> tuple[int, int, float, FlowStream]:
+    """(packets, flows, seconds, the stream) of one full replay, exported to `sink` (IPFIX, with
+    templates/`template`) when given."""
     stream = FlowStream(str(path), dpi=dpi)
     started = time.perf_counter()
     if sink is None:
         flows = sum(1 for _ in stream)
     else:
         registry = ElementRegistry.default()
-        templates = load_templates(ROOT / "templates" / "default.yaml", registry)
+        templates = load_templates(ROOT / "templates" / template, registry)
         flows = Probe(stream, [Collector(*sink, "ipfix", templates)], registry).run().flows
     return stream.stats.packets_read, flows, time.perf_counter() - started, stream
 

@@ -16,14 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from replay import ROOT, SHARED, synthetic_capture
+from replay import SHARED, run_once, synthetic_capture
 
-from pyprobe import FlowStream
 from pyprobe.capture import PcapSource
 from pyprobe.decode import Decoder
-from pyprobe.elements import ElementRegistry
-from pyprobe.probe import Collector, Probe
-from pyprobe.template import load_templates
 
 
 def read(path: Path) -> None:
@@ -40,19 +36,14 @@ def decode(path: Path) -> None:
 
 def meter(dpi: bool) -> Callable[[Path], None]:
     def run(path: Path) -> None:
-        for _ in FlowStream(str(path), dpi=dpi).batches():
-            pass
+        run_once(path, None, dpi=dpi)
     return run
 
 
 def export(path: Path) -> None:
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
-    registry = ElementRegistry.default()
-    templates = load_templates(ROOT / "templates" / "ndpi.yaml", registry)
-    Probe(FlowStream(str(path), dpi=True), [Collector(*sink.getsockname(), "ipfix", templates)],
-          registry).run()
-    sink.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:  # never read
+        sink.bind(("127.0.0.1", 0))
+        run_once(path, sink.getsockname(), dpi=True, template="ndpi.yaml")
 
 
 STAGES = (("read (pypcap)", read), ("decode", decode), ("flow cache", meter(False)),
