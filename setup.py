@@ -1,6 +1,7 @@
-"""The compiled decode fast path; everything else is in pyproject.toml (setuptools < 74.1 reads
-extension modules only from here)."""
+"""The compiled decode and counter fast paths; everything else is in pyproject.toml (setuptools
+< 74.1 reads extension modules only from here)."""
 from setuptools import Extension, setup
 
-# optional: without a compiler pyprobe still installs, and decodes in pure Python.
-setup(ext_modules=[Extension("pyprobe._fastdecode", ["pyprobe/_fastdecode.c"], optional=True)])
+# optional: without a compiler pyprobe still installs, and decodes and counts in pure Python.
+setup(ext_modules=[Extension(f"pyprobe.{name}", [f"pyprobe/{name}.c"], optional=True)
+                   for name in ("_fastdecode", "_fastcount")])

@@ -14,6 +14,9 @@ head and stops at the first live flow (bounded work). Rules, with IANA flowEndRe
 
 Expired flows are appended to `expired`, which the caller empties or replaces.
 
+Each later packet of a flow is counted by `count`, or by its compiled form (`_fastcount.c`) when
+it was built at install; `count` is the reference, forced with `FlowCache(compiled=False)`.
+
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)
 >>> def udp(ms, sport, dport):
@@ -29,12 +32,60 @@ from typing import Protocol
 
 from .flow import FLAG_INCREMENT, TH_FIN, TH_RST, Direction, EndReason, Flow, Packet
 
+try:
+    from . import _fastcount
+except ImportError:  # built at install only where a C compiler is (setup.py: optional)
+    _fastcount = None
+COMPILED = _fastcount is not None
+"""Whether the compiled counter update (_fastcount.c) is built."""
+
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
 IDLE_TIMEOUT = EndReason.IDLE_TIMEOUT
 ACTIVE_TIMEOUT = EndReason.ACTIVE_TIMEOUT
 END_OF_FLOW = EndReason.END_OF_FLOW
 FORCED_END = EndReason.FORCED_END
 LACK_OF_RESOURCES = EndReason.LACK_OF_RESOURCES
+
+
+def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, flags: int) -> bool:
+    """Counts a flow's later packet; False, with only the flow counted, for the first reply."""
+    piat = time_ms - flow.last_seen_ms
+    flow.last_seen_ms = time_ms
+    flow.sum_sq_piat_ms += piat * piat
+    if piat < flow.low_piat_ms:
+        flow.low_piat_ms = piat
+    if piat > flow.max_piat_ms:
+        flow.max_piat_ms = piat
+    direction = flow.src2dst if src_is_first == flow.src_is_first else flow.dst2src
+    if direction is None:
+        return False
+    direction.packets += 1
+    direction.bytes += size
+    direction.sum_sq_ps += size * size
+    if size < direction.min_ps:
+        direction.min_ps = size
+    elif size > direction.max_ps:
+        direction.max_ps = size
+    piat = time_ms - direction.last_seen_ms
+    direction.last_seen_ms = time_ms
+    direction.sum_sq_piat_ms += piat * piat
+    if piat < direction.low_piat_ms:
+        direction.low_piat_ms = piat
+    if piat > direction.max_piat_ms:
+        direction.max_piat_ms = piat
+    if ttl < direction.min_ttl:
+        direction.min_ttl = ttl
+    elif ttl > direction.max_ttl:
+        direction.max_ttl = ttl
+    if flags:
+        direction.tcp_flags |= flags
+        direction.flag_counts += FLAG_INCREMENT[flags]
+    return True
+
+
+compiled_count = (_fastcount.counter(Flow, Direction, FLAG_INCREMENT, count) if COMPILED
+                  else None)
+"""`count` compiled for Flow and Direction; past int64 it hands the packet to `count`."""
 
 
 class Plugin(Protocol):
@@ -55,11 +106,11 @@ class FlowCache:
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
                  "plugins", "now_ms", "started_ms", "expired", "flows_created", "_flows",
-                 "_closing", "_next_scan_ms")
+                 "_closing", "_next_scan_ms", "compiled", "_count")
 
     def __init__(self, *, idle_timeout_s: float = 30, active_timeout_s: float = 120,
                  max_flows: int = 524_288, close_linger_s: float = 2,
-                 plugins: tuple[Plugin, ...] = ()) -> None:
+                 plugins: tuple[Plugin, ...] = (), compiled: bool = True) -> None:
         self.idle_timeout_ms = round(idle_timeout_s * 1000)
         self.active_timeout_ms = round(active_timeout_s * 1000)
         self.close_linger_ms = round(close_linger_s * 1000)
@@ -72,6 +123,9 @@ class FlowCache:
         self._flows: OrderedDict[tuple, Flow] = OrderedDict()
         self._closing: deque[Flow] = deque()  # in end_by_ms order: the linger is constant
         self._next_scan_ms = 0
+        self.compiled = compiled and COMPILED
+        """Whether packets are counted by the compiled `count` (`compiled=False`: pure Python)."""
+        self._count = compiled_count if self.compiled else count
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -99,39 +153,9 @@ class FlowCache:
             if time_ms - flow.last_seen_ms >= self.idle_timeout_ms or time_ms >= flow.end_by_ms:
                 self._end(flow, self._due_reason(flow))
             else:
-                piat = time_ms - flow.last_seen_ms
-                flow.last_seen_ms = time_ms
-                flow.sum_sq_piat_ms += piat * piat
-                if piat < flow.low_piat_ms:
-                    flow.low_piat_ms = piat
-                if piat > flow.max_piat_ms:
-                    flow.max_piat_ms = piat
-                direction = flow.src2dst if src_is_first == flow.src_is_first else flow.dst2src
-                if direction is None:  # the first reply
+                if not self._count(flow, src_is_first, time_ms, size, ttl, flags):
                     flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
-                                             tunnel_id)
-                else:
-                    direction.packets += 1
-                    direction.bytes += size
-                    direction.sum_sq_ps += size * size
-                    if size < direction.min_ps:
-                        direction.min_ps = size
-                    elif size > direction.max_ps:
-                        direction.max_ps = size
-                    piat = time_ms - direction.last_seen_ms
-                    direction.last_seen_ms = time_ms
-                    direction.sum_sq_piat_ms += piat * piat
-                    if piat < direction.low_piat_ms:
-                        direction.low_piat_ms = piat
-                    if piat > direction.max_piat_ms:
-                        direction.max_piat_ms = piat
-                    if ttl < direction.min_ttl:
-                        direction.min_ttl = ttl
-                    elif ttl > direction.max_ttl:
-                        direction.max_ttl = ttl
-                    if flags:
-                        direction.tcp_flags |= flags
-                        direction.flag_counts += FLAG_INCREMENT[flags]
+                                             tunnel_id)  # the first reply
                 if flags & (TH_FIN | TH_RST) and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)

@@ -1,0 +1,233 @@
+"""The compiled counter update (_fastcount.c) against its Python reference, cache.count.
+
+Every shared capture and a gen_synth capture are metered by two caches, compiled and pure
+Python, which must end the same flows with every counter equal; hand-made packets pin the edges
+(sizes, TTLs, every flag value, int64 overflow, which hands the packet to the reference).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from conftest import BENCH_PCAP, GEN_SYNTH, ndpi_captures, require
+
+from pyprobe import cache as cache_module
+from pyprobe.cache import FlowCache, count
+from pyprobe.capture import PcapSource
+from pyprobe.decode import Decoder
+from pyprobe.flow import FLAG_INCREMENT, Direction, Flow, Packet
+
+compiled_count = cache_module.compiled_count
+needs_compiled = pytest.mark.skipif(not cache_module.COMPILED, reason="_fastcount is not built")
+FLOW_STATE = tuple(name for name in Flow.__slots__
+                   if name not in ("src2dst", "dst2src", "dpi", "classifier_state", "_udps"))
+CAPTURES = ndpi_captures() + [BENCH_PCAP]
+
+
+def state(flow: Flow) -> tuple:
+    """Every counter of a flow and of both its directions, with their types."""
+    directions = tuple(None if d is None else tuple((getattr(d, name), type(getattr(d, name)))
+                                                    for name in Direction.__slots__)
+                       for d in (flow.src2dst, flow.dst2src))
+    return tuple((getattr(flow, name), type(getattr(flow, name))) for name in FLOW_STATE) + directions
+
+
+def meter_both(path: Path) -> list[Flow]:
+    """The flows of a capture metered by a compiled and a pure-Python cache, found equal."""
+    source = PcapSource(str(path))
+    decode = Decoder(source.linktype).decode
+    caches = FlowCache(), FlowCache(compiled=False)
+    for ts_ns, frame in source:
+        packet = decode(ts_ns // 1_000_000, frame)
+        if packet is not None:
+            for cache in caches:
+                cache.add(packet)
+    source.close()
+    for cache in caches:
+        cache.drain()
+    compiled, python = (cache.expired for cache in caches)
+    assert [state(flow) for flow in compiled] == [state(flow) for flow in python]
+    return compiled
+
+
+def test_compiled_count_is_built() -> None:
+    """`make setup` builds _fastcount and caches use it (a failed build shows here)."""
+    assert cache_module.COMPILED
+    assert (FlowCache().compiled, FlowCache(compiled=False).compiled) == (True, False)
+
+
+@needs_compiled
+@pytest.mark.parametrize("path", CAPTURES, ids=[path.name for path in CAPTURES])
+def test_compiled_equals_python_on_captures(path: Path) -> None:
+    """Every flow of every shared capture has the same counters both ways."""
+    meter_both(require(path))
+
+
+@needs_compiled
+def test_compiled_equals_python_on_synthetic_capture(tmp_path: Path) -> None:
+    """A gen_synth capture (TCP and UDP, both directions) is metered the same both ways."""
+    path = tmp_path / "synth.pcap"
+    subprocess.run([sys.executable, str(require(GEN_SYNTH)), "--packets", "3000", "--flows",
+                    "300", str(path)], check=True, stdout=subprocess.DEVNULL)
+    flows = meter_both(path)
+    assert (len(flows), sum(f.dst2src is not None for f in flows),
+            sum(f.bidirectional_packets for f in flows),
+            sum(f.bidirectional_bytes for f in flows)) == (306, 296, 2549, 1_210_408)
+
+
+# Hand-made packets: (from the source, time in ms, size, ttl, flags) after a first one.
+
+def packet(time_ms: int, size: int = 100, ttl: int = 64, flags: int = 0) -> Packet:
+    return Packet(time_ms, b"\x0a\0\0\1", b"\x0a\0\0\2", 4000, 80, 6, 0, size, ttl, 0, flags,
+                  0, 0, b"", 0)
+
+
+def new_flow(first: Packet) -> Flow:
+    return Flow(1, (), True, first, first.time_ms, first.time_ms + 120_000)
+
+
+def count_both(first: Packet, later: list[tuple[bool, int, int, int, int]],
+               prepare=lambda flow: None) -> Flow:
+    """The flow after `later` is counted compiled, found equal to the one the reference counted;
+    `prepare` sets up both flows after their first packet."""
+    flows = new_flow(first), new_flow(first)
+    for flow in flows:
+        prepare(flow)
+    for counter, flow in zip((compiled_count, count), flows):
+        for from_source, time_ms, size, ttl, flags in later:
+            if not counter(flow, from_source, time_ms, size, ttl, flags):
+                flow.dst2src = Direction(time_ms, size, ttl, 0, flags, 0, 0)
+    assert state(flows[0]) == state(flows[1])
+    return flows[0]
+
+
+@needs_compiled
+def test_edges_of_sizes_ttls_and_every_flag_value() -> None:
+    """Sizes 0 and 65535, TTLs 0 and 255 and the 256 flag values, both ways, count exactly."""
+    later = [(flags % 2 == 0, 1_001 + flags, 65_535 * (flags % 3 == 0), 255 * (flags % 5 == 0),
+              flags) for flags in range(256)]
+    flow = count_both(packet(1_000, size=40, ttl=64, flags=0), later)
+    forward, reverse = flow.src2dst, flow.dst2src
+    sizes = [size for from_source, _, size, _, _ in later if from_source]
+    assert (forward.packets, forward.bytes, forward.sum_sq_ps, forward.min_ps, forward.max_ps) == (
+        129, 40 + sum(sizes), 40 * 40 + sum(s * s for s in sizes), 0, 65_535)
+    assert (forward.min_ttl, forward.max_ttl, reverse.min_ttl, reverse.max_ttl) == (0, 255, 0, 255)
+    assert (forward.tcp_flags, reverse.tcp_flags) == (0xFE, 0xFF)
+    assert [forward.flag_count(bit) for bit in range(8)] == [0] + [64] * 7
+    assert [reverse.flag_count(bit) for bit in range(8)] == [128] + [64] * 7
+    assert (forward.first_seen_ms, forward.last_seen_ms, forward.low_piat_ms,
+            forward.max_piat_ms, forward.sum_sq_piat_ms) == (1_000, 1_255, 1, 2, 1 + 127 * 4)
+    assert (reverse.first_seen_ms, reverse.last_seen_ms, reverse.low_piat_ms,
+            reverse.max_piat_ms, reverse.sum_sq_piat_ms) == (1_002, 1_256, 2, 2, 127 * 4)
+    assert (flow.last_seen_ms, flow.low_piat_ms, flow.max_piat_ms, flow.sum_sq_piat_ms) == (
+        1_256, 1, 1, 256)
+
+
+LARGEST_SQUARED = 3_037_000_499  # the largest interval whose square fits int64
+
+
+@needs_compiled
+@pytest.mark.parametrize("gap", [LARGEST_SQUARED, LARGEST_SQUARED + 1, 1 << 40])
+def test_large_time_gaps(gap: int) -> None:
+    """An interval whose square passes int64 is counted by the reference, exactly."""
+    flow = count_both(packet(0), [(True, gap, 100, 64, 0), (True, 2 * gap, 100, 64, 0)])
+    assert (flow.sum_sq_piat_ms, flow.src2dst.sum_sq_piat_ms, flow.src2dst.max_piat_ms,
+            flow.last_seen_ms) == (2 * gap * gap, 2 * gap * gap, gap, 2 * gap)
+
+
+BEYOND_INT64 = [  # (flow or its direction, slot, value, the slot's value after the packets)
+    ("src2dst", "packets", (1 << 63) - 1, (1 << 63) + 1),
+    ("src2dst", "bytes", (1 << 63) - 50, (1 << 63) + 149),
+    ("src2dst", "sum_sq_ps", (1 << 63) - 1, (1 << 63) + 19_800),
+    ("src2dst", "sum_sq_piat_ms", (1 << 63) - 2, (1 << 63) + 498),
+    ("src2dst", "last_seen_ms", -(1 << 63), 1_030),
+    ("src2dst", "min_ps", 1 << 64, 99),
+    ("src2dst", "max_ttl", -(1 << 70), 64),
+    ("src2dst", "tcp_flags", 1 << 100, (1 << 100) | 0x12),
+    ("flow", "sum_sq_piat_ms", (1 << 63) - 1, (1 << 63) + 499),
+    ("flow", "last_seen_ms", 1 << 80, 1_030),
+    ("flow", "low_piat_ms", 1 << 63, 10),
+]
+
+
+@needs_compiled
+@pytest.mark.parametrize(("owner", "name", "value", "after"), BEYOND_INT64,
+                         ids=[f"{owner}.{name}" for owner, name, _, _ in BEYOND_INT64])
+def test_beyond_int64_is_counted_exactly(owner: str, name: str, value: int, after: int) -> None:
+    """A slot forced past int64, or a sum that passes it, is counted by the reference exactly."""
+    def slots(flow: Flow) -> Flow | Direction:
+        return flow if owner == "flow" else flow.src2dst
+
+    flow = count_both(packet(1_000), [(True, 1_010, 100, 64, 0x12), (True, 1_030, 99, 60, 0)],
+                      lambda flow: setattr(slots(flow), name, value))
+    assert getattr(slots(flow), name) == after
+
+
+@needs_compiled
+def test_flags_past_a_byte_are_refused_as_the_reference_does() -> None:
+    """Flags 256 is the reference's to refuse: FLAG_INCREMENT has no such entry."""
+    for counter in (compiled_count, count):
+        with pytest.raises(IndexError):
+            counter(new_flow(packet(1_000)), True, 1_001, 100, 64, 256)
+
+
+@needs_compiled
+def test_negative_flags_are_counted_as_the_reference_does() -> None:
+    """Flags -1 is the reference's to count: FLAG_INCREMENT[-1] is the entry of 255."""
+    flow = count_both(packet(1_000), [(True, 1_001, 100, 64, -1)])
+    assert (flow.src2dst.tcp_flags, flow.src2dst.flag_counts) == (-1, FLAG_INCREMENT[255])
+
+
+WRONG_ARGUMENTS = {
+    "flow-none": lambda flow: (None, True, 1, 1, 1, 0),
+    "flow-direction": lambda flow: (flow.src2dst, True, 1, 1, 1, 0),
+    "src-is-first-int": lambda flow: (flow, 1, 1, 1, 1, 0),
+    "time-float": lambda flow: (flow, True, 1.0, 1, 1, 0),
+    "size-bool": lambda flow: (flow, True, 1, True, 1, 0),
+    "ttl-str": lambda flow: (flow, True, 1, 1, "1", 0),
+    "flags-none": lambda flow: (flow, True, 1, 1, 1, None),
+    "five-arguments": lambda flow: (flow, True, 1, 1, 1),
+}
+
+
+@needs_compiled
+@pytest.mark.parametrize("arguments", WRONG_ARGUMENTS.values(), ids=WRONG_ARGUMENTS.keys())
+def test_wrong_argument_types(arguments) -> None:
+    """Anything but (Flow, bool, int, int, int, int) is a TypeError, and nothing is counted."""
+    flow = new_flow(packet(0))
+    before = state(flow)
+    with pytest.raises(TypeError, match=r"^count\(\) takes "):
+        compiled_count(*arguments(flow))
+    assert state(flow) == before
+
+
+@needs_compiled
+def test_counter_checks_the_classes() -> None:
+    """Binding refuses classes without the slots it writes, and a short FLAG_INCREMENT."""
+    with pytest.raises(TypeError, match=r"^Direction.src_is_first is not a __slots__ member$"):
+        cache_module._fastcount.counter(Direction, Direction, FLAG_INCREMENT, count)
+    with pytest.raises(ValueError, match="256 values"):
+        cache_module._fastcount.counter(Flow, Direction, FLAG_INCREMENT[:255], count)
+
+
+@needs_compiled
+def test_no_references_leak() -> None:
+    """Counting (new ints, the flag sum, the fallback) leaves no memory behind."""
+    def run(times: int) -> None:
+        flow = new_flow(packet(1 << 40, size=1_000))
+        flow.dst2src = Direction(1 << 40, 1_000, 64, 0, 0, 0, 0)
+        for i in range(times):
+            compiled_count(flow, i % 2 == 0, (1 << 40) + i * 1_000, 1_000 + i % 7, 64, 0x18)
+        flow.src2dst.packets = 1 << 70
+        for i in range(times):
+            compiled_count(flow, True, (1 << 41) + i, 1_000, 64, 0x10)
+
+    run(1_000)
+    tracemalloc.start()
+    run(20_000)
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert current < 10_000
