@@ -10,7 +10,6 @@ One detection module serves the whole process: it is made on first use and share
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from .flow import DpiInfo, Flow, Packet, dpi_metadata
@@ -37,8 +36,8 @@ METADATA = (  # DpiInfo field, the dpi2json block it is in, its key there
 )
 """Where each metadata field of a DpiInfo comes from in ndpi_dpi2json's output."""
 NO_BLOCK: dict[str, Any] = {}
-HAS_METADATA = re.compile(r'"hostname":"[^"]|"(?:tls|http)": \{"').search
-"""Whether dpi2json's text has a METADATA value that is not empty (most flows' has none)."""
+HOSTNAME, TLS_BLOCK, HTTP_BLOCK = '"hostname":"', '"tls": {"', '"http": {"'
+"""How dpi2json's text opens the values that hold METADATA, when they are not empty."""
 SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("dns",)))
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
@@ -118,9 +117,16 @@ class NdpiClassifier:
             dpi_json=text, **_metadata(text))
 
 
+def has_metadata(text: str) -> bool:
+    """Whether dpi2json's text has a METADATA value that is not empty (most flows' has none)."""
+    at = text.find(HOSTNAME)
+    return ((at >= 0 and text[at + len(HOSTNAME)] != '"')
+            or TLS_BLOCK in text or HTTP_BLOCK in text)
+
+
 def _metadata(text: str) -> dict[str, Any]:
-    """The METADATA values found in dpi2json's text, parsed only when HAS_METADATA."""
-    if not HAS_METADATA(text):
+    """The METADATA values found in dpi2json's text, parsed only when it has_metadata."""
+    if not has_metadata(text):
         return NO_BLOCK
     found = dpi_metadata(text)
     blocks = {"ndpi": found, "tls": _tls(found), "http": found.get("http", NO_BLOCK)}
