@@ -3,10 +3,11 @@
 Each value is a Python expression over four names: `flow`, `this` (the `Direction` the record
 reports), `other` (the other direction, all zeros when it saw no packet) and `ends` (the record's
 source address, destination address, source port, destination port — swapped in the dst2src
-record of a uniflow export). `template.py` compiles the expressions of a template into one
-function per template, so a record costs one call however many fields it has. The RFC 5103
-reverse element of an IANA element is the same expression with `this` and `other` exchanged.
-Expressions may call the functions of FIELD_FUNCTIONS (nDPI's values, read from `flow.dpi`).
+record of a uniflow export), and `dpi`, the flow's nDPI labels (`NO_DPI`'s defaults when nDPI did
+not see it). `template.py` compiles the expressions of a template into one function per
+template, so a record costs one call however many fields it has. The RFC 5103 reverse element of
+an IANA element is the same expression with `this` and `other` exchanged. Expressions may call
+the functions of FIELD_FUNCTIONS.
 
 nDPI's application is its "upper" protocol, as nProbe's L7_PROTO and ndpi_get_upper_proto give
 it: the app protocol when nDPI found one (YouTube in TLS.YouTube), else the master (DNS). Its
@@ -18,7 +19,7 @@ from __future__ import annotations
 import ast
 from functools import lru_cache
 
-from .flow import DpiInfo
+from .flow import NO_DPI, DpiInfo
 
 NDPI_ENGINE = 22  # RFC 6759 classification engine id of ntop nDPI
 
@@ -51,32 +52,34 @@ FIELD_EXPRESSIONS: dict[str, str] = {
     "maximumTTL": "this.max_ttl",
     "minimumIpTotalLength": "this.min_ps",
     "maximumIpTotalLength": "this.max_ps",
-    "applicationName": "flow.application_name",
-    "applicationId": "application_id(flow.dpi)",
+    "applicationName": "dpi.application_name",
+    "applicationId": "application_id(dpi)",
     "CLIENT_TCP_FLAGS": "flow.src2dst.tcp_flags",  # client: the flow's source, in both records
     "SERVER_TCP_FLAGS": "flow.reverse.tcp_flags",
     # The tunnel id of each end's first packet (GTP TEIDs differ by direction, VXLAN VNIs not).
     "UPSTREAM_TUNNEL_ID": "flow.src2dst.tunnel_id",
     "DOWNSTREAM_TUNNEL_ID": "flow.reverse.tunnel_id",
-    "L7_PROTO": "l7_proto(flow.dpi)",
-    "L7_PROTO_NAME": "flow.application_name",
-    "L7_PROTO_CATEGORY": "flow.application_category_name",
-    "L7_CONFIDENCE": "flow.application_confidence",
-    "L7_PROTO_RISK": "flow.dpi.risk if flow.dpi else 0",
-    "L7_RISK_SCORE": "flow.dpi.risk_score if flow.dpi else 0",
-    "TLS_SERVER_NAME": "server_name(flow.dpi, 'tls')",
-    "HTTP_HOST": "server_name(flow.dpi, 'http')",
-    "HTTP_URL": "flow.http_url",
-    "HTTP_USER_AGENT": "flow.user_agent",
-    "DNS_QUERY": "server_name(flow.dpi, 'dns')",
-    "JA4C_HASH": "flow.client_fingerprint",
+    "L7_PROTO": "l7_proto(dpi)",
+    "L7_PROTO_NAME": "dpi.application_name",
+    "L7_PROTO_CATEGORY": "dpi.application_category_name",
+    "L7_CONFIDENCE": "dpi.application_confidence",
+    "L7_PROTO_RISK": "dpi.risk",
+    "L7_RISK_SCORE": "dpi.risk_score",
+    "TLS_SERVER_NAME": "server_name(dpi, 'tls')",
+    "HTTP_HOST": "server_name(dpi, 'http')",
+    "HTTP_URL": "dpi.http_url",
+    "HTTP_USER_AGENT": "dpi.user_agent",
+    "DNS_QUERY": "server_name(dpi, 'dns')",
+    "JA4C_HASH": "dpi.client_fingerprint",
 }
 PARAMETERS = ("flow", "this", "other", "ends")
+DERIVED = {"dpi": "flow.dpi or NO_DPI"}
+"""Names expressions use besides PARAMETERS: each computed once per record, where it is used."""
 
 
-def l7_proto(dpi: DpiInfo | None) -> int:
+def l7_proto(dpi: DpiInfo) -> int:
     """nDPI's upper protocol id: the app protocol when there is one, else the master (0: none)."""
-    return (dpi.app_protocol or dpi.master_protocol) if dpi else 0
+    return dpi.app_protocol or dpi.master_protocol
 
 
 def application_name(dpi: DpiInfo | None) -> str:
@@ -94,13 +97,13 @@ def application_id(dpi: DpiInfo | None) -> bytes:
     return _application_id((dpi.app_protocol or dpi.master_protocol) if dpi else 0)
 
 
-def server_name(dpi: DpiInfo | None, source: str) -> str:
+def server_name(dpi: DpiInfo, source: str) -> str:
     """nDPI's server name when it is `source`'s (tls, http, dns): each has its own element."""
-    return dpi.requested_server_name if dpi and dpi.server_name_source == source else ""
+    return dpi.requested_server_name if dpi.server_name_source == source else ""
 
 
 FIELD_FUNCTIONS = {"application_id": application_id, "l7_proto": l7_proto,
-                   "server_name": server_name}
+                   "server_name": server_name, "NO_DPI": NO_DPI}
 
 
 class _SwapDirections(ast.NodeTransformer):

@@ -376,10 +376,14 @@ DPI_LABELS = {"application_name": "Unknown", "application_category_name": "",
               "tls_subject": ""}
 
 
+NO_DPI = DpiInfo(**DPI_LABELS, master_protocol=0, app_protocol=0, category=0, risk=0,
+                 risk_score=0, dpi_json="")
+"""The labels of a flow nDPI did not see."""
+
+
 def _dpi_property(name: str, default: Any) -> property:
     def get(flow: Flow) -> Any:
-        dpi = flow.dpi
-        return default if dpi is None else getattr(dpi, name)
+        return getattr(flow.dpi or NO_DPI, name)
     return property(get, doc=f"nDPI's {name} ({default!r} without a classification)")
 
 

@@ -17,6 +17,7 @@ become one function that returns a record's values, runs of fixed-width fields o
 """
 from __future__ import annotations
 
+import ast
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import yaml
 
 from .elements import IANA_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
-from .fields import FIELD_EXPRESSIONS, FIELD_FUNCTIONS, PARAMETERS, reverse_expression
+from .fields import DERIVED, FIELD_EXPRESSIONS, FIELD_FUNCTIONS, PARAMETERS, reverse_expression
 from .flow import Flow
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class TemplateField:
 
     element: InformationElement
     length: int  # VARLEN: IPFIX variable-length encoding
-    expression: str | None  # over fields.PARAMETERS; None where the values are given (options)
+    expression: str | None  # over fields.PARAMETERS and DERIVED; None where values are given (options)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,10 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
     """
     namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8,
                                  **FIELD_FUNCTIONS}
-    body, pieces = [], []
+    used = {node.id for f in fields for node in ast.walk(ast.parse(f.expression))
+            if isinstance(node, ast.Name)}
+    body = [f"{name} = {expression}" for name, expression in DERIVED.items() if name in used]
+    pieces = []
     for packer, first, end in parts:
         if packer is None:
             value, head = f"v{first}", f"h{first}"
