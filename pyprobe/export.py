@@ -20,7 +20,7 @@ flow of each application after every timed refresh is preceded by its names reco
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .elements import ElementRegistry
 from .fields import application_id, application_name
@@ -97,6 +97,11 @@ class Exporter:
         """The data templates compiled for `boot_ms`, and the flow times they can carry."""
         self._data = {t.ip_version: t.compile(self.protocol, boot_ms=self.boot_ms)
                       for t in reversed(self.templates.templates)}
+        self._by_version: dict[int, tuple[int, Callable[..., bytes] | None]] = {}
+        """By address length: the template id and encoder of its flows ((0, None): no template)."""
+        for length, version in ((4, 4), (16, 6)):
+            compiled = self._data.get(version) or self._data.get(None)
+            self._by_version[length] = (compiled.id, compiled.encode) if compiled else (0, None)
         self._times = ((self.boot_ms, self.boot_ms + UPTIME_WINDOW_MS) if self.protocol is NETFLOW9
                        else (-math.inf, math.inf))
 
@@ -118,28 +123,28 @@ class Exporter:
         """Adds the flows' records; returns the messages that filled up."""
         out: list[bytes] = []
         uniflow = not self.templates.biflow
-        data, add, stats = self._data, self._add, self.stats
+        by_version, add, stats = self._by_version, self._add, self.stats
         first_ms, end_ms = self._times
         named = None if self._application_names is None else self._named
         for flow in flows:
             if not first_ms <= flow.first_seen_ms <= flow.last_seen_ms < end_ms:
                 self._reboot(flow, now_ms, out)
-                data, (first_ms, end_ms) = self._data, self._times
-            compiled = data.get(4 if len(flow.src_addr) == 4 else 6) or data.get(None)
-            if compiled is None:
+                by_version, (first_ms, end_ms) = self._by_version, self._times
+            template_id, encode = by_version[len(flow.src_addr)]
+            if encode is None:
                 self._not_sent(flow, now_ms)
                 continue
             if named is not None and application_id(flow.dpi) not in named:
                 self._new_application(flow, now_ms, out)
             forward, reverse = flow.src2dst, flow.dst2src
-            if not add(compiled.id, compiled.encode(flow, forward, reverse or EMPTY_DIRECTION,
-                                                    (flow.src_addr, flow.dst_addr, flow.src_port,
-                                                     flow.dst_port)), now_ms, out):
+            if not add(template_id, encode(flow, forward, reverse or EMPTY_DIRECTION,
+                                           (flow.src_addr, flow.dst_addr, flow.src_port,
+                                            flow.dst_port)), now_ms, out):
                 self._not_sent(flow, now_ms)
                 continue
             stats.flow_records += 1
             if reverse is not None and uniflow:
-                stats.flow_records += add(compiled.id, compiled.encode(
+                stats.flow_records += add(template_id, encode(
                     flow, reverse, forward, (flow.dst_addr, flow.src_addr, flow.dst_port,
                                              flow.src_port)), now_ms, out)
         return out

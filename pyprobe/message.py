@@ -75,7 +75,8 @@ SET_HEADER_LENGTH = 4  # set id, length: the same in both protocols
 class MessageBuilder:
     """Fills one message with sets of records up to the MTU."""
 
-    __slots__ = ("protocol", "mtu_bytes", "records", "data_records", "_sets", "_length")
+    __slots__ = ("protocol", "mtu_bytes", "records", "data_records", "_sets", "_length",
+                 "_limit", "_set_id", "_set")
 
     def __init__(self, protocol: Protocol, mtu_bytes: int = 1400) -> None:
         self.protocol = protocol
@@ -84,21 +85,29 @@ class MessageBuilder:
         self.data_records = 0  # data and options data records (IPFIX's sequence step)
         self._sets: list[tuple[int, list[bytes]]] = []
         self._length = protocol.header_length
+        # The longest unpadded message: padding rounds a length up to a multiple of 4.
+        self._limit = mtu_bytes - mtu_bytes % 4 if protocol.pad_sets else mtu_bytes
+        self._set_id: int | None = None  # of the last set, while it can take more records
+        self._set: list[bytes] = []  # the last set's records
 
     def add(self, set_id: int, record: bytes, data: bool) -> bool:
         """Adds a record to the message, in a set of `set_id`; False if it does not fit."""
-        sets = self._sets
-        # An options template set holds one record: nfdump reads only the first of a set.
-        new_set = not sets or sets[-1][0] != set_id or set_id == self.protocol.options_template_set_id
-        start = self._length
-        if new_set and self.protocol.pad_sets:
-            start += -start % 4  # the previous set's padding (headers and sets start 4-aligned)
-        end = start + SET_HEADER_LENGTH * new_set + len(record)
-        if end + (-end % 4 if self.protocol.pad_sets else 0) > self.mtu_bytes:
-            return False
-        if new_set:
-            sets.append((set_id, []))
-        sets[-1][1].append(record)
+        if set_id == self._set_id:
+            end = self._length + len(record)
+            if end > self._limit:
+                return False
+            self._set.append(record)
+        else:
+            start = self._length
+            if self.protocol.pad_sets:
+                start += -start % 4  # the previous set's padding (headers and sets start 4-aligned)
+            end = start + SET_HEADER_LENGTH + len(record)
+            if end > self._limit:
+                return False
+            self._set = [record]
+            self._sets.append((set_id, self._set))
+            # An options template set holds one record: nfdump reads only the first of a set.
+            self._set_id = None if set_id == self.protocol.options_template_set_id else set_id
         self._length = end
         self.records += 1
         self.data_records += data
@@ -118,5 +127,6 @@ class MessageBuilder:
                                             self.records, now_ms, boot_ms, sequence, domain)
         self._sets = []
         self._length = self.protocol.header_length
+        self._set_id = None
         self.records = self.data_records = 0
         return header + payload
