@@ -21,6 +21,7 @@ import ast
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from .flow import Flow
 if TYPE_CHECKING:
     from .protocol import Protocol
 
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML has it
 MIN_TEMPLATE_ID = 256  # RFC 7011 §3.4.1: 0-255 are set ids
 MATCH_KEYS = {"ip_version": (4, 6)}
 # Struct codes of reduced-size encoding (RFC 7011 §6.2), by signedness and octets.
@@ -143,8 +145,7 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
     """
     namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8,
                                  **FIELD_FUNCTIONS}
-    used = {node.id for f in fields for node in ast.walk(ast.parse(f.expression))
-            if isinstance(node, ast.Name)}
+    used = {name for f in fields for name in names_in(f.expression)}
     body = [f"{name} = {expression}" for name, expression in DERIVED.items() if name in used]
     pieces = []
     for packer, first, end in parts:
@@ -164,6 +165,12 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
     source = "\n    ".join([f"def encode({', '.join(PARAMETERS)}):", *body, f"return {result}"])
     exec(source, namespace)  # noqa: S102 - expressions come from fields.py, not from input
     return namespace["encode"]
+
+
+@lru_cache(maxsize=None)
+def names_in(expression: str) -> frozenset[str]:
+    """The names an expression reads."""
+    return frozenset(node.id for node in ast.walk(ast.parse(expression)) if isinstance(node, ast.Name))
 
 
 SHORT_LENGTHS = tuple(bytes((n,)) for n in range(255))  # RFC 7011 §7 one-octet length prefixes
@@ -199,7 +206,7 @@ def load_templates(path: str | Path, registry: ElementRegistry) -> TemplateSet:
     path = str(path)
     try:
         with open(path, encoding="utf-8") as stream:
-            document = yaml.safe_load(stream)
+            document = yaml.load(stream, Loader=FAST_LOADER)
     except OSError as error:
         raise TemplateError(f"{path}: cannot read: {error.strerror}") from None
     except yaml.YAMLError as error:
