@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ compiled_count = cache_module.compiled_count
 needs_compiled = pytest.mark.skipif(not cache_module.COMPILED, reason="_fastcount is not built")
 FLOW_STATE = tuple(name for name in Flow.__slots__
                    if name not in ("src2dst", "dst2src", "dpi", "classifier_state", "_udps"))
-CAPTURES = ndpi_captures() + [BENCH_PCAP]
+CAPTURES = ndpi_captures()
 
 
 def state(flow: Flow) -> tuple:
@@ -32,7 +33,8 @@ def state(flow: Flow) -> tuple:
     directions = tuple(None if d is None else tuple((getattr(d, name), type(getattr(d, name)))
                                                     for name in Direction.__slots__)
                        for d in (flow.src2dst, flow.dst2src))
-    return tuple((getattr(flow, name), type(getattr(flow, name))) for name in FLOW_STATE) + directions
+    return tuple((getattr(flow, name), type(getattr(flow, name)))
+                 for name in FLOW_STATE) + directions
 
 
 def meter_both(path: Path) -> list[Flow]:
@@ -60,10 +62,21 @@ def test_compiled_count_is_built() -> None:
 
 
 @needs_compiled
+@pytest.mark.skipif(not CAPTURES, reason="no shared captures (../shared/pcaps/ndpi)")
 @pytest.mark.parametrize("path", CAPTURES, ids=[path.name for path in CAPTURES])
 def test_compiled_equals_python_on_captures(path: Path) -> None:
-    """Every flow of every shared capture has the same counters both ways."""
-    meter_both(require(path))
+    """Every flow of every nDPI sample capture has the same counters both ways."""
+    meter_both(path)
+
+
+@needs_compiled
+def test_bench_capture_totals() -> None:
+    """The bench capture's flows have the same counters both ways, and these totals."""
+    flows = meter_both(require(BENCH_PCAP))
+    assert (len(flows), sum(f.dst2src is not None for f in flows),
+            sum(f.bidirectional_packets for f in flows), sum(f.bidirectional_bytes for f in flows),
+            sorted(Counter(int(f.end_reason) for f in flows).items())) == (
+        9_103, 3_259, 84_898, 26_122_336, [(1, 8_330), (2, 57), (3, 716)])
 
 
 @needs_compiled
