@@ -40,6 +40,7 @@ COMPILED = _fastcount is not None
 """Whether the compiled counter update (_fastcount.c) is built."""
 
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
+CLOSE_FLAGS = TH_FIN | TH_RST  # a packet with one of these may start the close linger
 IDLE_TIMEOUT = EndReason.IDLE_TIMEOUT
 ACTIVE_TIMEOUT = EndReason.ACTIVE_TIMEOUT
 END_OF_FLOW = EndReason.END_OF_FLOW
@@ -156,7 +157,7 @@ class FlowCache:
                 if not self._count(flow, src_is_first, time_ms, size, ttl, flags):
                     flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
                                              tunnel_id)  # the first reply
-                if flags & (TH_FIN | TH_RST) and not flow.closing:
+                if flags & CLOSE_FLAGS and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)
                 if self.plugins:
@@ -173,7 +174,7 @@ class FlowCache:
         flow = Flow(self.flows_created, key, src_is_first, packet, time_ms,
                     time_ms + self.active_timeout_ms)
         flows[key] = flow
-        if flags & (TH_FIN | TH_RST):
+        if flags & CLOSE_FLAGS:
             self._check_close(flow, flags, time_ms)
         if self.plugins:
             for plugin in self.plugins:
