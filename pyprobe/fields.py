@@ -1,13 +1,13 @@
 """What each Information Element reads from a flow: the one table that knows both vocabularies.
 
-Each value is a Python expression over four names: `flow`, `this` (the `Direction` the record
-reports), `other` (the other direction, all zeros when it saw no packet) and `ends` (the record's
+Each value is a Python expression over these names: `flow`, `this` (the `Direction` the record
+reports), `other` (the other direction, all zeros when it saw no packet), `ends` (the record's
 source address, destination address, source port, destination port — swapped in the dst2src
-record of a uniflow export), and `dpi`, the flow's nDPI labels (`NO_DPI`'s defaults when nDPI did
+record of a uniflow export) and `dpi`, the flow's nDPI labels (`NO_DPI`'s defaults when nDPI did
 not see it). `template.py` compiles the expressions of a template into one function per
 template, so a record costs one call however many fields it has. The RFC 5103 reverse element of
-an IANA element is the same expression with `this` and `other` exchanged. Expressions may call
-the functions of FIELD_FUNCTIONS.
+an IANA element is the same expression with `this` and `other` exchanged. Expressions may also
+use what EXPRESSION_GLOBALS holds.
 
 nDPI's application is its "upper" protocol, as nProbe's L7_PROTO and ndpi_get_upper_proto give
 it: the app protocol when nDPI found one (YouTube in TLS.YouTube), else the master (DNS). Its
@@ -102,8 +102,8 @@ def server_name(dpi: DpiInfo, source: str) -> str:
     return dpi.requested_server_name if dpi.server_name_source == source else ""
 
 
-FIELD_FUNCTIONS = {"application_id": application_id, "l7_proto": l7_proto,
-                   "server_name": server_name, "NO_DPI": NO_DPI}
+EXPRESSION_GLOBALS = {"application_id": application_id, "l7_proto": l7_proto,
+                      "server_name": server_name, "NO_DPI": NO_DPI}
 
 
 class _SwapDirections(ast.NodeTransformer):

@@ -29,7 +29,8 @@ import yaml
 
 from .elements import IANA_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
-from .fields import DERIVED, FIELD_EXPRESSIONS, FIELD_FUNCTIONS, PARAMETERS, reverse_expression
+from .fields import (DERIVED, EXPRESSION_GLOBALS, FIELD_EXPRESSIONS, PARAMETERS,
+                     reverse_expression)
 from .flow import Flow
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
     A variable-length field's value is computed first, as bytes, then given its length prefix.
     """
     namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8,
-                                 **FIELD_FUNCTIONS}
+                                 **EXPRESSION_GLOBALS}
     used = {name for f in fields for name in names_in(f.expression)}
     body = [f"{name} = {expression}" for name, expression in DERIVED.items() if name in used]
     pieces = []
