@@ -22,7 +22,6 @@ from .template import TemplateSet
 from .transport import UdpTransport
 
 
-
 @dataclass(frozen=True)
 class Collector:
     """Where to send, in which protocol, with which templates, and the exporter's settings."""

@@ -130,8 +130,8 @@ class Nfcapd:
         for path in self.directory.glob("nfcapd.*"):
             out = subprocess.run(["nfdump", "-E", str(path)], check=True, capture_output=True,
                                  text=True).stdout
-            for domain, count in re.findall(r"\bID:\s+(\d+), .* flows: (\d+)", out):
-                flows[int(domain)] += int(count)
+            for domain, filed in re.findall(r"\bID:\s+(\d+), .* flows: (\d+)", out):
+                flows[int(domain)] += int(filed)
         return flows
 
 
