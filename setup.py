@@ -1,7 +1,7 @@
-"""The compiled decode and counter fast paths; everything else is in pyproject.toml (setuptools
+"""The compiled decode and flow-cache fast paths; everything else is in pyproject.toml (setuptools
 < 74.1 reads extension modules only from here)."""
 from setuptools import Extension, setup
 
 # optional: without a compiler pyprobe still installs, and decodes and counts in pure Python.
 setup(ext_modules=[Extension(f"pyprobe.{name}", [f"pyprobe/{name}.c"], optional=True)
-                   for name in ("_fastdecode", "_fastcount")])
+                   for name in ("_fastdecode", "_fastcache")])

@@ -136,7 +136,7 @@ def storm_row(flows: int) -> str:
 def dpi_row(path: Path, runs: list[tuple[int, int, float, FlowStream]], meter_s: float) -> str:
     """The --dpi table's row for one capture, from its runs with nDPI on."""
     packets, flows, _, stream = runs[0]
-    classifier = stream.plugins[0]
+    classifier = stream.classifier
     seconds = statistics.median(r[2] for r in runs)
     return (f"{path.name:<28} {packets / seconds:>12,.0f} {meter_s / seconds:>8.0%} "
             f"{classifier.packets / classifier.flows:>10.2f} {classifier.giveups / flows:>8.1%} "

@@ -14,8 +14,11 @@ head and stops at the first live flow (bounded work). Rules, with IANA flowEndRe
 
 Expired flows are appended to `expired`, which the caller empties or replaces.
 
-Each later packet of a flow is counted by `count`, or by its compiled form (`_fastcount.c`) when
-it was built at install; `count` is the reference, forced with `FlowCache(compiled=False)`.
+A classifier (nDPI) sees a flow's packets only while its `classifier_state` is set; plugins see
+every packet. `add` and `count` are the reference. Where `_fastcache.c` was built at install,
+`count` has a compiled form, and so has `add` for most packets (`adder()`): a later packet that
+ends nothing, of a flow no classifier inspects, in a cache without plugins. `compiled=False`
+keeps both in Python.
 
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)
@@ -28,16 +31,17 @@ it was built at install; `count` is the reference, forced with `FlowCache(compil
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Protocol
 
 from .flow import FLAG_INCREMENT, TH_FIN, TH_RST, Direction, EndReason, Flow, Packet
 
 try:
-    from . import _fastcount
+    from . import _fastcache
 except ImportError:  # built at install only where a C compiler is (setup.py: optional)
-    _fastcount = None
-COMPILED = _fastcount is not None
-"""Whether the compiled counter update (_fastcount.c) is built."""
+    _fastcache = None
+COMPILED = _fastcache is not None
+"""Whether the compiled per-packet path (_fastcache.c) is built."""
 
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
 CLOSE_FLAGS = TH_FIN | TH_RST  # a packet with one of these may start the close linger
@@ -84,7 +88,7 @@ def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, fla
     return True
 
 
-compiled_count = (_fastcount.counter(Flow, Direction, FLAG_INCREMENT, count) if COMPILED
+compiled_count = (_fastcache.counter(Flow, Direction, FLAG_INCREMENT, count) if COMPILED
                   else None)
 """`count` compiled for Flow and Direction; past int64 it hands the packet to `count`."""
 
@@ -106,17 +110,21 @@ class FlowCache:
     """Live flows keyed by a direction-free key, and the ones that expired."""
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
-                 "plugins", "now_ms", "started_ms", "expired", "flows_created", "_flows",
-                 "_closing", "_next_scan_ms", "compiled", "_count")
+                 "classifier", "plugins", "now_ms", "started_ms", "expired", "flows_created",
+                 "_flows", "_closing", "_next_scan_ms", "compiled", "_count", "_hooks")
 
     def __init__(self, *, idle_timeout_s: float = 30, active_timeout_s: float = 120,
                  max_flows: int = 524_288, close_linger_s: float = 2,
-                 plugins: tuple[Plugin, ...] = (), compiled: bool = True) -> None:
+                 classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = (),
+                 compiled: bool = True) -> None:
         self.idle_timeout_ms = round(idle_timeout_s * 1000)
         self.active_timeout_ms = round(active_timeout_s * 1000)
         self.close_linger_ms = round(close_linger_s * 1000)
         self.max_flows = max_flows
+        self.classifier = classifier
+        """Runs before the plugins; its on_update only while the flow's `classifier_state` is set."""
         self.plugins = tuple(plugins)
+        self._hooks = (classifier, *self.plugins) if classifier else self.plugins
         self.now_ms = 0
         self.started_ms = 0  # the first packet's time
         self.expired: list[Flow] = []
@@ -130,6 +138,10 @@ class FlowCache:
 
     def __len__(self) -> int:
         return len(self._flows)
+
+    def adder(self) -> Callable[[Packet], None]:
+        """`add` for hot loops: compiled for the common packet when it is built, else `add`."""
+        return _fastcache.adder(self, compiled_count, self.add) if self.compiled else self.add
 
     def add(self, packet: Packet) -> None:
         """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
@@ -160,11 +172,8 @@ class FlowCache:
                 if flags & CLOSE_FLAGS and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)
-                if self.plugins:
-                    for plugin in self.plugins:
-                        plugin.on_update(packet, flow)
-                    if flow.end_reason:
-                        self._end(flow, EndReason(flow.end_reason))
+                if flow.classifier_state is not None or self.plugins:
+                    self._update(packet, flow)
                 return
         if len(flows) >= self.max_flows:
             lru = next(iter(flows.values()))
@@ -176,11 +185,20 @@ class FlowCache:
         flows[key] = flow
         if flags & CLOSE_FLAGS:
             self._check_close(flow, flags, time_ms)
-        if self.plugins:
-            for plugin in self.plugins:
+        if self._hooks:
+            for plugin in self._hooks:
                 plugin.on_init(packet, flow)
             if flow.end_reason:
                 self._end(flow, EndReason(flow.end_reason))
+
+    def _update(self, packet: Packet, flow: Flow) -> None:
+        """Hands a later packet to the classifier, while it inspects the flow, and the plugins."""
+        if flow.classifier_state is not None and self.classifier is not None:
+            self.classifier.on_update(packet, flow)
+        for plugin in self.plugins:
+            plugin.on_update(packet, flow)
+        if flow.end_reason:
+            self._end(flow, EndReason(flow.end_reason))
 
     def _due_reason(self, flow: Flow) -> EndReason:
         """Why a flow past one of its deadlines ends: closed, else idle, else active (softflowd's order)."""
@@ -201,7 +219,7 @@ class FlowCache:
     def _end(self, flow: Flow, reason: EndReason) -> None:
         flow.end_reason = reason
         del self._flows[flow.key]
-        for plugin in self.plugins:
+        for plugin in self._hooks:
             plugin.on_expire(flow)
         self.expired.append(flow)
 

@@ -90,9 +90,11 @@ class FlowStream:
         self.decode_tunnels = decode_tunnels
         self.close_linger = close_linger
         self.plugins = tuple(plugins)
+        self.classifier: Plugin | None = None
+        """With `dpi`, the NdpiClassifier (its counts: flows, packets, giveups)."""
         if dpi:
             from .classify import NdpiClassifier  # nDPI is needed only here
-            self.plugins = (NdpiClassifier(n_dissections),) + self.plugins
+            self.classifier = NdpiClassifier(n_dissections)
         self.progress = progress
         self.end_clock = end_clock
         """Called with the clock when the source ends; the (later) clock it returns expires the
@@ -117,11 +119,11 @@ class FlowStream:
         decoder = (TunnelDecoder if self.decode_tunnels else Decoder)(capture.linktype)
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
-                          plugins=self.plugins)
+                          classifier=self.classifier, plugins=self.plugins)
         self.cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
-        decode, add = decoder.decode, cache.add
+        decode, add = decoder.decode, cache.adder()
         progress, read, tick_ms = self.progress, 0, 0
         try:
             for ts_ns, frame in capture:

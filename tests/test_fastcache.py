@@ -1,4 +1,4 @@
-"""The compiled counter update (_fastcount.c) against its Python reference, cache.count.
+"""The compiled per-packet path (_fastcache.c) against its Python reference, cache.count and add.
 
 Every shared capture and a gen_synth capture are metered by two caches, compiled and pure
 Python, which must end the same flows with every counter equal; hand-made packets pin the edges
@@ -6,6 +6,7 @@ Python, which must end the same flows with every counter equal; hand-made packet
 """
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import tracemalloc
@@ -22,7 +23,7 @@ from pyprobe.decode import Decoder
 from pyprobe.flow import FLAG_INCREMENT, Direction, Flow, Packet
 
 compiled_count = cache_module.compiled_count
-needs_compiled = pytest.mark.skipif(not cache_module.COMPILED, reason="_fastcount is not built")
+needs_compiled = pytest.mark.skipif(not cache_module.COMPILED, reason="_fastcache is not built")
 FLOW_STATE = tuple(name for name in Flow.__slots__
                    if name not in ("src2dst", "dst2src", "dpi", "classifier_state", "_udps"))
 CAPTURES = ndpi_captures()
@@ -42,11 +43,12 @@ def meter_both(path: Path) -> list[Flow]:
     source = PcapSource(str(path))
     decode = Decoder(source.linktype).decode
     caches = FlowCache(), FlowCache(compiled=False)
+    adds = [cache.adder() for cache in caches]
     for ts_ns, frame in source:
         packet = decode(ts_ns // 1_000_000, frame)
         if packet is not None:
-            for cache in caches:
-                cache.add(packet)
+            for add in adds:
+                add(packet)
     source.close()
     for cache in caches:
         cache.drain()
@@ -56,7 +58,7 @@ def meter_both(path: Path) -> list[Flow]:
 
 
 def test_compiled_count_is_built() -> None:
-    """`make setup` builds _fastcount and caches use it (a failed build shows here)."""
+    """`make setup` builds _fastcache and caches use it (a failed build shows here)."""
     assert cache_module.COMPILED
     assert (FlowCache().compiled, FlowCache(compiled=False).compiled) == (True, False)
 
@@ -221,9 +223,9 @@ def test_wrong_argument_types(arguments) -> None:
 def test_counter_checks_the_classes() -> None:
     """Binding refuses classes without the slots it writes, and a short FLAG_INCREMENT."""
     with pytest.raises(TypeError, match=r"^Direction.src_is_first is not a __slots__ member$"):
-        cache_module._fastcount.counter(Direction, Direction, FLAG_INCREMENT, count)
+        cache_module._fastcache.counter(Direction, Direction, FLAG_INCREMENT, count)
     with pytest.raises(ValueError, match="256 values"):
-        cache_module._fastcount.counter(Flow, Direction, FLAG_INCREMENT[:255], count)
+        cache_module._fastcache.counter(Flow, Direction, FLAG_INCREMENT[:255], count)
 
 
 @needs_compiled
@@ -244,3 +246,114 @@ def test_no_references_leak() -> None:
     current, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert current < 10_000
+
+
+# The compiled add: hand-made exchanges through a compiled and a pure-Python cache.
+
+A, B, C = b"\x0a\0\0\1", b"\x0a\0\0\2", b"\x0a\0\0\3"
+TH = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}
+
+
+def tcp(time_ms: int, src: bytes, dst: bytes, flags: str, size: int = 60) -> Packet:
+    sport, dport = (40000, 443) if src < dst else (443, 40000)
+    return Packet(time_ms, src, dst, sport, dport, 6, 0, size, 64, 0,
+                  sum(TH[flag] for flag in flags), 0, 7, b"", 0)
+
+
+EXCHANGE = [
+    tcp(1_000, A, B, "S"), tcp(1_001, B, A, "SA"), tcp(1_002, A, B, "A", 500),
+    tcp(1_001, B, A, "PA", 1_400),  # stamped before the clock: metered at 1_002
+    tcp(1_003, A, B, "FA"), tcp(1_004, B, A, "FA"),  # FIN both ways: the linger starts
+    tcp(1_005, A, B, "A"), tcp(1_006, B, C, "S"), tcp(1_007, C, B, "RA"),  # RST on the first reply
+    tcp(1_008, A, C, "F"), tcp(1_009, A, C, "A"),  # a lone FIN: no close
+    tcp(1_500, A, B, "A"), tcp(4_000, A, C, "A"),  # the scan at 4_000 ends the lingers
+]
+
+
+def add_both(packets: list[Packet]) -> tuple[list[Flow], int]:
+    """The flows of `packets` through a compiled add and the reference, found equal, and how
+    many packets the compiled add handed to the reference."""
+    caches = FlowCache(), FlowCache(compiled=False)
+    handed = []
+
+    def reference(packet: Packet) -> None:
+        handed.append(packet)
+        caches[0].add(packet)
+
+    adds = cache_module._fastcache.adder(caches[0], compiled_count, reference), caches[1].add
+    for packet in packets:
+        for add, cache in zip(adds, caches):
+            add(packet)
+            assert cache.now_ms == max(p.time_ms for p in packets[:packets.index(packet) + 1])
+    for cache in caches:
+        cache.drain()
+    compiled, python = (cache.expired for cache in caches)
+    assert [state(flow) for flow in compiled] == [state(flow) for flow in python]
+    return compiled, len(handed)
+
+
+@needs_compiled
+def test_compiled_add_meters_replies_fins_and_resets() -> None:
+    """First replies, FIN both ways and RST start the same flows, lingers and ends both ways;
+    only new flows and the due scan go to the reference."""
+    flows, handed = add_both(EXCHANGE)
+    assert [(flow.src_addr, flow.dst_addr, flow.src2dst.packets, flow.reverse.packets,
+             flow.src2dst.bytes, flow.reverse.bytes, flow.src2dst.tcp_flags,
+             flow.reverse.tcp_flags, flow.last_seen_ms, flow.end_by_ms, int(flow.end_reason))
+            for flow in flows] == [
+        (A, B, 5, 3, 740, 1_520, 0x13, 0x1B, 1_500, 3_004, 3),
+        (B, C, 1, 1, 60, 60, 0x02, 0x14, 1_007, 3_007, 3),
+        (A, C, 3, 0, 180, 0, 0x11, 0x00, 4_000, 121_008, 4),
+    ]
+    assert handed == 4  # the three new flows, and the packet at 4_000 (the scan is due)
+
+
+@needs_compiled
+def test_compiled_add_leaves_classified_flows_and_plugins_to_the_reference() -> None:
+    """While a classifier inspects a flow, or the cache has plugins, every packet is the
+    reference's."""
+    class Inspect:
+        def on_init(self, packet: Packet, flow: Flow) -> None:
+            flow.classifier_state = "inspecting"
+
+        def on_update(self, packet: Packet, flow: Flow) -> None:
+            pass
+
+        def on_expire(self, flow: Flow) -> None:
+            pass
+
+    for hooks in ({"classifier": Inspect()}, {"plugins": (Inspect(),)}):
+        cache, handed = FlowCache(**hooks), []
+        add = cache_module._fastcache.adder(cache, compiled_count,
+                                            lambda packet: (handed.append(packet), cache.add(packet)))
+        for packet in EXCHANGE[:5]:
+            add(packet)
+        assert handed == EXCHANGE[:5]
+
+
+@needs_compiled
+def test_adder_takes_only_a_compiled_count() -> None:
+    with pytest.raises(TypeError, match="compiled count"):
+        cache_module._fastcache.adder(FlowCache(), count, FlowCache.add)
+
+
+@needs_compiled
+def test_compiled_add_leaks_nothing() -> None:
+    """Metering (keys, replies, lingers, the fallback) leaves no more memory behind than the
+    reference does."""
+    def run(times: int) -> int:
+        cache = FlowCache()
+        add = cache.adder()
+        tracemalloc.start()
+        for i in range(times):
+            for packet in EXCHANGE[:-1]:
+                add(packet._replace(time_ms=packet.time_ms + i * 1_000, vlan_id=i % 2))
+        cache.drain()
+        del cache, add
+        gc.collect()
+        current, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return current
+
+    run(100)
+    assert run(2_000) < 10_000

@@ -1,0 +1,495 @@
+/* The compiled per-packet path of cache.FlowCache: cache.count, and add for the common packet.
+ *
+ * count writes the __slots__ members of flow.Flow and flow.Direction in place, at the offsets of
+ * their member descriptors, and leaves their values Python ints. Every value is read into an
+ * int64 and every result computed with overflow checks before anything is written: a slot that is
+ * unset, not an int or beyond int64, a result beyond int64, or TCP flags outside 0..255 hand the
+ * whole update to the Python reference (cache.count), whose big-int arithmetic is exact. Nothing
+ * wraps.
+ *
+ * add meters the packets most are: later packets of a live flow (first replies and FIN or RST
+ * included), that no deadline ends, while no classifier inspects the flow and the cache has no
+ * plugins. It checks all of that before it writes anything; the other packets (a new flow, a
+ * due scan or deadline, a value beyond int64) go to FlowCache.add, the reference.
+ * tests/test_fastcache.py holds both paths to the same flows.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#if PY_VERSION_HEX < 0x030C0000
+#include <structmember.h>
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_READONLY READONLY
+#endif
+
+/* The slots count() reads or writes: the int64 ones first. */
+enum { F_LAST_SEEN, F_SUM_SQ_PIAT, F_LOW_PIAT, F_MAX_PIAT, FLOW_INTS,
+       F_SRC_IS_FIRST = FLOW_INTS, F_SRC2DST, F_DST2SRC, F_END_BY, F_CLOSING, F_CLASSIFIER_STATE,
+       FLOW_SLOTS };
+static const char *const FLOW_SLOT_NAMES[FLOW_SLOTS] = {
+    "last_seen_ms", "sum_sq_piat_ms", "low_piat_ms", "max_piat_ms",
+    "src_is_first", "src2dst", "dst2src", "end_by_ms", "closing", "classifier_state",
+};
+enum { D_PACKETS, D_BYTES, D_SUM_SQ_PS, D_MIN_PS, D_MAX_PS, D_LAST_SEEN, D_SUM_SQ_PIAT,
+       D_LOW_PIAT, D_MAX_PIAT, D_MIN_TTL, D_MAX_TTL, D_TCP_FLAGS, DIRECTION_INTS,
+       D_FLAG_COUNTS = DIRECTION_INTS, DIRECTION_SLOTS };
+static const char *const DIRECTION_SLOT_NAMES[DIRECTION_SLOTS] = {
+    "packets", "bytes", "sum_sq_ps", "min_ps", "max_ps", "last_seen_ms", "sum_sq_piat_ms",
+    "low_piat_ms", "max_piat_ms", "min_ttl", "max_ttl", "tcp_flags", "flag_counts",
+};
+#define FLAG_VALUES 256
+/* The FlowCache slots add reads or writes. */
+enum { C_NOW, C_NEXT_SCAN, C_IDLE_TIMEOUT, C_CLOSE_LINGER, C_FLOWS, C_CLOSING, C_PLUGINS,
+       CACHE_SLOTS };
+static const char *const CACHE_SLOT_NAMES[CACHE_SLOTS] = {
+    "now_ms", "_next_scan_ms", "idle_timeout_ms", "close_linger_ms", "_flows", "_closing",
+    "plugins",
+};
+/* flow.Packet's fields, as add reads them. */
+enum { P_TIME, P_SRC, P_DST, P_SRC_PORT, P_DST_PORT, P_PROTOCOL, P_VLAN, P_SIZE, P_TTL, P_TOS,
+       P_FLAGS, P_ICMP_TYPE_CODE, P_TUNNEL_ID, PACKET_FIELDS = 15 };
+enum { TH_FIN = 0x01, TH_RST = 0x04, CLOSE_FLAGS = TH_FIN | TH_RST };  /* as in flow.py, cache.py */
+
+#define SLOT(object, offset) (*(PyObject **)((char *)(object) + (offset)))
+
+/* What counter() bound: the classes, their slot offsets, FLAG_INCREMENT and the fallback. */
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *flow_type, *direction_type;
+    PyObject *flag_increment, *fallback;
+    Py_ssize_t flow[FLOW_SLOTS], direction[DIRECTION_SLOTS];
+} Binding;
+
+static void binding_dealloc(Binding *self)
+{
+    Py_XDECREF(self->flow_type);
+    Py_XDECREF(self->direction_type);
+    Py_XDECREF(self->flag_increment);
+    Py_XDECREF(self->fallback);
+    PyObject_Free(self);
+}
+
+static PyTypeObject BindingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobe._fastcache.Binding", .tp_basicsize = sizeof(Binding),
+    .tp_dealloc = (destructor)binding_dealloc, .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The classes and slot offsets a compiled count() writes.",
+};
+
+/* The int64 value of `value` in `*out`; 0 when it is unset, not an int or beyond int64. */
+static inline int int64_of(PyObject *value, long long *out)
+{
+    int overflow;
+    if (value == NULL || !PyLong_CheckExact(value))
+        return 0;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    return !overflow;
+}
+
+/* The int64 values of the first `n` slots at `offsets`; 0 when one is not (int64_of). */
+static int read_ints(PyObject *object, const Py_ssize_t *offsets, int n, long long *values)
+{
+    for (int i = 0; i < n; i++)
+        if (!int64_of(SLOT(object, offsets[i]), &values[i]))
+            return 0;
+    return 1;
+}
+
+/* Stores the `after` values that differ from `before` in the first `n` slots at `offsets`;
+ * -1 with an exception when an int cannot be made. */
+static int write_ints(PyObject *object, const Py_ssize_t *offsets, int n, const long long *before,
+                      const long long *after)
+{
+    for (int i = 0; i < n; i++) {
+        if (after[i] == before[i])
+            continue;
+        PyObject *number = PyLong_FromLongLong(after[i]);
+        if (number == NULL)
+            return -1;
+        Py_XSETREF(SLOT(object, offsets[i]), number);
+    }
+    return 0;
+}
+
+/* piat = time - last; sum_sq += piat²; the minimum and maximum of piat: 0 on overflow. */
+static int next_piat(long long time_ms, long long *last, long long *sum_sq, long long *low,
+                     long long *max)
+{
+    long long piat, square;
+    if (__builtin_sub_overflow(time_ms, *last, &piat)
+        || __builtin_mul_overflow(piat, piat, &square)
+        || __builtin_add_overflow(*sum_sq, square, sum_sq))
+        return 0;
+    *last = time_ms;
+    if (piat < *low)
+        *low = piat;
+    if (piat > *max)
+        *max = piat;
+    return 1;
+}
+
+/* The direction's counters after a packet; 0 when one would pass int64. */
+static int next_direction(long long *d, long long time_ms, long long size, long long ttl,
+                          long long flags)
+{
+    long long square;
+    if (__builtin_add_overflow(d[D_PACKETS], 1, &d[D_PACKETS])
+        || __builtin_add_overflow(d[D_BYTES], size, &d[D_BYTES])
+        || __builtin_mul_overflow(size, size, &square)
+        || __builtin_add_overflow(d[D_SUM_SQ_PS], square, &d[D_SUM_SQ_PS])
+        || !next_piat(time_ms, &d[D_LAST_SEEN], &d[D_SUM_SQ_PIAT], &d[D_LOW_PIAT],
+                      &d[D_MAX_PIAT]))
+        return 0;
+    if (size < d[D_MIN_PS])
+        d[D_MIN_PS] = size;
+    else if (size > d[D_MAX_PS])
+        d[D_MAX_PS] = size;
+    if (ttl < d[D_MIN_TTL])
+        d[D_MIN_TTL] = ttl;
+    else if (ttl > d[D_MAX_TTL])
+        d[D_MAX_TTL] = ttl;
+    d[D_TCP_FLAGS] |= flags;
+    return 1;
+}
+
+/* Counts a packet (time_ms, size, ttl, flags) into `flow` and its `direction` (None: only the
+ * flow, for the first reply): 1 when done, 0 with nothing written when a value is not an int64 or
+ * a result would pass int64, -1 with an exception. */
+static int update(const Binding *b, PyObject *flow, PyObject *direction, const long long *packet)
+{
+    long long time_ms = packet[0], size = packet[1], ttl = packet[2], flags = packet[3];
+    long long f0[FLOW_INTS], f[FLOW_INTS], d0[DIRECTION_INTS], d[DIRECTION_INTS];
+    if (!read_ints(flow, b->flow, FLOW_INTS, f0))
+        return 0;
+    memcpy(f, f0, sizeof f);
+    if (!next_piat(time_ms, &f[F_LAST_SEEN], &f[F_SUM_SQ_PIAT], &f[F_LOW_PIAT], &f[F_MAX_PIAT]))
+        return 0;
+    PyObject *flag_counts = NULL;
+    if (direction != Py_None) {
+        if (!Py_IS_TYPE(direction, b->direction_type)
+            || !read_ints(direction, b->direction, DIRECTION_INTS, d0))
+            return 0;
+        flag_counts = SLOT(direction, b->direction[D_FLAG_COUNTS]);
+        memcpy(d, d0, sizeof d);
+        if (flag_counts == NULL || !PyLong_CheckExact(flag_counts) || flags < 0
+            || flags >= FLAG_VALUES || !next_direction(d, time_ms, size, ttl, flags))
+            return 0;
+    }
+    if (write_ints(flow, b->flow, FLOW_INTS, f0, f) < 0)
+        return -1;
+    if (direction == Py_None)
+        return 1;
+    if (write_ints(direction, b->direction, DIRECTION_INTS, d0, d) < 0)
+        return -1;
+    if (flags) {
+        PyObject *sum = PyNumber_Add(flag_counts, PyTuple_GET_ITEM(b->flag_increment, flags));
+        if (sum == NULL)
+            return -1;
+        Py_SETREF(SLOT(direction, b->direction[D_FLAG_COUNTS]), sum);
+    }
+    return 1;
+}
+
+/* count(flow, src_is_first, time_ms, size, ttl, flags) -> bool, as cache.count. */
+static PyObject *count(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Binding *b = (Binding *)self;
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "count() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *flow = args[0], *src_is_first = args[1];
+    if (!Py_IS_TYPE(flow, b->flow_type) || !PyBool_Check(src_is_first)
+        || !PyLong_CheckExact(args[2]) || !PyLong_CheckExact(args[3])
+        || !PyLong_CheckExact(args[4]) || !PyLong_CheckExact(args[5])) {
+        PyErr_Format(PyExc_TypeError, "count() takes (%s, bool, int, int, int, int)",
+                     b->flow_type->tp_name);
+        return NULL;
+    }
+    long long packet[4];  /* time_ms, size, ttl, flags */
+    for (int i = 0; i < 4; i++)
+        if (!int64_of(args[2 + i], &packet[i]))
+            goto fallback;
+    PyObject *first = SLOT(flow, b->flow[F_SRC_IS_FIRST]);
+    if (first != Py_True && first != Py_False)
+        goto fallback;
+    PyObject *direction = SLOT(flow, b->flow[src_is_first == first ? F_SRC2DST : F_DST2SRC]);
+    if (direction == NULL)
+        goto fallback;
+    switch (update(b, flow, direction, packet)) {
+    case -1:
+        return NULL;
+    case 0:
+        goto fallback;
+    }
+    return PyBool_FromLong(direction != Py_None);  /* False: the caller makes the first reply */
+fallback:
+    return PyObject_Vectorcall(b->fallback, args, nargs, NULL);
+}
+
+static PyMethodDef count_def = {
+    "count", (PyCFunction)(void (*)(void))count, METH_FASTCALL,
+    "count(flow, src_is_first, time_ms, size, ttl, flags) -> bool: cache.count, compiled"};
+
+/* What adder() bound: a cache, its slot offsets, the compiled count's Binding and cache.add. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *cache, *count, *fallback;
+    Binding *binding;  /* count's */
+    Py_ssize_t slot[CACHE_SLOTS];
+} Adder;
+
+static void adder_dealloc(Adder *self)
+{
+    Py_XDECREF(self->cache);
+    Py_XDECREF(self->count);
+    Py_XDECREF(self->fallback);
+    PyObject_Free(self);
+}
+
+static PyTypeObject AdderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyprobe._fastcache.Adder", .tp_basicsize = sizeof(Adder),
+    .tp_dealloc = (destructor)adder_dealloc, .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The cache and slot offsets a compiled add() meters into.",
+};
+
+static PyObject *MOVE_TO_END, *APPEND;  /* method names, interned */
+
+/* The flow key of `p` (as FlowCache.add orders it) in `*key`, and whether the source is its
+ * first address: 1 or 0, or -1 when the packet's values are not the usual types. */
+static int flow_key(PyObject *const *p, PyObject **key)
+{
+    PyObject *src = p[P_SRC], *dst = p[P_DST];
+    long long src_port, dst_port;
+    if (!PyBytes_CheckExact(src) || !PyBytes_CheckExact(dst)
+        || !int64_of(p[P_SRC_PORT], &src_port) || !int64_of(p[P_DST_PORT], &dst_port))
+        return -1;
+    Py_ssize_t src_size = PyBytes_GET_SIZE(src), dst_size = PyBytes_GET_SIZE(dst);
+    int order = memcmp(PyBytes_AS_STRING(src), PyBytes_AS_STRING(dst), Py_MIN(src_size, dst_size));
+    if (order == 0)
+        order = (src_size > dst_size) - (src_size < dst_size);
+    int src_is_first = order < 0 || (order == 0 && src_port <= dst_port);
+    *key = src_is_first
+           ? PyTuple_Pack(6, src, dst, p[P_SRC_PORT], p[P_DST_PORT], p[P_PROTOCOL], p[P_VLAN])
+           : PyTuple_Pack(6, dst, src, p[P_DST_PORT], p[P_SRC_PORT], p[P_PROTOCOL], p[P_VLAN]);
+    return src_is_first;
+}
+
+/* Whether a packet with `flags` (FIN or RST), counted into the flow's source direction or not,
+ * starts its close linger as FlowCache._check_close decides: RST, or FIN then seen both ways;
+ * -1 when the other direction's flags are not an int64. */
+static int starts_close(const Binding *b, PyObject *flow, int from_source, long long flags)
+{
+    if (flags & TH_RST)
+        return 1;
+    PyObject *other = SLOT(flow, b->flow[from_source ? F_DST2SRC : F_SRC2DST]);
+    long long other_flags;
+    if (other == Py_None)  /* no reply yet */
+        return 0;
+    if (other == NULL || !Py_IS_TYPE(other, b->direction_type)
+        || !int64_of(SLOT(other, b->direction[D_TCP_FLAGS]), &other_flags))
+        return -1;
+    return (other_flags & TH_FIN) != 0;
+}
+
+/* Marks the flow closing until `end_by_ms` and appends it to the cache's `closing` deque. */
+static int start_close(PyObject *flow, const Binding *b, PyObject *closing, long long end_by_ms)
+{
+    PyObject *end_by = PyLong_FromLongLong(end_by_ms);
+    if (end_by == NULL)
+        return -1;
+    Py_XSETREF(SLOT(flow, b->flow[F_END_BY]), end_by);
+    Py_XSETREF(SLOT(flow, b->flow[F_CLOSING]), Py_NewRef(Py_True));
+    PyObject *args[] = {closing, flow};
+    PyObject *appended = PyObject_VectorcallMethod(APPEND, args, 2, NULL);
+    Py_XDECREF(appended);
+    return appended == NULL ? -1 : 0;
+}
+
+/* add(packet): FlowCache.add, in C for the common packet (see the top), else cache.add's. */
+static PyObject *add(PyObject *self, PyObject *packet)
+{
+    Adder *a = (Adder *)self;
+    const Binding *b = a->binding;
+    PyObject *cache = a->cache;
+    if (!PyTuple_Check(packet) || PyTuple_GET_SIZE(packet) != PACKET_FIELDS)
+        goto fallback;
+    PyObject *const *p = &PyTuple_GET_ITEM(packet, 0);
+    long long now, next_scan, idle_timeout, counted[4];  /* counted: time_ms, size, ttl, flags */
+    if (!int64_of(p[P_TIME], &counted[0]) || !int64_of(p[P_SIZE], &counted[1])
+        || !int64_of(p[P_TTL], &counted[2]) || !int64_of(p[P_FLAGS], &counted[3])
+        || !int64_of(SLOT(cache, a->slot[C_NOW]), &now)
+        || !int64_of(SLOT(cache, a->slot[C_NEXT_SCAN]), &next_scan)
+        || !int64_of(SLOT(cache, a->slot[C_IDLE_TIMEOUT]), &idle_timeout))
+        goto fallback;
+    int clock_moves = counted[0] > now;
+    if (!clock_moves)
+        counted[0] = now;  /* a packet stamped before the clock is metered at the clock */
+    else if (counted[0] >= next_scan)
+        goto fallback;  /* the scan for idle and closed flows is due */
+    PyObject *flows = SLOT(cache, a->slot[C_FLOWS]), *plugins = SLOT(cache, a->slot[C_PLUGINS]);
+    if (flows == NULL || !PyDict_Check(flows) || plugins == NULL || !PyTuple_CheckExact(plugins)
+        || PyTuple_GET_SIZE(plugins))
+        goto fallback;
+    PyObject *key;
+    int src_is_first = flow_key(p, &key);
+    if (src_is_first < 0)
+        goto fallback;
+    if (key == NULL)
+        return NULL;
+    PyObject *flow = PyDict_GetItemWithError(flows, key);  /* borrowed: the cache holds it */
+    long long last_seen, end_by;
+    if (flow == NULL || !Py_IS_TYPE(flow, b->flow_type)
+        || !int64_of(SLOT(flow, b->flow[F_LAST_SEEN]), &last_seen)
+        || !int64_of(SLOT(flow, b->flow[F_END_BY]), &end_by)
+        || counted[0] - last_seen >= idle_timeout || counted[0] >= end_by
+        || SLOT(flow, b->flow[F_CLASSIFIER_STATE]) != Py_None)
+        goto key_fallback;
+    PyObject *first = SLOT(flow, b->flow[F_SRC_IS_FIRST]);
+    if (first != Py_True && first != Py_False)
+        goto key_fallback;
+    int from_source = src_is_first == (first == Py_True);
+    PyObject *direction = SLOT(flow, b->flow[from_source ? F_SRC2DST : F_DST2SRC]);
+    long long linger, end_of_linger;
+    int closes = 0;
+    if (counted[3] & CLOSE_FLAGS && SLOT(flow, b->flow[F_CLOSING]) != Py_True) {
+        closes = starts_close(b, flow, from_source, counted[3]);
+        if (closes < 0 || (closes && (!int64_of(SLOT(cache, a->slot[C_CLOSE_LINGER]), &linger)
+                                      || __builtin_add_overflow(counted[0], linger, &end_of_linger)
+                                      || SLOT(cache, a->slot[C_CLOSING]) == NULL)))
+            goto key_fallback;
+    }
+    if (direction == NULL)
+        goto key_fallback;
+    switch (update(b, flow, direction, counted)) {
+    case -1:
+        goto error;
+    case 0:
+        goto key_fallback;
+    }
+    PyObject *time_ms = clock_moves ? p[P_TIME] : SLOT(cache, a->slot[C_NOW]);
+    if (direction == Py_None) {  /* the first reply */
+        PyObject *args[] = {time_ms, p[P_SIZE], p[P_TTL], p[P_TOS], p[P_FLAGS],
+                            p[P_ICMP_TYPE_CODE], p[P_TUNNEL_ID]};
+        PyObject *reply = PyObject_Vectorcall((PyObject *)b->direction_type, args, 7, NULL);
+        if (reply == NULL)
+            goto error;
+        Py_XSETREF(SLOT(flow, b->flow[F_DST2SRC]), reply);
+    }
+    if (closes && start_close(flow, b, SLOT(cache, a->slot[C_CLOSING]), end_of_linger) < 0)
+        goto error;
+    if (clock_moves)
+        Py_SETREF(SLOT(cache, a->slot[C_NOW]), Py_NewRef(time_ms));
+    PyObject *args[] = {flows, key};
+    PyObject *moved = PyObject_VectorcallMethod(MOVE_TO_END, args, 2, NULL);
+    Py_DECREF(key);
+    if (moved == NULL)
+        return NULL;
+    Py_DECREF(moved);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(key);
+    return NULL;
+key_fallback:
+    Py_DECREF(key);
+    if (PyErr_Occurred())
+        return NULL;
+fallback:
+    return PyObject_CallOneArg(a->fallback, packet);
+}
+
+static PyMethodDef add_def = {"add", (PyCFunction)add, METH_O,
+                              "add(packet): FlowCache.add, compiled for the common packet"};
+
+/* Fills `offsets` with those of the writable object slots `names` of `type`; -1 if one is not. */
+static int find_slots(PyTypeObject *type, const char *const *names, int n, Py_ssize_t *offsets)
+{
+    for (int i = 0; i < n; i++) {
+        PyObject *descr = PyDict_GetItemString(type->tp_dict, names[i]);
+        PyMemberDef *member = (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                               && ((PyDescrObject *)descr)->d_type == type)
+                              ? ((PyMemberDescrObject *)descr)->d_member : NULL;
+        if (member == NULL || member->type != Py_T_OBJECT_EX || member->flags & Py_READONLY) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a __slots__ member", type->tp_name,
+                         names[i]);
+            return -1;
+        }
+        offsets[i] = member->offset;
+    }
+    return 0;
+}
+
+static PyObject *counter(PyObject *module, PyObject *args)
+{
+    PyTypeObject *flow_type, *direction_type;
+    PyObject *flag_increment, *fallback;
+    if (!PyArg_ParseTuple(args, "O!O!O!O:counter", &PyType_Type, &flow_type, &PyType_Type,
+                          &direction_type, &PyTuple_Type, &flag_increment, &fallback))
+        return NULL;
+    if (PyTuple_GET_SIZE(flag_increment) != FLAG_VALUES) {
+        PyErr_SetString(PyExc_ValueError, "flag_increment must hold 256 values");
+        return NULL;
+    }
+    Binding *b = PyObject_New(Binding, &BindingType);
+    if (b == NULL)
+        return NULL;
+    b->flow_type = (PyTypeObject *)Py_NewRef(flow_type);
+    b->direction_type = (PyTypeObject *)Py_NewRef(direction_type);
+    b->flag_increment = Py_NewRef(flag_increment);
+    b->fallback = Py_NewRef(fallback);
+    PyObject *function = NULL;
+    if (find_slots(flow_type, FLOW_SLOT_NAMES, FLOW_SLOTS, b->flow) == 0
+        && find_slots(direction_type, DIRECTION_SLOT_NAMES, DIRECTION_SLOTS, b->direction) == 0)
+        function = PyCFunction_NewEx(&count_def, (PyObject *)b, module);
+    Py_DECREF(b);
+    return function;
+}
+
+static PyObject *adder(PyObject *module, PyObject *args)
+{
+    PyObject *cache, *count, *fallback;
+    if (!PyArg_ParseTuple(args, "OOO:adder", &cache, &count, &fallback))
+        return NULL;
+    if (!PyCFunction_Check(count) || ((PyCFunctionObject *)count)->m_ml != &count_def) {
+        PyErr_SetString(PyExc_TypeError, "count must be a compiled count (counter())");
+        return NULL;
+    }
+    Adder *a = PyObject_New(Adder, &AdderType);
+    if (a == NULL)
+        return NULL;
+    a->cache = Py_NewRef(cache);
+    a->count = Py_NewRef(count);
+    a->fallback = Py_NewRef(fallback);
+    a->binding = (Binding *)PyCFunction_GET_SELF(count);
+    PyObject *function = NULL;
+    if (find_slots(Py_TYPE(cache), CACHE_SLOT_NAMES, CACHE_SLOTS, a->slot) == 0)
+        function = PyCFunction_NewEx(&add_def, (PyObject *)a, module);
+    Py_DECREF(a);
+    return function;
+}
+
+static PyMethodDef methods[] = {
+    {"counter", counter, METH_VARARGS,
+     "counter(Flow, Direction, FLAG_INCREMENT, fallback) -> count(flow, src_is_first, time_ms, "
+     "size, ttl, flags): cache.count compiled for these classes, fallback(...) past int64"},
+    {"adder", adder, METH_VARARGS,
+     "adder(cache, count, fallback) -> add(packet): cache's add compiled for the common packet "
+     "(count from counter()), fallback(packet) for the others"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "pyprobe._fastcache",
+    .m_doc = "The compiled per-packet path of cache.FlowCache.", .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__fastcache(void)
+{
+    if (PyType_Ready(&BindingType) < 0 || PyType_Ready(&AdderType) < 0)
+        return NULL;
+    MOVE_TO_END = PyUnicode_InternFromString("move_to_end");
+    APPEND = PyUnicode_InternFromString("append");
+    if (MOVE_TO_END == NULL || APPEND == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}
