@@ -47,6 +47,7 @@ static const char *const CACHE_SLOT_NAMES[CACHE_SLOTS] = {
 /* flow.Packet's fields, as add reads them. */
 enum { P_TIME, P_SRC, P_DST, P_SRC_PORT, P_DST_PORT, P_PROTOCOL, P_VLAN, P_SIZE, P_TTL, P_TOS,
        P_FLAGS, P_ICMP_TYPE_CODE, P_TUNNEL_ID, PACKET_FIELDS = 15 };
+#define KEY_TAIL 7  /* cache.KEY_TAIL: ports, protocol, VLAN id */
 enum { TH_FIN = 0x01, TH_RST = 0x04, CLOSE_FLAGS = TH_FIN | TH_RST };  /* as in flow.py, cache.py */
 
 #define SLOT(object, offset) (*(PyObject **)((char *)(object) + (offset)))
@@ -255,23 +256,46 @@ static PyTypeObject AdderType = {
 
 static PyObject *MOVE_TO_END, *APPEND;  /* method names, interned */
 
-/* The flow key of `p` (as FlowCache.add orders it) in `*key`, and whether the source is its
- * first address: 1 or 0, or -1 when the packet's values are not the usual types. */
+/* Writes `value` big-endian in `size` octets at `at`. */
+static inline void put_be(char *at, long long value, int size)
+{
+    for (int i = size - 1; i >= 0; i--, value >>= 8)
+        at[i] = (char)value;
+}
+
+/* The flow key of `p` in `*key`, as cache.flow_key makes it, and whether the source is its first
+ * address: 1 or 0, or -1 when the packet's values are not the usual types or ranges. */
 static int flow_key(PyObject *const *p, PyObject **key)
 {
     PyObject *src = p[P_SRC], *dst = p[P_DST];
-    long long src_port, dst_port;
+    long long src_port, dst_port, protocol, vlan_id;
     if (!PyBytes_CheckExact(src) || !PyBytes_CheckExact(dst)
-        || !int64_of(p[P_SRC_PORT], &src_port) || !int64_of(p[P_DST_PORT], &dst_port))
+        || !int64_of(p[P_SRC_PORT], &src_port) || !int64_of(p[P_DST_PORT], &dst_port)
+        || !int64_of(p[P_PROTOCOL], &protocol) || !int64_of(p[P_VLAN], &vlan_id)
+        || (unsigned long long)src_port > 0xFFFF || (unsigned long long)dst_port > 0xFFFF
+        || (unsigned long long)protocol > 0xFF || (unsigned long long)vlan_id > 0xFFFF)
         return -1;
     Py_ssize_t src_size = PyBytes_GET_SIZE(src), dst_size = PyBytes_GET_SIZE(dst);
     int order = memcmp(PyBytes_AS_STRING(src), PyBytes_AS_STRING(dst), Py_MIN(src_size, dst_size));
     if (order == 0)
         order = (src_size > dst_size) - (src_size < dst_size);
     int src_is_first = order < 0 || (order == 0 && src_port <= dst_port);
-    *key = src_is_first
-           ? PyTuple_Pack(6, src, dst, p[P_SRC_PORT], p[P_DST_PORT], p[P_PROTOCOL], p[P_VLAN])
-           : PyTuple_Pack(6, dst, src, p[P_DST_PORT], p[P_SRC_PORT], p[P_PROTOCOL], p[P_VLAN]);
+    if (!src_is_first) {
+        PyObject *address = src;
+        long long port = src_port;
+        src = dst, src_size = dst_size, src_port = dst_port;
+        dst = address, dst_size = PyBytes_GET_SIZE(address), dst_port = port;
+    }
+    *key = PyBytes_FromStringAndSize(NULL, src_size + dst_size + KEY_TAIL);
+    if (*key != NULL) {
+        char *at = PyBytes_AS_STRING(*key);
+        memcpy(at, PyBytes_AS_STRING(src), src_size);
+        memcpy(at += src_size, PyBytes_AS_STRING(dst), dst_size);
+        put_be(at += dst_size, src_port, 2);
+        put_be(at + 2, dst_port, 2);
+        put_be(at + 4, protocol, 1);
+        put_be(at + 5, vlan_id, 2);
+    }
     return src_is_first;
 }
 

@@ -30,6 +30,7 @@ keeps both in Python.
 """
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Protocol
@@ -45,6 +46,9 @@ COMPILED = _fastcache is not None
 
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
 CLOSE_FLAGS = TH_FIN | TH_RST  # a packet with one of these may start the close linger
+KEY_TAIL = struct.Struct("!HHBH").pack
+"""The flow key after its two addresses (lower first): ports (in the same order), protocol,
+VLAN id. One bytes object hashes and compares faster than a tuple of six."""
 IDLE_TIMEOUT = EndReason.IDLE_TIMEOUT
 ACTIVE_TIMEOUT = EndReason.ACTIVE_TIMEOUT
 END_OF_FLOW = EndReason.END_OF_FLOW
@@ -129,7 +133,7 @@ class FlowCache:
         self.started_ms = 0  # the first packet's time
         self.expired: list[Flow] = []
         self.flows_created = 0
-        self._flows: OrderedDict[tuple, Flow] = OrderedDict()
+        self._flows: OrderedDict[bytes, Flow] = OrderedDict()
         self._closing: deque[Flow] = deque()  # in end_by_ms order: the linger is constant
         self._next_scan_ms = 0
         self.compiled = compiled and COMPILED
@@ -155,10 +159,10 @@ class FlowCache:
         else:
             time_ms = self.now_ms
         if src < dst or (src == dst and src_port <= dst_port):
-            key = (src, dst, src_port, dst_port, protocol, vlan_id)
+            key = src + dst + KEY_TAIL(src_port, dst_port, protocol, vlan_id)
             src_is_first = True
         else:
-            key = (dst, src, dst_port, src_port, protocol, vlan_id)
+            key = dst + src + KEY_TAIL(dst_port, src_port, protocol, vlan_id)
             src_is_first = False
         flows = self._flows
         flow = flows.get(key)

@@ -170,13 +170,13 @@ class Flow:
                  "last_seen_ms", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "end_by_ms",
                  "closing", "end_reason", "dpi", "classifier_state", "_udps")
 
-    def __init__(self, flow_id: int, key: tuple, src_is_first: bool, packet: Packet,
+    def __init__(self, flow_id: int, key: bytes, src_is_first: bool, packet: Packet,
                  time_ms: int, end_by_ms: int) -> None:
         (_, self.src_addr, self.dst_addr, self.src_port, self.dst_port, self.protocol,
          self.vlan_id, size, ttl, tos, tcp_flags, icmp_type_code, self.tunnel_id, _, _) = packet
         self.id = flow_id
         self.key = key
-        self.src_is_first = src_is_first  # the source is key[0]
+        self.src_is_first = src_is_first  # the source is the key's first address
         self.src2dst = Direction(time_ms, size, ttl, tos, tcp_flags, icmp_type_code, self.tunnel_id)
         self.dst2src: Direction | None = None
         self.first_seen_ms = self.last_seen_ms = time_ms
