@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import grp
 import os
 import pwd
@@ -312,7 +313,8 @@ def _worker_count(capture: CaptureConfig) -> int:
 _SECTION_TYPES = {"": SensorConfig, "collectors": CollectorConfig, **SECTIONS}
 
 
-def flags() -> list[tuple[str, str, dataclasses.Field, Any]]:
+@functools.cache
+def flags() -> tuple[tuple[str, str, dataclasses.Field, Any], ...]:
     """(flag, dotted key, field, type) of every setting that has a command-line flag."""
     out = []
     for section, cls in _SECTION_TYPES.items():
@@ -323,7 +325,7 @@ def flags() -> list[tuple[str, str, dataclasses.Field, Any]]:
                 continue
             out.append(("--" + (flag or spec.name).replace("_", "-"),
                         _join(section, spec.name), spec, hints[spec.name]))
-    return out
+    return tuple(out)
 
 
 def _collector_argument(text: str) -> dict[str, Any]:
