@@ -22,7 +22,7 @@ apt:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py pyprobe/_fastdecode.c pyprobe/_fastcache.c
+$(VENV)/.installed: pyproject.toml setup.py pyprobe/_frame.h pyprobe/_fastdecode.c pyprobe/_fastcache.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

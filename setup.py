@@ -3,5 +3,6 @@
 from setuptools import Extension, setup
 
 # optional: without a compiler pyprobe still installs, and decodes and counts in pure Python.
-setup(ext_modules=[Extension(f"pyprobe.{name}", [f"pyprobe/{name}.c"], optional=True)
+setup(ext_modules=[Extension(f"pyprobe.{name}", [f"pyprobe/{name}.c"],
+                             depends=["pyprobe/_frame.h"], optional=True)
                    for name in ("_fastdecode", "_fastcache")])

@@ -13,8 +13,7 @@
  * due scan or deadline, a value beyond int64) go to FlowCache.add, the reference.
  * tests/test_fastcache.py holds both paths to the same flows.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_frame.h"
 #if PY_VERSION_HEX < 0x030C0000
 #include <structmember.h>
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -47,6 +46,13 @@ static const char *const CACHE_SLOT_NAMES[CACHE_SLOTS] = {
 /* flow.Packet's fields, as add reads them. */
 enum { P_TIME, P_SRC, P_DST, P_SRC_PORT, P_DST_PORT, P_PROTOCOL, P_VLAN, P_SIZE, P_TTL, P_TOS,
        P_FLAGS, P_ICMP_TYPE_CODE, P_TUNNEL_ID, PACKET_FIELDS = 15 };
+/* What add reads of a packet: from a Packet, or straight from a frame. */
+typedef struct {
+    long long time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id;
+    long long src_port, dst_port, protocol, vlan_id;
+    const char *src, *dst;
+    Py_ssize_t src_size, dst_size;
+} Seen;
 #define KEY_TAIL 7  /* cache.KEY_TAIL: ports, protocol, VLAN id */
 enum { TH_FIN = 0x01, TH_RST = 0x04, CLOSE_FLAGS = TH_FIN | TH_RST };  /* as in flow.py, cache.py */
 
@@ -263,38 +269,30 @@ static inline void put_be(char *at, long long value, int size)
         at[i] = (char)value;
 }
 
-/* The flow key of `p` in `*key`, as cache.flow_key makes it, and whether the source is its first
- * address: 1 or 0, or -1 when the packet's values are not the usual types or ranges. */
-static int flow_key(PyObject *const *p, PyObject **key)
+/* The flow key of `s` in `*key` (cache.KEY_TAIL's layout), and whether the source is its first
+ * address. */
+static int flow_key(const Seen *s, PyObject **key)
 {
-    PyObject *src = p[P_SRC], *dst = p[P_DST];
-    long long src_port, dst_port, protocol, vlan_id;
-    if (!PyBytes_CheckExact(src) || !PyBytes_CheckExact(dst)
-        || !int64_of(p[P_SRC_PORT], &src_port) || !int64_of(p[P_DST_PORT], &dst_port)
-        || !int64_of(p[P_PROTOCOL], &protocol) || !int64_of(p[P_VLAN], &vlan_id)
-        || (unsigned long long)src_port > 0xFFFF || (unsigned long long)dst_port > 0xFFFF
-        || (unsigned long long)protocol > 0xFF || (unsigned long long)vlan_id > 0xFFFF)
-        return -1;
-    Py_ssize_t src_size = PyBytes_GET_SIZE(src), dst_size = PyBytes_GET_SIZE(dst);
-    int order = memcmp(PyBytes_AS_STRING(src), PyBytes_AS_STRING(dst), Py_MIN(src_size, dst_size));
+    int order = memcmp(s->src, s->dst, Py_MIN(s->src_size, s->dst_size));
     if (order == 0)
-        order = (src_size > dst_size) - (src_size < dst_size);
-    int src_is_first = order < 0 || (order == 0 && src_port <= dst_port);
+        order = (s->src_size > s->dst_size) - (s->src_size < s->dst_size);
+    int src_is_first = order < 0 || (order == 0 && s->src_port <= s->dst_port);
+    const char *low = s->src, *high = s->dst;
+    Py_ssize_t low_size = s->src_size, high_size = s->dst_size;
+    long long low_port = s->src_port, high_port = s->dst_port;
     if (!src_is_first) {
-        PyObject *address = src;
-        long long port = src_port;
-        src = dst, src_size = dst_size, src_port = dst_port;
-        dst = address, dst_size = PyBytes_GET_SIZE(address), dst_port = port;
+        low = s->dst, low_size = s->dst_size, low_port = s->dst_port;
+        high = s->src, high_size = s->src_size, high_port = s->src_port;
     }
-    *key = PyBytes_FromStringAndSize(NULL, src_size + dst_size + KEY_TAIL);
+    *key = PyBytes_FromStringAndSize(NULL, low_size + high_size + KEY_TAIL);
     if (*key != NULL) {
         char *at = PyBytes_AS_STRING(*key);
-        memcpy(at, PyBytes_AS_STRING(src), src_size);
-        memcpy(at += src_size, PyBytes_AS_STRING(dst), dst_size);
-        put_be(at += dst_size, src_port, 2);
-        put_be(at + 2, dst_port, 2);
-        put_be(at + 4, protocol, 1);
-        put_be(at + 5, vlan_id, 2);
+        memcpy(at, low, low_size);
+        memcpy(at += low_size, high, high_size);
+        put_be(at += high_size, low_port, 2);
+        put_be(at + 2, high_port, 2);
+        put_be(at + 4, s->protocol, 1);
+        put_be(at + 5, s->vlan_id, 2);
     }
     return src_is_first;
 }
@@ -330,100 +328,182 @@ static int start_close(PyObject *flow, const Binding *b, PyObject *closing, long
     return appended == NULL ? -1 : 0;
 }
 
-/* add(packet): FlowCache.add, in C for the common packet (see the top), else cache.add's. */
-static PyObject *add(PyObject *self, PyObject *packet)
+/* The first reply's Direction, made as FlowCache.add makes it. */
+static PyObject *first_reply(const Binding *b, const Seen *s, long long time_ms)
 {
-    Adder *a = (Adder *)self;
+    long long values[] = {time_ms, s->size, s->ttl, s->tos, s->flags, s->icmp_type_code,
+                          s->tunnel_id};
+    PyObject *args[7], *reply = NULL;
+    int made = 0;
+    while (made < 7 && (args[made] = PyLong_FromLongLong(values[made])) != NULL)
+        made++;
+    if (made == 7)
+        reply = PyObject_Vectorcall((PyObject *)b->direction_type, args, 7, NULL);
+    while (made)
+        Py_DECREF(args[--made]);
+    return reply;
+}
+
+/* Meters `s` as FlowCache.add would, if it is the common packet (see the top): 1 when metered,
+ * 0 with nothing written when it is for FlowCache.add, -1 with an exception. */
+static int meter(const Adder *a, const Seen *s)
+{
     const Binding *b = a->binding;
     PyObject *cache = a->cache;
-    if (!PyTuple_Check(packet) || PyTuple_GET_SIZE(packet) != PACKET_FIELDS)
-        goto fallback;
-    PyObject *const *p = &PyTuple_GET_ITEM(packet, 0);
-    long long now, next_scan, idle_timeout, counted[4];  /* counted: time_ms, size, ttl, flags */
-    if (!int64_of(p[P_TIME], &counted[0]) || !int64_of(p[P_SIZE], &counted[1])
-        || !int64_of(p[P_TTL], &counted[2]) || !int64_of(p[P_FLAGS], &counted[3])
-        || !int64_of(SLOT(cache, a->slot[C_NOW]), &now)
+    long long now, next_scan, idle_timeout, counted[4] = {s->time_ms, s->size, s->ttl, s->flags};
+    if (!int64_of(SLOT(cache, a->slot[C_NOW]), &now)
         || !int64_of(SLOT(cache, a->slot[C_NEXT_SCAN]), &next_scan)
         || !int64_of(SLOT(cache, a->slot[C_IDLE_TIMEOUT]), &idle_timeout))
-        goto fallback;
+        return 0;
     int clock_moves = counted[0] > now;
     if (!clock_moves)
         counted[0] = now;  /* a packet stamped before the clock is metered at the clock */
     else if (counted[0] >= next_scan)
-        goto fallback;  /* the scan for idle and closed flows is due */
+        return 0;  /* the scan for idle and closed flows is due */
     PyObject *flows = SLOT(cache, a->slot[C_FLOWS]), *plugins = SLOT(cache, a->slot[C_PLUGINS]);
     if (flows == NULL || !PyDict_Check(flows) || plugins == NULL || !PyTuple_CheckExact(plugins)
         || PyTuple_GET_SIZE(plugins))
-        goto fallback;
+        return 0;
     PyObject *key;
-    int src_is_first = flow_key(p, &key);
-    if (src_is_first < 0)
-        goto fallback;
+    int src_is_first = flow_key(s, &key), done = -1;
     if (key == NULL)
-        return NULL;
+        return -1;
     PyObject *flow = PyDict_GetItemWithError(flows, key);  /* borrowed: the cache holds it */
-    long long last_seen, end_by;
+    long long last_seen, end_by, linger, end_of_linger;
     if (flow == NULL || !Py_IS_TYPE(flow, b->flow_type)
         || !int64_of(SLOT(flow, b->flow[F_LAST_SEEN]), &last_seen)
         || !int64_of(SLOT(flow, b->flow[F_END_BY]), &end_by)
         || counted[0] - last_seen >= idle_timeout || counted[0] >= end_by
         || SLOT(flow, b->flow[F_CLASSIFIER_STATE]) != Py_None)
-        goto key_fallback;
+        goto not_metered;
     PyObject *first = SLOT(flow, b->flow[F_SRC_IS_FIRST]);
     if (first != Py_True && first != Py_False)
-        goto key_fallback;
-    int from_source = src_is_first == (first == Py_True);
+        goto not_metered;
+    int from_source = src_is_first == (first == Py_True), closes = 0;
     PyObject *direction = SLOT(flow, b->flow[from_source ? F_SRC2DST : F_DST2SRC]);
-    long long linger, end_of_linger;
-    int closes = 0;
-    if (counted[3] & CLOSE_FLAGS && SLOT(flow, b->flow[F_CLOSING]) != Py_True) {
-        closes = starts_close(b, flow, from_source, counted[3]);
+    if (direction == NULL)
+        goto not_metered;
+    if (s->flags & CLOSE_FLAGS && SLOT(flow, b->flow[F_CLOSING]) != Py_True) {
+        closes = starts_close(b, flow, from_source, s->flags);
         if (closes < 0 || (closes && (!int64_of(SLOT(cache, a->slot[C_CLOSE_LINGER]), &linger)
                                       || __builtin_add_overflow(counted[0], linger, &end_of_linger)
                                       || SLOT(cache, a->slot[C_CLOSING]) == NULL)))
-            goto key_fallback;
+            goto not_metered;
     }
-    if (direction == NULL)
-        goto key_fallback;
     switch (update(b, flow, direction, counted)) {
     case -1:
-        goto error;
+        goto end;
     case 0:
-        goto key_fallback;
+        goto not_metered;
     }
-    PyObject *time_ms = clock_moves ? p[P_TIME] : SLOT(cache, a->slot[C_NOW]);
     if (direction == Py_None) {  /* the first reply */
-        PyObject *args[] = {time_ms, p[P_SIZE], p[P_TTL], p[P_TOS], p[P_FLAGS],
-                            p[P_ICMP_TYPE_CODE], p[P_TUNNEL_ID]};
-        PyObject *reply = PyObject_Vectorcall((PyObject *)b->direction_type, args, 7, NULL);
+        PyObject *reply = first_reply(b, s, counted[0]);
         if (reply == NULL)
-            goto error;
+            goto end;
         Py_XSETREF(SLOT(flow, b->flow[F_DST2SRC]), reply);
     }
     if (closes && start_close(flow, b, SLOT(cache, a->slot[C_CLOSING]), end_of_linger) < 0)
-        goto error;
-    if (clock_moves)
-        Py_SETREF(SLOT(cache, a->slot[C_NOW]), Py_NewRef(time_ms));
+        goto end;
+    if (clock_moves) {
+        PyObject *clock = PyLong_FromLongLong(counted[0]);
+        if (clock == NULL)
+            goto end;
+        Py_SETREF(SLOT(cache, a->slot[C_NOW]), clock);
+    }
     PyObject *args[] = {flows, key};
     PyObject *moved = PyObject_VectorcallMethod(MOVE_TO_END, args, 2, NULL);
+    Py_XDECREF(moved);
+    done = moved == NULL ? -1 : 1;
+    goto end;
+not_metered:
+    done = PyErr_Occurred() ? -1 : 0;
+end:
     Py_DECREF(key);
-    if (moved == NULL)
+    return done;
+}
+
+/* The Seen of a Packet; 0 when a value is not of the usual type or range. */
+static int seen_of_packet(PyObject *packet, Seen *s)
+{
+    if (!PyTuple_Check(packet) || PyTuple_GET_SIZE(packet) != PACKET_FIELDS)
+        return 0;
+    PyObject *const *p = &PyTuple_GET_ITEM(packet, 0), *src = p[P_SRC], *dst = p[P_DST];
+    if (!PyBytes_CheckExact(src) || !PyBytes_CheckExact(dst)
+        || !int64_of(p[P_TIME], &s->time_ms) || !int64_of(p[P_SIZE], &s->size)
+        || !int64_of(p[P_TTL], &s->ttl) || !int64_of(p[P_TOS], &s->tos)
+        || !int64_of(p[P_FLAGS], &s->flags) || !int64_of(p[P_ICMP_TYPE_CODE], &s->icmp_type_code)
+        || !int64_of(p[P_TUNNEL_ID], &s->tunnel_id) || !int64_of(p[P_SRC_PORT], &s->src_port)
+        || !int64_of(p[P_DST_PORT], &s->dst_port) || !int64_of(p[P_PROTOCOL], &s->protocol)
+        || !int64_of(p[P_VLAN], &s->vlan_id)
+        || (unsigned long long)s->src_port > 0xFFFF || (unsigned long long)s->dst_port > 0xFFFF
+        || (unsigned long long)s->protocol > 0xFF || (unsigned long long)s->vlan_id > 0xFFFF)
+        return 0;
+    s->src = PyBytes_AS_STRING(src), s->src_size = PyBytes_GET_SIZE(src);
+    s->dst = PyBytes_AS_STRING(dst), s->dst_size = PyBytes_GET_SIZE(dst);
+    return 1;
+}
+
+/* add(packet): FlowCache.add, in C for the common packet (see the top), else cache.add's. */
+static PyObject *add(PyObject *self, PyObject *packet)
+{
+    Adder *a = (Adder *)self;
+    Seen s;
+    switch (seen_of_packet(packet, &s) ? meter(a, &s) : 0) {
+    case -1:
         return NULL;
-    Py_DECREF(moved);
-    Py_RETURN_NONE;
-error:
-    Py_DECREF(key);
-    return NULL;
-key_fallback:
-    Py_DECREF(key);
-    if (PyErr_Occurred())
-        return NULL;
-fallback:
+    case 1:
+        Py_RETURN_NONE;
+    }
     return PyObject_CallOneArg(a->fallback, packet);
 }
 
 static PyMethodDef add_def = {"add", (PyCFunction)add, METH_O,
                               "add(packet): FlowCache.add, compiled for the common packet"};
+
+/* meter(time_ms, frame): the frame decoded and its packet added, as decode then add do; the
+ * common Ethernet frame (_frame.h) is metered without a Packet. `self` is the (add, decode)
+ * pair frame_meter() bound. */
+static PyObject *meter_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "meter() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *adder = PyCFunction_GET_SELF(PyTuple_GET_ITEM(self, 0)), *frame = args[1];
+    Seen s;
+    Fields f = {0};
+    int parsed = 0;
+    if (PyBytes_CheckExact(frame) && int64_of(args[0], &s.time_ms)) {
+        f.frame = (const unsigned char *)PyBytes_AS_STRING(frame);
+        f.length = PyBytes_GET_SIZE(frame);
+        parsed = ethernet(&f);
+    }
+    if (parsed) {
+        s.size = f.size, s.ttl = f.ttl, s.tos = f.tos, s.flags = f.tcp_flags;
+        s.icmp_type_code = f.icmp_type_code, s.tunnel_id = 0;
+        s.src_port = f.src_port, s.dst_port = f.dst_port, s.protocol = f.protocol;
+        s.vlan_id = f.vlan_id;
+        s.src = (const char *)f.src, s.dst = (const char *)f.dst;
+        s.src_size = s.dst_size = f.address_size;
+        switch (meter((Adder *)adder, &s)) {
+        case -1:
+            return NULL;
+        case 1:
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *packet = PyObject_Vectorcall(PyTuple_GET_ITEM(self, 1), args, 2, NULL);
+    if (packet == NULL || packet == Py_None)
+        return packet;
+    PyObject *added = parsed ? PyObject_CallOneArg(((Adder *)adder)->fallback, packet)
+                             : add(adder, packet);
+    Py_DECREF(packet);
+    return added;
+}
+
+static PyMethodDef meter_def = {
+    "meter", (PyCFunction)(void (*)(void))meter_frame, METH_FASTCALL,
+    "meter(time_ms, frame): decode(time_ms, frame), then add the packet if there is one"};
 
 /* Fills `offsets` with those of the writable object slots `names` of `type`; -1 if one is not. */
 static int find_slots(PyTypeObject *type, const char *const *names, int n, Py_ssize_t *offsets)
@@ -492,6 +572,24 @@ static PyObject *adder(PyObject *module, PyObject *args)
     return function;
 }
 
+static PyObject *frame_meter(PyObject *module, PyObject *args)
+{
+    PyObject *add_function, *decode;
+    if (!PyArg_ParseTuple(args, "OO:frame_meter", &add_function, &decode))
+        return NULL;
+    if (!PyCFunction_Check(add_function)
+        || ((PyCFunctionObject *)add_function)->m_ml != &add_def) {
+        PyErr_SetString(PyExc_TypeError, "add must be a compiled add (adder())");
+        return NULL;
+    }
+    PyObject *bound = PyTuple_Pack(2, add_function, decode);
+    if (bound == NULL)
+        return NULL;
+    PyObject *function = PyCFunction_NewEx(&meter_def, bound, module);
+    Py_DECREF(bound);
+    return function;
+}
+
 static PyMethodDef methods[] = {
     {"counter", counter, METH_VARARGS,
      "counter(Flow, Direction, FLAG_INCREMENT, fallback) -> count(flow, src_is_first, time_ms, "
@@ -499,6 +597,9 @@ static PyMethodDef methods[] = {
     {"adder", adder, METH_VARARGS,
      "adder(cache, count, fallback) -> add(packet): cache's add compiled for the common packet "
      "(count from counter()), fallback(packet) for the others"},
+    {"frame_meter", frame_meter, METH_VARARGS,
+     "frame_meter(add, decode) -> meter(time_ms, frame): decode then add (add from adder(); "
+     "decode a compiled Ethernet decoder's), the common Ethernet frame parsed here"},
     {NULL, NULL, 0, NULL},
 };
 

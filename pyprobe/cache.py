@@ -16,9 +16,10 @@ Expired flows are appended to `expired`, which the caller empties or replaces.
 
 A classifier (nDPI) sees a flow's packets only while its `classifier_state` is set; plugins see
 every packet. `add` and `count` are the reference. Where `_fastcache.c` was built at install,
-`count` has a compiled form, and so has `add` for most packets (`adder()`): a later packet that
-ends nothing, of a flow no classifier inspects, in a cache without plugins. `compiled=False`
-keeps both in Python.
+`count` has a compiled form, and so has `add` for most packets (`adder()`): a later packet of a
+live flow that no deadline ends, while no classifier inspects the flow, in a cache without
+plugins; `frame_meter()` also parses such a packet's Ethernet frame in C, with no Packet made.
+`compiled=False` keeps them all in Python.
 
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)
@@ -33,9 +34,12 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .flow import FLAG_INCREMENT, TH_FIN, TH_RST, Direction, EndReason, Flow, Packet
+
+if TYPE_CHECKING:
+    from .decode import Decoder
 
 try:
     from . import _fastcache
@@ -146,6 +150,19 @@ class FlowCache:
     def adder(self) -> Callable[[Packet], None]:
         """`add` for hot loops: compiled for the common packet when it is built, else `add`."""
         return _fastcache.adder(self, compiled_count, self.add) if self.compiled else self.add
+
+    def frame_meter(self, decoder: Decoder) -> Callable[[int, bytes], None]:
+        """meter(time_ms, frame): `decoder.decode`, then `add` the packet if there is one. With
+        both compiled, the common Ethernet frame is metered in C without making its Packet."""
+        add, decode = self.adder(), decoder.decode
+        if self.compiled and decoder.compiled:
+            return _fastcache.frame_meter(add, decode)
+
+        def meter(time_ms: int, frame: bytes) -> None:
+            packet = decode(time_ms, frame)
+            if packet is not None:
+                add(packet)
+        return meter
 
     def add(self, packet: Packet) -> None:
         """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""

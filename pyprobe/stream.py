@@ -123,8 +123,9 @@ class FlowStream:
         self.cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
-        decode, add = decoder.decode, cache.adder()
-        progress, read, tick_ms = self.progress, 0, 0
+        meter = cache.frame_meter(decoder)
+        progress, read = self.progress, 0
+        tick_ms = 1  # the clock is 0 until the first packet: no batch before it
         try:
             for ts_ns, frame in capture:
                 if frame is None:  # a live capture's tick: the timers run on its time
@@ -133,12 +134,10 @@ class FlowStream:
                     yield self._hand_out(cache, stats)
                     continue
                 read += 1
-                packet = decode(ts_ns // 1_000_000, frame)
-                if packet is not None:
-                    add(packet)
-                    if cache.expired or cache.now_ms >= tick_ms:
-                        tick_ms = cache.now_ms + TICK_MS
-                        yield self._hand_out(cache, stats)
+                meter(ts_ns // 1_000_000, frame)
+                if cache.expired or cache.now_ms >= tick_ms:
+                    tick_ms = cache.now_ms + TICK_MS
+                    yield self._hand_out(cache, stats)
                 if progress is not None and not read % PROGRESS_EVERY:
                     self._update_stats(stats, read, decoder, started)
                     progress(stats)

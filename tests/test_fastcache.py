@@ -1,8 +1,9 @@
 """The compiled per-packet path (_fastcache.c) against its Python reference, cache.count and add.
 
-Every shared capture and a gen_synth capture are metered by two caches, compiled and pure
-Python, which must end the same flows with every counter equal; hand-made packets pin the edges
-(sizes, TTLs, every flag value, int64 overflow, which hands the packet to the reference).
+Every shared capture and a gen_synth capture are metered three ways — frames through the compiled
+frame meter, packets through the compiled add and through pure Python — which must end the same
+flows with every counter equal; hand-made packets pin the edges (sizes, TTLs, every flag value,
+int64 overflow, which hands the packet to the reference, replies, FIN and RST).
 """
 from __future__ import annotations
 
@@ -39,22 +40,27 @@ def state(flow: Flow) -> tuple:
 
 
 def meter_both(path: Path) -> list[Flow]:
-    """The flows of a capture metered by a compiled and a pure-Python cache, found equal."""
+    """The flows of a capture metered three ways, found equal: frames through the compiled frame
+    meter, and decoded packets through a compiled and a pure-Python cache."""
     source = PcapSource(str(path))
-    decode = Decoder(source.linktype).decode
-    caches = FlowCache(), FlowCache(compiled=False)
-    adds = [cache.adder() for cache in caches]
+    decoders = Decoder(source.linktype), Decoder(source.linktype, compiled=False)
+    caches = FlowCache(), FlowCache(), FlowCache(compiled=False)
+    meter = caches[0].frame_meter(decoders[0])
+    decode, adds = decoders[1].decode, [cache.adder() for cache in caches[1:]]
     for ts_ns, frame in source:
+        meter(ts_ns // 1_000_000, frame)
         packet = decode(ts_ns // 1_000_000, frame)
         if packet is not None:
             for add in adds:
                 add(packet)
     source.close()
+    assert (decoders[0].skipped, decoders[0].skipped_octets) == (decoders[1].skipped,
+                                                                 decoders[1].skipped_octets)
     for cache in caches:
         cache.drain()
-    compiled, python = (cache.expired for cache in caches)
-    assert [state(flow) for flow in compiled] == [state(flow) for flow in python]
-    return compiled
+    states = [[state(flow) for flow in cache.expired] for cache in caches]
+    assert states[0] == states[2] and states[1] == states[2]
+    return caches[0].expired
 
 
 def test_compiled_count_is_built() -> None:
@@ -73,7 +79,7 @@ def test_compiled_equals_python_on_captures(path: Path) -> None:
 
 @needs_compiled
 def test_bench_capture_totals() -> None:
-    """The bench capture's flows have the same counters both ways, and these totals."""
+    """The bench capture's flows have the same counters all three ways, and these totals."""
     flows = meter_both(require(BENCH_PCAP))
     assert (len(flows), sum(f.dst2src is not None for f in flows),
             sum(f.bidirectional_packets for f in flows), sum(f.bidirectional_bytes for f in flows),
@@ -83,7 +89,7 @@ def test_bench_capture_totals() -> None:
 
 @needs_compiled
 def test_compiled_equals_python_on_synthetic_capture(tmp_path: Path) -> None:
-    """A gen_synth capture (TCP and UDP, both directions) is metered the same both ways."""
+    """A gen_synth capture (TCP and UDP, both directions) is metered the same all three ways."""
     path = tmp_path / "synth.pcap"
     subprocess.run([sys.executable, str(require(GEN_SYNTH)), "--packets", "3000", "--flows",
                     "300", str(path)], check=True, stdout=subprocess.DEVNULL)
@@ -335,6 +341,19 @@ def test_compiled_add_leaves_classified_flows_and_plugins_to_the_reference() -> 
 def test_adder_takes_only_a_compiled_count() -> None:
     with pytest.raises(TypeError, match="compiled count"):
         cache_module._fastcache.adder(FlowCache(), count, FlowCache.add)
+    with pytest.raises(TypeError, match="compiled add"):
+        cache_module._fastcache.frame_meter(FlowCache().add, Decoder(1).decode)
+
+
+def test_frame_meter_is_compiled_only_with_both_paths() -> None:
+    """The compiled frame meter needs the compiled add and the compiled Ethernet decoder."""
+    def is_compiled(cache: FlowCache, decoder: Decoder) -> bool:
+        return type(cache.frame_meter(decoder)).__name__ == "builtin_function_or_method"
+
+    assert [is_compiled(FlowCache(compiled=c), Decoder(linktype, compiled=d))
+            for c, d, linktype in ((True, True, 1), (False, True, 1), (True, False, 1),
+                                   (True, True, 113))] == [cache_module.COMPILED, False, False,
+                                                           False]
 
 
 @needs_compiled
