@@ -8,10 +8,10 @@
  * wraps.
  *
  * add meters the packets most are: later packets of a live flow (first replies and FIN or RST
- * included), that no deadline ends, while no classifier inspects the flow and the cache has no
- * plugins. It checks all of that before it writes anything; the other packets (a new flow, a
- * due scan or deadline, a value beyond int64) go to FlowCache.add, the reference.
- * tests/test_fastcache.py holds both paths to the same flows.
+ * included) that no deadline ends, then hands them to FlowCache._update when a classifier
+ * inspects the flow or the cache has plugins. It checks all of that before it writes anything;
+ * the other packets (a new flow, a due scan or deadline, a value beyond int64) go to
+ * FlowCache.add, the reference. tests/test_fastcache.py holds both paths to the same flows.
  */
 #include "_frame.h"
 #if PY_VERSION_HEX < 0x030C0000
@@ -240,7 +240,7 @@ static PyMethodDef count_def = {
 /* What adder() bound: a cache, its slot offsets, the compiled count's Binding and cache.add. */
 typedef struct {
     PyObject_HEAD
-    PyObject *cache, *count, *fallback;
+    PyObject *cache, *count, *fallback, *update;
     Binding *binding;  /* count's */
     Py_ssize_t slot[CACHE_SLOTS];
 } Adder;
@@ -250,6 +250,7 @@ static void adder_dealloc(Adder *self)
     Py_XDECREF(self->cache);
     Py_XDECREF(self->count);
     Py_XDECREF(self->fallback);
+    Py_XDECREF(self->update);
     PyObject_Free(self);
 }
 
@@ -345,8 +346,9 @@ static PyObject *first_reply(const Binding *b, const Seen *s, long long time_ms)
 }
 
 /* Meters `s` as FlowCache.add would, if it is the common packet (see the top): 1 when metered,
- * 0 with nothing written when it is for FlowCache.add, -1 with an exception. */
-static int meter(const Adder *a, const Seen *s)
+ * 2 when metered and its flow (a new reference in `*inspected`) is for FlowCache._update, 0 with
+ * nothing written when the packet is for FlowCache.add, -1 with an exception. */
+static int meter(const Adder *a, const Seen *s, PyObject **inspected)
 {
     const Binding *b = a->binding;
     PyObject *cache = a->cache;
@@ -361,8 +363,7 @@ static int meter(const Adder *a, const Seen *s)
     else if (counted[0] >= next_scan)
         return 0;  /* the scan for idle and closed flows is due */
     PyObject *flows = SLOT(cache, a->slot[C_FLOWS]), *plugins = SLOT(cache, a->slot[C_PLUGINS]);
-    if (flows == NULL || !PyDict_Check(flows) || plugins == NULL || !PyTuple_CheckExact(plugins)
-        || PyTuple_GET_SIZE(plugins))
+    if (flows == NULL || !PyDict_Check(flows) || plugins == NULL || !PyTuple_CheckExact(plugins))
         return 0;
     PyObject *key;
     int src_is_first = flow_key(s, &key), done = -1;
@@ -374,7 +375,7 @@ static int meter(const Adder *a, const Seen *s)
         || !int64_of(SLOT(flow, b->flow[F_LAST_SEEN]), &last_seen)
         || !int64_of(SLOT(flow, b->flow[F_END_BY]), &end_by)
         || counted[0] - last_seen >= idle_timeout || counted[0] >= end_by
-        || SLOT(flow, b->flow[F_CLASSIFIER_STATE]) != Py_None)
+        || SLOT(flow, b->flow[F_CLASSIFIER_STATE]) == NULL)
         goto not_metered;
     PyObject *first = SLOT(flow, b->flow[F_SRC_IS_FIRST]);
     if (first != Py_True && first != Py_False)
@@ -414,6 +415,11 @@ static int meter(const Adder *a, const Seen *s)
     PyObject *moved = PyObject_VectorcallMethod(MOVE_TO_END, args, 2, NULL);
     Py_XDECREF(moved);
     done = moved == NULL ? -1 : 1;
+    if (done == 1 && (SLOT(flow, b->flow[F_CLASSIFIER_STATE]) != Py_None
+                      || PyTuple_GET_SIZE(plugins))) {
+        *inspected = Py_NewRef(flow);
+        done = 2;
+    }
     goto end;
 not_metered:
     done = PyErr_Occurred() ? -1 : 0;
@@ -443,16 +449,28 @@ static int seen_of_packet(PyObject *packet, Seen *s)
     return 1;
 }
 
+/* FlowCache._update(packet, flow) for a packet meter() metered; takes the flow's reference. */
+static PyObject *hand_on(const Adder *a, PyObject *packet, PyObject *flow)
+{
+    PyObject *updated = packet == NULL ? NULL
+                        : PyObject_CallFunctionObjArgs(a->update, packet, flow, NULL);
+    Py_DECREF(flow);
+    return updated;
+}
+
 /* add(packet): FlowCache.add, in C for the common packet (see the top), else cache.add's. */
 static PyObject *add(PyObject *self, PyObject *packet)
 {
     Adder *a = (Adder *)self;
+    PyObject *flow;
     Seen s;
-    switch (seen_of_packet(packet, &s) ? meter(a, &s) : 0) {
+    switch (seen_of_packet(packet, &s) ? meter(a, &s, &flow) : 0) {
     case -1:
         return NULL;
     case 1:
         Py_RETURN_NONE;
+    case 2:
+        return hand_on(a, packet, flow);
     }
     return PyObject_CallOneArg(a->fallback, packet);
 }
@@ -485,11 +503,18 @@ static PyObject *meter_frame(PyObject *self, PyObject *const *args, Py_ssize_t n
         s.vlan_id = f.vlan_id;
         s.src = (const char *)f.src, s.dst = (const char *)f.dst;
         s.src_size = s.dst_size = f.address_size;
-        switch (meter((Adder *)adder, &s)) {
+        PyObject *flow;
+        switch (meter((Adder *)adder, &s, &flow)) {
         case -1:
             return NULL;
         case 1:
             Py_RETURN_NONE;
+        case 2: {
+            PyObject *packet = PyObject_Vectorcall(PyTuple_GET_ITEM(self, 1), args, 2, NULL);
+            PyObject *updated = hand_on((Adder *)adder, packet, flow);
+            Py_XDECREF(packet);
+            return updated;
+        }
         }
     }
     PyObject *packet = PyObject_Vectorcall(PyTuple_GET_ITEM(self, 1), args, 2, NULL);
@@ -551,8 +576,8 @@ static PyObject *counter(PyObject *module, PyObject *args)
 
 static PyObject *adder(PyObject *module, PyObject *args)
 {
-    PyObject *cache, *count, *fallback;
-    if (!PyArg_ParseTuple(args, "OOO:adder", &cache, &count, &fallback))
+    PyObject *cache, *count, *fallback, *update_method;
+    if (!PyArg_ParseTuple(args, "OOOO:adder", &cache, &count, &fallback, &update_method))
         return NULL;
     if (!PyCFunction_Check(count) || ((PyCFunctionObject *)count)->m_ml != &count_def) {
         PyErr_SetString(PyExc_TypeError, "count must be a compiled count (counter())");
@@ -564,6 +589,7 @@ static PyObject *adder(PyObject *module, PyObject *args)
     a->cache = Py_NewRef(cache);
     a->count = Py_NewRef(count);
     a->fallback = Py_NewRef(fallback);
+    a->update = Py_NewRef(update_method);
     a->binding = (Binding *)PyCFunction_GET_SELF(count);
     PyObject *function = NULL;
     if (find_slots(Py_TYPE(cache), CACHE_SLOT_NAMES, CACHE_SLOTS, a->slot) == 0)
@@ -595,8 +621,9 @@ static PyMethodDef methods[] = {
      "counter(Flow, Direction, FLAG_INCREMENT, fallback) -> count(flow, src_is_first, time_ms, "
      "size, ttl, flags): cache.count compiled for these classes, fallback(...) past int64"},
     {"adder", adder, METH_VARARGS,
-     "adder(cache, count, fallback) -> add(packet): cache's add compiled for the common packet "
-     "(count from counter()), fallback(packet) for the others"},
+     "adder(cache, count, fallback, update) -> add(packet): cache's add compiled for the common "
+     "packet (count from counter()), then update(packet, flow) if the flow is inspected; "
+     "fallback(packet) for the others"},
     {"frame_meter", frame_meter, METH_VARARGS,
      "frame_meter(add, decode) -> meter(time_ms, frame): decode then add (add from adder(); "
      "decode a compiled Ethernet decoder's), the common Ethernet frame parsed here"},

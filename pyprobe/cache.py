@@ -17,9 +17,9 @@ Expired flows are appended to `expired`, which the caller empties or replaces.
 A classifier (nDPI) sees a flow's packets only while its `classifier_state` is set; plugins see
 every packet. `add` and `count` are the reference. Where `_fastcache.c` was built at install,
 `count` has a compiled form, and so has `add` for most packets (`adder()`): a later packet of a
-live flow that no deadline ends, while no classifier inspects the flow, in a cache without
-plugins; `frame_meter()` also parses such a packet's Ethernet frame in C, with no Packet made.
-`compiled=False` keeps them all in Python.
+live flow that no deadline ends is metered in C, then handed to the classifier and plugins, if
+any, as `add` does; `frame_meter()` also parses such a packet's Ethernet frame in C, making no
+Packet unless a classifier or plugin needs it. `compiled=False` keeps them all in Python.
 
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)
@@ -149,7 +149,8 @@ class FlowCache:
 
     def adder(self) -> Callable[[Packet], None]:
         """`add` for hot loops: compiled for the common packet when it is built, else `add`."""
-        return _fastcache.adder(self, compiled_count, self.add) if self.compiled else self.add
+        return (_fastcache.adder(self, compiled_count, self.add, self._update) if self.compiled
+                else self.add)
 
     def frame_meter(self, decoder: Decoder) -> Callable[[int, bytes], None]:
         """meter(time_ms, frame): `decoder.decode`, then `add` the packet if there is one. With

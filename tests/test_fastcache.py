@@ -20,6 +20,8 @@ from conftest import BENCH_PCAP, GEN_SYNTH, ndpi_captures, require
 from pyprobe import cache as cache_module
 from pyprobe.cache import FlowCache, count
 from pyprobe.capture import PcapSource
+from pyprobe.classify import NdpiClassifier
+from pyprobe.ndpi import NDPI
 from pyprobe.decode import Decoder
 from pyprobe.flow import FLAG_INCREMENT, Direction, Flow, Packet
 
@@ -85,6 +87,27 @@ def test_bench_capture_totals() -> None:
             sum(f.bidirectional_packets for f in flows), sum(f.bidirectional_bytes for f in flows),
             sorted(Counter(int(f.end_reason) for f in flows).items())) == (
         9_103, 3_259, 84_898, 26_122_336, [(1, 8_330), (2, 57), (3, 716)])
+
+
+@needs_compiled
+def test_compiled_equals_python_with_ndpi() -> None:
+    """With nDPI inspecting flows, the bench capture's flows and labels are the same both ways."""
+    source = PcapSource(str(require(BENCH_PCAP)))
+    decoders = Decoder(source.linktype), Decoder(source.linktype, compiled=False)
+    caches = [FlowCache(compiled=compiled, classifier=NdpiClassifier(ndpi=NDPI()))
+              for compiled in (True, False)]  # a module each: nDPI's caches learn from flows
+    meters = [cache.frame_meter(decoder) for cache, decoder in zip(caches, decoders)]
+    for ts_ns, frame in source:
+        for meter in meters:
+            meter(ts_ns // 1_000_000, frame)
+    source.close()
+    for cache in caches:
+        cache.drain()
+    compiled, python = (cache.expired for cache in caches)
+    assert [state(flow) + (flow.dpi,) for flow in compiled] == [
+        state(flow) + (flow.dpi,) for flow in python]
+    assert [(c.packets, c.giveups) for c in (cache.classifier for cache in caches)] == [
+        (19_847, 3_724)] * 2
 
 
 @needs_compiled
@@ -286,7 +309,8 @@ def add_both(packets: list[Packet]) -> tuple[list[Flow], int]:
         handed.append(packet)
         caches[0].add(packet)
 
-    adds = cache_module._fastcache.adder(caches[0], compiled_count, reference), caches[1].add
+    adds = (cache_module._fastcache.adder(caches[0], compiled_count, reference, caches[0]._update),
+            caches[1].add)
     for packet in packets:
         for add, cache in zip(adds, caches):
             add(packet)
@@ -314,33 +338,58 @@ def test_compiled_add_meters_replies_fins_and_resets() -> None:
     assert handed == 4  # the three new flows, and the packet at 4_000 (the scan is due)
 
 
+class Inspect:
+    """A classifier (or plugin) that inspects every flow's first three packets and notes what
+    it saw; a RST ends the flow at once."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    def on_init(self, packet: Packet, flow: Flow) -> None:
+        flow.classifier_state = 1
+        self.seen.append(("init", packet, flow.id))
+
+    def on_update(self, packet: Packet, flow: Flow) -> None:
+        self.seen.append(("update", packet, flow.id, flow.src2dst.packets, flow.reverse.packets,
+                          flow.closing))
+        if flow.classifier_state is not None:
+            flow.classifier_state = None if flow.classifier_state == 2 else 2
+        if packet.tcp_flags & TH["R"]:
+            flow.end_reason = 3
+
+    def on_expire(self, flow: Flow) -> None:
+        self.seen.append(("expire", flow.id, int(flow.end_reason)))
+
+
 @needs_compiled
-def test_compiled_add_leaves_classified_flows_and_plugins_to_the_reference() -> None:
-    """While a classifier inspects a flow, or the cache has plugins, every packet is the
-    reference's."""
-    class Inspect:
-        def on_init(self, packet: Packet, flow: Flow) -> None:
-            flow.classifier_state = "inspecting"
-
-        def on_update(self, packet: Packet, flow: Flow) -> None:
-            pass
-
-        def on_expire(self, flow: Flow) -> None:
-            pass
-
-    for hooks in ({"classifier": Inspect()}, {"plugins": (Inspect(),)}):
-        cache, handed = FlowCache(**hooks), []
-        add = cache_module._fastcache.adder(cache, compiled_count,
-                                            lambda packet: (handed.append(packet), cache.add(packet)))
-        for packet in EXCHANGE[:5]:
-            add(packet)
-        assert handed == EXCHANGE[:5]
+@pytest.mark.parametrize("role", ["classifier", "plugins"])
+def test_compiled_add_hands_inspected_flows_to_the_hooks(role: str) -> None:
+    """While a classifier inspects a flow, or for every packet when the cache has plugins, the
+    compiled add meters the packet and then hands it on as the reference does."""
+    inspectors, caches, handed = (Inspect(), Inspect()), [], []
+    for inspector, compiled in zip(inspectors, (True, False)):
+        hooks = {"classifier": inspector} if role == "classifier" else {"plugins": (inspector,)}
+        caches.append(FlowCache(compiled=compiled, **hooks))
+    add = cache_module._fastcache.adder(caches[0], compiled_count,
+                                        lambda packet: (handed.append(packet), caches[0].add(packet)),
+                                        caches[0]._update)
+    for packet in EXCHANGE:
+        add(packet)
+        caches[1].add(packet)
+    for cache in caches:
+        cache.drain()
+    assert [state(flow) for flow in caches[0].expired] == [state(flow) for flow in caches[1].expired]
+    assert inspectors[0].seen == inspectors[1].seen
+    updates = [seen for seen in inspectors[1].seen if seen[0] == "update"]
+    # The classifier sees at most two later packets a flow (B-C ends at its RST); plugins all.
+    assert len(updates) == (5 if role == "classifier" else 10)
+    assert len(handed) == 4  # new flows and the due scan only
 
 
 @needs_compiled
 def test_adder_takes_only_a_compiled_count() -> None:
     with pytest.raises(TypeError, match="compiled count"):
-        cache_module._fastcache.adder(FlowCache(), count, FlowCache.add)
+        cache_module._fastcache.adder(FlowCache(), count, FlowCache.add, FlowCache._update)
     with pytest.raises(TypeError, match="compiled add"):
         cache_module._fastcache.frame_meter(FlowCache().add, Decoder(1).decode)
 
