@@ -1,17 +1,25 @@
 """Where the time goes per packet: each stage of the pipeline added in turn, CPU time per packet.
 
-    .venv/bin/python benchmarks/stages.py [--repeat N] [--synth-packets N] [FILE ...]
+    .venv/bin/python benchmarks/stages.py [--repeat N] [--synth-packets N] [--instructions] [FILE ...]
 
 Without FILE it measures the gen_synth.py capture of benchmarks/replay.py and
 ../shared/pcaps/bench/ndpi_merged_bench.pcap. Each row runs the pipeline up to one more stage
 (read the file; decode; the flow cache; nDPI; IPFIX export of the nDPI template to a UDP socket
 nobody reads) and shows the stage's own cost: the row's CPU time less the previous row's, per
-packet, best of `--repeat` runs (this VM's wall clock is too noisy for differences).
+packet, best of `--repeat` runs.
+
+CPU time on a shared VM moves by a third from run to run. `--instructions` counts instructions
+instead (valgrind's callgrind, each stage in a process of its own, less one that only imports):
+the same on every run, so it shows what a change saved. It is about 50 times slower: give it a
+smaller synthetic capture (`--synth-packets 100000`).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,12 +67,27 @@ def cpu_seconds(run: Callable[[Path], None], path: Path, repeat: int) -> float:
     return best
 
 
+def instructions(stage: int, path: Path) -> int:
+    """The instructions a process running STAGES[stage] on `path` executes (-1: imports only)."""
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                           sys.executable, __file__, "--run-stage", str(stage), str(path)],
+                          capture_output=True, text=True, check=True)
+    return int(re.search(r"Collected : (\d+)", done.stderr)[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--synth-packets", type=int, default=1_000_000)
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions (valgrind) instead of CPU time")
+    parser.add_argument("--run-stage", type=int, help=argparse.SUPPRESS)  # one run, for valgrind
     args = parser.parse_args()
+    if args.run_stage is not None:
+        if args.run_stage >= 0:
+            STAGES[args.run_stage][1](args.files[0])
+        return
     files = args.files or [synthetic_capture(args.synth_packets),
                            SHARED / "pcaps" / "bench" / "ndpi_merged_bench.pcap"]
     for path in files:
@@ -72,16 +95,23 @@ def main() -> None:
             print(f"{path.name}: absent, skipped")
             continue
         packets = sum(1 for _ in PcapSource(str(path)))
-        print(f"\n{path.name}: {packets:,} packets\n{'stage':<26} {'us/packet':>9} {'share':>6} "
-              f"{'cumulative pkt/s':>16}")
-        rows, previous = [], 0.0
-        for name, run in STAGES:
-            total = cpu_seconds(run, path, args.repeat)
-            rows.append((name, max(total - previous, 0.0), total))
+        if args.instructions:
+            imports = instructions(-1, path)
+            totals = [instructions(stage, path) - imports for stage in range(len(STAGES))]
+            unit, per_packet, digits = "instr/packet", 1, 0
+        else:
+            totals = [cpu_seconds(run, path, args.repeat) for _, run in STAGES]
+            unit, per_packet, digits = "us/packet", 1e6, 2
+        print(f"\n{path.name}: {packets:,} packets\n{'stage':<26} {unit:>12} {'share':>6} "
+              f"{'cumulative pkt/s' if not args.instructions else 'cumulative':>16}")
+        previous = 0
+        for (name, _), total in zip(STAGES, totals):
+            own = max(total - previous, 0)
             previous = max(previous, total)
-        for name, own, total in rows:
-            print(f"{name:<26} {own / packets * 1e6:>9.2f} {own / previous:>6.0%} "
-                  f"{packets / total:>16,.0f}")
+            cumulative = (f"{total / packets:>16,.0f}" if args.instructions
+                          else f"{packets / total:>16,.0f}")
+            print(f"{name:<26} {own / packets * per_packet:>12,.{digits}f} {own / max(totals):>6.0%} "
+                  f"{cumulative}")
 
 
 if __name__ == "__main__":
