@@ -20,7 +20,7 @@
 #define Py_READONLY READONLY
 #endif
 
-/* The slots count() reads or writes: the int64 ones first. */
+/* The Flow slots count and add read or write (count's int64 ones first), then Direction's. */
 enum { F_LAST_SEEN, F_SUM_SQ_PIAT, F_LOW_PIAT, F_MAX_PIAT, FLOW_INTS,
        F_SRC_IS_FIRST = FLOW_INTS, F_SRC2DST, F_DST2SRC, F_END_BY, F_CLOSING, F_CLASSIFIER_STATE,
        FLOW_SLOTS };
@@ -237,7 +237,8 @@ static PyMethodDef count_def = {
     "count", (PyCFunction)(void (*)(void))count, METH_FASTCALL,
     "count(flow, src_is_first, time_ms, size, ttl, flags) -> bool: cache.count, compiled"};
 
-/* What adder() bound: a cache, its slot offsets, the compiled count's Binding and cache.add. */
+/* What adder() bound: a cache, its slot offsets, the compiled count's Binding, and the cache's
+ * add (the fallback) and _update. */
 typedef struct {
     PyObject_HEAD
     PyObject *cache, *count, *fallback, *update;
