@@ -370,7 +370,7 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     int src_is_first = flow_key(s, &key), done = -1;
     if (key == NULL)
         return -1;
-    PyObject *flow = PyDict_GetItemWithError(flows, key);  /* borrowed: the cache holds it */
+    PyObject *flow = Py_XNewRef(PyDict_GetItemWithError(flows, key));  /* held: __init__s run */
     long long last_seen, end_by, linger, end_of_linger;
     if (flow == NULL || !Py_IS_TYPE(flow, b->flow_type)
         || !int64_of(SLOT(flow, b->flow[F_LAST_SEEN]), &last_seen)
@@ -425,6 +425,7 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
 not_metered:
     done = PyErr_Occurred() ? -1 : 0;
 end:
+    Py_XDECREF(flow);
     Py_DECREF(key);
     return done;
 }
