@@ -1,4 +1,4 @@
-"""nDPI classification of every flow, as a FlowStream plugin (nfstream's `n_dissections` rule).
+"""nDPI classification of every flow, the flow cache's classifier (nfstream's `n_dissections` rule).
 
 Each new flow gets an nDPI flow buffer in `flow.classifier_state`. Its packets (IP header onwards,
 never past the IP total length nor the captured bytes) go to nDPI until nDPI reports the flow
@@ -6,6 +6,8 @@ classified, or `n_dissections` packets have gone in, in which case nDPI's giveup
 guess; a flow that ends before either gets that guess too. Then the labels are set (`flow.dpi`, a
 `DpiInfo`) and the buffer is freed at once, so only flows still under inspection hold nDPI state.
 
+As `FlowCache(classifier=...)` (what `FlowStream(dpi=True)` makes) it is handed a flow's packets
+only while the flow holds that buffer; it works as a plain plugin too, seeing every packet.
 One detection module serves the whole process: it is made on first use and shared.
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ def shared_ndpi() -> NDPI:
 
 
 class NdpiClassifier:
-    """FlowStream plugin: labels every flow with nDPI (application, category, SNI, JA4, risks).
+    """Labels every flow with nDPI (application, category, SNI, JA4, risks): a cache classifier.
 
     `flows`, `packets` and `giveups` count the flows labelled, the packets they handed to nDPI
     and how many took nDPI's guess.
