@@ -322,12 +322,12 @@ class DpiInfo:
                 "metadata": self.metadata}
 
 
-_DPI_JSON = json.JSONDecoder(strict=False)  # dpi2json copies strings from packets, control bytes too
+DPI_JSON = json.JSONDecoder(strict=False)  # dpi2json copies strings from packets, control bytes too
 
 
 def dpi_metadata(text: str) -> dict[str, Any]:
     """The "ndpi" object of ndpi_dpi2json's JSON text."""
-    return _DPI_JSON.decode(text)["ndpi"]
+    return DPI_JSON.decode(text)["ndpi"]
 
 
 class Udps:

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import NDPI_PCAPS, ndpi_captures
 from pyprobe import FlowStream
-from pyprobe.classify import METADATA, SERVER_NAME_SOURCES, _tls
+from pyprobe.classify import METADATA, SERVER_NAME_SOURCES
 from pyprobe.flow import DpiInfo, dpi_metadata
 
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(DpiInfo)}
@@ -87,9 +87,10 @@ def expected_flows(out: Path) -> list[tuple[tuple, str, str]]:
 
 def parsed_metadata(dpi: DpiInfo) -> dict:
     """The METADATA values of a flow as a full parse of its dpi2json text gives them (the
-    classifier parses only texts that have one): the reference."""
+    classifier parses only the values that hold them): the reference."""
     found = dpi_metadata(dpi.dpi_json)
-    blocks = {"ndpi": found, "tls": _tls(found), "http": found.get("http", {})}
+    tls = found.get("tls") or found.get("quic", {}).get("tls", {})  # QUIC's is inside its block
+    blocks = {"ndpi": found, "tls": tls, "http": found.get("http", {})}
     values = {name: blocks[block].get(key, DEFAULTS[name]) for name, block, key in METADATA}
     values["server_name_source"] = next((source for source, keys in SERVER_NAME_SOURCES
                                          if any(key in found for key in keys)), "")
