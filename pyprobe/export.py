@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 
 from .elements import ElementRegistry
 from .fields import application_id, application_name
-from .flow import EMPTY_DIRECTION, Flow
+from .flow import EMPTY_DIRECTION, NO_DPI, DpiInfo, Flow
 from .ipfix import IPFIX
 from .message import MessageBuilder, Protocol
 from .netflow9 import NETFLOW9, UPTIME_WINDOW_MS
@@ -134,8 +134,8 @@ class Exporter:
             if encode is None:
                 self._not_sent(flow, now_ms)
                 continue
-            if named is not None and application_id(flow.dpi) not in named:
-                self._new_application(flow, now_ms, out)
+            if named is not None and application_id(flow.dpi or NO_DPI) not in named:
+                self._new_application(flow.dpi or NO_DPI, now_ms, out)
             forward, reverse = flow.src2dst, flow.dst2src
             if not add(template_id, encode(flow, forward, reverse or EMPTY_DIRECTION,
                                            (flow.src_addr, flow.dst_addr, flow.src_port,
@@ -149,16 +149,16 @@ class Exporter:
                                              flow.src_port)), now_ms, out)
         return out
 
-    def _new_application(self, flow: Flow, now_ms: int, out: list[bytes]) -> None:
-        """Sends the names record of the flow's application: the first flow of each application
+    def _new_application(self, dpi: DpiInfo, now_ms: int, out: list[bytes]) -> None:
+        """Sends the names record of a flow's application: the first flow of each application
         after every timed refresh is preceded by it. nfdump keeps names per file, so each file
         that holds a flow gets its name; resending every name with every refresh would cost
         hundreds of records each time."""
-        names, key = self._application_names, application_id(flow.dpi)
+        names, key = self._application_names, application_id(dpi)
         record = self._names.get(key)
         if record is None:
             record = self._names[key] = names.encode_values(application_names_values(
-                self.observation_domain, key, application_name(flow.dpi)))
+                self.observation_domain, key, application_name(dpi)))
         if not self._data_channel.builder.records:
             self._open(now_ms, out)  # templates before the record
         self._put(self._data_channel, names.id, record, True, now_ms, out)

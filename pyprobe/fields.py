@@ -82,9 +82,9 @@ def l7_proto(dpi: DpiInfo) -> int:
     return dpi.app_protocol or dpi.master_protocol
 
 
-def application_name(dpi: DpiInfo | None) -> str:
+def application_name(dpi: DpiInfo) -> str:
     """The name of the upper protocol: "YouTube" of "TLS.YouTube" (nDPI names hold no dot)."""
-    return dpi.application_name.rpartition(".")[2] if dpi else "Unknown"
+    return dpi.application_name.rpartition(".")[2]
 
 
 @lru_cache(maxsize=None)
@@ -92,9 +92,9 @@ def _application_id(protocol: int) -> bytes:
     return bytes((NDPI_ENGINE,)) + protocol.to_bytes(4, "big")
 
 
-def application_id(dpi: DpiInfo | None) -> bytes:
+def application_id(dpi: DpiInfo) -> bytes:
     """RFC 6759 applicationId: engine 22 (nDPI), then the upper protocol id in 4 octets."""
-    return _application_id((dpi.app_protocol or dpi.master_protocol) if dpi else 0)
+    return _application_id(l7_proto(dpi))
 
 
 def server_name(dpi: DpiInfo, source: str) -> str:
