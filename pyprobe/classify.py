@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .flow import DPI_JSON, DpiInfo, Flow, Packet
-from .ndpi import NDPI, Confidence, NDPIFlow, NDPIProtocol, State
+from .ndpi import NDPI, Confidence, NDPIFlow, State
 
 N_DISSECTIONS = 20  # nfstream's default budget of packets per flow
 GUESSED = frozenset((Confidence.MATCH_BY_PORT, Confidence.MATCH_BY_IP))
@@ -41,6 +41,9 @@ HOSTNAME = '"hostname":'
 OPENINGS = {block: f'"{block}": {{' for block in ("tls", "quic", "http", "dns")}
 """How dpi2json's text opens the hostname and the blocks: parsing only these values, where the
 text has them, costs about half of parsing all of it (the risks' descriptions are the rest)."""
+BLOCK_FIELDS = tuple((OPENINGS[block], tuple((name, key) for name, of, key in METADATA
+                                              if of == block)) for block in ("tls", "http"))
+"""The METADATA of each block parsed: its opening, then (field, key) pairs."""
 SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("dns",)))
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
@@ -62,7 +65,7 @@ class NdpiClassifier:
     and how many took nDPI's guess.
     """
 
-    __slots__ = ("n_dissections", "ndpi", "flows", "packets", "giveups", "_dissect")
+    __slots__ = ("n_dissections", "ndpi", "flows", "packets", "giveups", "_dissect", "_labels")
 
     def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None) -> None:
         if n_dissections < 1:
@@ -71,6 +74,8 @@ class NdpiClassifier:
         self.ndpi = ndpi or shared_ndpi()
         self.flows = self.packets = self.giveups = 0
         self._dissect = self.ndpi.dissect
+        self._labels: dict[tuple[int, int, int, int], tuple] = {}
+        """DpiInfo's first fields, by (master, app, category, confidence): few values recur."""
 
     def on_init(self, packet: Packet, flow: Flow) -> None:
         """Starts nDPI on the flow with its first packet."""
@@ -85,7 +90,7 @@ class NdpiClassifier:
             protocol = self._dissect(state, packet.frame[offset:offset + packet.ip_size],
                                      packet.time_ms)
             if protocol.state == CLASSIFIED:
-                self._label(flow, state, self.ndpi.result(protocol, state))
+                self._label(flow, state, protocol)
             elif state.packets >= self.n_dissections:
                 self._give_up(flow, state)
 
@@ -97,27 +102,32 @@ class NdpiClassifier:
 
     def _give_up(self, flow: Flow, state: NDPIFlow) -> None:
         self.giveups += 1
-        self._label(flow, state, self.ndpi.giveup(state))
+        self._label(flow, state, self.ndpi.guess(state))
 
-    def _label(self, flow: Flow, state: NDPIFlow, result: NDPIProtocol) -> None:
-        """Sets the flow's labels from nDPI's result, then frees the flow's nDPI state."""
+    def _label(self, flow: Flow, state: NDPIFlow, protocol: Any) -> None:
+        """Sets the flow's labels from nDPI's ndpi_protocol, then frees the flow's nDPI state."""
         ndpi = self.ndpi
         self.flows += 1
         self.packets += state.packets
-        text = ndpi.flow_json(state, result)
-        risk, method = state.risk, state.http_method
+        ids, buffer = protocol.proto, state.C
+        key = (ids.master_protocol, ids.app_protocol, protocol.category, buffer.confidence)
+        labels = self._labels.get(key) or self._new_labels(key, protocol, state)
+        text = ndpi.flow_json(state, protocol)
+        risk, method = buffer.risk, state.http_method
         state.free()
         flow.classifier_state = None
-        confidence = result.confidence.id
-        flow.dpi = DpiInfo(
-            application_name=ndpi.protocol_name(result),
-            application_category_name=ndpi.protocol_category_name(result),
-            application_is_guessed=int(confidence in GUESSED),
-            application_confidence=confidence,
-            http_method=method,
-            master_protocol=result.master_protocol, app_protocol=result.app_protocol,
-            category=result.category, risk=risk, risk_score=ndpi.risk_score(risk),
-            dpi_json=text, **_metadata(text))
+        flow.dpi = DpiInfo(*labels, risk, ndpi.risk_score(risk), text, http_method=method,
+                           **_metadata(text))
+
+    def _new_labels(self, key: tuple[int, int, int, int], protocol: Any,
+                    state: NDPIFlow) -> tuple:
+        """The labels of a new key: name, category name, guessed, confidence, the key's ids."""
+        master, app, category, confidence = key
+        result = self.ndpi.result(protocol, state)
+        labels = self._labels[key] = (
+            self.ndpi.protocol_name(result), self.ndpi.protocol_category_name(result),
+            int(confidence in GUESSED), confidence, master, app, category)
+        return labels
 
 
 def _metadata(text: str) -> dict[str, Any]:
@@ -126,17 +136,26 @@ def _metadata(text: str) -> dict[str, Any]:
     values = {}
     at = text.find(HOSTNAME)
     if at >= 0:
-        values["requested_server_name"] = _value_at(text, at + len(HOSTNAME))
-    for block in ("tls", "http"):
-        at = text.find(OPENINGS[block])
+        name = values["requested_server_name"] = _value_at(text, at + len(HOSTNAME))
+        if name:
+            values["server_name_source"] = _server_name_source(text)
+    for opening, fields in BLOCK_FIELDS:
+        at = text.find(opening)
         if at >= 0:
-            found = _value_at(text, at + len(OPENINGS[block]) - 1)
-            values.update((name, found[key]) for name, of, key in METADATA
-                          if of == block and key in found)
-    if values.get("requested_server_name"):
-        values["server_name_source"] = next((source for source, blocks in SERVER_NAME_SOURCES
-                                             if any(OPENINGS[b] in text for b in blocks)), "")
+            found = _value_at(text, at + len(opening) - 1)
+            for name, key in fields:
+                if key in found:
+                    values[name] = found[key]
     return values
+
+
+def _server_name_source(text: str) -> str:
+    """Whose name the hostname is (SERVER_NAME_SOURCES), "" when no block says."""
+    for source, blocks in SERVER_NAME_SOURCES:
+        for block in blocks:
+            if OPENINGS[block] in text:
+                return source
+    return ""
 
 
 def _value_at(text: str, at: int) -> Any:

@@ -315,7 +315,11 @@ class NDPI:
 
     def giveup(self, flow: NDPIFlow) -> NDPIProtocol:
         """nDPI's final word on a flow it has not classified: its best guess."""
-        return self.result(lib.ndpi_detection_giveup(self._module, flow.C), flow)
+        return self.result(self.guess(flow), flow)
+
+    def guess(self, flow: NDPIFlow) -> Any:
+        """giveup for hot loops: the ndpi_protocol (cdata) as is."""
+        return lib.ndpi_detection_giveup(self._module, flow.C)
 
     @staticmethod
     def result(protocol: Any, flow: NDPIFlow) -> NDPIProtocol:
@@ -343,14 +347,15 @@ class NDPI:
                 lib.ndpi_category_get_name(self._module, category)).decode()
         return name
 
-    def flow_json(self, flow: NDPIFlow, result: NDPIProtocol) -> str:
-        """What nDPI found in the flow: ndpi_dpi2json's JSON text, {"ndpi": {...}}.
+    def flow_json(self, flow: NDPIFlow, protocol: Any) -> str:
+        """What nDPI found in the flow: ndpi_dpi2json's JSON text, {"ndpi": {...}}, given its
+        ndpi_protocol (an NDPIProtocol's `C`, or what `dissect` and `guess` return).
 
         Its strings are copied from packets: parse it with `strict=False` (raw control bytes).
         """
         serializer = self._serializer
         lib.ndpi_reset_serializer(serializer)
-        lib.ndpi_dpi2json(self._module, flow.C, result.C, serializer)
+        lib.ndpi_dpi2json(self._module, flow.C, protocol, serializer)
         text = ffi.unpack(lib.ndpi_serializer_get_buffer(serializer, self._length), self._length[0])
         return text.decode(errors="replace")
 

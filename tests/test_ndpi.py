@@ -53,7 +53,7 @@ def test_process_packet_follows_a_dns_exchange() -> None:
     second = ndpi.process_packet(flow, memoryview(response), 1_700_000_000_020)  # any buffer
     assert (second.master_protocol, second.app_protocol, second.state) == (0, 5, State.CLASSIFIED)
     assert ndpi.protocol_category_name(second) == "Network"
-    found = json.loads(ndpi.flow_json(flow, second), strict=False)["ndpi"]
+    found = json.loads(ndpi.flow_json(flow, second.C), strict=False)["ndpi"]
     assert (found["hostname"], found["dns"]["num_answers"]) == ("www.example.com", 1)
     assert flow.packets == 2
     flow.free()
