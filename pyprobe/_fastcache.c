@@ -9,7 +9,9 @@
  *
  * add meters the packets most are: later packets of a live flow (first replies and FIN or RST
  * included) that no deadline ends, then hands them to FlowCache._update when a classifier
- * inspects the flow or the cache has plugins. It checks all of that before it writes anything;
+ * inspects the flow or the cache has plugins; with nDPI's classifier (its classify.Inspector) and
+ * no plugins, it hands them to nDPI itself, calling the classifier only once nDPI is done with the
+ * flow. It checks all of that before it writes anything;
  * the other packets (a new flow, a due scan or deadline, a value beyond int64) go to
  * FlowCache.add, the reference. tests/test_fastcache.py holds both paths to the same flows.
  */
@@ -45,13 +47,15 @@ static const char *const CACHE_SLOT_NAMES[CACHE_SLOTS] = {
 };
 /* flow.Packet's fields, as add reads them. */
 enum { P_TIME, P_SRC, P_DST, P_SRC_PORT, P_DST_PORT, P_PROTOCOL, P_VLAN, P_SIZE, P_TTL, P_TOS,
-       P_FLAGS, P_ICMP_TYPE_CODE, P_TUNNEL_ID, PACKET_FIELDS = 15 };
+       P_FLAGS, P_ICMP_TYPE_CODE, P_TUNNEL_ID, P_FRAME, P_IP_OFFSET, PACKET_FIELDS };
 /* What add reads of a packet: from a Packet, or straight from a frame. */
 typedef struct {
     long long time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id;
     long long src_port, dst_port, protocol, vlan_id;
     const char *src, *dst;
     Py_ssize_t src_size, dst_size;
+    const unsigned char *ip;  /* the IP header onwards, `ip_captured` octets; NULL if unknown */
+    Py_ssize_t ip_captured;
 } Seen;
 #define KEY_TAIL 7  /* cache.KEY_TAIL: ports, protocol, VLAN id */
 enum { TH_FIN = 0x01, TH_RST = 0x04, CLOSE_FLAGS = TH_FIN | TH_RST };  /* as in flow.py, cache.py */
@@ -237,13 +241,38 @@ static PyMethodDef count_def = {
     "count", (PyCFunction)(void (*)(void))count, METH_FASTCALL,
     "count(flow, src_is_first, time_ms, size, ttl, flags) -> bool: cache.count, compiled"};
 
-/* What adder() bound: a cache, its slot offsets, the compiled count's Binding, and the cache's
- * add (the fallback) and _update. */
+/* nDPI's ndpi_protocol, as the classifier's Inspector describes it (ndpi.py checks the layout
+ * against the library at import), and ndpi_detection_process_packet, which returns one. */
+#define NDPI_PROTOCOL_SIZE 56
+typedef struct { uint64_t words[NDPI_PROTOCOL_SIZE / 8]; } NdpiProtocol;
+typedef NdpiProtocol (*ProcessPacket)(void *module, void *flow, const unsigned char *packet,
+                                      unsigned short length, uint64_t time_ms, void *input_info);
+
+/* classify.Inspector: how to hand an inspected flow's packet to nDPI in C, as
+ * NdpiClassifier.on_update does, and whom to call once nDPI is done with the flow. */
+typedef struct {
+    ProcessPacket process_packet;
+    void *module;
+    NdpiProtocol *protocol;  /* where the last result goes before finish(flow, state) */
+    Py_ssize_t state_offset;  /* of ndpi_protocol.state */
+    int classified;  /* NDPI_STATE_CLASSIFIED */
+    long long budget;  /* packets per flow */
+    PyTypeObject *state_type;  /* ndpi.NDPIFlow */
+    Py_ssize_t address_slot, packets_slot;
+    PyObject *finish;  /* NULL: no inspector */
+} Inspector;
+enum { I_PROCESS_PACKET, I_MODULE, I_PROTOCOL, I_PROTOCOL_SIZE, I_STATE_OFFSET, I_CLASSIFIED,
+       I_BUDGET, I_STATE_TYPE, I_FINISH, INSPECTOR_FIELDS };
+static const char *const STATE_SLOT_NAMES[] = {"address", "packets"};
+
+/* What adder() bound: a cache, its slot offsets, the compiled count's Binding, the cache's add
+ * (the fallback) and _update, and its classifier's Inspector if it has one. */
 typedef struct {
     PyObject_HEAD
     PyObject *cache, *count, *fallback, *update;
     Binding *binding;  /* count's */
     Py_ssize_t slot[CACHE_SLOTS];
+    Inspector inspector;
 } Adder;
 
 static void adder_dealloc(Adder *self)
@@ -252,6 +281,8 @@ static void adder_dealloc(Adder *self)
     Py_XDECREF(self->count);
     Py_XDECREF(self->fallback);
     Py_XDECREF(self->update);
+    Py_XDECREF(self->inspector.state_type);
+    Py_XDECREF(self->inspector.finish);
     PyObject_Free(self);
 }
 
@@ -346,6 +377,36 @@ static PyObject *first_reply(const Binding *b, const Seen *s, long long time_ms)
     return reply;
 }
 
+/* Hands the packet to nDPI for the flow's `state`, as NdpiClassifier.on_update does, then calls
+ * finish(flow, state) if nDPI has classified the flow or the budget is spent: 0 when done, 1 when
+ * the state or packet is not one this can hand (the caller hands it on), -1 with an exception. */
+static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const Seen *s)
+{
+    long long address, packets;
+    if (!Py_IS_TYPE(state, in->state_type) || s->ip == NULL || s->time_ms < 0
+        || !int64_of(SLOT(state, in->address_slot), &address) || address == 0
+        || !int64_of(SLOT(state, in->packets_slot), &packets) || packets == LLONG_MAX)
+        return 1;
+    PyObject *counted = PyLong_FromLongLong(++packets);
+    if (counted == NULL)
+        return -1;
+    Py_SETREF(SLOT(state, in->packets_slot), counted);
+    Py_ssize_t length = Py_MIN(Py_MIN(s->size, s->ip_captured), 0xFFFF);
+    NdpiProtocol result = in->process_packet(in->module, (void *)(intptr_t)address, s->ip,
+                                             (unsigned short)Py_MAX(length, 0),
+                                             (uint64_t)s->time_ms, NULL);
+    int classification;
+    memcpy(&classification, (char *)&result + in->state_offset, sizeof classification);
+    if (classification != in->classified && packets < in->budget)
+        return 0;
+    *in->protocol = result;
+    Py_INCREF(state);
+    PyObject *finished = PyObject_CallFunctionObjArgs(in->finish, flow, state, NULL);
+    Py_DECREF(state);
+    Py_XDECREF(finished);
+    return finished == NULL ? -1 : 0;
+}
+
 /* Meters `s` as FlowCache.add would, if it is the common packet (see the top): 1 when metered,
  * 2 when metered and its flow (a new reference in `*inspected`) is for FlowCache._update, 0 with
  * nothing written when the packet is for FlowCache.add, -1 with an exception. */
@@ -416,8 +477,14 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     PyObject *moved = PyObject_VectorcallMethod(MOVE_TO_END, args, 2, NULL);
     Py_XDECREF(moved);
     done = moved == NULL ? -1 : 1;
-    if (done == 1 && (SLOT(flow, b->flow[F_CLASSIFIER_STATE]) != Py_None
-                      || PyTuple_GET_SIZE(plugins))) {
+    PyObject *state = SLOT(flow, b->flow[F_CLASSIFIER_STATE]);
+    if (done == 1 && (state != Py_None || PyTuple_GET_SIZE(plugins))) {
+        int handed = a->inspector.finish != NULL && !PyTuple_GET_SIZE(plugins)
+                     ? inspect(&a->inspector, flow, state, s) : 1;
+        if (handed <= 0) {
+            done = handed == 0 ? 1 : -1;
+            goto end;
+        }
         *inspected = Py_NewRef(flow);
         done = 2;
     }
@@ -448,6 +515,14 @@ static int seen_of_packet(PyObject *packet, Seen *s)
         return 0;
     s->src = PyBytes_AS_STRING(src), s->src_size = PyBytes_GET_SIZE(src);
     s->dst = PyBytes_AS_STRING(dst), s->dst_size = PyBytes_GET_SIZE(dst);
+    PyObject *frame = p[P_FRAME];
+    long long ip_offset;
+    s->ip = NULL;
+    if (PyBytes_CheckExact(frame) && int64_of(p[P_IP_OFFSET], &ip_offset) && ip_offset >= 0
+        && ip_offset <= PyBytes_GET_SIZE(frame)) {
+        s->ip = (const unsigned char *)PyBytes_AS_STRING(frame) + ip_offset;
+        s->ip_captured = PyBytes_GET_SIZE(frame) - ip_offset;
+    }
     return 1;
 }
 
@@ -505,6 +580,7 @@ static PyObject *meter_frame(PyObject *self, PyObject *const *args, Py_ssize_t n
         s.vlan_id = f.vlan_id;
         s.src = (const char *)f.src, s.dst = (const char *)f.dst;
         s.src_size = s.dst_size = f.address_size;
+        s.ip = f.frame + f.ip, s.ip_captured = f.length - f.ip;
         PyObject *flow;
         switch (meter((Adder *)adder, &s, &flow)) {
         case -1:
@@ -576,10 +652,50 @@ static PyObject *counter(PyObject *module, PyObject *args)
     return function;
 }
 
+/* Fills `in` from a classify.Inspector tuple (None: no inspector); -1 with an exception. */
+static int bind_inspector(Inspector *in, PyObject *inspector)
+{
+    in->finish = NULL, in->state_type = NULL;
+    if (inspector == Py_None)
+        return 0;
+    long long values[I_STATE_TYPE];
+    if (!PyTuple_Check(inspector) || PyTuple_GET_SIZE(inspector) != INSPECTOR_FIELDS) {
+        PyErr_SetString(PyExc_TypeError, "inspector must be a classify.Inspector or None");
+        return -1;
+    }
+    for (int i = 0; i < I_STATE_TYPE; i++)
+        if (!int64_of(PyTuple_GET_ITEM(inspector, i), &values[i])) {
+            PyErr_Format(PyExc_TypeError, "inspector field %d must be an int64", i);
+            return -1;
+        }
+    PyObject *state_type = PyTuple_GET_ITEM(inspector, I_STATE_TYPE);
+    if (values[I_PROTOCOL_SIZE] != NDPI_PROTOCOL_SIZE || values[I_STATE_OFFSET] < 0
+        || values[I_STATE_OFFSET] > NDPI_PROTOCOL_SIZE - (long long)sizeof(int)
+        || !values[I_PROCESS_PACKET] || !values[I_PROTOCOL] || !PyType_Check(state_type)) {
+        PyErr_Format(PyExc_ValueError, "inspector does not describe a %d-octet ndpi_protocol",
+                     NDPI_PROTOCOL_SIZE);
+        return -1;
+    }
+    Py_ssize_t slots[2];
+    if (find_slots((PyTypeObject *)state_type, STATE_SLOT_NAMES, 2, slots) < 0)
+        return -1;
+    in->process_packet = (ProcessPacket)(intptr_t)values[I_PROCESS_PACKET];
+    in->module = (void *)(intptr_t)values[I_MODULE];
+    in->protocol = (NdpiProtocol *)(intptr_t)values[I_PROTOCOL];
+    in->state_offset = (Py_ssize_t)values[I_STATE_OFFSET];
+    in->classified = (int)values[I_CLASSIFIED];
+    in->budget = values[I_BUDGET];
+    in->address_slot = slots[0], in->packets_slot = slots[1];
+    in->state_type = (PyTypeObject *)Py_NewRef(state_type);
+    in->finish = Py_NewRef(PyTuple_GET_ITEM(inspector, I_FINISH));
+    return 0;
+}
+
 static PyObject *adder(PyObject *module, PyObject *args)
 {
-    PyObject *cache, *count, *fallback, *update_method;
-    if (!PyArg_ParseTuple(args, "OOOO:adder", &cache, &count, &fallback, &update_method))
+    PyObject *cache, *count, *fallback, *update_method, *inspector = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOO|O:adder", &cache, &count, &fallback, &update_method,
+                          &inspector))
         return NULL;
     if (!PyCFunction_Check(count) || ((PyCFunctionObject *)count)->m_ml != &count_def) {
         PyErr_SetString(PyExc_TypeError, "count must be a compiled count (counter())");
@@ -594,7 +710,8 @@ static PyObject *adder(PyObject *module, PyObject *args)
     a->update = Py_NewRef(update_method);
     a->binding = (Binding *)PyCFunction_GET_SELF(count);
     PyObject *function = NULL;
-    if (find_slots(Py_TYPE(cache), CACHE_SLOT_NAMES, CACHE_SLOTS, a->slot) == 0)
+    if (bind_inspector(&a->inspector, inspector) == 0
+        && find_slots(Py_TYPE(cache), CACHE_SLOT_NAMES, CACHE_SLOTS, a->slot) == 0)
         function = PyCFunction_NewEx(&add_def, (PyObject *)a, module);
     Py_DECREF(a);
     return function;
@@ -623,8 +740,9 @@ static PyMethodDef methods[] = {
      "counter(Flow, Direction, FLAG_INCREMENT, fallback) -> count(flow, src_is_first, time_ms, "
      "size, ttl, flags): cache.count compiled for these classes, fallback(...) past int64"},
     {"adder", adder, METH_VARARGS,
-     "adder(cache, count, fallback, update) -> add(packet): cache's add compiled for the common "
-     "packet (count from counter()), then update(packet, flow) if the flow is inspected; "
+     "adder(cache, count, fallback, update, inspector=None) -> add(packet): cache's add "
+     "compiled for the common packet (count from counter()), then update(packet, flow) if the "
+     "flow is inspected, or with a classify.Inspector and no plugins, nDPI called here; "
      "fallback(packet) for the others"},
     {"frame_meter", frame_meter, METH_VARARGS,
      "frame_meter(add, decode) -> meter(time_ms, frame): decode then add (add from adder(); "

@@ -18,8 +18,9 @@ A classifier (nDPI) sees a flow's packets only while its `classifier_state` is s
 every packet. `add` and `count` are the reference. Where `_fastcache.c` was built at install,
 `count` has a compiled form, and so has `add` for most packets (`adder()`): a later packet of a
 live flow that no deadline ends is metered in C, then handed to the classifier and plugins, if
-any, as `add` does; `frame_meter()` also parses such a packet's Ethernet frame in C, making no
-Packet unless a classifier or plugin needs it. `compiled=False` keeps them all in Python.
+any, as `add` does; without plugins, nDPI gets it from C too (`NdpiClassifier.inspector`).
+`frame_meter()` also parses such a packet's Ethernet frame in C, making no Packet unless a
+classifier or plugin needs it. `compiled=False` keeps them all in Python.
 
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)
@@ -149,8 +150,11 @@ class FlowCache:
 
     def adder(self) -> Callable[[Packet], None]:
         """`add` for hot loops: compiled for the common packet when it is built, else `add`."""
-        return (_fastcache.adder(self, compiled_count, self.add, self._update) if self.compiled
-                else self.add)
+        if not self.compiled:
+            return self.add
+        inspector = getattr(self.classifier, "inspector", None)  # nDPI's: called from C
+        return _fastcache.adder(self, compiled_count, self.add, self._update,
+                                inspector and inspector())
 
     def frame_meter(self, decoder: Decoder) -> Callable[[int, bytes], None]:
         """meter(time_ms, frame): `decoder.decode`, then `add` the packet if there is one. With

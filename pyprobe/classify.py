@@ -7,15 +7,17 @@ guess; a flow that ends before either gets that guess too. Then the labels are s
 `DpiInfo`) and the buffer is freed at once, so only flows still under inspection hold nDPI state.
 
 As `FlowCache(classifier=...)` (what `FlowStream(dpi=True)` makes) it is handed a flow's packets
-only while the flow holds that buffer; it works as a plain plugin too, seeing every packet.
-One detection module serves the whole process: it is made on first use and shared.
+only while the flow holds that buffer (by the compiled meter, from C: see `inspector`); it works
+as a plain plugin too, seeing every packet. One detection module serves the whole process: it is
+made on first use and shared.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from .flow import DPI_JSON, DpiInfo, Flow, Packet
-from .ndpi import NDPI, Confidence, NDPIFlow, State
+from .ndpi import NDPI, PROTOCOL_OFFSETS, PROTOCOL_SIZE, Confidence, NDPIFlow, State, ffi
 
 N_DISSECTIONS = 20  # nfstream's default budget of packets per flow
 GUESSED = frozenset((Confidence.MATCH_BY_PORT, Confidence.MATCH_BY_IP))
@@ -47,6 +49,23 @@ BLOCK_FIELDS = tuple((OPENINGS[block], tuple((name, key) for name, of, key in ME
 SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("dns",)))
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
+
+
+class Inspector(NamedTuple):
+    """What the compiled meter (_fastcache.c) needs to hand an inspected flow's packets to nDPI
+    itself, as NdpiClassifier.on_update does; the fields in the C side's order."""
+
+    process_packet: int  # where ndpi_detection_process_packet is
+    module: int  # where the detection module is
+    protocol: int  # where an ndpi_protocol is, for the last result before `finish`
+    protocol_size: int
+    state_offset: int  # of ndpi_protocol.state
+    classified: int  # NDPI_STATE_CLASSIFIED
+    budget: int  # n_dissections
+    state_type: type  # NDPIFlow
+    finish: Callable[[Flow, NDPIFlow], None]  # once nDPI has classified or the budget is spent
+
+
 _shared: NDPI | None = None
 
 
@@ -65,7 +84,8 @@ class NdpiClassifier:
     and how many took nDPI's guess.
     """
 
-    __slots__ = ("n_dissections", "ndpi", "flows", "packets", "giveups", "_dissect", "_labels")
+    __slots__ = ("n_dissections", "ndpi", "flows", "packets", "giveups", "_dissect", "_labels",
+                 "_protocol")
 
     def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None) -> None:
         if n_dissections < 1:
@@ -76,6 +96,7 @@ class NdpiClassifier:
         self._dissect = self.ndpi.dissect
         self._labels: dict[tuple[int, int, int, int], tuple] = {}
         """DpiInfo's first fields, by (master, app, category, confidence): few values recur."""
+        self._protocol = ffi.new("ndpi_protocol *")  # the Inspector's
 
     def on_init(self, packet: Packet, flow: Flow) -> None:
         """Starts nDPI on the flow with its first packet."""
@@ -93,6 +114,21 @@ class NdpiClassifier:
                 self._label(flow, state, protocol)
             elif state.packets >= self.n_dissections:
                 self._give_up(flow, state)
+
+    def inspector(self) -> Inspector:
+        """How the compiled meter hands packets to nDPI for this classifier."""
+        process_packet, module = self.ndpi.addresses
+        return Inspector(process_packet, module, int(ffi.cast("intptr_t", self._protocol)),
+                         PROTOCOL_SIZE, PROTOCOL_OFFSETS["state"], int(CLASSIFIED),
+                         self.n_dissections, NDPIFlow, self._finish)
+
+    def _finish(self, flow: Flow, state: NDPIFlow) -> None:
+        """Labels a flow once the compiled meter has seen nDPI classify it or spend its budget."""
+        protocol = self._protocol[0]
+        if protocol.state == CLASSIFIED:
+            self._label(flow, state, protocol)
+        else:
+            self._give_up(flow, state)
 
     def on_expire(self, flow: Flow) -> None:
         """Takes nDPI's guess for a flow that ends under inspection."""

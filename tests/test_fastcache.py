@@ -89,25 +89,46 @@ def test_bench_capture_totals() -> None:
         9_103, 3_259, 84_898, 26_122_336, [(1, 8_330), (2, 57), (3, 716)])
 
 
+class CountingClassifier(NdpiClassifier):
+    """An NdpiClassifier that counts the packets handed to its Python on_update."""
+
+    __slots__ = ("updates",)
+
+    def __init__(self) -> None:
+        super().__init__(ndpi=NDPI())  # a module each: nDPI's caches learn from flows
+        self.updates = 0
+
+    def on_update(self, packet: Packet, flow: Flow) -> None:
+        self.updates += 1
+        super().on_update(packet, flow)
+
+
 @needs_compiled
 def test_compiled_equals_python_with_ndpi() -> None:
-    """With nDPI inspecting flows, the bench capture's flows and labels are the same both ways."""
+    """With nDPI inspecting flows, the bench capture's flows and labels are the same three ways
+    (frame meter, compiled add, pure Python); compiled, nDPI gets later packets straight from C,
+    and the classifier's on_update only first packets."""
     source = PcapSource(str(require(BENCH_PCAP)))
     decoders = Decoder(source.linktype), Decoder(source.linktype, compiled=False)
-    caches = [FlowCache(compiled=compiled, classifier=NdpiClassifier(ndpi=NDPI()))
-              for compiled in (True, False)]  # a module each: nDPI's caches learn from flows
-    meters = [cache.frame_meter(decoder) for cache, decoder in zip(caches, decoders)]
+    caches = [FlowCache(compiled=compiled, classifier=CountingClassifier())
+              for compiled in (True, True, False)]
+    meter = caches[0].frame_meter(decoders[0])
+    decode, adds = decoders[1].decode, [cache.adder() for cache in caches[1:]]
     for ts_ns, frame in source:
-        for meter in meters:
-            meter(ts_ns // 1_000_000, frame)
+        meter(ts_ns // 1_000_000, frame)
+        packet = decode(ts_ns // 1_000_000, frame)
+        if packet is not None:
+            for add in adds:
+                add(packet)
     source.close()
     for cache in caches:
         cache.drain()
-    compiled, python = (cache.expired for cache in caches)
-    assert [state(flow) + (flow.dpi,) for flow in compiled] == [
-        state(flow) + (flow.dpi,) for flow in python]
+    flows = [[state(flow) + (flow.dpi,) for flow in cache.expired] for cache in caches]
+    assert flows[0] == flows[1] == flows[2]
     assert [(c.packets, c.giveups) for c in (cache.classifier for cache in caches)] == [
-        (19_847, 3_724)] * 2
+        (19_847, 3_724)] * 3
+    # compiled, only first packets (9,103) and the 560 that a due scan hands to the reference
+    assert [cache.classifier.updates for cache in caches] == [9_663, 9_663, 19_847]
 
 
 @needs_compiled
