@@ -131,7 +131,8 @@ class FlowCache:
         self.close_linger_ms = round(close_linger_s * 1000)
         self.max_flows = max_flows
         self.classifier = classifier
-        """Runs before the plugins; its on_update only while the flow's `classifier_state` is set."""
+        """Runs before the plugins; its on_update and on_expire only while the flow's
+        `classifier_state` is set."""
         self.plugins = tuple(plugins)
         self._hooks = (classifier, *self.plugins) if classifier else self.plugins
         self.now_ms = 0
@@ -245,7 +246,9 @@ class FlowCache:
     def _end(self, flow: Flow, reason: EndReason) -> None:
         flow.end_reason = reason
         del self._flows[flow.key]
-        for plugin in self._hooks:
+        if flow.classifier_state is not None and self.classifier is not None:
+            self.classifier.on_expire(flow)
+        for plugin in self.plugins:
             plugin.on_expire(flow)
         self.expired.append(flow)
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .flow import DPI_JSON, DpiInfo, Flow, Packet
-from .ndpi import NDPI, PROTOCOL_OFFSETS, PROTOCOL_SIZE, Confidence, NDPIFlow, State, ffi
+from .ndpi import (NDPI, PROTOCOL_OFFSETS, PROTOCOL_SIZE, Confidence, NDPIFlow, State, ffi,
+                   protocol_id)
 
 N_DISSECTIONS = 20  # nfstream's default budget of packets per flow
 GUESSED = frozenset((Confidence.MATCH_BY_PORT, Confidence.MATCH_BY_IP))
@@ -46,6 +47,11 @@ text has them, costs about half of parsing all of it (the risks' descriptions ar
 BLOCK_FIELDS = tuple((OPENINGS[block], tuple((name, key) for name, of, key in METADATA
                                               if of == block)) for block in ("tls", "http"))
 """The METADATA of each block parsed: its opening, then (field, key) pairs."""
+BLOCK_PROTOCOLS = frozenset(map(protocol_id, ("TLS", "DTLS", "QUIC", "HTTP", "HTTP_CONNECT",
+                                               "HTTP_PROXY")))
+"""The protocols (the master, else the app) whose dpi2json text has a tls, quic or http block:
+a flow of another protocol without a host name has no METADATA, and needs no text unless the
+whole report is kept."""
 SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("dns",)))
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
@@ -66,6 +72,8 @@ class Inspector(NamedTuple):
     finish: Callable[[Flow, NDPIFlow], None]  # once nDPI has classified or the budget is spent
 
 
+NO_METADATA: dict[str, Any] = {}
+
 _shared: NDPI | None = None
 
 
@@ -84,13 +92,16 @@ class NdpiClassifier:
     and how many took nDPI's guess.
     """
 
-    __slots__ = ("n_dissections", "ndpi", "flows", "packets", "giveups", "_dissect", "_labels",
-                 "_protocol")
+    __slots__ = ("n_dissections", "report", "ndpi", "flows", "packets", "giveups", "_dissect",
+                 "_labels", "_protocol")
 
-    def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None) -> None:
+    def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None,
+                 report: bool = False) -> None:
         if n_dissections < 1:
             raise ValueError(f"n_dissections must be at least 1, not {n_dissections}")
         self.n_dissections = n_dissections
+        self.report = report
+        """Whether each flow keeps nDPI's whole report (`DpiInfo.dpi_json`, `metadata`)."""
         self.ndpi = ndpi or shared_ndpi()
         self.flows = self.packets = self.giveups = 0
         self._dissect = self.ndpi.dissect
@@ -146,14 +157,18 @@ class NdpiClassifier:
         self.flows += 1
         self.packets += state.packets
         ids, buffer = protocol.proto, state.C
-        key = (ids.master_protocol, ids.app_protocol, protocol.category, buffer.confidence)
+        master, app = ids.master_protocol, ids.app_protocol
+        key = (master, app, protocol.category, buffer.confidence)
         labels = self._labels.get(key) or self._new_labels(key, protocol, state)
-        text = ndpi.flow_json(state, protocol)
+        text, metadata = "", NO_METADATA
+        if self.report or buffer.host_server_name[0] != b"\0" or (master or app) in BLOCK_PROTOCOLS:
+            text = ndpi.flow_json(state, protocol)  # before the risk: it may add an HTTP URL's
+            metadata = _metadata(text)
         risk, method = buffer.risk, state.http_method
         state.free()
         flow.classifier_state = None
-        flow.dpi = DpiInfo(*labels, risk, ndpi.risk_score(risk), text, http_method=method,
-                           **_metadata(text))
+        flow.dpi = DpiInfo(*labels, risk, ndpi.risk_score(risk), text if self.report else "",
+                           http_method=method, **metadata)
 
     def _new_labels(self, key: tuple[int, int, int, int], protocol: Any,
                     state: NDPIFlow) -> tuple:

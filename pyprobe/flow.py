@@ -292,7 +292,7 @@ class DpiInfo:
     category: int
     risk: int  # ndpi_risk bitmap: bit n set for risk n
     risk_score: int
-    dpi_json: str  # ndpi_dpi2json's text: a few hundred bytes, where the parsed dict takes kilobytes
+    dpi_json: str  # ndpi_dpi2json's text (a few hundred bytes) when the report is kept, else ""
     requested_server_name: str = ""  # TLS/QUIC SNI, HTTP Host, DNS query name...
     server_name_source: str = ""  # whose name that is: "tls" (TLS, DTLS, QUIC), "http", "dns"
     client_fingerprint: str = ""  # JA4
@@ -312,8 +312,9 @@ class DpiInfo:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Everything nDPI reported (hostname, tls, http, dns, quic... blocks), parsed on each read."""
-        return dpi_metadata(self.dpi_json)
+        """Everything nDPI reported (hostname, tls, http, dns, quic... blocks), parsed on each
+        read, when the report was kept (`FlowStream(dpi_report=True)`); else {}."""
+        return dpi_metadata(self.dpi_json) if self.dpi_json else {}
 
     def to_dict(self) -> dict[str, Any]:
         """The values that are not flow labels already: protocol ids, risks and metadata."""

@@ -81,8 +81,8 @@ PROTOCOL_SIZE = 56
 PROTOCOL_OFFSETS = {"proto": 0, "protocol_stack": 4, "protocol_by_ip": 22, "category": 24,
                     "breed": 28, "fpc": 32, "custom_category_userdata": 40, "state": 48}
 # The ndpi_flow_struct fields read in place (no API gives them), by offset and C type.
-FLOW_FIELDS = {"confidence": (52, "ndpi_confidence_t"), "risk": (376, "uint64_t"),
-               "http.method": (560, "ndpi_http_method")}
+FLOW_FIELDS = {"confidence": (52, "ndpi_confidence_t"), "host_server_name": (276, "char[80]"),
+               "risk": (376, "uint64_t"), "http.method": (560, "ndpi_http_method")}
 SERIALIZER_SIZE = 256  # ndpi_serializer is opaque (72 bytes in 5.0): room to spare
 SERIALIZATION_JSON = 2  # ndpi_serialization_format_json
 REVISION_PREFIX = "5."
@@ -117,6 +117,11 @@ class Confidence(IntEnum):
     MATCH_BY_IP = 7
     DPI_AGGRESSIVE = 8
     CUSTOM_RULE = 9
+
+
+def protocol_id(name: str) -> int:
+    """The id of nDPI's protocol NDPI_PROTOCOL_<name> in the library's build, e.g. "TLS" -> 91."""
+    return getattr(_lib_engine.lib, f"NDPI_PROTOCOL_{name}")
 
 
 def _check_layout() -> int:
@@ -195,7 +200,9 @@ def _flow_struct() -> str:
     """The cdef that completes `struct ndpi_flow_struct`: its size, FLOW_FIELDS at their offsets."""
     members, at = [], 0
     for name, (offset, ctype) in sorted(FLOW_FIELDS.items(), key=lambda item: item[1][0]):
-        members += [f"char _pad{at}[{offset - at}];", f"{ctype} {name.replace('.', '_')};"]
+        kind, bracket, length = ctype.partition("[")  # "char[80]" declares "char name[80]"
+        members += [f"char _pad{at}[{offset - at}];",
+                    f"{kind} {name.replace('.', '_')}{bracket}{length};"]
         at = offset + ffi.sizeof(ctype)
     members.append(f"char _pad{at}[{FLOW_SIZE - at}];")
     return "struct ndpi_flow_struct { %s };" % " ".join(members)
@@ -203,6 +210,7 @@ def _flow_struct() -> str:
 
 ffi.cdef(_flow_struct())
 FLOW_POINTER = ffi.typeof("struct ndpi_flow_struct *")
+ADDRESS = ffi.typeof("intptr_t")
 _buffers = [0, 0]  # flow buffers made, freed (a class attribute written per flow would be slower)
 
 
@@ -223,7 +231,7 @@ class NDPIFlow:
 
     def __init__(self) -> None:
         self.C = ffi.new(FLOW_POINTER)
-        self.address: int = int(ffi.cast("intptr_t", self.C))
+        self.address: int = int(ffi.cast(ADDRESS, self.C))
         self.packets = 0
         """Packets handed to nDPI."""
         _buffers[0] += 1

@@ -91,8 +91,8 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
     return FlowStream(source, idle_timeout=cache.idle_timeout,
                       active_timeout=cache.active_timeout, max_flows=cache.max_flows,
                       bpf_filter=config.capture.bpf, dpi=dpi.enabled,
-                      n_dissections=dpi.packet_budget, decode_tunnels=dpi.decode_tunnels,
-                      **options)
+                      n_dissections=dpi.packet_budget, dpi_report=dpi.report,
+                      decode_tunnels=dpi.decode_tunnels, **options)
 
 
 def open_capture(config: SensorConfig) -> PcapSource:

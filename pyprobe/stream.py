@@ -68,7 +68,8 @@ class FlowStream:
     `source` is a pcap/pcapng path, an interface name, or an open `PcapSource`. Timeouts are in
     seconds. `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
     `cache.Plugin`). With `dpi`, nDPI labels every flow from its first `n_dissections` packets
-    (`classify`) before the plugins run. After iteration, `stats` holds the run's `MeterStats`.
+    (`classify`) before the plugins run; with `dpi_report` too, each flow keeps nDPI's whole
+    report (`flow.dpi.metadata`). After iteration, `stats` holds the run's `MeterStats`.
     """
 
     def __init__(self, source: str | PcapSource, *,
@@ -76,7 +77,8 @@ class FlowStream:
                  idle_timeout: float = CACHE.idle_timeout, max_flows: int = CACHE.max_flows,
                  bpf_filter: str | None = CAPTURE.bpf, snaplen: int = CAPTURE.snaplen,
                  dpi: bool = DPI.enabled, n_dissections: int = DPI.packet_budget,
-                 decode_tunnels: bool = DPI.decode_tunnels, close_linger: float = 2,
+                 dpi_report: bool = DPI.report, decode_tunnels: bool = DPI.decode_tunnels,
+                 close_linger: float = 2,
                  plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None,
                  end_clock: Callable[[int], int] | None = None) -> None:
@@ -94,7 +96,7 @@ class FlowStream:
         """With `dpi`, the NdpiClassifier (its counts: flows, packets, giveups)."""
         if dpi:
             from .classify import NdpiClassifier  # nDPI is needed only here
-            self.classifier = NdpiClassifier(n_dissections)
+            self.classifier = NdpiClassifier(n_dissections, report=dpi_report)
         self.progress = progress
         self.end_clock = end_clock
         """Called with the clock when the source ends; the (later) clock it returns expires the

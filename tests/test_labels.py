@@ -19,8 +19,9 @@ import pytest
 
 from conftest import NDPI_PCAPS, ndpi_captures
 from pyprobe import FlowStream
-from pyprobe.classify import METADATA, SERVER_NAME_SOURCES
+from pyprobe.classify import METADATA, SERVER_NAME_SOURCES, NdpiClassifier
 from pyprobe.flow import DpiInfo, dpi_metadata
+from pyprobe.ndpi import NDPI
 
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(DpiInfo)}
 THRESHOLD = 0.95  # nfstream 6.6.0 over the same library: 97 %
@@ -99,19 +100,25 @@ def parsed_metadata(dpi: DpiInfo) -> dict:
     return values
 
 
-def compare(capture: Path) -> tuple[int, list[Mismatch], Counter, list[str]]:
+def compare(capture: Path, plain: NdpiClassifier,
+            reporting: NdpiClassifier) -> tuple[int, list[Mismatch], Counter, list[str]]:
     """(expected flows, mismatches, Counter of (expected, ours) label pairs, flows whose metadata
-    differs from parsed_metadata) for one capture.
+    differs from parsed_metadata of the whole report, or whose DpiInfo without the report is not
+    the same with it) for one capture.
 
     A mismatched flow whose 5-tuple we meter more than once pairs with our first such flow.
     """
     ours: dict[tuple, list[str]] = defaultdict(list)
     metadata_differs = []
-    for flow in FlowStream(str(capture), idle_timeout=30, active_timeout=1800, decode_tunnels=True):
+    flows, reported = (FlowStream(str(capture), idle_timeout=30, active_timeout=1800,
+                                  decode_tunnels=True) for _ in range(2))
+    flows.classifier, reported.classifier = plain, reporting
+    for flow, full in zip(flows, reported, strict=True):
         ours[flow.protocol, frozenset(((flow.src_addr, flow.src_port),
                                        (flow.dst_addr, flow.dst_port)))].append(flow.application_name)
-        reference = parsed_metadata(flow.dpi)
-        if {name: getattr(flow.dpi, name) for name in reference} != reference:
+        reference = parsed_metadata(full.dpi)
+        if ({name: getattr(full.dpi, name) for name in reference} != reference
+                or flow.dpi != dataclasses.replace(full.dpi, dpi_json="")):
             metadata_differs.append(f"{capture.name} {flow!r}")
     expected = expected_flows(NDPI_PCAPS / "expected" / f"{capture.name}.out")
     mismatches, pairs = [], Counter()
@@ -128,11 +135,13 @@ def compare(capture: Path) -> tuple[int, list[Mismatch], Counter, list[str]]:
 
 @pytest.fixture(scope="module")
 def comparison() -> dict[str, tuple[int, list[Mismatch], Counter, list[str]]]:
-    """compare() of every capture that has an expected file."""
+    """compare() of every capture that has an expected file, in order, the report kept by a
+    module of its own (nDPI's caches learn from the flows they see: both see the same)."""
     captures = [c for c in ndpi_captures() if (NDPI_PCAPS / "expected" / f"{c.name}.out").exists()]
     if not captures:
         pytest.skip(f"{NDPI_PCAPS} is absent (the shared captures live beside the repository)")
-    return {capture.name: compare(capture) for capture in captures}
+    plain, reporting = NdpiClassifier(ndpi=NDPI()), NdpiClassifier(ndpi=NDPI(), report=True)
+    return {capture.name: compare(capture, plain, reporting) for capture in captures}
 
 
 def mismatch_table(mismatches: list[Mismatch]) -> str:

@@ -97,9 +97,11 @@ def test_http_metadata() -> None:
 
 
 def test_dns_metadata() -> None:
-    flow = flow_on_port("dns.pcap", 47255)
+    """The whole report (dpi_report) has what no label holds, such as a DNS reply's answers."""
+    flow = flow_on_port("dns.pcap", 47255, dpi_report=True)
     assert (flow.application_name, flow.requested_server_name, flow.dpi.metadata["dns"]["num_answers"]
             ) == ("DNS.WhatsApp", "e7.whatsapp.net", 8)
+    assert flow_on_port("dns.pcap", 47255).dpi.metadata == {}  # not kept by default
 
 
 def test_streamer_server_metrics() -> None:
