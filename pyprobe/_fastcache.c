@@ -14,6 +14,9 @@
  * flow. It checks all of that before it writes anything;
  * the other packets (a new flow, a due scan or deadline, a value beyond int64) go to
  * FlowCache.add, the reference. tests/test_fastcache.py holds both paths to the same flows.
+ *
+ * feed is FlowStream's loop around the frame meter (FlowCache.feeder): it meters the frames of a
+ * capture's iterator until its caller has a batch to hand out.
  */
 #include "_frame.h"
 #if PY_VERSION_HEX < 0x030C0000
@@ -40,10 +43,10 @@ static const char *const DIRECTION_SLOT_NAMES[DIRECTION_SLOTS] = {
 #define FLAG_VALUES 256
 /* The FlowCache slots add reads or writes. */
 enum { C_NOW, C_NEXT_SCAN, C_IDLE_TIMEOUT, C_CLOSE_LINGER, C_FLOWS, C_CLOSING, C_PLUGINS,
-       CACHE_SLOTS };
+       C_EXPIRED, CACHE_SLOTS };
 static const char *const CACHE_SLOT_NAMES[CACHE_SLOTS] = {
     "now_ms", "_next_scan_ms", "idle_timeout_ms", "close_linger_ms", "_flows", "_closing",
-    "plugins",
+    "plugins", "expired",
 };
 /* flow.Packet's fields, as add reads them. */
 enum { P_TIME, P_SRC, P_DST, P_SRC_PORT, P_DST_PORT, P_PROTOCOL, P_VLAN, P_SIZE, P_TTL, P_TOS,
@@ -555,25 +558,35 @@ static PyObject *add(PyObject *self, PyObject *packet)
 static PyMethodDef add_def = {"add", (PyCFunction)add, METH_O,
                               "add(packet): FlowCache.add, compiled for the common packet"};
 
-/* meter(time_ms, frame): the frame decoded and its packet added, as decode then add do; the
- * common Ethernet frame (_frame.h) is metered without a Packet. `self` is the (add, decode)
- * pair frame_meter() bound. */
-static PyObject *meter_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* decode(time_ms, frame), with the time made an int when the caller has none. */
+static PyObject *decoded(PyObject *bound, PyObject *time_object, long long time_ms,
+                         PyObject *frame)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "meter() takes 2 arguments (%zd given)", nargs);
+    PyObject *made = time_object == NULL ? PyLong_FromLongLong(time_ms) : NULL;
+    if (time_object == NULL && made == NULL)
         return NULL;
-    }
-    PyObject *adder = PyCFunction_GET_SELF(PyTuple_GET_ITEM(self, 0)), *frame = args[1];
+    PyObject *args[] = {time_object == NULL ? made : time_object, frame};
+    PyObject *packet = PyObject_Vectorcall(PyTuple_GET_ITEM(bound, 1), args, 2, NULL);
+    Py_XDECREF(made);
+    return packet;
+}
+
+/* meter(time_ms, frame) with the time as an int (`time_object`, or NULL) and, when `timed`, as
+ * the int64 `time_ms`; `bound` is the (add, decode) pair frame_meter() bound. */
+static PyObject *meter_at(PyObject *bound, PyObject *time_object, long long time_ms, int timed,
+                          PyObject *frame)
+{
+    PyObject *adder = PyCFunction_GET_SELF(PyTuple_GET_ITEM(bound, 0));
     Seen s;
     Fields f = {0};
     int parsed = 0;
-    if (PyBytes_CheckExact(frame) && int64_of(args[0], &s.time_ms)) {
+    if (timed && PyBytes_CheckExact(frame)) {
         f.frame = (const unsigned char *)PyBytes_AS_STRING(frame);
         f.length = PyBytes_GET_SIZE(frame);
         parsed = ethernet(&f);
     }
     if (parsed) {
+        s.time_ms = time_ms;
         s.size = f.size, s.ttl = f.ttl, s.tos = f.tos, s.flags = f.tcp_flags;
         s.icmp_type_code = f.icmp_type_code, s.tunnel_id = 0;
         s.src_port = f.src_port, s.dst_port = f.dst_port, s.protocol = f.protocol;
@@ -588,14 +601,14 @@ static PyObject *meter_frame(PyObject *self, PyObject *const *args, Py_ssize_t n
         case 1:
             Py_RETURN_NONE;
         case 2: {
-            PyObject *packet = PyObject_Vectorcall(PyTuple_GET_ITEM(self, 1), args, 2, NULL);
+            PyObject *packet = decoded(bound, time_object, time_ms, frame);
             PyObject *updated = hand_on((Adder *)adder, packet, flow);
             Py_XDECREF(packet);
             return updated;
         }
         }
     }
-    PyObject *packet = PyObject_Vectorcall(PyTuple_GET_ITEM(self, 1), args, 2, NULL);
+    PyObject *packet = decoded(bound, time_object, time_ms, frame);
     if (packet == NULL || packet == Py_None)
         return packet;
     PyObject *added = parsed ? PyObject_CallOneArg(((Adder *)adder)->fallback, packet)
@@ -603,6 +616,98 @@ static PyObject *meter_frame(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_DECREF(packet);
     return added;
 }
+
+/* meter(time_ms, frame): the frame decoded and its packet added, as decode then add do; the
+ * common Ethernet frame (_frame.h) is metered without a Packet. `self` is the (add, decode)
+ * pair frame_meter() bound. */
+static PyObject *meter_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "meter() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    long long time_ms = 0;
+    int timed = int64_of(args[0], &time_ms);
+    return meter_at(self, args[0], time_ms, timed, args[1]);
+}
+
+static PyObject *MILLION;  /* nanoseconds in a millisecond */
+
+/* Meters one (ts_ns, frame) pair of the frames iterator, as meter(ts_ns // 1_000_000, frame);
+ * -1 with an exception. */
+static int meter_pair(PyObject *bound, PyObject *ts_ns, PyObject *frame)
+{
+    long long ns, time_ms = 0;
+    PyObject *metered;
+    if (int64_of(ts_ns, &ns)) {
+        time_ms = ns / 1000000 - (ns % 1000000 < 0);  /* floor, as // */
+        metered = meter_at(bound, NULL, time_ms, 1, frame);
+    } else {
+        PyObject *time_object = PyNumber_FloorDivide(ts_ns, MILLION);
+        if (time_object == NULL)
+            return -1;
+        int timed = int64_of(time_object, &time_ms);
+        metered = meter_at(bound, time_object, time_ms, timed, frame);
+        Py_DECREF(time_object);
+    }
+    Py_XDECREF(metered);
+    return metered == NULL ? -1 : 0;
+}
+
+/* Whether the cache has a batch for its caller: flows expired, or its clock at `tick_ms` (or
+ * beyond int64, which the caller then compares itself). */
+static int batch_due(const Adder *a, long long tick_ms)
+{
+    PyObject *expired = SLOT(a->cache, a->slot[C_EXPIRED]);
+    long long now;
+    return expired == NULL || !PyList_Check(expired) || PyList_GET_SIZE(expired)
+           || !int64_of(SLOT(a->cache, a->slot[C_NOW]), &now) || now >= tick_ms;
+}
+
+/* feed(frames, tick_ms, limit) -> (read, tick), as FlowCache.feeder's Python form: `self` is a
+ * compiled frame meter. */
+static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long tick_ms, limit, read = 0;
+    if (nargs != 3 || !int64_of(args[1], &tick_ms) || !int64_of(args[2], &limit)) {
+        PyErr_SetString(PyExc_TypeError, "feed() takes (frames, tick_ms, limit), ints in int64");
+        return NULL;
+    }
+    PyObject *bound = PyCFunction_GET_SELF(self), *frames = args[0], *tick = Py_None;
+    const Adder *a = (Adder *)PyCFunction_GET_SELF(PyTuple_GET_ITEM(bound, 0));
+    while (read < limit) {
+        PyObject *pair = PyIter_Next(frames);
+        if (pair == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            break;
+        }
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_TypeError, "frames must yield (ts_ns, frame) pairs");
+            return NULL;
+        }
+        if (PyTuple_GET_ITEM(pair, 1) == Py_None) {  /* a live capture's tick */
+            tick = PyTuple_GET_ITEM(pair, 0);
+            Py_INCREF(tick);
+            Py_DECREF(pair);
+            return Py_BuildValue("(LN)", read, tick);
+        }
+        read++;
+        int failed = meter_pair(bound, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+        if (failed)
+            return NULL;
+        if (batch_due(a, tick_ms))
+            break;
+    }
+    return Py_BuildValue("(LO)", read, tick);
+}
+
+static PyMethodDef feed_def = {
+    "feed", (PyCFunction)(void (*)(void))feed, METH_FASTCALL,
+    "feed(frames, tick_ms, limit) -> (read, tick): meters (ts_ns, frame) pairs until a batch is "
+    "due, `limit` are read or frames ends; a (ts_ns, None) tick stops it, its ts_ns returned"};
 
 static PyMethodDef meter_def = {
     "meter", (PyCFunction)(void (*)(void))meter_frame, METH_FASTCALL,
@@ -735,6 +840,16 @@ static PyObject *frame_meter(PyObject *module, PyObject *args)
     return function;
 }
 
+static PyObject *feeder(PyObject *module, PyObject *meter_function)
+{
+    if (!PyCFunction_Check(meter_function)
+        || ((PyCFunctionObject *)meter_function)->m_ml != &meter_def) {
+        PyErr_SetString(PyExc_TypeError, "meter must be a compiled frame meter (frame_meter())");
+        return NULL;
+    }
+    return PyCFunction_NewEx(&feed_def, meter_function, module);
+}
+
 static PyMethodDef methods[] = {
     {"counter", counter, METH_VARARGS,
      "counter(Flow, Direction, FLAG_INCREMENT, fallback) -> count(flow, src_is_first, time_ms, "
@@ -747,6 +862,9 @@ static PyMethodDef methods[] = {
     {"frame_meter", frame_meter, METH_VARARGS,
      "frame_meter(add, decode) -> meter(time_ms, frame): decode then add (add from adder(); "
      "decode a compiled Ethernet decoder's), the common Ethernet frame parsed here"},
+    {"feeder", feeder, METH_O,
+     "feeder(meter) -> feed(frames, tick_ms, limit): FlowCache.feeder's loop, in C, around a "
+     "frame meter from frame_meter()"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -761,7 +879,8 @@ PyMODINIT_FUNC PyInit__fastcache(void)
         return NULL;
     MOVE_TO_END = PyUnicode_InternFromString("move_to_end");
     APPEND = PyUnicode_InternFromString("append");
-    if (MOVE_TO_END == NULL || APPEND == NULL)
+    MILLION = PyLong_FromLong(1000000);
+    if (MOVE_TO_END == NULL || APPEND == NULL || MILLION == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

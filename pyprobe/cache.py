@@ -20,7 +20,8 @@ every packet. `add` and `count` are the reference. Where `_fastcache.c` was buil
 live flow that no deadline ends is metered in C, then handed to the classifier and plugins, if
 any, as `add` does; without plugins, nDPI gets it from C too (`NdpiClassifier.inspector`).
 `frame_meter()` also parses such a packet's Ethernet frame in C, making no Packet unless a
-classifier or plugin needs it. `compiled=False` keeps them all in Python.
+classifier or plugin needs it, and `feeder()` runs the loop around it in C. `compiled=False`
+keeps them all in Python.
 
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from .flow import FLAG_INCREMENT, TH_FIN, TH_RST, Direction, EndReason, Flow, Packet
@@ -169,6 +170,27 @@ class FlowCache:
             if packet is not None:
                 add(packet)
         return meter
+
+    def feeder(self, decoder: Decoder) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
+        """feed(frames, tick_ms, limit) -> (read, tick): the meter loop. Meters the (ts_ns, frame)
+        pairs of the iterator `frames` (frame_meter()) until a batch is due (flows expired, or
+        the clock at `tick_ms`), `limit` frames are read, or `frames` ends; a live capture's
+        tick, (ts_ns, None), stops it too, its ts_ns returned. In C where the meter is."""
+        meter = self.frame_meter(decoder)
+        if self.compiled and decoder.compiled:
+            return _fastcache.feeder(meter)
+
+        def feed(frames: Iterator, tick_ms: int, limit: int) -> tuple[int, int | None]:
+            read = 0
+            for ts_ns, frame in frames:
+                if frame is None:
+                    return read, ts_ns
+                read += 1
+                meter(ts_ns // 1_000_000, frame)
+                if read >= limit or self.expired or self.now_ms >= tick_ms:
+                    break
+            return read, None
+        return feed
 
     def add(self, packet: Packet) -> None:
         """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""

@@ -125,21 +125,23 @@ class FlowStream:
         self.cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
-        meter = cache.frame_meter(decoder)
+        feed, frames = cache.feeder(decoder), iter(capture)
         progress, read = self.progress, 0
         tick_ms = 1  # the clock is 0 until the first packet: no batch before it
         try:
-            for ts_ns, frame in capture:
-                if frame is None:  # a live capture's tick: the timers run on its time
-                    cache.expire(ts_ns // 1_000_000)
+            while True:
+                count, tick = feed(frames, tick_ms, PROGRESS_EVERY - read % PROGRESS_EVERY)
+                read += count
+                if tick is not None:  # a live capture's tick: the timers run on its time
+                    cache.expire(tick // 1_000_000)
                     self._update_stats(stats, read, decoder, started)
                     yield self._hand_out(cache, stats)
                     continue
-                read += 1
-                meter(ts_ns // 1_000_000, frame)
                 if cache.expired or cache.now_ms >= tick_ms:
                     tick_ms = cache.now_ms + TICK_MS
                     yield self._hand_out(cache, stats)
+                elif not count:  # the capture ended
+                    break
                 if progress is not None and not read % PROGRESS_EVERY:
                     self._update_stats(stats, read, decoder, started)
                     progress(stats)

@@ -446,3 +446,37 @@ def test_compiled_add_leaks_nothing() -> None:
 
     run(100)
     assert run(2_000) < 10_000
+
+
+def feed_steps(frames: list[tuple[int, bytes | None]], linktype: int, compiled: bool) -> list:
+    """(read, tick, flows expired, clock) of each call of a cache's feed over `frames`, run as
+    FlowStream runs it (limit 97, a batch every second of packet time)."""
+    cache = FlowCache(compiled=compiled)
+    feed, pairs = cache.feeder(Decoder(linktype, compiled=compiled)), iter(frames)
+    tick_ms, steps = 1, []
+    while True:
+        count, tick = feed(pairs, tick_ms, 97)
+        steps.append((count, tick, len(cache.expired), cache.now_ms))
+        if cache.expired or cache.now_ms >= tick_ms:
+            tick_ms, cache.expired = cache.now_ms + 1_000, []
+        elif not count and tick is None:
+            return steps
+
+
+@needs_compiled
+def test_feed_compiled_equals_python() -> None:
+    """The meter loop (FlowCache.feeder) stops at the same frames both ways: when a batch is due,
+    at `limit`, at a live capture's tick (which it returns) and at the end."""
+    source = PcapSource(str(require(BENCH_PCAP)))
+    frames: list[tuple[int, bytes | None]] = []
+    for index, (ts_ns, frame) in enumerate(source):
+        frames.append((ts_ns, frame))
+        if index % 500 == 499:
+            frames.append((ts_ns + 1, None))
+        if index == 5_000:
+            break
+    source.close()
+    compiled, python = (feed_steps(frames, source.linktype, c) for c in (True, False))
+    assert compiled == python
+    assert (len(compiled), sum(s[0] for s in compiled), sum(s[1] is not None for s in compiled),
+            sum(s[2] for s in compiled)) == (330, 5_001, 10, 1_385)
