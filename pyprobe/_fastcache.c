@@ -11,9 +11,11 @@
  * included) that no deadline ends, then hands them to FlowCache._update when a classifier
  * inspects the flow or the cache has plugins; with nDPI's classifier (its classify.Inspector) and
  * no plugins, it hands them to nDPI itself, calling the classifier only once nDPI is done with the
- * flow. It checks all of that before it writes anything;
- * the other packets (a new flow, a due scan or deadline, a value beyond int64) go to
- * FlowCache.add, the reference. tests/test_fastcache.py holds both paths to the same flows.
+ * flow. It starts new flows too, making the Flow and Direction as their __init__ do (every slot:
+ * counter() refuses classes with other slots), then hands them to FlowCache._started when there
+ * are hooks. It checks all of that before it writes anything; the other packets (a due scan or
+ * deadline, a full cache, a flow a FIN or RST starts, a value beyond int64) go to FlowCache.add,
+ * the reference. tests/test_fastcache.py holds both paths to the same flows.
  *
  * feed is FlowStream's loop around the frame meter (FlowCache.feeder): it meters the frames of a
  * capture's iterator until its caller has a batch to hand out.
@@ -25,28 +27,34 @@
 #define Py_READONLY READONLY
 #endif
 
-/* The Flow slots count and add read or write (count's int64 ones first), then Direction's. */
+/* The Flow slots count and add read or write (count's int64 ones first), then the others a new
+ * flow sets: every slot, so a new flow is made here as Flow.__init__ makes it. */
 enum { F_LAST_SEEN, F_SUM_SQ_PIAT, F_LOW_PIAT, F_MAX_PIAT, FLOW_INTS,
        F_SRC_IS_FIRST = FLOW_INTS, F_SRC2DST, F_DST2SRC, F_END_BY, F_CLOSING, F_CLASSIFIER_STATE,
-       FLOW_SLOTS };
+       F_ID, F_KEY, F_SRC_ADDR, F_DST_ADDR, F_SRC_PORT, F_DST_PORT, F_PROTOCOL, F_VLAN, F_TUNNEL,
+       F_FIRST_SEEN, F_END_REASON, F_DPI, F_UDPS, FLOW_SLOTS };
 static const char *const FLOW_SLOT_NAMES[FLOW_SLOTS] = {
     "last_seen_ms", "sum_sq_piat_ms", "low_piat_ms", "max_piat_ms",
     "src_is_first", "src2dst", "dst2src", "end_by_ms", "closing", "classifier_state",
+    "id", "key", "src_addr", "dst_addr", "src_port", "dst_port", "protocol", "vlan_id",
+    "tunnel_id", "first_seen_ms", "end_reason", "dpi", "_udps",
 };
 enum { D_PACKETS, D_BYTES, D_SUM_SQ_PS, D_MIN_PS, D_MAX_PS, D_LAST_SEEN, D_SUM_SQ_PIAT,
        D_LOW_PIAT, D_MAX_PIAT, D_MIN_TTL, D_MAX_TTL, D_TCP_FLAGS, DIRECTION_INTS,
-       D_FLAG_COUNTS = DIRECTION_INTS, DIRECTION_SLOTS };
+       D_FLAG_COUNTS = DIRECTION_INTS, D_FIRST_SEEN, D_TOS, D_ICMP_TYPE_CODE, D_TUNNEL,
+       DIRECTION_SLOTS };
 static const char *const DIRECTION_SLOT_NAMES[DIRECTION_SLOTS] = {
     "packets", "bytes", "sum_sq_ps", "min_ps", "max_ps", "last_seen_ms", "sum_sq_piat_ms",
     "low_piat_ms", "max_piat_ms", "min_ttl", "max_ttl", "tcp_flags", "flag_counts",
+    "first_seen_ms", "tos", "icmp_type_code", "tunnel_id",
 };
 #define FLAG_VALUES 256
 /* The FlowCache slots add reads or writes. */
 enum { C_NOW, C_NEXT_SCAN, C_IDLE_TIMEOUT, C_CLOSE_LINGER, C_FLOWS, C_CLOSING, C_PLUGINS,
-       C_EXPIRED, CACHE_SLOTS };
+       C_EXPIRED, C_MAX_FLOWS, C_FLOWS_CREATED, C_ACTIVE_TIMEOUT, C_HOOKS, CACHE_SLOTS };
 static const char *const CACHE_SLOT_NAMES[CACHE_SLOTS] = {
     "now_ms", "_next_scan_ms", "idle_timeout_ms", "close_linger_ms", "_flows", "_closing",
-    "plugins", "expired",
+    "plugins", "expired", "max_flows", "flows_created", "active_timeout_ms", "_hooks",
 };
 /* flow.Packet's fields, as add reads them. */
 enum { P_TIME, P_SRC, P_DST, P_SRC_PORT, P_DST_PORT, P_PROTOCOL, P_VLAN, P_SIZE, P_TTL, P_TOS,
@@ -65,16 +73,18 @@ enum { TH_FIN = 0x01, TH_RST = 0x04, CLOSE_FLAGS = TH_FIN | TH_RST };  /* as in 
 
 #define SLOT(object, offset) (*(PyObject **)((char *)(object) + (offset)))
 
-/* What counter() bound: the classes, their slot offsets, FLAG_INCREMENT and the fallback. */
+/* What counter() bound: the classes, their slot offsets, FLAG_INCREMENT, the "no minimum yet"
+ * value of the interval minimums, and the fallback. */
 typedef struct {
     PyObject_HEAD
     PyTypeObject *flow_type, *direction_type;
-    PyObject *flag_increment, *fallback;
+    PyObject *flag_increment, *no_minimum, *fallback;
     Py_ssize_t flow[FLOW_SLOTS], direction[DIRECTION_SLOTS];
 } Binding;
 
 static void binding_dealloc(Binding *self)
 {
+    Py_XDECREF(self->no_minimum);
     Py_XDECREF(self->flow_type);
     Py_XDECREF(self->direction_type);
     Py_XDECREF(self->flag_increment);
@@ -283,10 +293,10 @@ enum { I_PROCESS_PACKET, I_MODULE, I_PROTOCOL, I_PROTOCOL_SIZE, I_STATE_OFFSET, 
 static const char *const STATE_SLOT_NAMES[] = {"address", "packets"};
 
 /* What adder() bound: a cache, its slot offsets, the compiled count's Binding, the cache's add
- * (the fallback) and _update, and its classifier's Inspector if it has one. */
+ * (the fallback), _update and _started, and its classifier's Inspector if it has one. */
 typedef struct {
     PyObject_HEAD
-    PyObject *cache, *count, *fallback, *update;
+    PyObject *cache, *count, *fallback, *update, *started;
     Binding *binding;  /* count's */
     Py_ssize_t slot[CACHE_SLOTS];
     Inspector inspector;
@@ -298,6 +308,7 @@ static void adder_dealloc(Adder *self)
     Py_XDECREF(self->count);
     Py_XDECREF(self->fallback);
     Py_XDECREF(self->update);
+    Py_XDECREF(self->started);
     Py_XDECREF(self->inspector.state_type);
     Py_XDECREF(self->inspector.finish);
     PyObject_Free(self);
@@ -378,20 +389,126 @@ static int start_close(PyObject *flow, const Binding *b, PyObject *closing, long
     return appended == NULL ? -1 : 0;
 }
 
-/* The first reply's Direction, made as FlowCache.add makes it. */
-static PyObject *first_reply(const Binding *b, const Seen *s, long long time_ms)
+/* Sets the object slot at `at` to a new int; -1 with an exception. */
+static int set_int(PyObject *object, Py_ssize_t at, long long value)
 {
-    long long values[] = {time_ms, s->size, s->ttl, s->tos, s->flags, s->icmp_type_code,
-                          s->tunnel_id};
-    PyObject *args[7], *reply = NULL;
-    int made = 0;
-    while (made < 7 && (args[made] = PyLong_FromLongLong(values[made])) != NULL)
-        made++;
-    if (made == 7)
-        reply = PyObject_Vectorcall((PyObject *)b->direction_type, args, 7, NULL);
-    while (made)
-        Py_DECREF(args[--made]);
-    return reply;
+    PyObject *number = PyLong_FromLongLong(value);
+    if (number == NULL)
+        return -1;
+    Py_XSETREF(SLOT(object, at), number);
+    return 0;
+}
+
+/* Sets the object slot at `at` to `value` (a new reference; NULL: -1, its exception set). */
+static int set_object(PyObject *object, Py_ssize_t at, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    Py_XSETREF(SLOT(object, at), value);
+    return 0;
+}
+
+/* Whether a new Direction of `s` has int64 values: its flags index FLAG_INCREMENT. */
+static int direction_fits(const Seen *s)
+{
+    long long square;
+    return s->flags >= 0 && s->flags < FLAG_VALUES
+           && !__builtin_mul_overflow(s->size, s->size, &square);
+}
+
+/* The Direction of a first packet `s` at `time_ms`, as Direction.__init__ makes it (its values
+ * direction_fits); NULL with an exception. */
+static PyObject *new_direction(const Binding *b, const Seen *s, long long time_ms)
+{
+    static const int INTS[] = {D_PACKETS, D_BYTES, D_SUM_SQ_PS, D_MIN_PS, D_MAX_PS, D_LAST_SEEN,
+                               D_SUM_SQ_PIAT, D_MAX_PIAT, D_MIN_TTL, D_MAX_TTL, D_TCP_FLAGS,
+                               D_FIRST_SEEN, D_TOS, D_ICMP_TYPE_CODE, D_TUNNEL};
+    long long values[DIRECTION_SLOTS] = {
+        [D_PACKETS] = 1, [D_BYTES] = s->size, [D_SUM_SQ_PS] = s->size * s->size,
+        [D_MIN_PS] = s->size, [D_MAX_PS] = s->size, [D_LAST_SEEN] = time_ms,
+        [D_MIN_TTL] = s->ttl, [D_MAX_TTL] = s->ttl, [D_TCP_FLAGS] = s->flags,
+        [D_FIRST_SEEN] = time_ms, [D_TOS] = s->tos, [D_ICMP_TYPE_CODE] = s->icmp_type_code,
+        [D_TUNNEL] = s->tunnel_id};
+    const Py_ssize_t *at = b->direction;
+    PyObject *direction = b->direction_type->tp_alloc(b->direction_type, 0);
+    if (direction == NULL)
+        return NULL;
+    SLOT(direction, at[D_LOW_PIAT]) = Py_NewRef(b->no_minimum);
+    SLOT(direction, at[D_FLAG_COUNTS]) = Py_NewRef(PyTuple_GET_ITEM(b->flag_increment, s->flags));
+    for (size_t i = 0; i < sizeof INTS / sizeof *INTS; i++)
+        if (set_int(direction, at[INTS[i]], values[INTS[i]]) < 0) {
+            Py_DECREF(direction);
+            return NULL;
+        }
+    return direction;
+}
+
+/* The Flow of a first packet `s` at `time_ms`, as Flow.__init__ makes it; NULL with an
+ * exception. */
+static PyObject *new_flow(const Binding *b, const Seen *s, PyObject *key, int src_is_first,
+                          long long id, long long time_ms, long long end_by_ms)
+{
+    static const int INTS[] = {F_LAST_SEEN, F_SUM_SQ_PIAT, F_MAX_PIAT, F_END_BY, F_ID,
+                               F_SRC_PORT, F_DST_PORT, F_PROTOCOL, F_VLAN, F_TUNNEL,
+                               F_FIRST_SEEN, F_END_REASON};
+    long long values[FLOW_SLOTS] = {
+        [F_LAST_SEEN] = time_ms, [F_END_BY] = end_by_ms, [F_ID] = id, [F_SRC_PORT] = s->src_port,
+        [F_DST_PORT] = s->dst_port, [F_PROTOCOL] = s->protocol, [F_VLAN] = s->vlan_id,
+        [F_TUNNEL] = s->tunnel_id, [F_FIRST_SEEN] = time_ms};
+    const Py_ssize_t *at = b->flow;
+    PyObject *flow = b->flow_type->tp_alloc(b->flow_type, 0);
+    if (flow == NULL)
+        return NULL;
+    SLOT(flow, at[F_KEY]) = Py_NewRef(key);
+    SLOT(flow, at[F_SRC_IS_FIRST]) = Py_NewRef(src_is_first ? Py_True : Py_False);
+    SLOT(flow, at[F_LOW_PIAT]) = Py_NewRef(b->no_minimum);
+    SLOT(flow, at[F_CLOSING]) = Py_NewRef(Py_False);
+    SLOT(flow, at[F_DST2SRC]) = Py_NewRef(Py_None);
+    SLOT(flow, at[F_DPI]) = Py_NewRef(Py_None);
+    SLOT(flow, at[F_CLASSIFIER_STATE]) = Py_NewRef(Py_None);
+    SLOT(flow, at[F_UDPS]) = Py_NewRef(Py_None);
+    for (size_t i = 0; i < sizeof INTS / sizeof *INTS; i++)
+        if (set_int(flow, at[INTS[i]], values[INTS[i]]) < 0)
+            goto failed;
+    if (set_object(flow, at[F_SRC_ADDR], PyBytes_FromStringAndSize(s->src, s->src_size)) == 0
+        && set_object(flow, at[F_DST_ADDR], PyBytes_FromStringAndSize(s->dst, s->dst_size)) == 0
+        && set_object(flow, at[F_SRC2DST], new_direction(b, s, time_ms)) == 0)
+        return flow;
+failed:
+    Py_DECREF(flow);
+    return NULL;
+}
+
+/* Starts the flow of `s`, absent from the cache, as FlowCache.add does, unless the cache is full
+ * or the packet may close it (then add starts it): 1 when started, 3 when the new flow (a new
+ * reference in `*started`) is for FlowCache._started (the cache has a classifier or plugins), 0
+ * with nothing written, -1 with an exception. */
+static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_first,
+                      long long time_ms, int clock_moves, PyObject **started)
+{
+    PyObject *cache = a->cache, *flows = SLOT(cache, a->slot[C_FLOWS]);
+    PyObject *hooks = SLOT(cache, a->slot[C_HOOKS]);
+    long long max_flows, created, active_timeout, end_by_ms;
+    if (s->flags & CLOSE_FLAGS || !direction_fits(s) || hooks == NULL
+        || !PyTuple_CheckExact(hooks) || !int64_of(SLOT(cache, a->slot[C_MAX_FLOWS]), &max_flows)
+        || PyDict_GET_SIZE(flows) >= max_flows
+        || !int64_of(SLOT(cache, a->slot[C_FLOWS_CREATED]), &created) || created == LLONG_MAX
+        || !int64_of(SLOT(cache, a->slot[C_ACTIVE_TIMEOUT]), &active_timeout)
+        || __builtin_add_overflow(time_ms, active_timeout, &end_by_ms))
+        return 0;
+    PyObject *flow = new_flow(a->binding, s, key, src_is_first, created + 1, time_ms, end_by_ms);
+    if (flow == NULL || PyObject_SetItem(flows, key, flow) < 0  /* an OrderedDict: in order */
+        || set_int(cache, a->slot[C_FLOWS_CREATED], created + 1) < 0
+        || (clock_moves && set_int(cache, a->slot[C_NOW], time_ms) < 0)) {
+        Py_XDECREF(flow);
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(hooks)) {
+        *started = flow;
+        return 3;
+    }
+    Py_DECREF(flow);
+    return 1;
 }
 
 /* Hands the packet to nDPI for the flow's `state`, as NdpiClassifier.on_update does, then calls
@@ -425,8 +542,9 @@ static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const S
 }
 
 /* Meters `s` as FlowCache.add would, if it is the common packet (see the top): 1 when metered,
- * 2 when metered and its flow (a new reference in `*inspected`) is for FlowCache._update, 0 with
- * nothing written when the packet is for FlowCache.add, -1 with an exception. */
+ * 2 when metered and its flow (a new reference in `*inspected`) is for FlowCache._update, 3 when
+ * it started that flow, which is for FlowCache._started, 0 with nothing written when the packet
+ * is for FlowCache.add, -1 with an exception. */
 static int meter(const Adder *a, const Seen *s, PyObject **inspected)
 {
     const Binding *b = a->binding;
@@ -448,9 +566,14 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     int src_is_first = flow_key(s, &key), done = -1;
     if (key == NULL)
         return -1;
-    PyObject *flow = Py_XNewRef(PyDict_GetItemWithError(flows, key));  /* held: __init__s run */
+    PyObject *flow = Py_XNewRef(PyDict_GetItemWithError(flows, key));  /* held: hooks run */
     long long last_seen, end_by, linger, end_of_linger;
-    if (flow == NULL || !Py_IS_TYPE(flow, b->flow_type)
+    if (flow == NULL) {
+        done = PyErr_Occurred() ? -1 : start_flow(a, s, key, src_is_first, counted[0],
+                                                   clock_moves, inspected);
+        goto end;
+    }
+    if (!Py_IS_TYPE(flow, b->flow_type)
         || !int64_of(SLOT(flow, b->flow[F_LAST_SEEN]), &last_seen)
         || !int64_of(SLOT(flow, b->flow[F_END_BY]), &end_by)
         || counted[0] - last_seen >= idle_timeout || counted[0] >= end_by
@@ -461,7 +584,7 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
         goto not_metered;
     int from_source = src_is_first == (first == Py_True), closes = 0;
     PyObject *direction = SLOT(flow, b->flow[from_source ? F_SRC2DST : F_DST2SRC]);
-    if (direction == NULL)
+    if (direction == NULL || (direction == Py_None && !direction_fits(s)))
         goto not_metered;
     if (s->flags & CLOSE_FLAGS && SLOT(flow, b->flow[F_CLOSING]) != Py_True) {
         closes = starts_close(b, flow, from_source, s->flags);
@@ -476,12 +599,9 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     case 0:
         goto not_metered;
     }
-    if (direction == Py_None) {  /* the first reply */
-        PyObject *reply = first_reply(b, s, counted[0]);
-        if (reply == NULL)
-            goto end;
-        Py_XSETREF(SLOT(flow, b->flow[F_DST2SRC]), reply);
-    }
+    if (direction == Py_None  /* the first reply */
+        && set_object(flow, b->flow[F_DST2SRC], new_direction(b, s, counted[0])) < 0)
+        goto end;
     if (closes && start_close(flow, b, SLOT(cache, a->slot[C_CLOSING]), end_of_linger) < 0)
         goto end;
     if (clock_moves) {
@@ -543,11 +663,13 @@ static int seen_of_packet(PyObject *packet, Seen *s)
     return 1;
 }
 
-/* FlowCache._update(packet, flow) for a packet meter() metered; takes the flow's reference. */
-static PyObject *hand_on(const Adder *a, PyObject *packet, PyObject *flow)
+/* FlowCache._update(packet, flow) (meter() gave 2) or _started (3); takes the flow's
+ * reference. */
+static PyObject *hand_on(const Adder *a, int metered, PyObject *packet, PyObject *flow)
 {
     PyObject *updated = packet == NULL ? NULL
-                        : PyObject_CallFunctionObjArgs(a->update, packet, flow, NULL);
+                        : PyObject_CallFunctionObjArgs(metered == 2 ? a->update : a->started,
+                                                       packet, flow, NULL);
     Py_DECREF(flow);
     return updated;
 }
@@ -558,13 +680,15 @@ static PyObject *add(PyObject *self, PyObject *packet)
     Adder *a = (Adder *)self;
     PyObject *flow;
     Seen s;
-    switch (seen_of_packet(packet, &s) ? meter(a, &s, &flow) : 0) {
+    int metered = seen_of_packet(packet, &s) ? meter(a, &s, &flow) : 0;
+    switch (metered) {
     case -1:
         return NULL;
     case 1:
         Py_RETURN_NONE;
     case 2:
-        return hand_on(a, packet, flow);
+    case 3:
+        return hand_on(a, metered, packet, flow);
     }
     return PyObject_CallOneArg(a->fallback, packet);
 }
@@ -609,14 +733,16 @@ static PyObject *meter_at(PyObject *bound, PyObject *time_object, long long time
         s.src_size = s.dst_size = f.address_size;
         s.ip = f.frame + f.ip, s.ip_captured = f.length - f.ip;
         PyObject *flow;
-        switch (meter((Adder *)adder, &s, &flow)) {
+        int metered = meter((Adder *)adder, &s, &flow);
+        switch (metered) {
         case -1:
             return NULL;
         case 1:
             Py_RETURN_NONE;
-        case 2: {
+        case 2:
+        case 3: {
             PyObject *packet = decoded(bound, time_object, time_ms, frame);
-            PyObject *updated = hand_on((Adder *)adder, packet, flow);
+            PyObject *updated = hand_on((Adder *)adder, metered, packet, flow);
             Py_XDECREF(packet);
             return updated;
         }
@@ -745,13 +871,28 @@ static int find_slots(PyTypeObject *type, const char *const *names, int n, Py_ss
     return 0;
 }
 
+/* How many __slots__ a class declares; -1 with an exception. */
+static Py_ssize_t slot_count(PyTypeObject *type)
+{
+    PyObject *slots = PyDict_GetItemString(type->tp_dict, "__slots__");
+    return slots != NULL && PyTuple_Check(slots) ? PyTuple_GET_SIZE(slots) : -1;
+}
+
 static PyObject *counter(PyObject *module, PyObject *args)
 {
     PyTypeObject *flow_type, *direction_type;
-    PyObject *flag_increment, *fallback;
-    if (!PyArg_ParseTuple(args, "O!O!O!O:counter", &PyType_Type, &flow_type, &PyType_Type,
-                          &direction_type, &PyTuple_Type, &flag_increment, &fallback))
+    PyObject *flag_increment, *no_minimum, *fallback;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O:counter", &PyType_Type, &flow_type, &PyType_Type,
+                          &direction_type, &PyTuple_Type, &flag_increment, &PyLong_Type,
+                          &no_minimum, &fallback))
         return NULL;
+    if (slot_count(flow_type) != FLOW_SLOTS || slot_count(direction_type) != DIRECTION_SLOTS) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "%s and %s must have the %d and %d __slots__ "
+                         "_fastcache.c sets", flow_type->tp_name, direction_type->tp_name,
+                         FLOW_SLOTS, DIRECTION_SLOTS);
+        return NULL;
+    }
     if (PyTuple_GET_SIZE(flag_increment) != FLAG_VALUES) {
         PyErr_SetString(PyExc_ValueError, "flag_increment must hold 256 values");
         return NULL;
@@ -762,6 +903,7 @@ static PyObject *counter(PyObject *module, PyObject *args)
     b->flow_type = (PyTypeObject *)Py_NewRef(flow_type);
     b->direction_type = (PyTypeObject *)Py_NewRef(direction_type);
     b->flag_increment = Py_NewRef(flag_increment);
+    b->no_minimum = Py_NewRef(no_minimum);
     b->fallback = Py_NewRef(fallback);
     PyObject *function = NULL;
     if (find_slots(flow_type, FLOW_SLOT_NAMES, FLOW_SLOTS, b->flow) == 0
@@ -812,9 +954,9 @@ static int bind_inspector(Inspector *in, PyObject *inspector)
 
 static PyObject *adder(PyObject *module, PyObject *args)
 {
-    PyObject *cache, *count, *fallback, *update_method, *inspector = Py_None;
-    if (!PyArg_ParseTuple(args, "OOOO|O:adder", &cache, &count, &fallback, &update_method,
-                          &inspector))
+    PyObject *cache, *count, *fallback, *update_method, *started, *inspector = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOOO|O:adder", &cache, &count, &fallback, &update_method,
+                          &started, &inspector))
         return NULL;
     if (!PyCFunction_Check(count) || ((PyCFunctionObject *)count)->m_ml != &count_def) {
         PyErr_SetString(PyExc_TypeError, "count must be a compiled count (counter())");
@@ -827,6 +969,7 @@ static PyObject *adder(PyObject *module, PyObject *args)
     a->count = Py_NewRef(count);
     a->fallback = Py_NewRef(fallback);
     a->update = Py_NewRef(update_method);
+    a->started = Py_NewRef(started);
     a->binding = (Binding *)PyCFunction_GET_SELF(count);
     PyObject *function = NULL;
     if (bind_inspector(&a->inspector, inspector) == 0
@@ -866,13 +1009,15 @@ static PyObject *feeder(PyObject *module, PyObject *meter_function)
 
 static PyMethodDef methods[] = {
     {"counter", counter, METH_VARARGS,
-     "counter(Flow, Direction, FLAG_INCREMENT, fallback) -> count(flow, src_is_first, time_ms, "
-     "size, ttl, flags): cache.count compiled for these classes, fallback(...) past int64"},
+     "counter(Flow, Direction, FLAG_INCREMENT, no_minimum, fallback) -> count(flow, "
+     "src_is_first, time_ms, size, ttl, flags): cache.count compiled for these classes, "
+     "fallback(...) past int64"},
     {"adder", adder, METH_VARARGS,
-     "adder(cache, count, fallback, update, inspector=None) -> add(packet): cache's add "
-     "compiled for the common packet (count from counter()), then update(packet, flow) if the "
-     "flow is inspected, or with a classify.Inspector and no plugins, nDPI called here; "
-     "fallback(packet) for the others"},
+     "adder(cache, count, fallback, update, started, inspector=None) -> add(packet): cache's "
+     "add compiled for the common packet (count from counter()), then update(packet, flow) if "
+     "the flow is inspected, or with a classify.Inspector and no plugins, nDPI called here, and "
+     "started(packet, flow) for a new flow if the cache has hooks; fallback(packet) for the "
+     "others"},
     {"frame_meter", frame_meter, METH_VARARGS,
      "frame_meter(add, decode) -> meter(time_ms, frame): decode then add (add from adder(); "
      "decode a compiled Ethernet decoder's), the common Ethernet frame parsed here"},

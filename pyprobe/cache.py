@@ -17,8 +17,9 @@ Expired flows are appended to `expired`, which the caller empties or replaces.
 A classifier (nDPI) sees a flow's packets only while its `classifier_state` is set; plugins see
 every packet. `add` and `count` are the reference. Where `_fastcache.c` was built at install,
 `count` has a compiled form, and so has `add` for most packets (`adder()`): a later packet of a
-live flow that no deadline ends is metered in C, then handed to the classifier and plugins, if
-any, as `add` does; without plugins, nDPI gets it from C too (`NdpiClassifier.inspector`).
+live flow that no deadline ends, or the first of a new flow, is metered in C, then handed to the
+classifier and plugins, if any, as `add` does; without plugins, nDPI gets a later packet from C
+too (`NdpiClassifier.inspector`).
 `frame_meter()` also parses such a packet's Ethernet frame in C, making no Packet unless a
 classifier or plugin needs it, and `feeder()` runs the loop around it in C. `compiled=False`
 keeps them all in Python.
@@ -38,7 +39,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from .flow import FLAG_INCREMENT, TH_FIN, TH_RST, Direction, EndReason, Flow, Packet
+from .flow import FLAG_INCREMENT, NO_MINIMUM, TH_FIN, TH_RST, Direction, EndReason, Flow, Packet
 
 if TYPE_CHECKING:
     from .decode import Decoder
@@ -98,8 +99,8 @@ def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, fla
     return True
 
 
-compiled_count = (_fastcache.counter(Flow, Direction, FLAG_INCREMENT, count) if COMPILED
-                  else None)
+compiled_count = (_fastcache.counter(Flow, Direction, FLAG_INCREMENT, NO_MINIMUM, count)
+                  if COMPILED else None)
 """`count` compiled for Flow and Direction; past int64 it hands the packet to `count`."""
 
 
@@ -155,7 +156,7 @@ class FlowCache:
         if not self.compiled:
             return self.add
         inspector = getattr(self.classifier, "inspector", None)  # nDPI's: called from C
-        return _fastcache.adder(self, compiled_count, self.add, self._update,
+        return _fastcache.adder(self, compiled_count, self.add, self._update, self._started,
                                 inspector and inspector())
 
     def frame_meter(self, decoder: Decoder) -> Callable[[int, bytes], None]:
@@ -235,10 +236,14 @@ class FlowCache:
         if flags & CLOSE_FLAGS:
             self._check_close(flow, flags, time_ms)
         if self._hooks:
-            for plugin in self._hooks:
-                plugin.on_init(packet, flow)
-            if flow.end_reason:
-                self._end(flow, EndReason(flow.end_reason))
+            self._started(packet, flow)
+
+    def _started(self, packet: Packet, flow: Flow) -> None:
+        """Hands a new flow's first packet to the classifier and the plugins."""
+        for plugin in self._hooks:
+            plugin.on_init(packet, flow)
+        if flow.end_reason:
+            self._end(flow, EndReason(flow.end_reason))
 
     def _update(self, packet: Packet, flow: Flow) -> None:
         """Hands a later packet to the classifier, while it inspects the flow, and the plugins."""

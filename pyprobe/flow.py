@@ -45,7 +45,7 @@ _FLAG_FIELD_MASK = (1 << _FLAG_FIELD_BITS) - 1
 FLAG_INCREMENT = tuple(
     sum(1 << (_FLAG_FIELD_BITS * bit) for bit in range(8) if flags >> bit & 1) for flags in range(256)
 )
-_NO_MINIMUM = 1 << 62  # larger than any size or interval; read back as 0
+NO_MINIMUM = 1 << 62  # larger than any size or interval; read back as 0
 
 
 class Packet(NamedTuple):
@@ -95,7 +95,7 @@ class Direction:
         self.bytes = self.min_ps = self.max_ps = size
         self.sum_sq_ps = size * size
         self.first_seen_ms = self.last_seen_ms = time_ms
-        self.low_piat_ms = _NO_MINIMUM  # the minimum interval, once there is one
+        self.low_piat_ms = NO_MINIMUM  # the minimum interval, once there is one
         self.max_piat_ms = self.sum_sq_piat_ms = 0
         self.tcp_flags = tcp_flags
         self.flag_counts = FLAG_INCREMENT[tcp_flags]
@@ -118,7 +118,7 @@ class Direction:
 
     @property
     def min_piat_ms(self) -> int:
-        return 0 if self.low_piat_ms == _NO_MINIMUM else self.low_piat_ms
+        return 0 if self.low_piat_ms == NO_MINIMUM else self.low_piat_ms
 
     @property
     def mean_piat_ms(self) -> float:
@@ -180,7 +180,7 @@ class Flow:
         self.src2dst = Direction(time_ms, size, ttl, tos, tcp_flags, icmp_type_code, self.tunnel_id)
         self.dst2src: Direction | None = None
         self.first_seen_ms = self.last_seen_ms = time_ms
-        self.low_piat_ms = _NO_MINIMUM
+        self.low_piat_ms = NO_MINIMUM
         self.max_piat_ms = self.sum_sq_piat_ms = 0
         self.end_by_ms = end_by_ms  # active timeout, or the end of the close linger
         self.closing = False  # RST, or FIN both ways, was seen
@@ -248,7 +248,7 @@ class Flow:
 
     @property
     def bidirectional_min_piat_ms(self) -> int:
-        return 0 if self.low_piat_ms == _NO_MINIMUM else self.low_piat_ms
+        return 0 if self.low_piat_ms == NO_MINIMUM else self.low_piat_ms
 
     @property
     def bidirectional_max_piat_ms(self) -> int:

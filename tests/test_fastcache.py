@@ -23,7 +23,7 @@ from pyprobe.capture import PcapSource
 from pyprobe.classify import NdpiClassifier
 from pyprobe.ndpi import NDPI
 from pyprobe.decode import Decoder
-from pyprobe.flow import FLAG_INCREMENT, Direction, Flow, Packet
+from pyprobe.flow import FLAG_INCREMENT, NO_MINIMUM, Direction, Flow, Packet
 
 compiled_count = cache_module.compiled_count
 needs_compiled = pytest.mark.skipif(not cache_module.COMPILED, reason="_fastcache is not built")
@@ -271,11 +271,16 @@ def test_wrong_argument_types(arguments) -> None:
 
 @needs_compiled
 def test_counter_checks_the_classes() -> None:
-    """Binding refuses classes without the slots it writes, and a short FLAG_INCREMENT."""
-    with pytest.raises(TypeError, match=r"^Direction.src_is_first is not a __slots__ member$"):
-        cache_module._fastcache.counter(Direction, Direction, FLAG_INCREMENT, count)
+    """Binding refuses classes without the slots it writes (all of them: it makes new flows),
+    and a short FLAG_INCREMENT."""
+    counter = cache_module._fastcache.counter
+    renamed = type("Renamed", (), {"__slots__": tuple(f"slot{i}" for i in range(23))})
+    with pytest.raises(TypeError, match=r"^Renamed.last_seen_ms is not a __slots__ member$"):
+        counter(renamed, Direction, FLAG_INCREMENT, NO_MINIMUM, count)
+    with pytest.raises(TypeError, match=r"^Flow and Flow must have the 23 and 17 __slots__"):
+        counter(Flow, Flow, FLAG_INCREMENT, NO_MINIMUM, count)
     with pytest.raises(ValueError, match="256 values"):
-        cache_module._fastcache.counter(Flow, Direction, FLAG_INCREMENT[:255], count)
+        counter(Flow, Direction, FLAG_INCREMENT[:255], NO_MINIMUM, count)
 
 
 @needs_compiled
@@ -330,8 +335,8 @@ def add_both(packets: list[Packet]) -> tuple[list[Flow], int]:
         handed.append(packet)
         caches[0].add(packet)
 
-    adds = (cache_module._fastcache.adder(caches[0], compiled_count, reference, caches[0]._update),
-            caches[1].add)
+    adds = (cache_module._fastcache.adder(caches[0], compiled_count, reference, caches[0]._update,
+                                          caches[0]._started), caches[1].add)
     for packet in packets:
         for add, cache in zip(adds, caches):
             add(packet)
@@ -345,8 +350,8 @@ def add_both(packets: list[Packet]) -> tuple[list[Flow], int]:
 
 @needs_compiled
 def test_compiled_add_meters_replies_fins_and_resets() -> None:
-    """First replies, FIN both ways and RST start the same flows, lingers and ends both ways;
-    only new flows and the due scan go to the reference."""
+    """New flows, first replies, FIN both ways and RST start the same flows, lingers and ends
+    both ways; only the due scans and a flow a FIN starts go to the reference."""
     flows, handed = add_both(EXCHANGE)
     assert [(flow.src_addr, flow.dst_addr, flow.src2dst.packets, flow.reverse.packets,
              flow.src2dst.bytes, flow.reverse.bytes, flow.src2dst.tcp_flags,
@@ -356,7 +361,7 @@ def test_compiled_add_meters_replies_fins_and_resets() -> None:
         (B, C, 1, 1, 60, 60, 0x02, 0x14, 1_007, 3_007, 3),
         (A, C, 3, 0, 180, 0, 0x11, 0x00, 4_000, 121_008, 4),
     ]
-    assert handed == 4  # the three new flows, and the packet at 4_000 (the scan is due)
+    assert handed == 3  # the first packet and the one at 4_000 (scans due), A-C's first (a FIN)
 
 
 class Inspect:
@@ -393,7 +398,7 @@ def test_compiled_add_hands_inspected_flows_to_the_hooks(role: str) -> None:
         caches.append(FlowCache(compiled=compiled, **hooks))
     add = cache_module._fastcache.adder(caches[0], compiled_count,
                                         lambda packet: (handed.append(packet), caches[0].add(packet)),
-                                        caches[0]._update)
+                                        caches[0]._update, caches[0]._started)
     for packet in EXCHANGE:
         add(packet)
         caches[1].add(packet)
@@ -404,13 +409,14 @@ def test_compiled_add_hands_inspected_flows_to_the_hooks(role: str) -> None:
     updates = [seen for seen in inspectors[1].seen if seen[0] == "update"]
     # The classifier sees at most two later packets a flow (B-C ends at its RST); plugins all.
     assert len(updates) == (5 if role == "classifier" else 10)
-    assert len(handed) == 4  # new flows and the due scan only
+    assert len(handed) == 3  # the due scans and A-C's FIN only
 
 
 @needs_compiled
 def test_adder_takes_only_a_compiled_count() -> None:
     with pytest.raises(TypeError, match="compiled count"):
-        cache_module._fastcache.adder(FlowCache(), count, FlowCache.add, FlowCache._update)
+        cache_module._fastcache.adder(FlowCache(), count, FlowCache.add, FlowCache._update,
+                                      FlowCache._started)
     with pytest.raises(TypeError, match="compiled add"):
         cache_module._fastcache.frame_meter(FlowCache().add, Decoder(1).decode)
 
