@@ -399,15 +399,6 @@ static int set_int(PyObject *object, Py_ssize_t at, long long value)
     return 0;
 }
 
-/* Sets the object slot at `at` to `value` (a new reference; NULL: -1, its exception set). */
-static int set_object(PyObject *object, Py_ssize_t at, PyObject *value)
-{
-    if (value == NULL)
-        return -1;
-    Py_XSETREF(SLOT(object, at), value);
-    return 0;
-}
-
 /* Whether a new Direction of `s` has int64 values: its flags index FLAG_INCREMENT. */
 static int direction_fits(const Seen *s)
 {
@@ -416,31 +407,48 @@ static int direction_fits(const Seen *s)
            && !__builtin_mul_overflow(s->size, s->size, &square);
 }
 
-/* The Direction of a first packet `s` at `time_ms`, as Direction.__init__ makes it (its values
- * direction_fits); NULL with an exception. */
-static PyObject *new_direction(const Binding *b, const Seen *s, long long time_ms)
+/* Stores `value` (a new reference; NULL: -1, its exception set) in the object slot at `at`. */
+static int put(PyObject *object, Py_ssize_t at, PyObject *value)
 {
-    static const int INTS[] = {D_PACKETS, D_BYTES, D_SUM_SQ_PS, D_MIN_PS, D_MAX_PS, D_LAST_SEEN,
-                               D_SUM_SQ_PIAT, D_MAX_PIAT, D_MIN_TTL, D_MAX_TTL, D_TCP_FLAGS,
-                               D_FIRST_SEEN, D_TOS, D_ICMP_TYPE_CODE, D_TUNNEL};
-    long long values[DIRECTION_SLOTS] = {
-        [D_PACKETS] = 1, [D_BYTES] = s->size, [D_SUM_SQ_PS] = s->size * s->size,
-        [D_MIN_PS] = s->size, [D_MAX_PS] = s->size, [D_LAST_SEEN] = time_ms,
-        [D_MIN_TTL] = s->ttl, [D_MAX_TTL] = s->ttl, [D_TCP_FLAGS] = s->flags,
-        [D_FIRST_SEEN] = time_ms, [D_TOS] = s->tos, [D_ICMP_TYPE_CODE] = s->icmp_type_code,
-        [D_TUNNEL] = s->tunnel_id};
+    if (value == NULL)
+        return -1;
+    Py_XSETREF(SLOT(object, at), value);
+    return 0;
+}
+
+/* The Direction of a first packet `s` at `time` (an int), as Direction.__init__ makes it (its
+ * values direction_fits); NULL with an exception. */
+static PyObject *new_direction(const Binding *b, const Seen *s, PyObject *time)
+{
     const Py_ssize_t *at = b->direction;
-    PyObject *direction = b->direction_type->tp_alloc(b->direction_type, 0);
-    if (direction == NULL)
-        return NULL;
-    SLOT(direction, at[D_LOW_PIAT]) = Py_NewRef(b->no_minimum);
-    SLOT(direction, at[D_FLAG_COUNTS]) = Py_NewRef(PyTuple_GET_ITEM(b->flag_increment, s->flags));
-    for (size_t i = 0; i < sizeof INTS / sizeof *INTS; i++)
-        if (set_int(direction, at[INTS[i]], values[INTS[i]]) < 0) {
-            Py_DECREF(direction);
-            return NULL;
-        }
-    return direction;
+    PyObject *size = PyLong_FromLongLong(s->size), *ttl = PyLong_FromLongLong(s->ttl);
+    PyObject *direction = size == NULL || ttl == NULL ? NULL
+                          : b->direction_type->tp_alloc(b->direction_type, 0);
+    int made = direction != NULL
+        && put(direction, at[D_PACKETS], PyLong_FromLong(1)) == 0
+        && put(direction, at[D_BYTES], Py_NewRef(size)) == 0
+        && put(direction, at[D_MIN_PS], Py_NewRef(size)) == 0
+        && put(direction, at[D_MAX_PS], Py_NewRef(size)) == 0
+        && put(direction, at[D_SUM_SQ_PS], PyLong_FromLongLong(s->size * s->size)) == 0
+        && put(direction, at[D_FIRST_SEEN], Py_NewRef(time)) == 0
+        && put(direction, at[D_LAST_SEEN], Py_NewRef(time)) == 0
+        && put(direction, at[D_LOW_PIAT], Py_NewRef(b->no_minimum)) == 0
+        && put(direction, at[D_MAX_PIAT], PyLong_FromLong(0)) == 0
+        && put(direction, at[D_SUM_SQ_PIAT], PyLong_FromLong(0)) == 0
+        && put(direction, at[D_TCP_FLAGS], PyLong_FromLongLong(s->flags)) == 0
+        && put(direction, at[D_FLAG_COUNTS],
+               Py_NewRef(PyTuple_GET_ITEM(b->flag_increment, s->flags))) == 0
+        && put(direction, at[D_MIN_TTL], Py_NewRef(ttl)) == 0
+        && put(direction, at[D_MAX_TTL], Py_NewRef(ttl)) == 0
+        && put(direction, at[D_TOS], PyLong_FromLongLong(s->tos)) == 0
+        && put(direction, at[D_ICMP_TYPE_CODE], PyLong_FromLongLong(s->icmp_type_code)) == 0
+        && put(direction, at[D_TUNNEL], PyLong_FromLongLong(s->tunnel_id)) == 0;
+    Py_XDECREF(size);
+    Py_XDECREF(ttl);
+    if (made)
+        return direction;
+    Py_XDECREF(direction);
+    return NULL;
 }
 
 /* The Flow of a first packet `s` at `time_ms`, as Flow.__init__ makes it; NULL with an
@@ -448,34 +456,37 @@ static PyObject *new_direction(const Binding *b, const Seen *s, long long time_m
 static PyObject *new_flow(const Binding *b, const Seen *s, PyObject *key, int src_is_first,
                           long long id, long long time_ms, long long end_by_ms)
 {
-    static const int INTS[] = {F_LAST_SEEN, F_SUM_SQ_PIAT, F_MAX_PIAT, F_END_BY, F_ID,
-                               F_SRC_PORT, F_DST_PORT, F_PROTOCOL, F_VLAN, F_TUNNEL,
-                               F_FIRST_SEEN, F_END_REASON};
-    long long values[FLOW_SLOTS] = {
-        [F_LAST_SEEN] = time_ms, [F_END_BY] = end_by_ms, [F_ID] = id, [F_SRC_PORT] = s->src_port,
-        [F_DST_PORT] = s->dst_port, [F_PROTOCOL] = s->protocol, [F_VLAN] = s->vlan_id,
-        [F_TUNNEL] = s->tunnel_id, [F_FIRST_SEEN] = time_ms};
     const Py_ssize_t *at = b->flow;
-    PyObject *flow = b->flow_type->tp_alloc(b->flow_type, 0);
-    if (flow == NULL)
-        return NULL;
-    SLOT(flow, at[F_KEY]) = Py_NewRef(key);
-    SLOT(flow, at[F_SRC_IS_FIRST]) = Py_NewRef(src_is_first ? Py_True : Py_False);
-    SLOT(flow, at[F_LOW_PIAT]) = Py_NewRef(b->no_minimum);
-    SLOT(flow, at[F_CLOSING]) = Py_NewRef(Py_False);
-    SLOT(flow, at[F_DST2SRC]) = Py_NewRef(Py_None);
-    SLOT(flow, at[F_DPI]) = Py_NewRef(Py_None);
-    SLOT(flow, at[F_CLASSIFIER_STATE]) = Py_NewRef(Py_None);
-    SLOT(flow, at[F_UDPS]) = Py_NewRef(Py_None);
-    for (size_t i = 0; i < sizeof INTS / sizeof *INTS; i++)
-        if (set_int(flow, at[INTS[i]], values[INTS[i]]) < 0)
-            goto failed;
-    if (set_object(flow, at[F_SRC_ADDR], PyBytes_FromStringAndSize(s->src, s->src_size)) == 0
-        && set_object(flow, at[F_DST_ADDR], PyBytes_FromStringAndSize(s->dst, s->dst_size)) == 0
-        && set_object(flow, at[F_SRC2DST], new_direction(b, s, time_ms)) == 0)
+    PyObject *time = PyLong_FromLongLong(time_ms);
+    PyObject *flow = time == NULL ? NULL : b->flow_type->tp_alloc(b->flow_type, 0);
+    int made = flow != NULL
+        && put(flow, at[F_SRC_ADDR], PyBytes_FromStringAndSize(s->src, s->src_size)) == 0
+        && put(flow, at[F_DST_ADDR], PyBytes_FromStringAndSize(s->dst, s->dst_size)) == 0
+        && put(flow, at[F_SRC_PORT], PyLong_FromLongLong(s->src_port)) == 0
+        && put(flow, at[F_DST_PORT], PyLong_FromLongLong(s->dst_port)) == 0
+        && put(flow, at[F_PROTOCOL], PyLong_FromLongLong(s->protocol)) == 0
+        && put(flow, at[F_VLAN], PyLong_FromLongLong(s->vlan_id)) == 0
+        && put(flow, at[F_TUNNEL], PyLong_FromLongLong(s->tunnel_id)) == 0
+        && put(flow, at[F_ID], PyLong_FromLongLong(id)) == 0
+        && put(flow, at[F_KEY], Py_NewRef(key)) == 0
+        && put(flow, at[F_SRC_IS_FIRST], Py_NewRef(src_is_first ? Py_True : Py_False)) == 0
+        && put(flow, at[F_SRC2DST], new_direction(b, s, time)) == 0
+        && put(flow, at[F_DST2SRC], Py_NewRef(Py_None)) == 0
+        && put(flow, at[F_FIRST_SEEN], Py_NewRef(time)) == 0
+        && put(flow, at[F_LAST_SEEN], Py_NewRef(time)) == 0
+        && put(flow, at[F_LOW_PIAT], Py_NewRef(b->no_minimum)) == 0
+        && put(flow, at[F_MAX_PIAT], PyLong_FromLong(0)) == 0
+        && put(flow, at[F_SUM_SQ_PIAT], PyLong_FromLong(0)) == 0
+        && put(flow, at[F_END_BY], PyLong_FromLongLong(end_by_ms)) == 0
+        && put(flow, at[F_CLOSING], Py_NewRef(Py_False)) == 0
+        && put(flow, at[F_END_REASON], PyLong_FromLong(0)) == 0
+        && put(flow, at[F_DPI], Py_NewRef(Py_None)) == 0
+        && put(flow, at[F_CLASSIFIER_STATE], Py_NewRef(Py_None)) == 0
+        && put(flow, at[F_UDPS], Py_NewRef(Py_None)) == 0;
+    Py_XDECREF(time);
+    if (made)
         return flow;
-failed:
-    Py_DECREF(flow);
+    Py_XDECREF(flow);
     return NULL;
 }
 
@@ -599,9 +610,13 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     case 0:
         goto not_metered;
     }
-    if (direction == Py_None  /* the first reply */
-        && set_object(flow, b->flow[F_DST2SRC], new_direction(b, s, counted[0])) < 0)
-        goto end;
+    if (direction == Py_None) {  /* the first reply */
+        PyObject *time = PyLong_FromLongLong(counted[0]);
+        int failed = time == NULL || put(flow, b->flow[F_DST2SRC], new_direction(b, s, time)) < 0;
+        Py_XDECREF(time);
+        if (failed)
+            goto end;
+    }
     if (closes && start_close(flow, b, SLOT(cache, a->slot[C_CLOSING]), end_of_linger) < 0)
         goto end;
     if (clock_moves) {
