@@ -13,7 +13,8 @@
  * no plugins, it hands them to nDPI itself, calling the classifier only once nDPI is done with the
  * flow. It starts new flows too, making the Flow and Direction as their __init__ do (every slot:
  * counter() refuses classes with other slots), then hands them to FlowCache._started when there
- * are hooks. It checks all of that before it writes anything; the other packets (a due scan or
+ * are hooks. When the packet's time makes the scan for idle flows due, it runs FlowCache._scan
+ * first, as add does. It checks all the rest before it writes anything; the other packets (a due
  * deadline, a full cache, a flow a FIN or RST starts, a value beyond int64) go to FlowCache.add,
  * the reference. tests/test_fastcache.py holds both paths to the same flows.
  *
@@ -286,17 +287,18 @@ typedef struct {
     long long budget;  /* packets per flow */
     PyTypeObject *state_type;  /* ndpi.NDPIFlow */
     Py_ssize_t address_slot, packets_slot;
+    PyObject *start;  /* start(flow) -> its new state */
     PyObject *finish;  /* NULL: no inspector */
 } Inspector;
 enum { I_PROCESS_PACKET, I_MODULE, I_PROTOCOL, I_PROTOCOL_SIZE, I_STATE_OFFSET, I_CLASSIFIED,
-       I_BUDGET, I_STATE_TYPE, I_FINISH, INSPECTOR_FIELDS };
+       I_BUDGET, I_STATE_TYPE, I_START, I_FINISH, INSPECTOR_FIELDS };
 static const char *const STATE_SLOT_NAMES[] = {"address", "packets"};
 
 /* What adder() bound: a cache, its slot offsets, the compiled count's Binding, the cache's add
- * (the fallback), _update and _started, and its classifier's Inspector if it has one. */
+ * (the fallback), _update, _started and _scan, and its classifier's Inspector if it has one. */
 typedef struct {
     PyObject_HEAD
-    PyObject *cache, *count, *fallback, *update, *started;
+    PyObject *cache, *count, *fallback, *update, *started, *scan;
     Binding *binding;  /* count's */
     Py_ssize_t slot[CACHE_SLOTS];
     Inspector inspector;
@@ -309,7 +311,9 @@ static void adder_dealloc(Adder *self)
     Py_XDECREF(self->fallback);
     Py_XDECREF(self->update);
     Py_XDECREF(self->started);
+    Py_XDECREF(self->scan);
     Py_XDECREF(self->inspector.state_type);
+    Py_XDECREF(self->inspector.start);
     Py_XDECREF(self->inspector.finish);
     PyObject_Free(self);
 }
@@ -490,38 +494,6 @@ static PyObject *new_flow(const Binding *b, const Seen *s, PyObject *key, int sr
     return NULL;
 }
 
-/* Starts the flow of `s`, absent from the cache, as FlowCache.add does, unless the cache is full
- * or the packet may close it (then add starts it): 1 when started, 3 when the new flow (a new
- * reference in `*started`) is for FlowCache._started (the cache has a classifier or plugins), 0
- * with nothing written, -1 with an exception. */
-static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_first,
-                      long long time_ms, int clock_moves, PyObject **started)
-{
-    PyObject *cache = a->cache, *flows = SLOT(cache, a->slot[C_FLOWS]);
-    PyObject *hooks = SLOT(cache, a->slot[C_HOOKS]);
-    long long max_flows, created, active_timeout, end_by_ms;
-    if (s->flags & CLOSE_FLAGS || !direction_fits(s) || hooks == NULL
-        || !PyTuple_CheckExact(hooks) || !int64_of(SLOT(cache, a->slot[C_MAX_FLOWS]), &max_flows)
-        || PyDict_GET_SIZE(flows) >= max_flows
-        || !int64_of(SLOT(cache, a->slot[C_FLOWS_CREATED]), &created) || created == LLONG_MAX
-        || !int64_of(SLOT(cache, a->slot[C_ACTIVE_TIMEOUT]), &active_timeout)
-        || __builtin_add_overflow(time_ms, active_timeout, &end_by_ms))
-        return 0;
-    PyObject *flow = new_flow(a->binding, s, key, src_is_first, created + 1, time_ms, end_by_ms);
-    if (flow == NULL || PyObject_SetItem(flows, key, flow) < 0  /* an OrderedDict: in order */
-        || set_int(cache, a->slot[C_FLOWS_CREATED], created + 1) < 0
-        || (clock_moves && set_int(cache, a->slot[C_NOW], time_ms) < 0)) {
-        Py_XDECREF(flow);
-        return -1;
-    }
-    if (PyTuple_GET_SIZE(hooks)) {
-        *started = flow;
-        return 3;
-    }
-    Py_DECREF(flow);
-    return 1;
-}
-
 /* Hands the packet to nDPI for the flow's `state`, as NdpiClassifier.on_update does, then calls
  * finish(flow, state) if nDPI has classified the flow or the budget is spent: 0 when done, 1 when
  * the state or packet is not one this can hand (the caller hands it on), -1 with an exception. */
@@ -552,10 +524,60 @@ static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const S
     return finished == NULL ? -1 : 0;
 }
 
-/* Meters `s` as FlowCache.add would, if it is the common packet (see the top): 1 when metered,
- * 2 when metered and its flow (a new reference in `*inspected`) is for FlowCache._update, 3 when
- * it started that flow, which is for FlowCache._started, 0 with nothing written when the packet
- * is for FlowCache.add, -1 with an exception. */
+/* Whether nDPI gets a flow's packets from here: the cache's hooks are its classifier alone, and
+ * that has an Inspector. */
+static int inspected(const Adder *a, PyObject *hooks)
+{
+    return a->inspector.finish != NULL && PyTuple_GET_SIZE(hooks) == 1;
+}
+
+/* Starts the flow of `s`, absent from the cache, as FlowCache.add does, unless the cache is full
+ * or the packet may close it (then add starts it): 1 when started, 3 when the new flow (a new
+ * reference in `*started`) is for FlowCache._started (the cache has a classifier or plugins), 0
+ * with nothing written, -1 with an exception. */
+static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_first,
+                      long long time_ms, int clock_moves, PyObject **started)
+{
+    PyObject *cache = a->cache, *flows = SLOT(cache, a->slot[C_FLOWS]);
+    PyObject *hooks = SLOT(cache, a->slot[C_HOOKS]);
+    long long max_flows, created, active_timeout, end_by_ms;
+    if (s->flags & CLOSE_FLAGS || !direction_fits(s) || hooks == NULL
+        || !PyTuple_CheckExact(hooks) || !int64_of(SLOT(cache, a->slot[C_MAX_FLOWS]), &max_flows)
+        || PyDict_GET_SIZE(flows) >= max_flows
+        || !int64_of(SLOT(cache, a->slot[C_FLOWS_CREATED]), &created) || created == LLONG_MAX
+        || !int64_of(SLOT(cache, a->slot[C_ACTIVE_TIMEOUT]), &active_timeout)
+        || __builtin_add_overflow(time_ms, active_timeout, &end_by_ms))
+        return 0;
+    PyObject *flow = new_flow(a->binding, s, key, src_is_first, created + 1, time_ms, end_by_ms);
+    if (flow == NULL || PyObject_SetItem(flows, key, flow) < 0  /* an OrderedDict: in order */
+        || set_int(cache, a->slot[C_FLOWS_CREATED], created + 1) < 0
+        || (clock_moves && set_int(cache, a->slot[C_NOW], time_ms) < 0)) {
+        Py_XDECREF(flow);
+        return -1;
+    }
+    int done = 1;
+    if (PyTuple_GET_SIZE(hooks) && inspected(a, hooks)) {  /* nDPI's classifier alone */
+        PyObject *state = PyObject_CallOneArg(a->inspector.start, flow);
+        done = state == NULL ? -1 : inspect(&a->inspector, flow, state, s);
+        Py_XDECREF(state);
+        if (done == 0)  /* 1: for _update, which hands the packet to the classifier's on_update */
+            done = 1;
+        else if (done == 1)
+            done = 2;
+    } else if (PyTuple_GET_SIZE(hooks))
+        done = 3;
+    if (done >= 2)
+        *started = flow;
+    else
+        Py_DECREF(flow);
+    return done;
+}
+
+/* Meters `s` as FlowCache.add would, if it is the common packet (see the top), after
+ * FlowCache._scan when the packet's time makes the scan due: 1 when metered, 2 when metered and
+ * its flow (a new reference in `*inspected`) is for FlowCache._update, 3 when it started that
+ * flow, which is for FlowCache._started, 0 with nothing more written when the packet is for
+ * FlowCache.add (which finds the clock at the packet's time), -1 with an exception. */
 static int meter(const Adder *a, const Seen *s, PyObject **inspected)
 {
     const Binding *b = a->binding;
@@ -568,8 +590,14 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     int clock_moves = counted[0] > now;
     if (!clock_moves)
         counted[0] = now;  /* a packet stamped before the clock is metered at the clock */
-    else if (counted[0] >= next_scan)
-        return 0;  /* the scan for idle and closed flows is due */
+    else if (counted[0] >= next_scan) {  /* the scan for idle and closed flows is due */
+        PyObject *time = PyLong_FromLongLong(counted[0]);
+        PyObject *scanned = time == NULL ? NULL : PyObject_CallOneArg(a->scan, time);
+        Py_XDECREF(time);
+        if (scanned == NULL)
+            return -1;
+        Py_DECREF(scanned);
+    }
     PyObject *flows = SLOT(cache, a->slot[C_FLOWS]), *plugins = SLOT(cache, a->slot[C_PLUGINS]);
     if (flows == NULL || !PyDict_Check(flows) || plugins == NULL || !PyTuple_CheckExact(plugins))
         return 0;
@@ -931,7 +959,7 @@ static PyObject *counter(PyObject *module, PyObject *args)
 /* Fills `in` from a classify.Inspector tuple (None: no inspector); -1 with an exception. */
 static int bind_inspector(Inspector *in, PyObject *inspector)
 {
-    in->finish = NULL, in->state_type = NULL;
+    in->finish = in->start = NULL, in->state_type = NULL;
     if (inspector == Py_None)
         return 0;
     long long values[I_STATE_TYPE];
@@ -963,15 +991,16 @@ static int bind_inspector(Inspector *in, PyObject *inspector)
     in->budget = values[I_BUDGET];
     in->address_slot = slots[0], in->packets_slot = slots[1];
     in->state_type = (PyTypeObject *)Py_NewRef(state_type);
+    in->start = Py_NewRef(PyTuple_GET_ITEM(inspector, I_START));
     in->finish = Py_NewRef(PyTuple_GET_ITEM(inspector, I_FINISH));
     return 0;
 }
 
 static PyObject *adder(PyObject *module, PyObject *args)
 {
-    PyObject *cache, *count, *fallback, *update_method, *started, *inspector = Py_None;
-    if (!PyArg_ParseTuple(args, "OOOOO|O:adder", &cache, &count, &fallback, &update_method,
-                          &started, &inspector))
+    PyObject *cache, *count, *fallback, *update_method, *started, *scan, *inspector = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOOOO|O:adder", &cache, &count, &fallback, &update_method,
+                          &started, &scan, &inspector))
         return NULL;
     if (!PyCFunction_Check(count) || ((PyCFunctionObject *)count)->m_ml != &count_def) {
         PyErr_SetString(PyExc_TypeError, "count must be a compiled count (counter())");
@@ -985,6 +1014,7 @@ static PyObject *adder(PyObject *module, PyObject *args)
     a->fallback = Py_NewRef(fallback);
     a->update = Py_NewRef(update_method);
     a->started = Py_NewRef(started);
+    a->scan = Py_NewRef(scan);
     a->binding = (Binding *)PyCFunction_GET_SELF(count);
     PyObject *function = NULL;
     if (bind_inspector(&a->inspector, inspector) == 0
@@ -1028,11 +1058,11 @@ static PyMethodDef methods[] = {
      "src_is_first, time_ms, size, ttl, flags): cache.count compiled for these classes, "
      "fallback(...) past int64"},
     {"adder", adder, METH_VARARGS,
-     "adder(cache, count, fallback, update, started, inspector=None) -> add(packet): cache's "
-     "add compiled for the common packet (count from counter()), then update(packet, flow) if "
-     "the flow is inspected, or with a classify.Inspector and no plugins, nDPI called here, and "
-     "started(packet, flow) for a new flow if the cache has hooks; fallback(packet) for the "
-     "others"},
+     "adder(cache, count, fallback, update, started, scan, inspector=None) -> add(packet): "
+     "cache's add compiled for the common packet (count from counter()), after scan(time_ms) "
+     "when the scan is due, then update(packet, flow) if the flow is inspected, or with a "
+     "classify.Inspector and no plugins, nDPI called here, and started(packet, flow) for a new "
+     "flow if the cache has hooks; fallback(packet) for the others"},
     {"frame_meter", frame_meter, METH_VARARGS,
      "frame_meter(add, decode) -> meter(time_ms, frame): decode then add (add from adder(); "
      "decode a compiled Ethernet decoder's), the common Ethernet frame parsed here"},

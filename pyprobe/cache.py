@@ -18,8 +18,8 @@ A classifier (nDPI) sees a flow's packets only while its `classifier_state` is s
 every packet. `add` and `count` are the reference. Where `_fastcache.c` was built at install,
 `count` has a compiled form, and so has `add` for most packets (`adder()`): a later packet of a
 live flow that no deadline ends, or the first of a new flow, is metered in C, then handed to the
-classifier and plugins, if any, as `add` does; without plugins, nDPI gets a later packet from C
-too (`NdpiClassifier.inspector`).
+classifier and plugins, if any, as `add` does; without plugins, nDPI gets them from C too
+(`NdpiClassifier.inspector`). The scan for idle flows a packet makes due runs first, in Python.
 `frame_meter()` also parses such a packet's Ethernet frame in C, making no Packet unless a
 classifier or plugin needs it, and `feeder()` runs the loop around it in C. `compiled=False`
 keeps them all in Python.
@@ -157,7 +157,7 @@ class FlowCache:
             return self.add
         inspector = getattr(self.classifier, "inspector", None)  # nDPI's: called from C
         return _fastcache.adder(self, compiled_count, self.add, self._update, self._started,
-                                inspector and inspector())
+                                self._scan, inspector and inspector())
 
     def frame_meter(self, decoder: Decoder) -> Callable[[int, bytes], None]:
         """meter(time_ms, frame): `decoder.decode`, then `add` the packet if there is one. With
@@ -200,8 +200,7 @@ class FlowCache:
         if time_ms > self.now_ms:
             self.now_ms = time_ms
             if time_ms >= self._next_scan_ms:
-                self.started_ms = self.started_ms or time_ms
-                self.expire(time_ms)
+                self._scan(time_ms)
         else:
             time_ms = self.now_ms
         if src < dst or (src == dst and src_port <= dst_port):
@@ -237,6 +236,12 @@ class FlowCache:
             self._check_close(flow, flags, time_ms)
         if self._hooks:
             self._started(packet, flow)
+
+    def _scan(self, time_ms: int) -> None:
+        """The scan a packet's time makes due: its time is the first clock if none was, then
+        `expire`."""
+        self.started_ms = self.started_ms or time_ms
+        self.expire(time_ms)
 
     def _started(self, packet: Packet, flow: Flow) -> None:
         """Hands a new flow's first packet to the classifier and the plugins."""

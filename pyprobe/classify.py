@@ -69,6 +69,7 @@ class Inspector(NamedTuple):
     classified: int  # NDPI_STATE_CLASSIFIED
     budget: int  # n_dissections
     state_type: type  # NDPIFlow
+    start: Callable[[Flow], NDPIFlow]  # a new flow's state, before its first packet
     finish: Callable[[Flow, NDPIFlow], None]  # once nDPI has classified or the budget is spent
 
 
@@ -111,7 +112,7 @@ class NdpiClassifier:
 
     def on_init(self, packet: Packet, flow: Flow) -> None:
         """Starts nDPI on the flow with its first packet."""
-        flow.classifier_state = NDPIFlow()
+        self._start(flow)
         self.on_update(packet, flow)
 
     def on_update(self, packet: Packet, flow: Flow) -> None:
@@ -131,7 +132,13 @@ class NdpiClassifier:
         process_packet, module = self.ndpi.addresses
         return Inspector(process_packet, module, int(ffi.cast("intptr_t", self._protocol)),
                          PROTOCOL_SIZE, PROTOCOL_OFFSETS["state"], int(CLASSIFIED),
-                         self.n_dissections, NDPIFlow, self._finish)
+                         self.n_dissections, NDPIFlow, self._start, self._finish)
+
+    @staticmethod
+    def _start(flow: Flow) -> NDPIFlow:
+        """The nDPI state of a new flow, set as its `classifier_state`."""
+        state = flow.classifier_state = NDPIFlow()
+        return state
 
     def _finish(self, flow: Flow, state: NDPIFlow) -> None:
         """Labels a flow once the compiled meter has seen nDPI classify it or spend its budget."""

@@ -106,8 +106,7 @@ class CountingClassifier(NdpiClassifier):
 @needs_compiled
 def test_compiled_equals_python_with_ndpi() -> None:
     """With nDPI inspecting flows, the bench capture's flows and labels are the same three ways
-    (frame meter, compiled add, pure Python); compiled, nDPI gets later packets straight from C,
-    and the classifier's on_update only first packets."""
+    (frame meter, compiled add, pure Python); compiled, nDPI gets most packets straight from C."""
     source = PcapSource(str(require(BENCH_PCAP)))
     decoders = Decoder(source.linktype), Decoder(source.linktype, compiled=False)
     caches = [FlowCache(compiled=compiled, classifier=CountingClassifier())
@@ -127,8 +126,8 @@ def test_compiled_equals_python_with_ndpi() -> None:
     assert flows[0] == flows[1] == flows[2]
     assert [(c.packets, c.giveups) for c in (cache.classifier for cache in caches)] == [
         (19_847, 3_724)] * 3
-    # compiled, only first packets (9,103) and the 560 that a due scan hands to the reference
-    assert [cache.classifier.updates for cache in caches] == [9_663, 9_663, 19_847]
+    # compiled, only the first packets of the flows a FIN or RST starts, which the reference meters
+    assert [cache.classifier.updates for cache in caches] == [181, 181, 19_847]
 
 
 @needs_compiled
@@ -336,7 +335,7 @@ def add_both(packets: list[Packet]) -> tuple[list[Flow], int]:
         caches[0].add(packet)
 
     adds = (cache_module._fastcache.adder(caches[0], compiled_count, reference, caches[0]._update,
-                                          caches[0]._started), caches[1].add)
+                                          caches[0]._started, caches[0]._scan), caches[1].add)
     for packet in packets:
         for add, cache in zip(adds, caches):
             add(packet)
@@ -351,7 +350,7 @@ def add_both(packets: list[Packet]) -> tuple[list[Flow], int]:
 @needs_compiled
 def test_compiled_add_meters_replies_fins_and_resets() -> None:
     """New flows, first replies, FIN both ways and RST start the same flows, lingers and ends
-    both ways; only the due scans and a flow a FIN starts go to the reference."""
+    both ways, due scans run the same; only a flow a FIN starts goes to the reference."""
     flows, handed = add_both(EXCHANGE)
     assert [(flow.src_addr, flow.dst_addr, flow.src2dst.packets, flow.reverse.packets,
              flow.src2dst.bytes, flow.reverse.bytes, flow.src2dst.tcp_flags,
@@ -361,7 +360,7 @@ def test_compiled_add_meters_replies_fins_and_resets() -> None:
         (B, C, 1, 1, 60, 60, 0x02, 0x14, 1_007, 3_007, 3),
         (A, C, 3, 0, 180, 0, 0x11, 0x00, 4_000, 121_008, 4),
     ]
-    assert handed == 3  # the first packet and the one at 4_000 (scans due), A-C's first (a FIN)
+    assert handed == 1  # A-C's first packet, a FIN
 
 
 class Inspect:
@@ -398,7 +397,7 @@ def test_compiled_add_hands_inspected_flows_to_the_hooks(role: str) -> None:
         caches.append(FlowCache(compiled=compiled, **hooks))
     add = cache_module._fastcache.adder(caches[0], compiled_count,
                                         lambda packet: (handed.append(packet), caches[0].add(packet)),
-                                        caches[0]._update, caches[0]._started)
+                                        caches[0]._update, caches[0]._started, caches[0]._scan)
     for packet in EXCHANGE:
         add(packet)
         caches[1].add(packet)
@@ -409,14 +408,14 @@ def test_compiled_add_hands_inspected_flows_to_the_hooks(role: str) -> None:
     updates = [seen for seen in inspectors[1].seen if seen[0] == "update"]
     # The classifier sees at most two later packets a flow (B-C ends at its RST); plugins all.
     assert len(updates) == (5 if role == "classifier" else 10)
-    assert len(handed) == 3  # the due scans and A-C's FIN only
+    assert len(handed) == 1  # A-C's FIN only
 
 
 @needs_compiled
 def test_adder_takes_only_a_compiled_count() -> None:
     with pytest.raises(TypeError, match="compiled count"):
         cache_module._fastcache.adder(FlowCache(), count, FlowCache.add, FlowCache._update,
-                                      FlowCache._started)
+                                      FlowCache._started, FlowCache._scan)
     with pytest.raises(TypeError, match="compiled add"):
         cache_module._fastcache.frame_meter(FlowCache().add, Decoder(1).decode)
 
