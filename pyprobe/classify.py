@@ -56,7 +56,6 @@ SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
 
-
 class Inspector(NamedTuple):
     """What the compiled meter (_fastcache.c) needs to hand an inspected flow's packets to nDPI
     itself, as NdpiClassifier.on_update does; the fields in the C side's order."""
@@ -74,6 +73,7 @@ class Inspector(NamedTuple):
 
 
 NO_METADATA: dict[str, Any] = {}
+"""The metadata of a flow without any (shared, never written)."""
 
 _shared: NDPI | None = None
 

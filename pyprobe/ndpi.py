@@ -303,8 +303,8 @@ class NDPI:
     @property
     def addresses(self) -> tuple[int, int]:
         """Where ndpi_detection_process_packet and this module are, for compiled callers."""
-        return (int(ffi.cast("intptr_t", lib.ndpi_detection_process_packet)),
-                int(ffi.cast("intptr_t", self._module)))
+        return (int(ffi.cast(ADDRESS, lib.ndpi_detection_process_packet)),
+                int(ffi.cast(ADDRESS, self._module)))
 
     @property
     def api_version(self) -> int:
