@@ -37,6 +37,18 @@ def test_replay_json_is_one_object_per_flow_and_deterministic() -> None:
     assert "flows 6: end_of_flow 2, forced_end 4" in first.stderr
 
 
+def test_replay_json_has_ndpis_whole_report_only_when_asked() -> None:
+    """--dpi-report adds each flow's nDPI report (its `metadata`) and changes nothing else."""
+    runs = [[json.loads(line) for line in pyprobe("replay", str(SAMPLE), "--json", *flag).stdout
+             .splitlines()] for flag in ((), ("--dpi-report",))]
+    dns = [next(f for f in flows if f["dst_port"] == 53) for flows in runs]
+    assert (dns[0]["dpi"]["metadata"], dns[1]["dpi"]["metadata"]["dns"]["rsp_addr"]) == (
+        {}, ["93.184.216.34,ttl=300"])
+    for flow in runs[1]:
+        flow["dpi"]["metadata"] = {}
+    assert runs[1] == runs[0]
+
+
 def test_replay_table_and_summary() -> None:
     result = pyprobe("replay", str(SAMPLE), "--idle-timeout", "0.5", "--bpf", "icmp")
     assert result.returncode == 0, result.stderr
