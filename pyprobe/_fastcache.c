@@ -116,7 +116,7 @@ static inline int int64_of(PyObject *value, long long *out)
 #else
     Py_ssize_t digits = Py_SIZE(value);
     if (digits >= -1 && digits <= 1) {
-        *out = digits * (long long)((PyLongObject *)value)->ob_digit[0];
+        *out = digits ? digits * (long long)((PyLongObject *)value)->ob_digit[0] : 0;
         return 1;
     }
 #endif
@@ -591,12 +591,17 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     if (!clock_moves)
         counted[0] = now;  /* a packet stamped before the clock is metered at the clock */
     else if (counted[0] >= next_scan) {  /* the scan for idle and closed flows is due */
-        PyObject *time = PyLong_FromLongLong(counted[0]);
-        PyObject *scanned = time == NULL ? NULL : PyObject_CallOneArg(a->scan, time);
-        Py_XDECREF(time);
+        PyObject *time = PyLong_FromLongLong(counted[0]), *scanned = NULL;
+        if (time != NULL) {  /* the clock first, as add sets it: the scan's hooks may move it */
+            Py_INCREF(time);
+            Py_XSETREF(SLOT(cache, a->slot[C_NOW]), time);
+            scanned = PyObject_CallOneArg(a->scan, time);
+            Py_DECREF(time);
+        }
         if (scanned == NULL)
             return -1;
         Py_DECREF(scanned);
+        clock_moves = 0;  /* set */
     }
     PyObject *flows = SLOT(cache, a->slot[C_FLOWS]), *plugins = SLOT(cache, a->slot[C_PLUGINS]);
     if (flows == NULL || !PyDict_Check(flows) || plugins == NULL || !PyTuple_CheckExact(plugins))
@@ -606,7 +611,7 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     if (key == NULL)
         return -1;
     PyObject *flow = Py_XNewRef(PyDict_GetItemWithError(flows, key));  /* held: hooks run */
-    long long last_seen, end_by, linger, end_of_linger;
+    long long last_seen, idle, end_by, linger, end_of_linger;
     if (flow == NULL) {
         done = PyErr_Occurred() ? -1 : start_flow(a, s, key, src_is_first, counted[0],
                                                    clock_moves, inspected);
@@ -615,7 +620,8 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     if (!Py_IS_TYPE(flow, b->flow_type)
         || !int64_of(SLOT(flow, b->flow[F_LAST_SEEN]), &last_seen)
         || !int64_of(SLOT(flow, b->flow[F_END_BY]), &end_by)
-        || counted[0] - last_seen >= idle_timeout || counted[0] >= end_by
+        || __builtin_sub_overflow(counted[0], last_seen, &idle)
+        || idle >= idle_timeout || counted[0] >= end_by
         || SLOT(flow, b->flow[F_CLASSIFIER_STATE]) == NULL)
         goto not_metered;
     PyObject *first = SLOT(flow, b->flow[F_SRC_IS_FIRST]);
@@ -858,7 +864,11 @@ static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *bound = PyCFunction_GET_SELF(self), *frames = args[0], *tick = Py_None;
     const Adder *a = (Adder *)PyCFunction_GET_SELF(PyTuple_GET_ITEM(bound, 0));
-    while (read < limit) {
+    if (!PyIter_Check(frames)) {
+        PyErr_SetString(PyExc_TypeError, "frames must be an iterator");
+        return NULL;
+    }
+    for (;;) {
         PyObject *pair = PyIter_Next(frames);
         if (pair == NULL) {
             if (PyErr_Occurred())
@@ -881,7 +891,7 @@ static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(pair);
         if (failed)
             return NULL;
-        if (batch_due(a, tick_ms))
+        if (read >= limit || batch_due(a, tick_ms))
             break;
     }
     return Py_BuildValue("(LO)", read, tick);
@@ -973,6 +983,10 @@ static int bind_inspector(Inspector *in, PyObject *inspector)
             return -1;
         }
     PyObject *state_type = PyTuple_GET_ITEM(inspector, I_STATE_TYPE);
+    if (!values[I_MODULE]) {
+        PyErr_SetString(PyExc_ValueError, "inspector's nDPI module is closed");
+        return -1;
+    }
     if (values[I_PROTOCOL_SIZE] != NDPI_PROTOCOL_SIZE || values[I_STATE_OFFSET] < 0
         || values[I_STATE_OFFSET] > NDPI_PROTOCOL_SIZE - (long long)sizeof(int)
         || !values[I_PROCESS_PACKET] || !values[I_PROTOCOL] || !PyType_Check(state_type)) {

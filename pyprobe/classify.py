@@ -127,8 +127,13 @@ class NdpiClassifier:
             elif state.packets >= self.n_dissections:
                 self._give_up(flow, state)
 
-    def inspector(self) -> Inspector:
-        """How the compiled meter hands packets to nDPI for this classifier."""
+    def inspector(self) -> Inspector | None:
+        """How the compiled meter hands packets to nDPI for this classifier, with its module and
+        budget as they are now; None for a subclass with its own on_init or on_update, which
+        then see every packet."""
+        kind = type(self)
+        if (kind.on_init, kind.on_update) != (NdpiClassifier.on_init, NdpiClassifier.on_update):
+            return None
         process_packet, module = self.ndpi.addresses
         return Inspector(process_packet, module, int(ffi.cast("intptr_t", self._protocol)),
                          PROTOCOL_SIZE, PROTOCOL_OFFSETS["state"], int(CLASSIFIED),

@@ -14,6 +14,7 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+import dpkt
 import pytest
 from conftest import BENCH_PCAP, GEN_SYNTH, ndpi_captures, require
 
@@ -89,18 +90,17 @@ def test_bench_capture_totals() -> None:
         9_103, 3_259, 84_898, 26_122_336, [(1, 8_330), (2, 57), (3, 716)])
 
 
-class CountingClassifier(NdpiClassifier):
-    """An NdpiClassifier that counts the packets handed to its Python on_update."""
+def counting_classifier() -> tuple[NdpiClassifier, list[int]]:
+    """An NdpiClassifier with a module of its own (nDPI's caches learn from flows), and the count
+    of the packets its Python path hands to nDPI."""
+    classifier, handed = NdpiClassifier(ndpi=NDPI()), [0]
+    dissect = classifier.ndpi.dissect
 
-    __slots__ = ("updates",)
-
-    def __init__(self) -> None:
-        super().__init__(ndpi=NDPI())  # a module each: nDPI's caches learn from flows
-        self.updates = 0
-
-    def on_update(self, packet: Packet, flow: Flow) -> None:
-        self.updates += 1
-        super().on_update(packet, flow)
+    def counted(*args: object) -> object:
+        handed[0] += 1
+        return dissect(*args)
+    classifier._dissect = counted
+    return classifier, handed
 
 
 @needs_compiled
@@ -109,8 +109,9 @@ def test_compiled_equals_python_with_ndpi() -> None:
     (frame meter, compiled add, pure Python); compiled, nDPI gets most packets straight from C."""
     source = PcapSource(str(require(BENCH_PCAP)))
     decoders = Decoder(source.linktype), Decoder(source.linktype, compiled=False)
-    caches = [FlowCache(compiled=compiled, classifier=CountingClassifier())
-              for compiled in (True, True, False)]
+    classifiers, handed = zip(*(counting_classifier() for _ in range(3)))
+    caches = [FlowCache(compiled=compiled, classifier=classifier)
+              for compiled, classifier in zip((True, True, False), classifiers)]
     meter = caches[0].frame_meter(decoders[0])
     decode, adds = decoders[1].decode, [cache.adder() for cache in caches[1:]]
     for ts_ns, frame in source:
@@ -126,8 +127,8 @@ def test_compiled_equals_python_with_ndpi() -> None:
     assert flows[0] == flows[1] == flows[2]
     assert [(c.packets, c.giveups) for c in (cache.classifier for cache in caches)] == [
         (19_847, 3_724)] * 3
-    # compiled, only the first packets of the flows a FIN or RST starts, which the reference meters
-    assert [cache.classifier.updates for cache in caches] == [181, 181, 19_847]
+    # compiled, Python hands nDPI only the first packets of flows a FIN or RST starts
+    assert [count for count, in handed] == [181, 181, 19_847]
 
 
 @needs_compiled
@@ -485,3 +486,70 @@ def test_feed_compiled_equals_python() -> None:
     assert compiled == python
     assert (len(compiled), sum(s[0] for s in compiled), sum(s[1] is not None for s in compiled),
             sum(s[2] for s in compiled)) == (330, 5_001, 10, 1_385)
+
+
+@needs_compiled
+def test_feed_takes_an_iterator_and_reads_at_least_one_frame() -> None:
+    """feed needs an iterator, and with a limit below 1 meters one frame, as its Python form."""
+    frames = [(1_000_000_000 + i, frame_of_packet(i)) for i in range(3)]
+    for compiled in (True, False):
+        cache = FlowCache(compiled=compiled)
+        feed = cache.feeder(Decoder(1, compiled=compiled))
+        assert (feed(iter(frames), 1 << 60, 0), len(cache)) == ((1, None), 1)
+    with pytest.raises(TypeError, match="frames must be an iterator"):
+        FlowCache().feeder(Decoder(1))(frames, 1 << 60, 10)
+
+
+def frame_of_packet(index: int) -> bytes:
+    """An Ethernet frame of a UDP packet from port 1000 + index."""
+    return bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=dpkt.ip.IP(
+        src=A, dst=B, p=dpkt.ip.IP_PROTO_UDP, data=dpkt.udp.UDP(sport=1_000 + index, dport=53))))
+
+
+class ClockMover:
+    """A plugin whose on_expire moves the cache's clock on: the scan's hooks run arbitrary code."""
+
+    def __init__(self) -> None:
+        self.cache: FlowCache | None = None
+
+    def on_init(self, packet: Packet, flow: Flow) -> None:
+        pass
+
+    def on_update(self, packet: Packet, flow: Flow) -> None:
+        pass
+
+    def on_expire(self, flow: Flow) -> None:
+        self.cache.now_ms = 100_000
+
+
+@needs_compiled
+def test_the_scan_hooks_clock_stands_both_ways() -> None:
+    """A clock a scan's hook moved on stays there, and the packet is metered at its own time."""
+    clocks = []
+    for compiled in (True, False):
+        mover = ClockMover()
+        cache = mover.cache = FlowCache(compiled=compiled, idle_timeout_s=1, plugins=(mover,))
+        add = cache.adder()
+        for packet in (tcp(1_000, A, B, "S"), tcp(5_000, A, C, "S")):
+            add(packet)
+        clocks.append((cache.now_ms, [(f.last_seen_ms, int(f.end_reason)) for f in cache.expired],
+                       [f.last_seen_ms for f in cache._flows.values()]))
+    assert clocks[0] == clocks[1] == (100_000, [(1_000, 1)], [5_000])
+
+
+def test_only_ndpis_own_hooks_are_inspected_from_c() -> None:
+    """A subclass with its own on_update sees every packet: it gets no Inspector."""
+    class Own(NdpiClassifier):
+        __slots__ = ()
+
+        def on_update(self, packet: Packet, flow: Flow) -> None:
+            super().on_update(packet, flow)
+
+    ndpi = NDPI()
+    assert (NdpiClassifier(ndpi=ndpi).inspector() is not None, Own(ndpi=ndpi).inspector()) == (
+        True, None)
+    closed = NdpiClassifier(ndpi=NDPI())
+    closed.ndpi.close()
+    if cache_module.COMPILED:
+        with pytest.raises(ValueError, match="nDPI module is closed"):
+            FlowCache(classifier=closed).adder()
