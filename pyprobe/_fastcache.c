@@ -74,6 +74,15 @@ enum { TH_FIN = 0x01, TH_RST = 0x04, CLOSE_FLAGS = TH_FIN | TH_RST };  /* as in 
 
 #define SLOT(object, offset) (*(PyObject **)((char *)(object) + (offset)))
 
+/* Stores `value` (a new reference; NULL: -1, its exception set) in the object slot at `at`. */
+static int put(PyObject *object, Py_ssize_t at, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    Py_XSETREF(SLOT(object, at), value);
+    return 0;
+}
+
 /* What counter() bound: the classes, their slot offsets, FLAG_INCREMENT, the "no minimum yet"
  * value of the interval minimums, and the fallback. */
 typedef struct {
@@ -138,14 +147,9 @@ static int read_ints(PyObject *object, const Py_ssize_t *offsets, int n, long lo
 static int write_ints(PyObject *object, const Py_ssize_t *offsets, int n, const long long *before,
                       const long long *after)
 {
-    for (int i = 0; i < n; i++) {
-        if (after[i] == before[i])
-            continue;
-        PyObject *number = PyLong_FromLongLong(after[i]);
-        if (number == NULL)
+    for (int i = 0; i < n; i++)
+        if (after[i] != before[i] && put(object, offsets[i], PyLong_FromLongLong(after[i])) < 0)
             return -1;
-        Py_XSETREF(SLOT(object, offsets[i]), number);
-    }
     return 0;
 }
 
@@ -219,12 +223,9 @@ static int update(const Binding *b, PyObject *flow, PyObject *direction, const l
         return 1;
     if (write_ints(direction, b->direction, DIRECTION_INTS, d0, d) < 0)
         return -1;
-    if (flags) {
-        PyObject *sum = PyNumber_Add(flag_counts, PyTuple_GET_ITEM(b->flag_increment, flags));
-        if (sum == NULL)
-            return -1;
-        Py_SETREF(SLOT(direction, b->direction[D_FLAG_COUNTS]), sum);
-    }
+    if (flags && put(direction, b->direction[D_FLAG_COUNTS],
+                     PyNumber_Add(flag_counts, PyTuple_GET_ITEM(b->flag_increment, flags))) < 0)
+        return -1;
     return 1;
 }
 
@@ -382,25 +383,13 @@ static int starts_close(const Binding *b, PyObject *flow, int from_source, long 
 /* Marks the flow closing until `end_by_ms` and appends it to the cache's `closing` deque. */
 static int start_close(PyObject *flow, const Binding *b, PyObject *closing, long long end_by_ms)
 {
-    PyObject *end_by = PyLong_FromLongLong(end_by_ms);
-    if (end_by == NULL)
+    if (put(flow, b->flow[F_END_BY], PyLong_FromLongLong(end_by_ms)) < 0)
         return -1;
-    Py_XSETREF(SLOT(flow, b->flow[F_END_BY]), end_by);
-    Py_XSETREF(SLOT(flow, b->flow[F_CLOSING]), Py_NewRef(Py_True));
+    put(flow, b->flow[F_CLOSING], Py_NewRef(Py_True));
     PyObject *args[] = {closing, flow};
     PyObject *appended = PyObject_VectorcallMethod(APPEND, args, 2, NULL);
     Py_XDECREF(appended);
     return appended == NULL ? -1 : 0;
-}
-
-/* Sets the object slot at `at` to a new int; -1 with an exception. */
-static int set_int(PyObject *object, Py_ssize_t at, long long value)
-{
-    PyObject *number = PyLong_FromLongLong(value);
-    if (number == NULL)
-        return -1;
-    Py_XSETREF(SLOT(object, at), number);
-    return 0;
 }
 
 /* Whether a new Direction of `s` has int64 values: its flags index FLAG_INCREMENT. */
@@ -409,15 +398,6 @@ static int direction_fits(const Seen *s)
     long long square;
     return s->flags >= 0 && s->flags < FLAG_VALUES
            && !__builtin_mul_overflow(s->size, s->size, &square);
-}
-
-/* Stores `value` (a new reference; NULL: -1, its exception set) in the object slot at `at`. */
-static int put(PyObject *object, Py_ssize_t at, PyObject *value)
-{
-    if (value == NULL)
-        return -1;
-    Py_XSETREF(SLOT(object, at), value);
-    return 0;
 }
 
 /* The Direction of a first packet `s` at `time` (an int), as Direction.__init__ makes it (its
@@ -504,10 +484,8 @@ static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const S
         || !int64_of(SLOT(state, in->address_slot), &address) || address == 0
         || !int64_of(SLOT(state, in->packets_slot), &packets) || packets == LLONG_MAX)
         return 1;
-    PyObject *counted = PyLong_FromLongLong(++packets);
-    if (counted == NULL)
+    if (put(state, in->packets_slot, PyLong_FromLongLong(++packets)) < 0)
         return -1;
-    Py_SETREF(SLOT(state, in->packets_slot), counted);
     Py_ssize_t length = Py_MIN(Py_MIN(s->size, s->ip_captured), 0xFFFF);
     NdpiProtocol result = in->process_packet(in->module, (void *)(intptr_t)address, s->ip,
                                              (unsigned short)Py_MAX(length, 0),
@@ -550,8 +528,8 @@ static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_f
         return 0;
     PyObject *flow = new_flow(a->binding, s, key, src_is_first, created + 1, time_ms, end_by_ms);
     if (flow == NULL || PyObject_SetItem(flows, key, flow) < 0  /* an OrderedDict: in order */
-        || set_int(cache, a->slot[C_FLOWS_CREATED], created + 1) < 0
-        || (clock_moves && set_int(cache, a->slot[C_NOW], time_ms) < 0)) {
+        || put(cache, a->slot[C_FLOWS_CREATED], PyLong_FromLongLong(created + 1)) < 0
+        || (clock_moves && put(cache, a->slot[C_NOW], PyLong_FromLongLong(time_ms)) < 0)) {
         Py_XDECREF(flow);
         return -1;
     }
@@ -592,12 +570,10 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
         counted[0] = now;  /* a packet stamped before the clock is metered at the clock */
     else if (counted[0] >= next_scan) {  /* the scan for idle and closed flows is due */
         PyObject *time = PyLong_FromLongLong(counted[0]), *scanned = NULL;
-        if (time != NULL) {  /* the clock first, as add sets it: the scan's hooks may move it */
-            Py_INCREF(time);
-            Py_XSETREF(SLOT(cache, a->slot[C_NOW]), time);
+        /* the clock first, as add sets it: the scan's hooks may move it on */
+        if (time != NULL && put(cache, a->slot[C_NOW], Py_NewRef(time)) == 0)
             scanned = PyObject_CallOneArg(a->scan, time);
-            Py_DECREF(time);
-        }
+        Py_XDECREF(time);
         if (scanned == NULL)
             return -1;
         Py_DECREF(scanned);
@@ -653,12 +629,8 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     }
     if (closes && start_close(flow, b, SLOT(cache, a->slot[C_CLOSING]), end_of_linger) < 0)
         goto end;
-    if (clock_moves) {
-        PyObject *clock = PyLong_FromLongLong(counted[0]);
-        if (clock == NULL)
-            goto end;
-        Py_SETREF(SLOT(cache, a->slot[C_NOW]), clock);
-    }
+    if (clock_moves && put(cache, a->slot[C_NOW], PyLong_FromLongLong(counted[0])) < 0)
+        goto end;
     PyObject *args[] = {flows, key};
     PyObject *moved = PyObject_VectorcallMethod(MOVE_TO_END, args, 2, NULL);
     Py_XDECREF(moved);

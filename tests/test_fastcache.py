@@ -42,12 +42,12 @@ def state(flow: Flow) -> tuple:
                  for name in FLOW_STATE) + directions
 
 
-def meter_both(path: Path) -> list[Flow]:
-    """The flows of a capture metered three ways, found equal: frames through the compiled frame
-    meter, and decoded packets through a compiled and a pure-Python cache."""
+def meter_three_ways(path: Path, caches: tuple[FlowCache, ...]) -> tuple[Decoder, Decoder]:
+    """Meters a capture into three caches, then drains them: its frames through the first's
+    compiled frame meter, its packets (decoded in Python) through the others' adder(); returns
+    the two decoders."""
     source = PcapSource(str(path))
     decoders = Decoder(source.linktype), Decoder(source.linktype, compiled=False)
-    caches = FlowCache(), FlowCache(), FlowCache(compiled=False)
     meter = caches[0].frame_meter(decoders[0])
     decode, adds = decoders[1].decode, [cache.adder() for cache in caches[1:]]
     for ts_ns, frame in source:
@@ -57,10 +57,18 @@ def meter_both(path: Path) -> list[Flow]:
             for add in adds:
                 add(packet)
     source.close()
-    assert (decoders[0].skipped, decoders[0].skipped_octets) == (decoders[1].skipped,
-                                                                 decoders[1].skipped_octets)
     for cache in caches:
         cache.drain()
+    return decoders
+
+
+def meter_both(path: Path) -> list[Flow]:
+    """The flows of a capture metered three ways, found equal: frames through the compiled frame
+    meter, and decoded packets through a compiled and a pure-Python cache."""
+    caches = FlowCache(), FlowCache(), FlowCache(compiled=False)
+    decoders = meter_three_ways(path, caches)
+    assert (decoders[0].skipped, decoders[0].skipped_octets) == (decoders[1].skipped,
+                                                                 decoders[1].skipped_octets)
     states = [[state(flow) for flow in cache.expired] for cache in caches]
     assert states[0] == states[2] and states[1] == states[2]
     return caches[0].expired
@@ -107,22 +115,10 @@ def counting_classifier() -> tuple[NdpiClassifier, list[int]]:
 def test_compiled_equals_python_with_ndpi() -> None:
     """With nDPI inspecting flows, the bench capture's flows and labels are the same three ways
     (frame meter, compiled add, pure Python); compiled, nDPI gets most packets straight from C."""
-    source = PcapSource(str(require(BENCH_PCAP)))
-    decoders = Decoder(source.linktype), Decoder(source.linktype, compiled=False)
     classifiers, handed = zip(*(counting_classifier() for _ in range(3)))
-    caches = [FlowCache(compiled=compiled, classifier=classifier)
-              for compiled, classifier in zip((True, True, False), classifiers)]
-    meter = caches[0].frame_meter(decoders[0])
-    decode, adds = decoders[1].decode, [cache.adder() for cache in caches[1:]]
-    for ts_ns, frame in source:
-        meter(ts_ns // 1_000_000, frame)
-        packet = decode(ts_ns // 1_000_000, frame)
-        if packet is not None:
-            for add in adds:
-                add(packet)
-    source.close()
-    for cache in caches:
-        cache.drain()
+    caches = tuple(FlowCache(compiled=compiled, classifier=classifier)
+                   for compiled, classifier in zip((True, True, False), classifiers))
+    meter_three_ways(require(BENCH_PCAP), caches)
     flows = [[state(flow) + (flow.dpi,) for flow in cache.expired] for cache in caches]
     assert flows[0] == flows[1] == flows[2]
     assert [(c.packets, c.giveups) for c in (cache.classifier for cache in caches)] == [
