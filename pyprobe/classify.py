@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .flow import DPI_JSON, DpiInfo, Flow, Packet
-from .ndpi import (NDPI, PROTOCOL_OFFSETS, PROTOCOL_SIZE, Confidence, NDPIFlow, State, ffi,
-                   protocol_id)
+from .ndpi import (ADDRESS, NDPI, PROTOCOL_OFFSETS, PROTOCOL_SIZE, Confidence, NDPIFlow, State,
+                   ffi, protocol_id)
 
 N_DISSECTIONS = 20  # nfstream's default budget of packets per flow
 GUESSED = frozenset((Confidence.MATCH_BY_PORT, Confidence.MATCH_BY_IP))
@@ -135,7 +135,7 @@ class NdpiClassifier:
         if (kind.on_init, kind.on_update) != (NdpiClassifier.on_init, NdpiClassifier.on_update):
             return None
         process_packet, module = self.ndpi.addresses
-        return Inspector(process_packet, module, int(ffi.cast("intptr_t", self._protocol)),
+        return Inspector(process_packet, module, int(ffi.cast(ADDRESS, self._protocol)),
                          PROTOCOL_SIZE, PROTOCOL_OFFSETS["state"], int(CLASSIFIED),
                          self.n_dissections, NDPIFlow, self._start, self._finish)
 
