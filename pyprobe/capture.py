@@ -5,14 +5,27 @@ capture ("eth0", or "eth1,eth2": the two ports of a tap, of one link type) is re
 with `select`, and also yields ticks, (time in ns, None): the wall clock after `TICK_S` without
 a packet, else the last packet's time once per `TICK_S`, so the meter's timers run whether or
 not packets arrive. `stop()` (safe in a signal handler) ends it.
+
+On Linux libpcap gives a live capture a TPACKET_V3 ring of `buffer_size` octets: the kernel
+packs frames into blocks of the ring, handed over when full or `BLOCK_TIMEOUT_MS` after their
+first frame, and each read takes every block that is ready, as one batch. (Immediate mode would
+give a TPACKET_V2 ring of one slot per snaplen: 32 frames in 2 MiB at the default snaplen.)
+Workers share an interface through the kernel's fanout (`share_by_fanout`): one packet socket
+each, the kernel handing every packet to one of them by a flow hash.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import re
 import select
+import socket
+import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 
 import pcap
 
@@ -22,6 +35,16 @@ from .errors import CaptureError
 # libpcap reports a few link types by their platform DLT value instead of the LINKTYPE number.
 DLT_TO_LINKTYPE = {12: 101, 14: 101}  # DLT_RAW (Linux, most BSDs; OpenBSD) -> LINKTYPE_RAW
 TICK_S = 0.2  # a live capture's tick interval, and so how soon stop() takes effect
+BLOCK_TIMEOUT_MS = 10  # a ring block is handed over this long after its first frame at the latest
+NOTHING = "less 0"  # a filter no frame passes
+# linux/if_packet.h: a packet socket joins a fanout group, in hash mode, its IPv4 datagrams
+# reassembled first so that their fragments hash as one (and with their ports).
+SOL_PACKET = 263
+PACKET_FANOUT = 18
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
+FANOUT_MODE = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+FANOUT_ARGUMENT = struct.Struct("=I")  # group id | mode << 16 (past a C int: not an int option)
 
 
 def is_capture_file(source: str) -> bool:
@@ -32,18 +55,21 @@ def is_capture_file(source: str) -> bool:
 class PcapSource:
     """Frames of a pcap/pcapng file or of live interfaces, with an optional BPF filter."""
 
-    __slots__ = ("source", "is_file", "linktype", "stopped", "_handles", "_final_stats")
+    __slots__ = ("source", "is_file", "linktype", "bpf_filter", "stopped", "_handles",
+                 "_names", "_final_stats", "_baseline")
 
     def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = 65535,
                  promiscuous: bool = True, buffer_size: int = 0) -> None:
         self.source = source
         self.is_file = is_capture_file(source)
+        self.bpf_filter = bpf_filter
         self.stopped = False
         self._final_stats: tuple[int, int, int] | None = None
+        self._baseline = (0, 0, 0)
         if self.is_file and not os.path.isfile(source):
             raise CaptureError(f"{source}: " + ("a directory, not a capture file"
                                                 if os.path.isdir(source) else "no such capture file"))
-        names = [source] if self.is_file else source.split(",")
+        names = self._names = [source] if self.is_file else source.split(",")
         self._handles = [_open(name, self.is_file, bpf_filter, snaplen, promiscuous, buffer_size)
                          for name in names]
         linktypes = {name: _linktype(handle) for name, handle in zip(names, self._handles)}
@@ -56,9 +82,12 @@ class PcapSource:
                                + ", ".join(f"{name} {t}" for name, t in linktypes.items()))
 
     def __iter__(self) -> Iterator[tuple[int, bytes | None]]:
-        return iter(self._handles[0]) if self.is_file else self._live()
+        if self.is_file:
+            return iter(self._handles[0])
+        return chain.from_iterable(self._batches())  # no Python frame resumed per packet
 
-    def _live(self) -> Iterator[tuple[int, bytes | None]]:
+    def _batches(self) -> Iterator[Iterable[tuple[int, bytes | None]]]:
+        """A live capture's frames as libpcap reads them, every ready block at once; ticks."""
         reads = [handle.readpkts for handle in self._handles]
         fds = [handle.fileno() for handle in self._handles]
         last_ns, next_tick = 0, time.monotonic() + TICK_S
@@ -68,17 +97,54 @@ class PcapSource:
                 frames = read()
                 if frames:
                     idle = False
-                    yield from frames
+                    yield frames
                     last_ns = max(last_ns, frames[-1][0])
             if not idle:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
-                    yield last_ns, None
+                    yield ((last_ns, None),)
             elif not select.select(fds, (), (), TICK_S)[0]:
                 next_tick = time.monotonic() + TICK_S
-                yield max(time.time_ns(), last_ns), None
-        for read in reads:  # what the kernel holds at stop() is metered too
-            yield from read()
+                yield ((max(time.time_ns(), last_ns), None),)
+        time.sleep(BLOCK_TIMEOUT_MS / 1000)  # the block being filled at stop() is handed over
+        for read in reads:  # and what the kernel holds then is metered too
+            yield read()
+
+    def set_filter(self, bpf_filter: str | None) -> None:
+        """Filters with `bpf_filter` from now on (None: every frame); what the kernel holds
+        already is filtered as it is read."""
+        for name, handle in zip(self._names, self._handles):
+            _set_filter(name, handle, bpf_filter or "")
+        self.bpf_filter = bpf_filter
+
+    def share_by_fanout(self, group: int, together: Callable[[Callable[[], None]], None]
+                        ) -> None:
+        """Shares the interfaces with the other workers through the kernel's fanout, hash
+        mode: interface i in group `group` + i. `together(join)` runs this worker's `join`, in
+        turn with the others (so that every group lists the workers in one order, and a flow's
+        two directions on two tap ports meet in one worker), and returns once all have joined.
+        Until then no frame is kept, and what came before (every worker saw it) is dropped:
+        the counters start there too."""
+        filtered = self.bpf_filter
+        self.set_filter(NOTHING)
+        time.sleep(2 * BLOCK_TIMEOUT_MS / 1000)  # the block being filled is handed over
+        for handle in self._handles:
+            handle.readpkts()  # the frames from before the fanout, filtered out as they are read
+        together(lambda: self._join(group))
+        self.set_filter(filtered)
+        self._baseline = self._counters()
+
+    def _join(self, group: int) -> None:
+        for offset, (name, handle) in enumerate(zip(self._names, self._handles)):
+            sock = socket.socket(fileno=handle.fileno())
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_FANOUT, FANOUT_ARGUMENT.pack(
+                    (group + offset) & 0xFFFF | FANOUT_MODE << 16))
+            except OSError as error:
+                raise CaptureError(f"{name}: cannot join fanout group {group + offset}: "
+                                   f"{error.strerror}") from None
+            finally:
+                sock.detach()  # the socket stays libpcap's
 
     def stop(self) -> None:
         """Ends a live capture's iteration within `TICK_S`."""
@@ -91,6 +157,9 @@ class PcapSource:
             return self._final_stats
         if self.is_file:
             return 0, 0, 0
+        return tuple(now - then for now, then in zip(self._counters(), self._baseline))
+
+    def _counters(self) -> tuple[int, int, int]:
         received, dropped, interface_dropped = zip(*(h.stats() for h in self._handles))
         return sum(received), sum(dropped), sum(interface_dropped)
 
@@ -108,19 +177,24 @@ def _open(name: str, is_file: bool, bpf_filter: str | None, snaplen: int, promis
         if is_file:
             handle = pcap.pcap(name, timestamp_in_ns=True)
         else:
-            handle = pcap.pcap(name, snaplen=snaplen, promisc=promiscuous, immediate=True,
-                               timestamp_in_ns=True, buffer_size=buffer_size)
+            handle = pcap.pcap(name, snaplen=snaplen, promisc=promiscuous,
+                               timeout_ms=BLOCK_TIMEOUT_MS, timestamp_in_ns=True,
+                               buffer_size=buffer_size)
             handle.setnonblock(True)
     except OSError as error:
         if is_file:  # pypcap then tries the name as a device: its reason would mislead
             raise CaptureError(f"{name}: not a readable pcap or pcapng file") from None
         raise CaptureError(f"{name}: cannot capture: {_reason(error)}") from None
     if bpf_filter:
-        try:
-            handle.setfilter(bpf_filter)
-        except OSError as error:
-            raise CaptureError(f"{name}: bad BPF filter {bpf_filter!r}: {_reason(error)}") from None
+        _set_filter(name, handle, bpf_filter)
     return handle
+
+
+def _set_filter(name: str, handle: pcap.pcap, bpf_filter: str) -> None:
+    try:
+        handle.setfilter(bpf_filter)
+    except OSError as error:
+        raise CaptureError(f"{name}: bad BPF filter {bpf_filter!r}: {_reason(error)}") from None
 
 
 def _reason(error: OSError) -> str:
@@ -133,3 +207,72 @@ def _reason(error: OSError) -> str:
 def _linktype(handle: pcap.pcap) -> int:
     datalink = handle.datalink()
     return DLT_TO_LINKTYPE.get(datalink, datalink)
+
+
+# libpcap's link type (DLT) for a Linux interface of a hardware type (/sys/class/net/NAME/type:
+# ARPHRD_ETHER, _LOOPBACK; _NONE (tun), _RAWIP, _TUNNEL, _SIT; _CISCO); the others, and `any`,
+# it reads in cooked mode (pcap-linux.c, map_arphrd_to_dlt).
+ARPHRD_DLTS = {1: 1, 772: 1, 65534: 12, 519: 12, 768: 12, 776: 12, 513: 104}
+DLT_LINUX_SLL = 113
+SYS_NET = "/sys/class/net"
+
+
+def check_interfaces(source: str, bpf_filter: str | None, snaplen: int) -> None:
+    """Refuses what a live capture of `source` would, without opening it: an interface that
+    does not exist (naming those that do) and, on Linux, a link type pyprobe cannot decode or
+    a BPF filter that does not compile for it: the link type libpcap will choose for the
+    interface's hardware type."""
+    linux = os.path.isdir(SYS_NET)
+    known = [name for name in pcap.findalldevs()
+             if not linux or name == "any" or os.path.exists(f"{SYS_NET}/{name}")]
+    for name in source.split(","):
+        if name not in known:
+            raise CaptureError(f"{name}: no such interface (there are {', '.join(known)})")
+        if not linux:
+            continue
+        dlt = _interface_dlt(name)
+        linktype = DLT_TO_LINKTYPE.get(dlt, dlt)
+        if bpf_filter:
+            problem = _compile_error(dlt, snaplen, bpf_filter)
+            if problem:
+                raise CaptureError(f"{name}: bad BPF filter {bpf_filter!r} for link type "
+                                   f"{LINKTYPE_NAMES[linktype]}: {problem}")
+
+
+def _interface_dlt(name: str) -> int:
+    if name == "any":
+        return DLT_LINUX_SLL
+    with open(f"{SYS_NET}/{name}/type", encoding="ascii") as file:
+        return ARPHRD_DLTS.get(int(file.read()), DLT_LINUX_SLL)
+
+
+class _BpfProgram(ctypes.Structure):
+    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
+
+
+@functools.cache
+def _libpcap() -> ctypes.CDLL:
+    """The libpcap pypcap uses, for the calls pypcap leaves out."""
+    libpcap = ctypes.CDLL(ctypes.util.find_library("pcap"))
+    libpcap.pcap_open_dead.restype = ctypes.c_void_p
+    libpcap.pcap_geterr.restype = ctypes.c_char_p
+    libpcap.pcap_geterr.argtypes = libpcap.pcap_close.argtypes = [ctypes.c_void_p]
+    libpcap.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram),
+                                     ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
+    libpcap.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
+    return libpcap
+
+
+def _compile_error(dlt: int, snaplen: int, bpf_filter: str) -> str | None:
+    """libpcap's reason why `bpf_filter` does not compile for link type `dlt`, or None (pypcap
+    compiles without a handle, but keeps the reason to itself)."""
+    libpcap, program = _libpcap(), _BpfProgram()
+    handle = libpcap.pcap_open_dead(dlt, snaplen)
+    try:
+        if libpcap.pcap_compile(handle, ctypes.byref(program), bpf_filter.encode(), 1,
+                                0xFFFFFFFF):  # PCAP_NETMASK_UNKNOWN
+            return libpcap.pcap_geterr(handle).decode(errors="replace")
+        libpcap.pcap_freecode(ctypes.byref(program))
+        return None
+    finally:
+        libpcap.pcap_close(handle)

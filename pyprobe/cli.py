@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -20,10 +20,10 @@ from .elements import ElementRegistry
 from .errors import PyprobeError
 from .flow import Flow
 from .probe import ExportSummary, Probe
-from .sensor import collectors_of, run, stream_of, worker_config
+from .sensor import check_capture, collectors_of, run, stream_of, worker_config
 from .capture import PcapSource
 from .stream import FlowStream, MeterStats
-from .workers import run_sharded
+from .workers import Rendezvous, run_sharded
 
 log = logging.getLogger("pyprobe")
 
@@ -143,10 +143,10 @@ def meter_sharded(args: argparse.Namespace, config: SensorConfig
     capture = PcapSource(args.file, bpf_filter=config.capture.bpf)
     capture.close()
     with tempfile.TemporaryDirectory(prefix="pyprobe-") as folder:
-        def work(index: int, share: str | None, end_clock: Callable[[int], int]
+        def work(index: int, share: str | None, rendezvous: Rendezvous
                  ) -> tuple[MeterStats, ExportSummary | None]:
             mine = worker_config(config, index, share)
-            stream = stream_of(mine, args.file, end_clock=end_clock)
+            stream = stream_of(mine, args.file, end_clock=rendezvous.end_clock)
             with open(Path(folder, str(index)), "w", encoding="utf-8") as out:
                 summary = meter(args, mine, stream, out, header=False)
             return stream.stats, summary
@@ -183,9 +183,11 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    """`pyprobe check`: the configuration and its templates, checked; the effective configuration."""
+    """`pyprobe check`: the configuration, its templates, its collectors' addresses and what the
+    capture needs, checked; the effective configuration."""
     config = load_config(args.config, overrides_of(args))
     collectors_of(config, ElementRegistry.default())
+    check_capture(config)
     sys.stdout.write(to_yaml(config))
     return 0
 

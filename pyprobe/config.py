@@ -66,8 +66,10 @@ class CaptureConfig:
     bpf: str | None = setting(None, "BPF filter applied before metering (tcpdump syntax)")
     snaplen: int = setting(65535, "octets kept of each frame", minimum=64, maximum=262144)
     promiscuous: bool = setting(True, "put the interface in promiscuous mode")
-    buffer_size: int = setting(0, "kernel capture buffer in octets (0: libpcap's, 2 MiB)",
-                               minimum=0)
+    buffer_size: int = setting(64 * 2**20, "kernel capture ring of each worker, octets (0: "
+                                           "libpcap's, 2 MiB)", minimum=0)
+    exclude_exports: bool = setting(True, "leave out the datagrams the probe sends to its "
+                                          "collectors (a BPF clause on their addresses and ports)")
     workers: int | None = setting(None, "processes metering, each its share of the flows (null: "
                                         "one per CPU for an interface, 1 for a file)", minimum=1)
 

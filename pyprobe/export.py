@@ -42,7 +42,7 @@ class Exporter:
     def __init__(self, protocol: str, templates: TemplateSet, registry: ElementRegistry, *,
                  observation_domain: int = 1, mtu_bytes: int = 1400,
                  template_refresh_s: float = 60, template_refresh_packets: int = 20,
-                 flush_interval_ms: int = 1000, boot_ms: int = 0) -> None:
+                 flush_interval_ms: int = 1000, boot_ms: int = 0, process_id: int = 0) -> None:
         if protocol not in PROTOCOLS:
             raise TemplateError(f"unknown protocol {protocol!r} (expected ipfix or netflow9)")
         self.protocol = PROTOCOLS[protocol]
@@ -56,7 +56,7 @@ class Exporter:
         self.template_refresh_packets = template_refresh_packets
         self.flush_interval_ms = flush_interval_ms
         self.boot_ms = boot_ms
-        self.stats = ExportStats()
+        self.stats = ExportStats(exporting_process_id=process_id)
         self._data_channel = _Channel(MessageBuilder(self.protocol, mtu_bytes), observation_domain)
         # IPFIX: the exporting process's options (statistics, RFC 5610 types) go in messages of
         # observation domain 0, with a sequence of their own: the data domain's sequence then

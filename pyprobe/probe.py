@@ -35,11 +35,13 @@ class Collector:
     template_refresh_s: float = COLLECTOR_DEFAULTS["template_refresh"]
     template_refresh_packets: int = COLLECTOR_DEFAULTS["template_refresh_packets"]
 
-    def exporter(self, registry: ElementRegistry, boot_ms: int = 0) -> Exporter:
+    def exporter(self, registry: ElementRegistry, boot_ms: int = 0, process_id: int = 0
+                 ) -> Exporter:
         return Exporter(self.protocol, self.templates, registry, boot_ms=boot_ms,
                         observation_domain=self.observation_domain, mtu_bytes=self.mtu_bytes,
                         template_refresh_s=self.template_refresh_s,
-                        template_refresh_packets=self.template_refresh_packets)
+                        template_refresh_packets=self.template_refresh_packets,
+                        process_id=process_id)
 
 
 @dataclass
@@ -61,12 +63,15 @@ class Probe:
     """Runs a FlowStream and exports its flows to collectors."""
 
     def __init__(self, stream: FlowStream, collectors: list[Collector], registry: ElementRegistry,
-                 *, speed: float | None = None, timer: Callable[[int], None] | None = None) -> None:
+                 *, speed: float | None = None, timer: Callable[[int], None] | None = None,
+                 process_id: int = 0) -> None:
         self.stream = stream
         self.collectors = collectors
         self.registry = registry
         self.speed = speed
         self.timer = timer
+        self.process_id = process_id
+        """The exportingProcessId of its statistics (a worker's index)."""
         self.summary = ExportSummary()
         self.links: list[tuple[Exporter, UdpTransport]] = []
         self.boot_ms: int | None = None
@@ -75,8 +80,11 @@ class Probe:
 
     def _start(self, boot_ms: int) -> None:
         self.boot_ms = boot_ms
-        self.links = [(c.exporter(self.registry, boot_ms), UdpTransport(c.host, c.port))
-                      for c in self.collectors]
+        self.links = [self._link(c) for c in self.collectors]
+
+    def _link(self, collector: Collector) -> tuple[Exporter, UdpTransport]:
+        return (collector.exporter(self.registry, self.boot_ms, self.process_id),
+                UdpTransport(collector.host, collector.port))
 
     def set_collectors(self, collectors: list[Collector], now_ms: int) -> None:
         """Keeps unchanged collectors' links; flushes and drops the others; adds new ones."""
@@ -87,8 +95,7 @@ class Probe:
                 self._close(*link, now_ms)
         self.collectors = collectors
         if self.boot_ms is not None:
-            self.links = [kept.get(c) or (c.exporter(self.registry, self.boot_ms),
-                                          UdpTransport(c.host, c.port)) for c in collectors]
+            self.links = [kept.get(c) or self._link(c) for c in collectors]
 
     def stop(self) -> None:
         """Ends the run soon (safe in a signal handler): live flows end (forced) and go out."""

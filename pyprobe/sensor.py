@@ -2,7 +2,8 @@
 
 It checks everything it can before it starts (configuration, templates), opens the capture,
 drops privileges, and runs the same `Probe` loop as a replay; the capture's ticks keep the
-timers going when no packets arrive. Signals:
+timers going when no packets arrive. A live capture leaves out the datagrams the probe sends to
+its collectors (`capture.exclude_exports`). Signals:
 
 - SIGTERM, SIGINT: every live flow ends as forced end (4) and is sent, then the final statistics;
   exit 0 within a second or so;
@@ -10,11 +11,15 @@ timers going when no packets arrive. Signals:
   new configuration is logged and the running one kept; capture and cache settings need a restart).
 
 Every `statistics_interval` the capture's and the exporters' counters are logged on one line and
-copied into the exporting-process statistics that the next template refresh sends.
+copied into the exporting-process statistics that the next template refresh sends; a warning
+follows whenever the kernel or the interface dropped packets since the line before.
 
 With `capture.workers` N > 1 the parent checks the configuration and forks N workers (see
-`workers`), each a sensor as above on its share of the packets, exporting in the observation
-domains + its index, logging as `instance/index`; the parent passes the signals on.
+`workers`): on Linux they share a live capture through the kernel's fanout, elsewhere each reads
+its share of the packets. Each is a sensor as above, exporting in the observation domains + its
+index, with its index as exportingProcessId, and logging as `instance/index`, at debug level but
+for its warnings and errors. The parent (`Crew`) speaks for the sensor: the start, one
+statistics line for all the workers, the drop warnings, the signals, reloads and the stop.
 """
 from __future__ import annotations
 
@@ -25,11 +30,11 @@ import os
 import pwd
 import signal
 import sys
-from collections.abc import Callable
+import time
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from .capture import PcapSource
+from .capture import PcapSource, check_interfaces
 from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
 from .elements import ElementRegistry
 from .errors import PyprobeError
@@ -37,18 +42,53 @@ from .probe import Collector, Probe
 from .stream import FlowStream
 from .template import TemplateSet, load_templates
 from .transport import resolve
-from .workers import run_sharded
+from .workers import Board, Rendezvous, run_sharded
 
 log = logging.getLogger("pyprobe")
 LOG_FORMAT = "%(asctime)s {instance} %(levelname)s %(message)s"
 
 
 class Worker(NamedTuple):
-    """One of the sensor's processes: its index, its share of the packets, its end clock."""
+    """One of the sensor's processes: its index, its share of the packets (its filter), where it
+    meets the others, the fanout group of a live capture (None: the share filters the packets),
+    and where it posts its counters."""
 
     index: int
     share: str | None
-    end_clock: Callable[[int], int]
+    rendezvous: Rendezvous
+    fanout_group: int | None
+    board: Board
+
+
+class Counters(NamedTuple):
+    """What a sensor has done so far, as its statistics line tells it."""
+
+    captured: int
+    kernel_dropped: int
+    interface_dropped: int
+    read: int
+    skipped: int
+    flows_live: int
+    flows_ended: int
+    records: int
+    messages: int
+    send_errors: int
+
+    def __str__(self) -> str:
+        return (f"captured {self.captured} frames, dropped {self.kernel_dropped} by the kernel "
+                f"and {self.interface_dropped} by the interface; read {self.read}, skipped "
+                f"{self.skipped}; flows live {self.flows_live}, ended {self.flows_ended}; "
+                f"exported {self.records} records in {self.messages} messages, "
+                f"{self.send_errors} send errors")
+
+    def warn_of_drops(self, before: Counters | None) -> None:
+        """Logs a warning when the kernel or the interface dropped packets since `before`."""
+        kernel = self.kernel_dropped - (before.kernel_dropped if before else 0)
+        interface = self.interface_dropped - (before.interface_dropped if before else 0)
+        if kernel or interface:
+            log.warning("dropped %d packets since the last statistics: %d by the kernel (the "
+                        "capture ring was full: raise capture.buffer_size, or capture.workers), "
+                        "%d by the interface", kernel + interface, kernel, interface)
 
 
 def worker_config(config: SensorConfig, index: int, share: str | None) -> SensorConfig:
@@ -95,11 +135,34 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
                       decode_tunnels=dpi.decode_tunnels, **options)
 
 
+def capture_filter(config: SensorConfig) -> str | None:
+    """The capture's BPF filter: the configured one, after a clause that leaves out the UDP
+    datagrams to the collectors (a live capture's, unless `capture.exclude_exports` is off).
+    The clause comes first: a `vlan` in the other moves the offsets of what follows it."""
+    capture = config.capture
+    if capture.interface is None or not capture.exclude_exports or not config.collectors:
+        return capture.bpf
+    destinations = dict.fromkeys(resolve(c.host, c.port)[3][:2] for c in config.collectors)
+    exports = " or ".join(f"(udp and dst host {address} and dst port {port})"
+                          for address, port in destinations)
+    return f"not ({exports})" + (f" and ({capture.bpf})" if capture.bpf else "")
+
+
 def open_capture(config: SensorConfig) -> PcapSource:
     capture = config.capture
-    return PcapSource(capture.interface or capture.file, bpf_filter=capture.bpf,
+    return PcapSource(capture.interface or capture.file, bpf_filter=capture_filter(config),
                       snaplen=capture.snaplen, promiscuous=capture.promiscuous,
                       buffer_size=capture.buffer_size)
+
+
+def check_capture(config: SensorConfig) -> None:
+    """What the capture will need, checked without opening it (`pyprobe check`): the
+    interfaces, and the filter compiled for their link type; a capture file, opened."""
+    capture = config.capture
+    if capture.interface is None:
+        open_capture(config).close()
+    else:
+        check_interfaces(capture.interface, capture_filter(config), capture.snaplen)
 
 
 def drop_privileges(user: str | None, group: str | None) -> None:
@@ -117,12 +180,19 @@ def drop_privileges(user: str | None, group: str | None) -> None:
                            f"{error.strerror}") from None
 
 
-def log_handler(config: SensorConfig, worker: Worker | None = None) -> logging.Handler:
+def set_logging(config: SensorConfig, index: int | None = None) -> None:
+    """Installs a new log handler (a reopened file) and level, for worker `index` (None: the
+    sensor), in place of the one before (a worker's: its parent's)."""
     handler = (logging.FileHandler(config.log_file) if config.log_file
                else logging.StreamHandler(sys.stderr))
-    instance = config.instance if worker is None else f"{config.instance}/{worker.index}"
+    instance = config.instance if index is None else f"{config.instance}/{index}"
     handler.setFormatter(logging.Formatter(LOG_FORMAT.format(instance=instance)))
-    return handler
+    for previous in log.handlers[:]:
+        log.removeHandler(previous)
+        previous.close()
+    log.addHandler(handler)
+    log.setLevel(config.log_level.upper())
+    log.propagate = False
 
 
 class Sensor:
@@ -136,38 +206,46 @@ class Sensor:
         self.worker = worker
         self.registry = ElementRegistry.default()
         self.probe: Probe | None = None
+        self.capture: PcapSource | None = None
+        self._index = None if worker is None else worker.index
         self._stopping = False
-        self._handler: logging.Handler | None = None
         self._reload_requested = False
         self._next_statistics_ms = 0
+        self._last: Counters | None = None  # as the last statistics line told them
+        self._tell = log.info if worker is None else log.debug  # the parent speaks for workers
 
     def run(self) -> int:
         """Runs until SIGTERM/SIGINT or the end of a capture file; 0 once all is sent."""
         config, worker = self._own(self.config), self.worker
-        self._set_logging(config)
+        set_logging(config, self._index)
         collectors = collectors_of(config, self.registry)
-        capture = open_capture(config)
-        end_clock = worker.end_clock if worker is not None and capture.is_file else None
+        capture = self.capture = open_capture(config)
+        if worker is not None and worker.fanout_group is not None:
+            capture.share_by_fanout(worker.fanout_group, worker.rendezvous.together)
+        end_clock = worker.rendezvous.end_clock if worker is not None and capture.is_file else None
         # nDPI loads here, while its files are readable
         stream = stream_of(config, capture, end_clock=end_clock)
         drop_privileges(config.user, config.group)
-        probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer)
+        probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer,
+                                   process_id=worker.index if worker is not None else 0)
         handlers = {signal.SIGTERM: self._stop, signal.SIGINT: self._stop,
                     signal.SIGHUP: self._request_reload}
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)  # a worker starts with them blocked
-        log.info("started: capturing on %s as uid %d, exporting to %s", capture.source,
-                 os.getuid(), describe(collectors))
+        self._tell("started: capturing on %s as uid %d, exporting to %s", capture.source,
+                   os.getuid(), describe(collectors))
+        self._post()
         probe.run()
-        log.info("stopped: %s", self._statistics())
+        self._post()
+        self._tell("stopped: %s", self.counters())
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:
         if self._stopping:  # a worker gets SIGTERM from its parent and from systemd
             return
         self._stopping = True  # before any call: a second signal may interrupt this handler
-        log.info("%s: ending every flow and sending it", signal.Signals(signum).name)
+        self._tell("%s: ending every flow and sending it", signal.Signals(signum).name)
         self.probe.stop()
 
     def _request_reload(self, signum: int, frame: object) -> None:
@@ -177,30 +255,107 @@ class Sensor:
         if self._reload_requested:
             self._reload_requested = False
             self.reload(now_ms)
+        self._post()
         if now_ms >= self._next_statistics_ms:
             self._next_statistics_ms = now_ms + round(self.config.statistics_interval * 1000)
             self.probe.update_statistics()
-            log.info("statistics: %s", self._statistics())
+            counters = self.counters()
+            self._tell("statistics: %s", counters)
+            if self.worker is None:
+                counters.warn_of_drops(self._last)
+            self._last = counters
 
-    def _statistics(self) -> str:
+    def _post(self) -> None:
+        """A worker's counters, where the parent reads them."""
+        if self.worker is not None:
+            self.worker.board.post(self.worker.index, self.counters())
+
+    def counters(self) -> Counters:
         probe = self.probe
         stream = probe.stream
-        received, dropped, interface_dropped = stream.capture.stats()
         meter = stream.stats
         sent = [exporter.stats for exporter, _ in probe.links]
-        return (f"captured {received} frames, dropped {dropped} by the kernel and "
-                f"{interface_dropped} by the interface; read {meter.packets_read}, skipped "
-                f"{meter.packets_skipped}; flows live {len(stream.cache or ())}, ended "
-                f"{sum(meter.flows.values())}; exported {sum(s.flow_records for s in sent)} "
-                f"records in {sum(s.messages for s in sent)} messages, "
-                f"{sum(t.errors for _, t in probe.links)} send errors")
+        return Counters(*self.capture.stats(), meter.packets_read, meter.packets_skipped,
+                        len(stream.cache or ()), sum(meter.flows.values()),
+                        sum(s.flow_records for s in sent), sum(s.messages for s in sent),
+                        sum(t.errors for _, t in probe.links))
 
     def reload(self, now_ms: int) -> None:
-        """Reopens the log and swaps in the collectors of the configuration as it now reads."""
+        """Reopens the log and swaps in the collectors of the configuration as it now reads (and
+        the capture filter that leaves out their datagrams)."""
         try:
             config = load_config(self.config_path, self.overrides)
-            collectors = collectors_of(self._own(config), self.registry)
-            self._set_logging(config)
+            mine = self._own(config)
+            collectors = collectors_of(mine, self.registry)
+            running = self._own(self.config)  # its capture settings stay, but for the exports
+            bpf_filter = capture_filter(replace(running, collectors=mine.collectors))
+            if bpf_filter != self.capture.bpf_filter:
+                self.capture.set_filter(bpf_filter)
+            set_logging(config, self._index)
+        except (PyprobeError, OSError) as error:
+            (log.error if self.worker is None else log.debug)(
+                "reload: %s; keeping the running configuration", error)
+            return
+        kept = ("capture", "cache", "dpi", "user", "group")
+        changed = [key for key in kept if getattr(config, key) != getattr(self.config, key)]
+        if changed:
+            (log.warning if self.worker is None else log.debug)(
+                "reload: %s changed; they take effect at the next start", ", ".join(changed))
+        self.config = config
+        self.probe.set_collectors(collectors, now_ms)
+        self._tell("reloaded: exporting to %s", describe(collectors))
+
+    def _own(self, config: SensorConfig) -> SensorConfig:
+        """`config` as this process applies it (a worker's share and observation domains)."""
+        worker = self.worker
+        return config if worker is None else worker_config(config, worker.index, worker.share)
+
+
+class Crew:
+    """The parent of the sensor's workers, and its voice: it logs the start once all have
+    started, one statistics line of their counters added up (and the drop warning), the signals,
+    the outcome of a reload (reopening its own log), and the stop."""
+
+    def __init__(self, config: SensorConfig, config_path: str | None, overrides: dict,
+                 board: Board, sharing: str) -> None:
+        self.config, self.config_path, self.overrides = config, config_path, overrides
+        self.board, self.sharing = board, sharing
+        set_logging(config)
+        self._signals: list[int] = []
+        self._started = False
+        self._next_statistics = time.monotonic() + config.statistics_interval
+        self._last: Counters | None = None
+
+    def signalled(self, signum: int) -> None:
+        self._signals.append(signum)  # told at the next tick, out of the signal handler
+
+    def tick(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGHUP:
+                self._reload()
+            else:
+                log.info("%s: every worker ends its flows and sends them",
+                         signal.Signals(signum).name)
+        if not self._started and self.board.posted():
+            self._started = True
+            config = self.config
+            log.info("started: %d workers capturing on %s (%s), exporting to %s",
+                     config.capture.workers, config.capture.interface or config.capture.file,
+                     self.sharing, describe(collectors_of(config, ElementRegistry.default())))
+        if time.monotonic() >= self._next_statistics:
+            self._next_statistics += self.config.statistics_interval
+            counters = Counters(*self.board.total())
+            log.info("statistics: %s", counters)
+            counters.warn_of_drops(self._last)
+            self._last = counters
+
+    def _reload(self) -> None:
+        """Tells once what each worker does with a SIGHUP (they log it at debug level)."""
+        try:
+            config = load_config(self.config_path, self.overrides)
+            collectors = collectors_of(config, ElementRegistry.default())
+            set_logging(config)
         except (PyprobeError, OSError) as error:
             log.error("reload: %s; keeping the running configuration", error)
             return
@@ -210,24 +365,10 @@ class Sensor:
             log.warning("reload: %s changed; they take effect at the next start",
                         ", ".join(changed))
         self.config = config
-        self.probe.set_collectors(collectors, now_ms)
         log.info("reloaded: exporting to %s", describe(collectors))
 
-    def _own(self, config: SensorConfig) -> SensorConfig:
-        """`config` as this process applies it (a worker's share and observation domains)."""
-        worker = self.worker
-        return config if worker is None else worker_config(config, worker.index, worker.share)
-
-    def _set_logging(self, config: SensorConfig) -> None:
-        """Installs a new log handler (a reopened file) and level; the old handler is closed."""
-        handler = log_handler(config, self.worker)
-        if self._handler is not None:
-            log.removeHandler(self._handler)
-            self._handler.close()
-        self._handler = handler
-        log.addHandler(handler)
-        log.setLevel(config.log_level.upper())
-        log.propagate = False
+    def stopped(self) -> None:
+        log.info("stopped: %s", Counters(*self.board.total()))
 
 
 def run(config_path: str | None, overrides: dict) -> int:
@@ -236,12 +377,22 @@ def run(config_path: str | None, overrides: dict) -> int:
     if config.capture.workers == 1:
         return Sensor(config, config_path, overrides).run()
     collectors_of(config, ElementRegistry.default())  # a mistake is told once, not per worker
-    capture = open_capture(config)  # only for its link type, which the share filters depend on
+    capture = open_capture(config)  # for its link type, which the share filters depend on
     capture.close()
+    fanout = not capture.is_file and sys.platform == "linux"
+    group = os.getpid() & 0xFFFF if fanout else None  # one group per sensor running
+    board = Board(config.capture.workers, len(Counters._fields))
+    crew = Crew(config, config_path, overrides, board,
+                "kernel fanout" if fanout else "address-hash filters")
 
-    def work(index: int, share: str | None, end_clock: Callable[[int], int]) -> int:
-        return Sensor(config, config_path, overrides, Worker(index, share, end_clock)).run()
+    def work(index: int, share: str | None, rendezvous: Rendezvous) -> int:
+        worker = Worker(index, share, rendezvous, group, board)
+        return Sensor(config, config_path, overrides, worker).run()
 
-    run_sharded(config.capture.workers, capture.linktype, config.capture.bpf, work, live=True,
-                tags_stripped=not capture.is_file)
+    try:
+        run_sharded(config.capture.workers, capture.linktype, config.capture.bpf, work,
+                    live=True, tags_stripped=not capture.is_file, shares=not fanout,
+                    supervisor=crew)
+    finally:
+        crew.stopped()
     return 0
