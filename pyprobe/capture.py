@@ -219,27 +219,25 @@ SYS_NET = "/sys/class/net"
 
 def check_interfaces(source: str, bpf_filter: str | None, snaplen: int) -> None:
     """Refuses what a live capture of `source` would, without opening it: an interface that
-    does not exist (naming those that do) and, on Linux, a link type pyprobe cannot decode or
-    a BPF filter that does not compile for it: the link type libpcap will choose for the
-    interface's hardware type."""
+    does not exist (naming those that do) and, on Linux, a BPF filter that does not compile for
+    the link type libpcap will give the interface (`interface_dlt`)."""
     linux = os.path.isdir(SYS_NET)
     known = [name for name in pcap.findalldevs()
              if not linux or name == "any" or os.path.exists(f"{SYS_NET}/{name}")]
     for name in source.split(","):
         if name not in known:
             raise CaptureError(f"{name}: no such interface (there are {', '.join(known)})")
-        if not linux:
-            continue
-        dlt = _interface_dlt(name)
-        linktype = DLT_TO_LINKTYPE.get(dlt, dlt)
-        if bpf_filter:
+        if linux and bpf_filter:
+            dlt = interface_dlt(name)
             problem = _compile_error(dlt, snaplen, bpf_filter)
             if problem:
+                linktype = DLT_TO_LINKTYPE.get(dlt, dlt)
                 raise CaptureError(f"{name}: bad BPF filter {bpf_filter!r} for link type "
                                    f"{LINKTYPE_NAMES[linktype]}: {problem}")
 
 
-def _interface_dlt(name: str) -> int:
+def interface_dlt(name: str) -> int:
+    """The link type (DLT) libpcap will give a capture of the Linux interface `name`."""
     if name == "any":
         return DLT_LINUX_SLL
     with open(f"{SYS_NET}/{name}/type", encoding="ascii") as file:

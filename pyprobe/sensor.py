@@ -157,12 +157,14 @@ def open_capture(config: SensorConfig) -> PcapSource:
 
 def check_capture(config: SensorConfig) -> None:
     """What the capture will need, checked without opening it (`pyprobe check`): the
-    interfaces, and the filter compiled for their link type; a capture file, opened."""
+    interfaces, and the filter compiled for their link type (then with the clause that leaves
+    out the exports); a capture file, opened."""
     capture = config.capture
     if capture.interface is None:
         open_capture(config).close()
-    else:
-        check_interfaces(capture.interface, capture_filter(config), capture.snaplen)
+        return
+    for bpf_filter in dict.fromkeys((capture.bpf, capture_filter(config))):
+        check_interfaces(capture.interface, bpf_filter, capture.snaplen)
 
 
 def drop_privileges(user: str | None, group: str | None) -> None:
@@ -374,6 +376,7 @@ class Crew:
 def run(config_path: str | None, overrides: dict) -> int:
     """`pyprobe run`: the configuration, then the sensor, in `capture.workers` processes."""
     config = load_config(config_path, overrides)
+    check_capture(config)  # a bad interface or filter told as `check` tells it
     if config.capture.workers == 1:
         return Sensor(config, config_path, overrides).run()
     collectors_of(config, ElementRegistry.default())  # a mistake is told once, not per worker

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +90,39 @@ def test_collector_mistakes_are_refused_before_metering(collector: str, message:
     assert result.returncode == 2
     assert message in result.stderr.splitlines()[-1]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--interface", "nosuch0"], r"nosuch0: no such interface \(there are (\S+, )*lo(, \S+)*\)"),
+    (["--interface", "lo,nosuch0"], r"nosuch0: no such interface \(there are .*\)"),
+    (["--interface", "lo", "--bpf", "tcp and and"],
+     r"lo: bad BPF filter 'tcp and and' for link type EN10MB: can't parse filter expression: "
+     r"syntax error"),
+    (["--interface", "any", "--bpf", "vlan and tcp"],
+     r"any: bad BPF filter 'vlan and tcp' for link type LINUX_SLL: no VLAN support for Linux "
+     r"cooked v1"),
+    (["--interface", "lo", "--collector", "nosuch.invalid:2055"],
+     r"collector nosuch\.invalid:2055: cannot resolve 'nosuch\.invalid': .*"),
+])
+def test_check_refuses_what_run_would(flags: list[str], error: str) -> None:
+    """One line, exit 2: an interface that does not exist (naming those that do), a filter
+    that does not compile for the interface's link type, a collector that does not resolve."""
+    result = pyprobe("check", "--collector", "127.0.0.1:2055", *flags)
+    assert result.returncode == 2, result.stdout
+    assert re.fullmatch(f"pyprobe: error: {error}\n", result.stderr), result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv (util-linux) to take a capability away")
+def test_check_captures_nothing() -> None:
+    """`check` opens no capture: without CAP_NET_RAW, where `run` cannot capture, it checks the
+    interface and the filter (the exclusion of the exports compiled into it)."""
+    command = ["setpriv", "--bounding-set=-net_raw", sys.executable, "-m", "pyprobe"]
+    flags = ["--interface", "lo", "--bpf", "tcp", "--collector", "127.0.0.1:2055"]
+    run = subprocess.run([*command, "run", "--workers", "1", *flags], capture_output=True,
+                         text=True, timeout=60)
+    assert (run.returncode, run.stderr) == (2, "pyprobe: error: lo: cannot capture: socket: "
+                                               "Operation not permitted\n")
+    check = subprocess.run([*command, "check", *flags], capture_output=True, text=True,
+                           timeout=60)
+    assert (check.returncode, check.stderr) == (0, "")

@@ -60,8 +60,10 @@ class Namespace:
     def udp_bound(self, port: int) -> bool:
         return bool(self.run("ss", "-Huln", f"sport = :{port}").strip())
 
-    def replay(self, pcap: Path, interface: str = "vb") -> None:
-        self.run("tcpreplay", "--pps", "500", "-i", interface, str(pcap))
+    def replay(self, pcap: Path, interface: str = "vb", pps: int = 500) -> None:
+        """Sends the capture's frames at `pps` (from 1000 up, in bursts each millisecond)."""
+        self.run("tcpreplay", "--preload-pcap", "--timer=nano", "--pps", str(pps),
+                 "--pps-multi", str(max(1, pps // 1000)), "-i", interface, str(pcap))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,8 @@ def netns() -> Iterator[Namespace]:
     try:
         namespace.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
                       "net.ipv6.conf.default.disable_ipv6=1")
-        namespace.run("ip", "link", "add", "va", "type", "veth", "peer", "name", "vb")
+        namespace.run("ip", "link", "add", "va", "mtu", "9000", "type", "veth", "peer", "name",
+                      "vb", "mtu", "9000")  # the captures' largest frames pass
         namespace.run("ip", "link", "add", "vc", "type", "veth", "peer", "name", "vd")
         for link in ("lo", "va", "vb", "vc", "vd"):
             namespace.run("ip", "link", "set", link, "up")
@@ -117,7 +120,9 @@ class Nfcapd:
         for line in out.splitlines():
             assert line.count("|") == 6, out
             src, dst, sport, dport, proto, packets, size = (f.strip() for f in line.split("|"))
-            key = (src, dst, int(sport), int(dport), int(proto))
+            icmp_type, _, icmp_code = dport.partition(".")  # ICMP: type.code
+            key = (src, dst, int(sport), int(icmp_type) * 256 + int(icmp_code or 0)
+                   if icmp_code else int(dport), int(proto))
             before = totals.get(key, (0, 0))
             totals[key] = (before[0] + int(packets), before[1] + int(size))
         return totals
@@ -138,13 +143,16 @@ class Nfcapd:
 
 
 class Probe:
-    """`pyprobe run` in the namespace, its output in a file; its log there too, or in `log`."""
+    """`pyprobe run` in the namespace, its output in a file; its log there too, or in `log`.
+    Without nDPI and in one process unless told (`workers` None: the default, one per CPU)."""
 
     def __init__(self, netns: Namespace, output: Path, *args: str, log: Path | None = None,
-                 interface: str = "va", workers: int = 1) -> None:
+                 interface: str = "va", workers: int | None = 1, dpi: bool = False) -> None:
         self.log = log or output
-        self.process = netns.popen(*PYPROBE, "run", "--interface", interface, "--no-dpi",
-                                   "--workers", str(workers), *args, log=output)
+        options = ([] if dpi else ["--no-dpi"]) + ([] if workers is None else
+                                                   ["--workers", str(workers)])
+        self.process = netns.popen(*PYPROBE, "run", "--interface", interface, *options, *args,
+                                   log=output)
         self.wait_for("INFO started: ")  # with workers, the parent's once all have started
 
     def text(self) -> str:
@@ -415,3 +423,42 @@ def test_a_dead_worker_stops_the_others_and_the_sensor_fails_naming_it(netns: Na
     error = re.search(r"\npyprobe: error: worker (\d): killed by SIGKILL\n$", probe.text())
     assert error, probe.text()
     assert "pyprobe INFO stopped: captured 0 frames" in probe.text()
+
+
+def test_check_gives_each_interface_the_link_type_a_capture_gets(netns: Namespace) -> None:
+    """`pyprobe check` compiles the filter for the link type it reads from the interface's
+    hardware type: the one libpcap gives a capture of it (Ethernet, loopback, `any`, tun)."""
+    netns.run("ip", "tuntap", "add", "mode", "tun", "name", "tn0")
+    try:
+        netns.run("ip", "link", "set", "tn0", "up")
+        script = ("import sys; from pyprobe.capture import DLT_TO_LINKTYPE, PcapSource, "
+                  "interface_dlt\nfor name in sys.argv[1:]:\n    dlt = interface_dlt(name)\n"
+                  "    print(name, DLT_TO_LINKTYPE.get(dlt, dlt), PcapSource(name).linktype)")
+        out = netns.run(sys.executable, "-c", script, "va", "lo", "any", "tn0")
+    finally:
+        netns.run("ip", "link", "del", "tn0")
+    assert out.split("\n") == ["va 1 1", "lo 1 1", "any 113 113", "tn0 101 101", ""]
+
+
+@pytest.mark.parametrize("excluded", [True, False])
+def test_a_live_capture_leaves_out_the_datagrams_to_the_collectors(
+        netns: Namespace, tmp_path: Path, excluded: bool) -> None:
+    """Capturing the interface it exports through (here loopback), the probe does not meter its
+    own datagrams to nfcapd, but the rest of the traffic to that host; unless told to."""
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055",
+                  "--template-refresh", "0.2", "--idle-timeout", "1",
+                  *(() if excluded else ("--no-exclude-exports",)), interface="lo")
+    netns.run(sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, "
+              "socket.SOCK_DGRAM).sendto(b'x' * 10, ('127.0.0.1', 2056))")
+    time.sleep(2)  # templates and statistics go to nfcapd every 0.2 s or so
+    probe.stop()
+    totals = nfcapd.stop()
+    sport = next(key[2] for key in totals if key[3] == 2056)
+    assert totals[("127.0.0.1", "127.0.0.1", sport, 2056, 17)] == (1, 38)  # this datagram
+    assert totals[("127.0.0.1", "127.0.0.1", 0, 3 * 256 + 3, 1)] == (1, 66)  # port unreachable
+    exports = [packets for key, (packets, _) in totals.items() if key[3:] == (2055, 17)]
+    if excluded:
+        assert exports == [], totals
+    else:
+        assert len(exports) == 1 and exports[0] >= 2, totals  # one socket: one flow
