@@ -10,8 +10,9 @@ On Linux libpcap gives a live capture a TPACKET_V3 ring of `buffer_size` octets:
 packs frames into blocks of the ring, handed over when full or `BLOCK_TIMEOUT_MS` after their
 first frame, and each read takes every block that is ready, as one batch. (Immediate mode would
 give a TPACKET_V2 ring of one slot per snaplen: 32 frames in 2 MiB at the default snaplen.)
-Workers share an interface through the kernel's fanout (`share_by_fanout`): one packet socket
-each, the kernel handing every packet to one of them by a flow hash.
+Workers share an interface through the kernel's fanout (`share_by_fanout`, `afpacket`): one
+packet socket each, the kernel handing every packet to one of them by a symmetric flow hash.
+At `stop()` (on Linux) the kernel stops taking frames, and every frame it has counted is read.
 """
 from __future__ import annotations
 
@@ -21,30 +22,23 @@ import functools
 import os
 import re
 import select
-import socket
-import struct
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 
 import pcap
 
+from . import afpacket
 from .decode import LINKTYPE_NAMES
 from .errors import CaptureError
 
 # libpcap reports a few link types by their platform DLT value instead of the LINKTYPE number.
 DLT_TO_LINKTYPE = {12: 101, 14: 101}  # DLT_RAW (Linux, most BSDs; OpenBSD) -> LINKTYPE_RAW
 TICK_S = 0.2  # a live capture's tick interval, and so how soon stop() takes effect
-BLOCK_TIMEOUT_MS = 10  # a ring block is handed over this long after its first frame at the latest
-NOTHING = "less 0"  # a filter no frame passes
-# linux/if_packet.h: a packet socket joins a fanout group, in hash mode, its IPv4 datagrams
-# reassembled first so that their fragments hash as one (and with their ports).
-SOL_PACKET = 263
-PACKET_FANOUT = 18
-PACKET_FANOUT_HASH = 0
-PACKET_FANOUT_FLAG_DEFRAG = 0x8000
-FANOUT_MODE = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
-FANOUT_ARGUMENT = struct.Struct("=I")  # group id | mode << 16 (past a C int: not an int option)
+BLOCK_TIMEOUT_MS = 10  # a ring block is handed over this long after its first frame...
+HANDOVER_S = 3 * BLOCK_TIMEOUT_MS / 1000  # ...or later: the kernel's timer may wait two rounds
+LINUX = sys.platform == "linux"
 
 
 def is_capture_file(source: str) -> bool:
@@ -106,7 +100,10 @@ class PcapSource:
             elif not select.select(fds, (), (), TICK_S)[0]:
                 next_tick = time.monotonic() + TICK_S
                 yield ((max(time.time_ns(), last_ns), None),)
-        time.sleep(BLOCK_TIMEOUT_MS / 1000)  # the block being filled at stop() is handed over
+        if LINUX:  # the counters stop where the reading does
+            for fd in fds:
+                afpacket.stop_intake(fd)
+        time.sleep(HANDOVER_S)  # the block being filled at stop() is handed over
         for read in reads:  # and what the kernel holds then is metered too
             yield read()
 
@@ -119,32 +116,28 @@ class PcapSource:
 
     def share_by_fanout(self, group: int, together: Callable[[Callable[[], None]], None]
                         ) -> None:
-        """Shares the interfaces with the other workers through the kernel's fanout, hash
-        mode: interface i in group `group` + i. `together(join)` runs this worker's `join`, in
-        turn with the others (so that every group lists the workers in one order, and a flow's
-        two directions on two tap ports meet in one worker), and returns once all have joined.
-        Until then no frame is kept, and what came before (every worker saw it) is dropped:
-        the counters start there too."""
-        filtered = self.bpf_filter
-        self.set_filter(NOTHING)
-        time.sleep(2 * BLOCK_TIMEOUT_MS / 1000)  # the block being filled is handed over
+        """Shares the interfaces with the other workers through the kernel's fanout
+        (`afpacket.join_fanout`): interface i in group `group` + i. `together(join)` runs this
+        worker's `join`, in turn with the others (so that every group lists the workers in one
+        order, and a flow's two directions on two tap ports meet in one worker), and returns
+        once all have joined. Until then no frame is kept, and what came before (every worker
+        saw it) is dropped: the counters start there too."""
         for handle in self._handles:
-            handle.readpkts()  # the frames from before the fanout, filtered out as they are read
+            afpacket.stop_intake(handle.fileno())
+        time.sleep(HANDOVER_S)  # the block being filled is handed over
+        for handle in self._handles:
+            handle.readpkts()  # the frames from before the fanout: every worker has them
         together(lambda: self._join(group))
-        self.set_filter(filtered)
+        self.set_filter(self.bpf_filter)
         self._baseline = self._counters()
 
     def _join(self, group: int) -> None:
         for offset, (name, handle) in enumerate(zip(self._names, self._handles)):
-            sock = socket.socket(fileno=handle.fileno())
             try:
-                sock.setsockopt(SOL_PACKET, PACKET_FANOUT, FANOUT_ARGUMENT.pack(
-                    (group + offset) & 0xFFFF | FANOUT_MODE << 16))
+                afpacket.join_fanout(handle.fileno(), (group + offset) & 0xFFFF)
             except OSError as error:
                 raise CaptureError(f"{name}: cannot join fanout group {group + offset}: "
                                    f"{error.strerror}") from None
-            finally:
-                sock.detach()  # the socket stays libpcap's
 
     def stop(self) -> None:
         """Ends a live capture's iteration within `TICK_S`."""

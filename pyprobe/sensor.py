@@ -34,7 +34,7 @@ import time
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from .capture import PcapSource, check_interfaces
+from .capture import LINUX, PcapSource, check_interfaces
 from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
 from .elements import ElementRegistry
 from .errors import PyprobeError
@@ -376,13 +376,13 @@ class Crew:
 def run(config_path: str | None, overrides: dict) -> int:
     """`pyprobe run`: the configuration, then the sensor, in `capture.workers` processes."""
     config = load_config(config_path, overrides)
+    collectors_of(config, ElementRegistry.default())  # a mistake is told once, not per worker
     check_capture(config)  # a bad interface or filter told as `check` tells it
     if config.capture.workers == 1:
         return Sensor(config, config_path, overrides).run()
-    collectors_of(config, ElementRegistry.default())  # a mistake is told once, not per worker
     capture = open_capture(config)  # for its link type, which the share filters depend on
     capture.close()
-    fanout = not capture.is_file and sys.platform == "linux"
+    fanout = not capture.is_file and LINUX
     group = os.getpid() & 0xFFFF if fanout else None  # one group per sensor running
     board = Board(config.capture.workers, len(Counters._fields))
     crew = Crew(config, config_path, overrides, board,

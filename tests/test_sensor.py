@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import BENCH_PCAP, GEN_SYNTH, require  # noqa: E402
 from reference import count  # noqa: E402
 from tinypcap import CLIENT, EPOCH_MS, RESOLVER, SERVER, tcp, udp, write_pcap  # noqa: E402
 
@@ -98,14 +99,21 @@ def until(condition, what: str, timeout_s: float = 10) -> None:
         time.sleep(0.05)
 
 
+def port(text: str) -> int:
+    """A destination port as nfdump prints it; ICMP's type.code as type * 256 + code."""
+    icmp_type, dot, icmp_code = text.partition(".")
+    return int(icmp_type) * 256 + int(icmp_code) if dot else int(text)
+
+
 class Nfcapd:
     """nfcapd on the namespace's 127.0.0.1:port, writing into `directory`."""
 
     def __init__(self, netns: Namespace, port: int, directory: Path) -> None:
         directory.mkdir()
         self.netns, self.port, self.directory = netns, port, directory
-        self.process = netns.popen("nfcapd", "-b", "127.0.0.1", "-p", str(port), "-w",
-                                   str(directory), log=directory.with_suffix(".log"))
+        self.process = netns.popen("nfcapd", "-B", str(8 << 20), "-b", "127.0.0.1", "-p",
+                                   str(port), "-w", str(directory),
+                                   log=directory.with_suffix(".log"))
         until(lambda: netns.udp_bound(port), f"nfcapd did not bind port {port}")
 
     def stop(self) -> dict[Key, tuple[int, int]]:
@@ -115,14 +123,12 @@ class Nfcapd:
         self.process.send_signal(signal.SIGTERM)
         assert self.process.wait(timeout=10) == 0
         totals: dict[Key, tuple[int, int]] = {}
-        out = subprocess.run(["nfdump", "-R", str(self.directory), "-q", "-N", "-o", NFDUMP_FORMAT],
+        out = subprocess.run(["nfdump", "-R", str(self.directory), "-q", "-N", "-6", "-o", NFDUMP_FORMAT],
                              check=True, capture_output=True, text=True).stdout
         for line in out.splitlines():
             assert line.count("|") == 6, out
             src, dst, sport, dport, proto, packets, size = (f.strip() for f in line.split("|"))
-            icmp_type, _, icmp_code = dport.partition(".")  # ICMP: type.code
-            key = (src, dst, int(sport), int(icmp_type) * 256 + int(icmp_code or 0)
-                   if icmp_code else int(dport), int(proto))
+            key = (src, dst, int(sport), port(dport), int(proto))
             before = totals.get(key, (0, 0))
             totals[key] = (before[0] + int(packets), before[1] + int(size))
         return totals
@@ -130,14 +136,14 @@ class Nfcapd:
     def exporters(self) -> dict[Key, set[int]]:
         """The exporters (nfcapd's ids of an address and observation domain) that sent each
         flow's records, a flow keyed by the lesser of its two 5-tuples (once stopped)."""
-        out = subprocess.run(["nfdump", "-R", str(self.directory), "-q", "-N", "-o",
+        out = subprocess.run(["nfdump", "-R", str(self.directory), "-q", "-N", "-6", "-o",
                               "fmt:%exp|%sa|%da|%sp|%dp|%pr"], check=True, capture_output=True,
                              text=True).stdout
         exporters: dict[Key, set[int]] = {}
         for line in out.splitlines():
             exporter, src, dst, sport, dport, proto = (f.strip() for f in line.split("|"))
-            key = min((src, dst, int(sport), int(dport), int(proto)),
-                      (dst, src, int(dport), int(sport), int(proto)))
+            key = min((src, dst, int(sport), port(dport), int(proto)),
+                      (dst, src, port(dport), int(sport), int(proto)))
             exporters.setdefault(key, set()).add(int(exporter))
         return exporters
 
@@ -462,3 +468,134 @@ def test_a_live_capture_leaves_out_the_datagrams_to_the_collectors(
         assert exports == [], totals
     else:
         assert len(exports) == 1 and exports[0] >= 2, totals  # one socket: one flow
+
+
+def test_one_statistics_line_for_the_workers_and_a_warning_when_packets_drop(
+        netns: Namespace, tmp_path: Path) -> None:
+    """With two workers the parent logs one statistics line for both (theirs at debug level)
+    and, when their rings overflowed (both stopped while traffic comes), a warning with what
+    was dropped since the line before. Each worker's statistics records carry its own
+    exportingProcessId and its drops."""
+    collect = netns.popen(*PYPROBE, "collect", "--port", "4739", "--json", "--timeout", "30",
+                          log=tmp_path / "collect.json")
+    until(lambda: netns.udp_bound(4739), "pyprobe collect did not bind")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:4739",
+                  "--statistics-interval", "1", "--template-refresh", "1",
+                  "--buffer-size", str(1 << 20), "--log-level", "debug", workers=2)
+    workers = children(probe.process.pid)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    netns.replay(many_flows(tmp_path / "flows.pcap"), pps=200)  # 1.8 s: rings of 8 blocks fill
+    for pid in workers:
+        os.kill(pid, signal.SIGCONT)
+    warning = probe.wait_for(r"pyprobe WARNING dropped (\d+) packets since the last statistics: "
+                             r"(\d+) by the kernel \(the capture ring was full: raise "
+                             r"capture\.buffer_size, or capture\.workers\), 0 by the interface\n")
+    time.sleep(1.5)  # one more statistics line, and a template refresh with the records
+    probe.stop()
+    collect.send_signal(signal.SIGINT)
+    assert collect.wait(timeout=10) == 0
+    log = probe.text()
+    dropped = int(warning[1])
+    assert int(warning[2]) == dropped > 0
+    assert not re.search(r"pyprobe/\d INFO statistics", log)
+    lines = re.findall(r"pyprobe INFO statistics: captured (\d+) frames, dropped (\d+) by the "
+                       r"kernel and 0 by the interface; read (\d+),", log)
+    assert len(lines) >= 3 and len(lines) <= log.count("pyprobe/0 DEBUG statistics: ") + 1
+    captured, kernel, read = map(int, lines[-1])
+    assert (captured, kernel, read) == (360, dropped, 360 - dropped)
+    assert re.search(rf"pyprobe INFO stopped: captured 360 frames, dropped {dropped} by the "
+                     rf"kernel and 0 by the interface; read {360 - dropped}, ", log), log
+    statistics = [r["fields"] for r in records(tmp_path / "collect.json")
+                  if r["template_id"] == 65400]
+    final = {s["exportingProcessId"]: s for s in statistics}  # each process's last record
+    assert sorted(final) == [0, 1]
+    assert sum(s["ignoredLayer2FrameTotalCount"] for s in final.values()) == dropped
+    assert sum(s["layer2FrameTotalCount"] for s in final.values()) == 360
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gen_synth.py's capture of about 100,000 frames in 1,000 flows (3 % of them jumbo
+    frames): the records of the flows live at the end, sent at once, fit in nfcapd's socket
+    (net.core.rmem_max, 208 KiB by default, caps it)."""
+    path = tmp_path_factory.mktemp("synthetic") / "synth.pcap"
+    subprocess.run([sys.executable, str(require(GEN_SYNTH)), "--packets", "100000", "--flows",
+                    "1000", str(path)], check=True, capture_output=True, timeout=300)
+    return path
+
+
+def stopped(log: str) -> dict[str, int]:
+    """The counters of the sensor's last `stopped:` line."""
+    found = re.findall(r"pyprobe INFO stopped: captured (\d+) frames, dropped (\d+) by the "
+                       r"kernel and (\d+) by the interface; read (\d+), skipped (\d+);", log)
+    assert found, log
+    return dict(zip(("captured", "kernel", "interface", "read", "skipped"), map(int, found[-1])))
+
+
+def test_the_default_configuration_loses_nothing_at_20_kpps(netns: Namespace, tmp_path: Path,
+                                                            synthetic: Path) -> None:
+    """`pyprobe run --interface va --collector ...`, nothing else (nDPI, one worker per CPU):
+    the synthetic capture at 20,000 packets/s reaches nfcapd whole, flow by flow."""
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055", workers=None,
+                  dpi=True)
+    netns.replay(synthetic, pps=20_000)
+    probe.stop()
+    frames = sum(packets for packets, _ in expected(synthetic).values())
+    assert stopped(probe.text()) == {"captured": frames, "kernel": 0, "interface": 0,
+                                     "read": frames, "skipped": 0}
+    assert nfcapd.stop() == expected(synthetic)
+
+
+def test_workers_that_start_amid_traffic_meter_each_packet_once(
+        netns: Namespace, tmp_path: Path, synthetic: Path) -> None:
+    """Each worker's socket gets every packet until it joins the fanout group: what came
+    before all had joined is left out, so no packet is metered twice and no flow is split.
+    Stopped while the traffic goes on, they have read every frame they counted."""
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    sender = netns.popen("tcpreplay", "--preload-pcap", "--timer=nano", "--pps", "5000",
+                         "--pps-multi", "5", "-i", "vb", str(synthetic),
+                         log=tmp_path / "tcpreplay.log")
+    time.sleep(1)  # the traffic has begun
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055", workers=2)
+    time.sleep(2)
+    probe.stop()
+    sender.send_signal(signal.SIGINT)
+    sender.wait(timeout=10)
+    counters = stopped(probe.text())
+    totals = nfcapd.stop()
+    truth = expected(synthetic)
+    assert counters["kernel"] == 0 and counters["read"] > 5_000
+    assert counters["captured"] == counters["read"]
+    assert sum(packets for packets, _ in totals.values()) == counters["read"]
+    assert all(totals[key][0] <= truth[key][0] for key in totals)  # none twice
+    exporters = nfcapd.exporters()
+    assert all(len(seen) == 1 for seen in exporters.values())
+
+
+def test_fanout_balances_the_bench_capture_and_keeps_each_flow_whole(
+        netns: Namespace, tmp_path: Path) -> None:
+    """The bench capture played live to two workers: each flow, both ways, is metered by one;
+    the flows are shared within 10 %. (Its packets need not be: a few flows hold most of them,
+    and where each hashes changes with each boot's hash key.)"""
+    bench = require(BENCH_PCAP)
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055",
+                  "--idle-timeout", "1", "--log-level", "debug", workers=2)
+    netns.replay(bench, pps=20_000)
+    time.sleep(2)  # its flows end and go out as the traffic ends, not at once at SIGTERM
+    probe.stop()
+    totals = nfcapd.stop()
+    log = probe.text()
+    counters = stopped(log)
+    assert counters["kernel"] == 0
+    assert sum(packets for packets, _ in totals.values()) == counters["read"] - counters["skipped"]
+    exporters = nfcapd.exporters()
+    assert len(exporters) > 7_000 and all(len(seen) == 1 for seen in exporters.values())
+    ended = [int(re.search(rf"pyprobe/{index} DEBUG stopped: .* ended (\d+);", log)[1])
+             for index in range(2)]
+    assert abs(ended[0] - ended[1]) <= 0.1 * sum(ended) / 2, ended
+    read = [int(re.search(rf"pyprobe/{index} DEBUG stopped: .* read (\d+),", log)[1])
+            for index in range(2)]
+    assert min(read) >= 0.3 * sum(read), read
