@@ -20,7 +20,8 @@ from .elements import ElementRegistry
 from .errors import PyprobeError
 from .flow import Flow
 from .probe import ExportSummary, Probe
-from .sensor import check_capture, collectors_of, run, stream_of, worker_config
+from .crew import run
+from .sensor import check_capture, collectors_of, stream_of, worker_config
 from .capture import PcapSource
 from .stream import FlowStream, MeterStats
 from .workers import Rendezvous, run_sharded

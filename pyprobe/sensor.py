@@ -18,7 +18,7 @@ With `capture.workers` N > 1 the parent checks the configuration and forks N wor
 `workers`): on Linux they share a live capture through the kernel's fanout, elsewhere each reads
 its share of the packets. Each is a sensor as above, exporting in the observation domains + its
 index, with its index as exportingProcessId, and logging as `instance/index`, at debug level but
-for its warnings and errors. The parent (`Crew`) speaks for the sensor: the start, one
+for its warnings and errors. The parent (`crew.Crew`) speaks for the sensor: the start, one
 statistics line for all the workers, the drop warnings, the signals, reloads and the stop.
 """
 from __future__ import annotations
@@ -30,11 +30,11 @@ import os
 import pwd
 import signal
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from .capture import LINUX, PcapSource, check_interfaces
+from .capture import PcapSource, check_interfaces
 from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
 from .elements import ElementRegistry
 from .errors import PyprobeError
@@ -42,7 +42,7 @@ from .probe import Collector, Probe
 from .stream import FlowStream
 from .template import TemplateSet, load_templates
 from .transport import resolve
-from .workers import Board, Rendezvous, run_sharded
+from .workers import Board, Rendezvous
 
 log = logging.getLogger("pyprobe")
 LOG_FORMAT = "%(asctime)s {instance} %(levelname)s %(message)s"
@@ -197,6 +197,26 @@ def set_logging(config: SensorConfig, index: int | None = None) -> None:
     log.propagate = False
 
 
+def reread(config_path: str | None, overrides: dict | None, running: SensorConfig,
+           apply: Callable[[SensorConfig], list[Collector]], *, loud: bool) -> SensorConfig:
+    """The configuration as its file now reads, once `apply` has put it in place and returned
+    its collectors; or, when either fails, the `running` one. The outcome is logged (at debug
+    level unless `loud`), and the settings that wait for the next start."""
+    error, warning, info = (log.error, log.warning, log.info) if loud else (log.debug,) * 3
+    try:
+        config = load_config(config_path, overrides)
+        collectors = apply(config)
+    except (PyprobeError, OSError) as problem:
+        error("reload: %s; keeping the running configuration", problem)
+        return running
+    changed = [key for key in ("capture", "cache", "dpi", "user", "group")
+               if getattr(config, key) != getattr(running, key)]
+    if changed:
+        warning("reload: %s changed; they take effect at the next start", ", ".join(changed))
+    info("reloaded: exporting to %s", describe(collectors))
+    return config
+
+
 class Sensor:
     """One run of the probe under a configuration, with its signal handling."""
 
@@ -285,8 +305,7 @@ class Sensor:
     def reload(self, now_ms: int) -> None:
         """Reopens the log and swaps in the collectors of the configuration as it now reads (and
         the capture filter that leaves out their datagrams)."""
-        try:
-            config = load_config(self.config_path, self.overrides)
+        def apply(config: SensorConfig) -> list[Collector]:
             mine = self._own(config)
             collectors = collectors_of(mine, self.registry)
             running = self._own(self.config)  # its capture settings stay, but for the exports
@@ -294,108 +313,13 @@ class Sensor:
             if bpf_filter != self.capture.bpf_filter:
                 self.capture.set_filter(bpf_filter)
             set_logging(config, self._index)
-        except (PyprobeError, OSError) as error:
-            (log.error if self.worker is None else log.debug)(
-                "reload: %s; keeping the running configuration", error)
-            return
-        kept = ("capture", "cache", "dpi", "user", "group")
-        changed = [key for key in kept if getattr(config, key) != getattr(self.config, key)]
-        if changed:
-            (log.warning if self.worker is None else log.debug)(
-                "reload: %s changed; they take effect at the next start", ", ".join(changed))
-        self.config = config
-        self.probe.set_collectors(collectors, now_ms)
-        self._tell("reloaded: exporting to %s", describe(collectors))
+            self.probe.set_collectors(collectors, now_ms)
+            return collectors
+
+        self.config = reread(self.config_path, self.overrides, self.config, apply,
+                             loud=self.worker is None)
 
     def _own(self, config: SensorConfig) -> SensorConfig:
         """`config` as this process applies it (a worker's share and observation domains)."""
         worker = self.worker
         return config if worker is None else worker_config(config, worker.index, worker.share)
-
-
-class Crew:
-    """The parent of the sensor's workers, and its voice: it logs the start once all have
-    started, one statistics line of their counters added up (and the drop warning), the signals,
-    the outcome of a reload (reopening its own log), and the stop."""
-
-    def __init__(self, config: SensorConfig, config_path: str | None, overrides: dict,
-                 board: Board, sharing: str) -> None:
-        self.config, self.config_path, self.overrides = config, config_path, overrides
-        self.board, self.sharing = board, sharing
-        set_logging(config)
-        self._signals: list[int] = []
-        self._started = False
-        self._next_statistics = time.monotonic() + config.statistics_interval
-        self._last: Counters | None = None
-
-    def signalled(self, signum: int) -> None:
-        self._signals.append(signum)  # told at the next tick, out of the signal handler
-
-    def tick(self) -> None:
-        while self._signals:
-            signum = self._signals.pop(0)
-            if signum == signal.SIGHUP:
-                self._reload()
-            else:
-                log.info("%s: every worker ends its flows and sends them",
-                         signal.Signals(signum).name)
-        if not self._started and self.board.posted():
-            self._started = True
-            config = self.config
-            log.info("started: %d workers capturing on %s (%s), exporting to %s",
-                     config.capture.workers, config.capture.interface or config.capture.file,
-                     self.sharing, describe(collectors_of(config, ElementRegistry.default())))
-        if time.monotonic() >= self._next_statistics:
-            self._next_statistics += self.config.statistics_interval
-            counters = Counters(*self.board.total())
-            log.info("statistics: %s", counters)
-            counters.warn_of_drops(self._last)
-            self._last = counters
-
-    def _reload(self) -> None:
-        """Tells once what each worker does with a SIGHUP (they log it at debug level)."""
-        try:
-            config = load_config(self.config_path, self.overrides)
-            collectors = collectors_of(config, ElementRegistry.default())
-            set_logging(config)
-        except (PyprobeError, OSError) as error:
-            log.error("reload: %s; keeping the running configuration", error)
-            return
-        kept = ("capture", "cache", "dpi", "user", "group")
-        changed = [key for key in kept if getattr(config, key) != getattr(self.config, key)]
-        if changed:
-            log.warning("reload: %s changed; they take effect at the next start",
-                        ", ".join(changed))
-        self.config = config
-        log.info("reloaded: exporting to %s", describe(collectors))
-
-    def stopped(self) -> None:
-        log.info("stopped: %s", Counters(*self.board.total()))
-
-
-def run(config_path: str | None, overrides: dict) -> int:
-    """`pyprobe run`: the configuration, then the sensor, in `capture.workers` processes."""
-    config = load_config(config_path, overrides)
-    collectors_of(config, ElementRegistry.default())  # a mistake is told once, not per worker
-    check_capture(config)  # a bad interface or filter told as `check` tells it
-    if config.capture.workers == 1:
-        return Sensor(config, config_path, overrides).run()
-    capture = open_capture(config)  # for its link type, which the share filters depend on
-    capture.close()
-    fanout = not capture.is_file and LINUX
-    group = os.getpid() & 0xFFFF if fanout else None  # one group per sensor running
-    board = Board(config.capture.workers, len(Counters._fields))
-    crew = Crew(config, config_path, overrides, board,
-                "kernel fanout" if fanout else "address-hash filters")
-
-    def work(index: int, share: str | None, rendezvous: Rendezvous) -> int:
-        worker = Worker(index, share, rendezvous, group, board)
-        return Sensor(config, config_path, overrides, worker).run()
-
-    try:
-        run_sharded(config.capture.workers, capture.linktype, config.capture.bpf, work,
-                    live=True, tags_stripped=not capture.is_file, shares=not fanout,
-                    supervisor=crew)
-    finally:
-        crew.stopped()
-    return 0
