@@ -1,7 +1,7 @@
 """Live capture: the highest packet rate each probe meters without losing a packet.
 
     .venv/bin/python benchmarks/live.py [--rates 20000,50000,...] [--seconds 30] [--capture FILE]
-                                        [--probes NAME,...]
+                                        [--probes NAME,...] [--flags "--buffer-size N"] [--root DIR]
 
 In a network namespace of its own: a veth pair (`va` captured, `vb` sent into; MTU 9000, for the
 synthetic capture's largest frames) and nfcapd on the namespace's loopback. For each probe and
@@ -17,7 +17,8 @@ nDPI off and/or one worker; softflowd 1.1.0 (`-v 10 -m 524288 -B 67108864`: IPFI
 pyprobe keeps, the same ring). Each pyprobe row also gives the offline rate of that
 configuration, `pyprobe replay` of the capture exporting to a local sink (median of 3), and the
 live rate as a share of it. The sender's own cost is printed with each trial: tcpreplay's CPU
-time over the trial's length.
+time over the trial's length. --flags adds pyprobe flags to every pyprobe probe (to measure a
+setting); --root runs another pyprobe tree (an earlier commit, `git archive`d) with this venv.
 """
 from __future__ import annotations
 
@@ -190,7 +191,8 @@ def nfcapd(netns: Namespace, folder: Path) -> Iterator[dict[str, int]]:
 class Running:
     """A probe capturing on va, until `stop()`: which returns the frames it dropped."""
 
-    def __init__(self, netns: Namespace, probe: Probe, folder: Path) -> None:
+    def __init__(self, netns: Namespace, probe: Probe, folder: Path, root: Path,
+                 extra: tuple[str, ...]) -> None:
         self.netns, self.probe, self.folder = netns, probe, folder
         self.log = folder / "probe.log"
         with self.log.open("wb") as out:
@@ -203,8 +205,8 @@ class Running:
             else:
                 self.process = subprocess.Popen(netns.command(
                     sys.executable, "-m", "pyprobe", "run", "--interface", "va", "--collector",
-                    f"127.0.0.1:{PORT}", *probe.flags), stdout=out, stderr=subprocess.STDOUT,
-                    cwd=ROOT)
+                    f"127.0.0.1:{PORT}", *probe.flags, *extra), stdout=out,
+                    stderr=subprocess.STDOUT, cwd=root)
                 until(lambda: "INFO started: " in self.log.read_text(), "pyprobe did not start")
 
     def stop(self) -> int:
@@ -225,13 +227,13 @@ class Running:
 
 
 def trial(netns: Namespace, probe: Probe, capture: Path, loop: Truth, rate: int,
-          seconds: float) -> Trial:
+          seconds: float, root: Path, extra: tuple[str, ...]) -> Trial:
     """Plays the capture at `rate` packets/s for at least `seconds` while `probe` captures."""
     loops = math.ceil(rate * seconds / loop.frames)
     with tempfile.TemporaryDirectory(prefix="pyprobe-live-") as name:
         folder = Path(name)
         with nfcapd(netns, folder) as totals:
-            running = Running(netns, probe, folder)
+            running = Running(netns, probe, folder, root, extra)
             before = netns.sent_frames()
             started = time.monotonic()
             sender = subprocess.Popen(netns.command(
@@ -251,7 +253,7 @@ def trial(netns: Namespace, probe: Probe, capture: Path, loop: Truth, rate: int,
                      sender_cpu)
 
 
-def replay_rate(capture: Path, flags: tuple[str, ...], repeat: int) -> float:
+def replay_rate(capture: Path, flags: tuple[str, ...], repeat: int, root: Path) -> float:
     """Median packets/s of `pyprobe replay` with the probe's flags, exporting to a sink."""
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never read: the kernel drops
     sink.bind(("127.0.0.1", 0))
@@ -260,7 +262,7 @@ def replay_rate(capture: Path, flags: tuple[str, ...], repeat: int) -> float:
     for _ in range(repeat):
         out = subprocess.run([sys.executable, "-m", "pyprobe", "replay", str(capture),
                               "--collector", f"127.0.0.1:{sink.getsockname()[1]}", *flags],
-                             check=True, capture_output=True, text=True, cwd=ROOT).stdout
+                             check=True, capture_output=True, text=True, cwd=root).stdout
         rates.append(float(re.search(r"s, (\d+) packets/s", out)[1]))
     sink.close()
     return statistics.median(rates)
@@ -275,13 +277,18 @@ def main() -> None:
     parser.add_argument("--probes", default=",".join(p.name for p in PROBES),
                         help="comma-separated subset of: " + ", ".join(p.name for p in PROBES))
     parser.add_argument("--repeat", type=int, default=3, help="offline replays per probe")
+    parser.add_argument("--flags", default="", help="pyprobe flags added to every pyprobe probe")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the pyprobe tree to run")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("live.py makes a network namespace: run it as root")
     capture = args.capture or synthetic_capture(1_000_000)
     rates = [int(rate) for rate in args.rates.split(",")]
     names = [name.strip() for name in args.probes.split(",")]
-    probes = [probe for probe in PROBES if probe.name in names]
+    extra = tuple(args.flags.split())
+    probes = [probe if probe.flags is None or not extra else
+              probe._replace(label=f"{probe.label}, {args.flags}")
+              for probe in PROBES if probe.name in names]
     loop = truth(capture)
     print(f"{capture.name}: {loop.frames:,} frames a loop, {loop.packets:,} IP packets; "
           f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
@@ -290,7 +297,7 @@ def main() -> None:
         for probe in probes:
             best, lossy = None, ""
             for rate in rates:
-                result = trial(netns, probe, capture, loop, rate, args.seconds)
+                result = trial(netns, probe, capture, loop, rate, args.seconds, args.root, extra)
                 print(f"  {probe.label:<34} {rate:>7,}/s: sent {result.sent:,} (of "
                       f"{result.expected.frames:,}), dropped {result.dropped:,}, nfcapd "
                       f"{result.packets:,} packets / {result.octets:,} octets (of "
@@ -302,11 +309,11 @@ def main() -> None:
                     lossy = f"{rate:,}/s: dropped {result.dropped:,}, lost {lost:,}"
                     break
                 best = rate
-            offline = (replay_rate(capture, probe.flags, args.repeat)
+            offline = (replay_rate(capture, probe.flags, args.repeat, args.root)
                        if probe.flags is not None else None)
             rows.append((probe.label, offline, best, lossy))
-    print(f"\n| probe | offline replay, packets/s | lossless live, packets/s | live / offline "
-          f"| first lossy rate |\n|---|---|---|---|---|")
+    print("\n| probe | offline replay, packets/s | lossless live, packets/s | live / offline "
+          "| first lossy rate |\n|---|---|---|---|---|")
     for name, offline, best, lossy in rows:
         share = f"{best / offline:.0%}" if offline and best else "-"
         print(f"| {name} | {f'{offline:,.0f}' if offline else '-'} | "
