@@ -16,8 +16,10 @@ Probes: pyprobe with its defaults (nDPI, one worker per CPU, a 64 MiB ring per w
 nDPI off and/or one worker; softflowd 1.1.0 (`-v 10 -m 524288 -B 67108864`: IPFIX, the flows
 pyprobe keeps, the same ring). Each pyprobe row also gives the offline rate of that
 configuration, `pyprobe replay` of the capture exporting to a local sink (median of 3), and the
-live rate as a share of it. The sender's own cost is printed with each trial: tcpreplay's CPU
-time over the trial's length. --flags adds pyprobe flags to every pyprobe probe (to measure a
+live rate as a share of it. Each trial also prints the sender's own cost (tcpreplay's CPU time
+over the time it sent) and the probe's CPU time a packet (its workers' included, start to end),
+which a busy machine changes much less than the rates: the table gives the lowest of a probe's
+trials beside its offline replay's. --flags adds pyprobe flags to every pyprobe probe (to measure a
 setting); --root runs another pyprobe tree (an earlier commit, `git archive`d) with this venv.
 """
 from __future__ import annotations
@@ -76,7 +78,7 @@ class Truth(NamedTuple):
 
 
 class Trial(NamedTuple):
-    """One probe at one rate."""
+    """One probe at one rate: what it got, and the CPU time it and the sender took."""
 
     sent: int
     dropped: int
@@ -84,6 +86,14 @@ class Trial(NamedTuple):
     octets: int
     expected: Truth
     sender_cpu: float
+    """tcpreplay's CPU time over the time it sent (1: a whole CPU)."""
+    probe_cpu_s: float
+    """The probe's CPU time, its workers' included, from its start to its end."""
+
+    @property
+    def cost(self) -> float:
+        """The probe's CPU seconds a packet it metered."""
+        return self.probe_cpu_s / max(self.packets, 1)
 
     @property
     def lossless(self) -> bool:
@@ -189,7 +199,8 @@ def nfcapd(netns: Namespace, folder: Path) -> Iterator[dict[str, int]]:
 
 
 class Running:
-    """A probe capturing on va, until `stop()`: which returns the frames it dropped."""
+    """A probe capturing on va, until `stop()`: which returns the frames it dropped and the CPU
+    time it took."""
 
     def __init__(self, netns: Namespace, probe: Probe, folder: Path, root: Path,
                  extra: tuple[str, ...]) -> None:
@@ -209,21 +220,27 @@ class Running:
                     stderr=subprocess.STDOUT, cwd=root)
                 until(lambda: "INFO started: " in self.log.read_text(), "pyprobe did not start")
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, float]:
         if self.probe.flags is None:
             statistics_ = self.netns.run("softflowctl", "-c", str(self.folder / "ctl"),
                                          "statistics")
             dropped = sum(int(n) for n in re.findall(r"dropped by \w+: (\d+)", statistics_))
             self.netns.run("softflowctl", "-c", str(self.folder / "ctl"), "shutdown")
-            self.process.wait(timeout=60)
-            return dropped
+            return dropped, cpu_s(self.process)
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
+        cpu = cpu_s(self.process)
         stopped = re.search(r"INFO stopped: .* dropped (\d+) by the kernel and (\d+) by the "
                             r"interface", self.log.read_text())
         if stopped is None:
             raise RuntimeError(f"pyprobe failed: {self.log.read_text()[-1000:]}")
-        return int(stopped[1]) + int(stopped[2])
+        return int(stopped[1]) + int(stopped[2]), cpu
+
+
+def cpu_s(process: subprocess.Popen) -> float:
+    """Waits for `process`; the CPU time it and the children it waited for took."""
+    _, _, usage = os.wait4(process.pid, 0)
+    process.returncode = 0  # reaped here: Popen must not wait for it again
+    return usage.ru_utime + usage.ru_stime
 
 
 def trial(netns: Namespace, probe: Probe, capture: Path, loop: Truth, rate: int,
@@ -240,32 +257,36 @@ def trial(netns: Namespace, probe: Probe, capture: Path, loop: Truth, rate: int,
                 "tcpreplay", "-q", "--preload-pcap", "--timer=nano", "--pps", str(rate),
                 "--pps-multi", str(max(1, rate // 1000)), "--loop", str(loops), "-i", "vb",
                 str(capture)), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            _, status, usage = os.wait4(sender.pid, 0)
-            sender_cpu = (usage.ru_utime + usage.ru_stime) / (time.monotonic() - started)
+            sender_cpu = cpu_s(sender) / (time.monotonic() - started)
             subprocess.run(netns.command("tcpreplay", "-q", "--pps", "10000", "-i", "vb",
                                          str(flush_capture())), check=True,
                            capture_output=True)
             sent = netns.sent_frames() - before - FLUSH_PACKETS
             time.sleep(1)
-            dropped = running.stop()
+            dropped, probe_cpu_s = running.stop()
         return Trial(sent, dropped, totals["packets"], totals["octets"],
                      Truth(loop.frames * loops, loop.packets * loops, loop.octets * loops),
-                     sender_cpu)
+                     sender_cpu, probe_cpu_s)
 
 
-def replay_rate(capture: Path, flags: tuple[str, ...], repeat: int, root: Path) -> float:
-    """Median packets/s of `pyprobe replay` with the probe's flags, exporting to a sink."""
+def replay(capture: Path, flags: tuple[str, ...], repeat: int, root: Path
+           ) -> tuple[float, float]:
+    """Median packets/s of `pyprobe replay` with the probe's flags, exporting to a sink, and
+    median CPU time a packet (its workers' included, and its start)."""
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never read: the kernel drops
     sink.bind(("127.0.0.1", 0))
     flags = flags if "--workers" in flags else (*flags, "--workers", str(CPUS))
-    rates = []
+    rates, costs = [], []
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-m", "pyprobe", "replay", str(capture),
-                              "--collector", f"127.0.0.1:{sink.getsockname()[1]}", *flags],
-                             check=True, capture_output=True, text=True, cwd=root).stdout
+        process = subprocess.Popen([sys.executable, "-m", "pyprobe", "replay", str(capture),
+                                    "--collector", f"127.0.0.1:{sink.getsockname()[1]}", *flags],
+                                   stdout=subprocess.PIPE, text=True, cwd=root)
+        out = process.stdout.read()
+        cpu = cpu_s(process)
         rates.append(float(re.search(r"s, (\d+) packets/s", out)[1]))
+        costs.append(cpu / int(re.search(r"packets read (\d+)", out)[1]))
     sink.close()
-    return statistics.median(rates)
+    return statistics.median(rates), statistics.median(costs)
 
 
 def main() -> None:
@@ -295,29 +316,33 @@ def main() -> None:
     rows = []
     with Namespace() as netns:
         for probe in probes:
-            best, lossy = None, ""
+            best, lossy, costs = None, "", []
             for rate in rates:
                 result = trial(netns, probe, capture, loop, rate, args.seconds, args.root, extra)
                 print(f"  {probe.label:<34} {rate:>7,}/s: sent {result.sent:,} (of "
                       f"{result.expected.frames:,}), dropped {result.dropped:,}, nfcapd "
                       f"{result.packets:,} packets / {result.octets:,} octets (of "
                       f"{result.expected.packets:,} / {result.expected.octets:,}); sender "
-                      f"{result.sender_cpu:.0%} of a CPU; load {os.getloadavg()[0]:.2f}",
-                      flush=True)
+                      f"{result.sender_cpu:.0%} of a CPU; probe {result.cost * 1e6:.1f} µs "
+                      f"CPU a packet metered; load {os.getloadavg()[0]:.2f}", flush=True)
+                costs.append(result.cost)
                 if not result.lossless:
                     lost = result.expected.packets - result.packets
                     lossy = f"{rate:,}/s: dropped {result.dropped:,}, lost {lost:,}"
                     break
                 best = rate
-            offline = (replay_rate(capture, probe.flags, args.repeat, args.root)
-                       if probe.flags is not None else None)
-            rows.append((probe.label, offline, best, lossy))
+            offline, offline_cost = (replay(capture, probe.flags, args.repeat, args.root)
+                                     if probe.flags is not None else (None, None))
+            rows.append((probe.label, offline, best, lossy, min(costs), offline_cost))
     print("\n| probe | offline replay, packets/s | lossless live, packets/s | live / offline "
-          "| first lossy rate |\n|---|---|---|---|---|")
-    for name, offline, best, lossy in rows:
+          "| first lossy rate | CPU a packet, live / offline |\n|---|---|---|---|---|---|")
+    for name, offline, best, lossy, cost, offline_cost in rows:
         share = f"{best / offline:.0%}" if offline and best else "-"
+        costs = f"{cost * 1e6:.1f} µs" + (f" / {offline_cost * 1e6:.1f} µs" if offline_cost
+                                         else "")
         print(f"| {name} | {f'{offline:,.0f}' if offline else '-'} | "
-              f"{f'{best:,}' if best else f'below {rates[0]:,}'} | {share} | {lossy or '-'} |")
+              f"{f'{best:,}' if best else f'below {rates[0]:,}'} | {share} | {lossy or '-'} "
+              f"| {costs} |")
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -18,7 +18,9 @@ flow label by its addresses only (Linux labels its own packets: one direction of
 labels and the other not), ESP and AH by their SPIs (one per direction), tunnelled packets by
 their inner headers, IPv6 fragments by their addresses.
 
-The program reads the packet from its network header (SKF_NET_OFF), whatever the link type.
+The program reads the packet from its network header (SKF_NET_OFF), whatever the link type. Its
+hash has no secret key: a flow goes to the same worker on every machine (and traffic made to
+collide could load one worker; the kernel's hash mode keys its hash, once per boot).
 
 `stop_intake` attaches a filter that takes nothing to a socket, behind libpcap's back: the
 kernel keeps no more frames, nor counts them, and libpcap still reads what it holds (a filter
