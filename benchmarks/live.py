@@ -85,6 +85,8 @@ class Trial(NamedTuple):
     packets: int
     octets: int
     expected: Truth
+    collector_drops: int
+    """Datagrams nfcapd's socket dropped."""
     sender_cpu: float
     """tcpreplay's CPU time over the time it sent (1: a whole CPU)."""
     probe_cpu_s: float
@@ -176,7 +178,8 @@ def until(condition, what: str, timeout_s: float = 30) -> None:
 @contextlib.contextmanager
 def nfcapd(netns: Namespace, folder: Path) -> Iterator[dict[str, int]]:
     """nfcapd on the namespace's 127.0.0.1:PORT; once stopped, the packets and octets it holds
-    without the flush flow's."""
+    without the flush flow's, and the datagrams its socket dropped (its buffer full: 8 MiB where
+    net.core.rmem_max is 4 MiB)."""
     (folder / "flows").mkdir()
     process = subprocess.Popen(netns.command("nfcapd", "-B", str(32 << 20), "-b", "127.0.0.1",
                                              "-p", str(PORT), "-w", str(folder / "flows")),
@@ -188,6 +191,8 @@ def nfcapd(netns: Namespace, folder: Path) -> Iterator[dict[str, int]]:
     finally:
         until(lambda: netns.run("ss", "-Huln", f"sport = :{PORT}").split()[1] == "0",
               "nfcapd did not drain its socket")
+        memory = netns.run("ss", "-Huanm", f"sport = :{PORT}")
+        totals["collector_drops"] = int(re.search(r"\bd(\d+)\)", memory)[1])
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     out = subprocess.run(["nfdump", "-R", str(folder / "flows"), "-q", "-N", "-o",
@@ -266,7 +271,7 @@ def trial(netns: Namespace, probe: Probe, capture: Path, loop: Truth, rate: int,
             dropped, probe_cpu_s = running.stop()
         return Trial(sent, dropped, totals["packets"], totals["octets"],
                      Truth(loop.frames * loops, loop.packets * loops, loop.octets * loops),
-                     sender_cpu, probe_cpu_s)
+                     totals["collector_drops"], sender_cpu, probe_cpu_s)
 
 
 def replay(capture: Path, flags: tuple[str, ...], repeat: int, root: Path
@@ -322,7 +327,8 @@ def main() -> None:
                 print(f"  {probe.label:<34} {rate:>7,}/s: sent {result.sent:,} (of "
                       f"{result.expected.frames:,}), dropped {result.dropped:,}, nfcapd "
                       f"{result.packets:,} packets / {result.octets:,} octets (of "
-                      f"{result.expected.packets:,} / {result.expected.octets:,}); sender "
+                      f"{result.expected.packets:,} / {result.expected.octets:,}; its socket "
+                      f"dropped {result.collector_drops:,} datagrams); sender "
                       f"{result.sender_cpu:.0%} of a CPU; probe {result.cost * 1e6:.1f} µs "
                       f"CPU a packet metered; load {os.getloadavg()[0]:.2f}", flush=True)
                 costs.append(result.cost)
