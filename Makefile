@@ -9,7 +9,7 @@ PCAP ?= pyprobe/data/sample.pcap
 PROTOCOL ?= ipfix
 ARGS ?=
 
-.PHONY: setup apt test run bench compare clean
+.PHONY: setup apt test run bench compare live clean
 
 setup: apt $(VENV)/.installed
 
@@ -49,6 +49,10 @@ bench: setup
 
 compare: setup
 	$(PY) benchmarks/compare.py
+
+# Lossless live rates on a veth (root: a network namespace), pyprobe beside softflowd.
+live: setup
+	$(PY) benchmarks/live.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
