@@ -126,6 +126,8 @@ class Nfcapd:
         out = subprocess.run(["nfdump", "-R", str(self.directory), "-q", "-N", "-6", "-o", NFDUMP_FORMAT],
                              check=True, capture_output=True, text=True).stdout
         for line in out.splitlines():
+            if line == "No matching flows":
+                break
             assert line.count("|") == 6, out
             src, dst, sport, dport, proto, packets, size = (f.strip() for f in line.split("|"))
             key = (src, dst, int(sport), port(dport), int(proto))
@@ -616,3 +618,28 @@ def test_fanout_balances_the_bench_capture_and_keeps_each_flow_whole(
     read = [int(re.search(rf"pyprobe/{index} DEBUG stopped: .* read (\d+),", log)[1])
             for index in range(2)]
     assert abs(read[0] - read[1]) <= 0.1 * sum(read) / 2, read
+
+
+def test_a_reload_leaves_out_the_datagrams_to_the_new_collectors(netns: Namespace,
+                                                                 tmp_path: Path) -> None:
+    """SIGHUP with a collector added: the capture's filter leaves out its datagrams too."""
+    config = tmp_path / "sensor.yaml"
+    settings = ("capture: {interface: lo}\ndpi: {enabled: false}\ncache: {idle_timeout: 1}\n"
+                "collectors:\n  - {host: 127.0.0.1, port: 2055, template_refresh: 0.2}\n")
+    config.write_text(settings)
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    listener = netns.popen(*PYPROBE, "collect", "--port", "2057", "--timeout", "30",
+                           log=tmp_path / "2057.log")
+    until(lambda: netns.udp_bound(2057), "pyprobe collect did not bind 2057")
+    probe = Probe(netns, tmp_path / "probe.log", "-c", str(config), interface="lo")
+    config.write_text(settings + "  - {host: 127.0.0.1, port: 2057, template_refresh: 0.2}\n")
+    probe.process.send_signal(signal.SIGHUP)
+    probe.wait_for(r"INFO reloaded: exporting to 127\.0\.0\.1:2055 \(ipfix\), "
+                   r"127\.0\.0\.1:2057 \(ipfix\)")
+    time.sleep(2)  # templates and statistics to both, every 0.2 s or so
+    probe.stop()
+    listener.send_signal(signal.SIGINT)
+    assert listener.wait(timeout=10) == 0
+    assert (tmp_path / "2057.log").read_text().count(" template 65400: ") >= 2  # they went out
+    assert nfcapd.stop() == {}  # and none was metered
+    assert re.search(r"INFO stopped: captured 0 frames", probe.text())
