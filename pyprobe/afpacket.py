@@ -11,7 +11,7 @@ are handed out (PACKET_FANOUT_FLAG_DEFRAG), so that a fragmented datagram goes t
 worker: it is metered as one packet of its whole length. IPv6 is not reassembled: its UDP, whose
 large datagrams are fragmented (DNS answers), and every packet with an extension header, are
 hashed by their addresses only. Frames that carry neither IPv4 nor IPv6 once the kernel has
-taken their VLAN tag (QinQ, MPLS, PPPoE, ARP) all go to the first worker.
+taken their VLAN tag (QinQ, MPLS, PPPoE, ARP) all go to one worker.
 
 The kernel's own hash mode (PACKET_FANOUT_HASH) splits flows: it hashes an IPv6 packet with a
 flow label by its addresses only (Linux labels its own packets: one direction of a flow may have
@@ -33,7 +33,7 @@ import socket
 import struct
 
 SOL_PACKET = 263  # linux/socket.h, linux/if_packet.h
-SO_ATTACH_FILTER = 26
+SO_ATTACH_FILTER = 26  # asm-generic/socket.h
 PACKET_FANOUT = 18
 PACKET_FANOUT_DATA = 22
 PACKET_FANOUT_CBPF = 6
