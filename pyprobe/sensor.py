@@ -52,16 +52,20 @@ class Worker(NamedTuple):
 
 
 def worker_config(config: SensorConfig, index: int, share: str | None) -> SensorConfig:
-    """Worker `index`'s view of `config`: its share filter, its collectors' domains + `index`."""
+    """Worker `index`'s view of `config`: its share filter, its collectors' domains + `index`
+    (and the ports + `index` of the ntopng endpoints it binds: one socket each)."""
     return replace(config, capture=replace(config.capture, bpf=share), collectors=tuple(
-        replace(c, observation_domain=c.observation_domain + index) for c in config.collectors))
+        replace(c, observation_domain=c.observation_domain + index,
+                port=c.port + index if c.protocol == "zmq" and not c.zmq_probe_mode else c.port)
+        for c in config.collectors))
 
 
 def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
                   biflow: bool = False) -> list[Collector]:
     """The configured collectors, their template files read and checked (each file once).
 
-    A collector without a template file gets the biflow, nDPI or default one, in that order.
+    A collector without a template file gets the biflow, nDPI or default one, in that order;
+    ntopng (protocol zmq) takes no templates.
     """
     templates: dict[str, TemplateSet] = {}
     default = (BIFLOW_TEMPLATE if biflow else NDPI_TEMPLATE if config.dpi.enabled
@@ -69,15 +73,19 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
     collectors = []
     for entry in config.collectors:
         path = entry.template or str(default)
-        if path not in templates:
+        if path not in templates and entry.protocol != "zmq":
             templates[path] = load_templates(path, registry)
-        collectors.append(Collector(entry.host, entry.port, entry.protocol, templates[path],
+        collectors.append(Collector(entry.host, entry.port, entry.protocol, templates.get(path),
                                     observation_domain=entry.observation_domain,
                                     mtu_bytes=entry.mtu, template_refresh_s=entry.template_refresh,
-                                    template_refresh_packets=entry.template_refresh_packets))
+                                    template_refresh_packets=entry.template_refresh_packets,
+                                    zmq_probe_mode=entry.zmq_probe_mode,
+                                    zmq_compress=entry.zmq_compress, zmq_queue=entry.zmq_queue,
+                                    zmq_linger=entry.zmq_linger))
     for collector in collectors:  # a bad protocol/template pairing, MTU or host fails here too
         collector.exporter(registry)
-        resolve(collector.host, collector.port)
+        if collector.host != "*":  # ntopng's: every local address
+            resolve(collector.host, collector.port)
     return collectors
 
 

@@ -58,9 +58,10 @@ def write(tmp_path: Path, text: str) -> Path:
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
-     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9"),
+     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9, zmq"),
     ("capture: {interface: eth0}\ncollectors: [{port: 2055}]\n",
-     "collectors[0].host: missing, expected collector's name or address (IPv4 or IPv6)"),
+     "collectors[0].host: missing, expected collector's name or address (IPv4 or IPv6; zmq: `*` "
+     "binds every local address)"),
     ("capture: {interface: eth0}\ncollectors: {host: a}\n",
      "collectors: got a mapping, expected a list of at least one entry"),
     ("capture: {interface: eth0}\n", "collectors: missing, expected a list of at least one "

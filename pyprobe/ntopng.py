@@ -1,0 +1,261 @@
+"""ntopng's flow stream: expired flows in, ZeroMQ messages out, as nProbe sends them (sans-IO).
+
+ntopng collects no NetFlow or IPFIX itself: probes publish flows to it over ZeroMQ. A message is
+two frames, a header and a payload. The header (version 4, 36 octets) holds the topic ("flow",
+"event"), NUL-padded to 16 octets; flags (2: the payload is nDPI's TLV format, 4: it is
+zlib-compressed); two sizes, little-endian, both the uncompressed one (ntopng inflates into the
+second plus 16 octets); the msg_id, in network order, one more with each message of this source
+(ntopng counts a gap in `zmq_msg_drops`, and a lower one as a restarted probe), which the
+transport numbers as it hands messages over (`Message.frames`); and the source_id, which tells
+ntopng's probes apart: the collector's observation domain, one per worker.
+
+- **flow** messages carry records in nDPI's TLV format (`tlv`), at most MAX_PAYLOAD octets a
+  message (ntopng drops a longer one whole): one biflow record per expired flow (per
+  active-timeout slice), keyed by nProbe's element ids. IN_* count the flow's source to
+  destination direction and OUT_* the reverse, as deltas: ntopng adds up the records of one
+  5-tuple and VLAN. Times are in seconds. CLIENT/SERVER_TCP_FLAGS are the source's and the
+  destination's flags: with the client's SYN among them ntopng keeps the source as its client.
+  L7_PROTO is nDPI's "master.app" ids, which ntopng names with its own nDPI. An item whose value
+  is 0 or empty is left out: ntopng reads a missing item so.
+- **event** messages carry JSON: the probe's identity, its timeouts (ntopng keeps a collected
+  flow for min(lifetime, collected_lifetime) + 10 s without an update), and its counters. Its
+  time is also ntopng's clock for the flows that follow: an ntopng that has had no event nor
+  housekeeping yet dates their creation 0 and drops them at once when their own times are old
+  (a replayed capture), so each new listener gets an event first (`ZmqTransport.greeting`).
+
+Records wait in the message being filled until it is full or older than `flush_interval_ms` of
+clock time (`tick`), or `flush`.
+
+>>> exporter = NtopngExporter(source_id=7)
+>>> message = exporter.event(1_700_000_000, interface="eth0", idle_timeout_s=30,
+...                          active_timeout_s=120, dropped_flows=0)
+>>> header, payload = message.frames(msg_id=1)
+>>> message.topic, HEADER.unpack(header)[1:3], header[-8:].hex(" "), payload[:9]
+(b'event', (4, 0), '00 00 00 01 07 00 00 00', b'{"time": ')
+"""
+from __future__ import annotations
+
+import json
+import platform
+import struct
+import zlib
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from . import __version__
+from .fields import server_name
+from .flow import Flow
+from .options import ExportStats
+from .tlv import END_OF_RECORD, HEADER as TLV_HEADER, ItemEncoder, Value, item_encoder
+
+# topic (NUL-padded), version, flags, uncompressed size, compressed size, msg_id, source_id
+HEADER = struct.Struct("<16sBB2xII4sI")
+MSG_ID = struct.Struct("!I")  # at MSG_ID_OFFSET in the header, in network order
+MSG_ID_OFFSET = 28
+VERSION = 4  # ZMQ_MSG_VERSION: struct zmq_msg_hdr_v3
+FLAG_TLV = 2  # ZMQ_FLAG_IS_TLV
+FLAG_COMPRESSED = 4  # ZMQ_FLAG_IS_COMPRESSED
+MAX_PAYLOAD = 131_072  # CONST_ZMQ_PAYLOAD_LEN: ntopng's receive buffer
+FLOW_TOPIC = b"flow"
+EVENT_TOPIC = b"event"
+NTOP_BASE_ID = 57472  # nProbe's ids of ntop's own elements: 57472 + n
+
+# IANA flowEndReason values as words: ntopng shows FLOW_END_REASON as the text it gets.
+END_REASONS = {1: "idle timeout", 2: "active timeout", 3: "end of flow detected",
+               4: "forced end", 5: "lack of resources"}
+# nDPI's names of TLS versions, and the version numbers nProbe's TLS_VERSION carries.
+TLS_VERSIONS = {"SSLv3": 0x0300, "TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303,
+                "TLSv1.3": 0x0304, "TLSv1.3 (Fizz)": 0xFB1A, "DTLSv1.0": 0xFEFF,
+                "DTLSv1.2": 0xFEFD, "DTLSv1.3": 0xFEFC}
+PROBE = {"version": f"pyprobe {__version__}", "edition": "pyprobe",
+         "license": "GPL-3.0-or-later", "maintenance": "", "ip": "", "public_ip": "",
+         "uuid": "", "osname": f"{platform.system()} {platform.release()} {platform.machine()}"}
+"""The probe's identity in events (ntopng lists it; a field not sent would show garbage)."""
+
+
+def tls_version(name: str) -> int:
+    """The TLS version number of nDPI's name for it ("TLSv1.3": 0x0304; unknown: 0)."""
+    if name.startswith("TLS (") and name.endswith(")"):  # nDPI names an unknown version in hex
+        return int(name[5:-1], 16)
+    return TLS_VERSIONS.get(name, 0)
+
+
+Getter = Callable[[Flow], Value]
+# (nProbe's name, its id, what it reads from a flow), the records' items in order.
+ADDRESS_FIELDS: dict[int, tuple[tuple[str, int, Getter], ...]] = {
+    4: (("IPV4_SRC_ADDR", 8, lambda f: f.src_ip), ("IPV4_DST_ADDR", 12, lambda f: f.dst_ip)),
+    6: (("IPV6_SRC_ADDR", 27, lambda f: f.src_ip), ("IPV6_DST_ADDR", 28, lambda f: f.dst_ip)),
+}
+FLOW_FIELDS: tuple[tuple[str, int, Getter], ...] = (
+    ("L4_SRC_PORT", 7, lambda f: f.src_port),  # integers: ntopng byte-swaps a string port
+    ("L4_DST_PORT", 11, lambda f: f.dst_port),
+    ("PROTOCOL", 4, lambda f: f.protocol),
+    ("IP_PROTOCOL_VERSION", 60, lambda f: f.ip_version),
+    ("SRC_VLAN", 58, lambda f: f.vlan_id),
+    ("IN_BYTES", 1, lambda f: f.src2dst.bytes),
+    ("IN_PKTS", 2, lambda f: f.src2dst.packets),
+    ("OUT_BYTES", 23, lambda f: f.reverse.bytes),
+    ("OUT_PKTS", 24, lambda f: f.reverse.packets),
+    ("FIRST_SWITCHED", 22, lambda f: f.first_seen_ms // 1000),
+    ("LAST_SWITCHED", 21, lambda f: f.last_seen_ms // 1000),
+    ("SRC_TOS", 5, lambda f: f.src2dst.tos),
+    ("DST_TOS", 55, lambda f: f.reverse.tos),
+    ("TCP_FLAGS", 6, lambda f: f.src2dst.tcp_flags | f.reverse.tcp_flags),
+    ("CLIENT_TCP_FLAGS", NTOP_BASE_ID + 78, lambda f: f.src2dst.tcp_flags),
+    ("SERVER_TCP_FLAGS", NTOP_BASE_ID + 79, lambda f: f.reverse.tcp_flags),
+    ("FLOW_END_REASON", 136, lambda f: END_REASONS.get(f.end_reason, "")),
+    ("UPSTREAM_TUNNEL_ID", NTOP_BASE_ID + 106, lambda f: f.src2dst.tunnel_id),
+    ("DOWNSTREAM_TUNNEL_ID", NTOP_BASE_ID + 120, lambda f: f.reverse.tunnel_id),
+)
+# What nDPI found, for the flows it saw (flow.dpi set).
+DPI_FIELDS: tuple[tuple[str, int, Getter], ...] = (
+    ("L7_PROTO", NTOP_BASE_ID + 118, lambda f: f"{f.dpi.master_protocol}.{f.dpi.app_protocol}"),
+    ("L7_CONFIDENCE", NTOP_BASE_ID + 560, lambda f: f.dpi.application_confidence),
+    ("L7_PROTO_RISK", NTOP_BASE_ID + 509, lambda f: f.dpi.risk),
+    ("L7_INFO", NTOP_BASE_ID + 539, lambda f: f.dpi.requested_server_name),
+    ("TLS_SERVER_NAME", NTOP_BASE_ID + 188, lambda f: server_name(f.dpi, "tls")),
+    ("HTTP_SITE", NTOP_BASE_ID + 361, lambda f: server_name(f.dpi, "http")),
+    ("DNS_QUERY", NTOP_BASE_ID + 205, lambda f: server_name(f.dpi, "dns")),
+    ("HTTP_URL", NTOP_BASE_ID + 180, lambda f: f.dpi.http_url),
+    ("HTTP_USER_AGENT", NTOP_BASE_ID + 183, lambda f: f.dpi.user_agent),
+    ("HTTP_METHOD", NTOP_BASE_ID + 360, lambda f: f.dpi.http_method),
+    ("HTTP_RET_CODE", NTOP_BASE_ID + 181, lambda f: f.dpi.http_response_code),
+    ("TLS_VERSION", NTOP_BASE_ID + 495, lambda f: tls_version(f.dpi.tls_version)),
+    ("JA4C_HASH", NTOP_BASE_ID + 576, lambda f: f.dpi.client_fingerprint),
+)
+
+
+def _compiled(fields: Iterable[tuple[str, int, Getter]]) -> tuple[tuple[ItemEncoder, Getter], ...]:
+    return tuple((item_encoder(key), get) for _, key, get in fields)
+
+
+_BY_ADDRESS_LENGTH = {4: _compiled(ADDRESS_FIELDS[4] + FLOW_FIELDS),
+                      16: _compiled(ADDRESS_FIELDS[6] + FLOW_FIELDS)}
+_DPI = _compiled(DPI_FIELDS)
+
+
+def flow_record(flow: Flow) -> bytes:
+    """The flow's TLV record, its end-of-record octet included."""
+    items = [encode(value) for encode, get in _BY_ADDRESS_LENGTH[len(flow.src_addr)]
+             if (value := get(flow))]
+    if flow.dpi is not None:
+        items += [encode(value) for encode, get in _DPI if (value := get(flow))]
+    items.append(END_OF_RECORD)
+    return b"".join(items)
+
+
+class Message(NamedTuple):
+    """One ZeroMQ message for ntopng: its header (msg_id 0) and payload, and its flow records."""
+
+    header: bytes
+    payload: bytes
+    flows: int
+
+    @property
+    def topic(self) -> bytes:
+        return self.header[:16].rstrip(b"\0")
+
+    def frames(self, msg_id: int) -> tuple[bytes, bytes]:
+        """The two frames to send, numbered `msg_id` (mod 2^32)."""
+        header = self.header
+        return (header[:MSG_ID_OFFSET] + MSG_ID.pack(msg_id & 0xFFFF_FFFF)
+                + header[MSG_ID_OFFSET + MSG_ID.size:], self.payload)
+
+
+class NtopngExporter:
+    """Encodes flows and events for one ntopng, as messages of one source."""
+
+    def __init__(self, source_id: int = 1, *, compress: bool = False,
+                 flush_interval_ms: int = 1000, max_payload: int = MAX_PAYLOAD) -> None:
+        self.source_id = source_id
+        self.compress = compress
+        self.flush_interval_ms = flush_interval_ms
+        self.max_payload = max_payload
+        self.stats = ExportStats()
+        self.packets = self.octets = 0
+        """Packets and octets of the flows exported (what events report as the probe's)."""
+        self._records: list[bytes] = []
+        self._size = len(TLV_HEADER)
+        self._started_ms = 0
+        self._last_event: tuple[int, int, int] | None = None  # time, packets, octets
+
+    def export(self, flows: Iterable[Flow], now_ms: int) -> list[Message]:
+        """Adds the flows' records; returns the messages that filled up."""
+        out: list[Message] = []
+        stats, records, room = self.stats, self._records, self.max_payload
+        for flow in flows:
+            record = flow_record(flow)
+            if len(TLV_HEADER) + len(record) > room:
+                stats.not_sent_flows += 1
+                stats.not_sent_packets += flow.bidirectional_packets
+                stats.not_sent_octets += flow.bidirectional_bytes
+                stats.first_not_sent_ms = stats.first_not_sent_ms or now_ms
+                stats.last_not_sent_ms = now_ms
+                continue
+            if self._size + len(record) > room:
+                out.append(self._finish_flows())
+            if not records:
+                self._started_ms = now_ms
+            records.append(record)
+            self._size += len(record)
+            stats.flow_records += 1
+            self.packets += flow.bidirectional_packets
+            self.octets += flow.bidirectional_bytes
+        return out
+
+    def tick(self, now_ms: int) -> list[Message]:
+        """Timer work: sends the records held longer than the flush interval."""
+        if self._records and now_ms - self._started_ms >= self.flush_interval_ms:
+            return [self._finish_flows()]
+        return []
+
+    def flush(self, now_ms: int) -> list[Message]:
+        """Sends the records held."""
+        return [self._finish_flows()] if self._records else []
+
+    def event(self, time_s: int, *, interface: str, idle_timeout_s: float,
+              active_timeout_s: float, dropped_flows: int) -> Message:
+        """The probe's event at wall-clock `time_s`: identity, timeouts, counters (flows dropped
+        while ntopng was away among them), average rates since the previous event."""
+        stats = self.stats
+        since = self._last_event
+        seconds = time_s - since[0] if since else 0
+        average = ({"bps": (self.octets - since[2]) * 8 // seconds,
+                    "pps": (self.packets - since[1]) // seconds} if seconds > 0
+                   else {"bps": 0, "pps": 0})
+        self._last_event = (time_s, self.packets, self.octets)
+        lifetime = round(active_timeout_s)
+        body = {
+            "time": time_s, "mode": "packet_collection",
+            "probe": PROBE | {"unique_source_id": self.source_id},
+            "iface": {"name": interface, "speed": 0, "ip": ""},
+            "packets": self.packets, "bytes": self.octets,
+            "packet_drops": stats.capture_dropped_frames + stats.interface_dropped_packets,
+            "avg": average,
+            "timeout": {"lifetime": lifetime, "idle": round(idle_timeout_s),
+                        "collected_lifetime": lifetime},
+            "drops": {"export_queue_full": dropped_flows, "too_many_flows": 0,
+                      "elk_flow_drops": 0, "sflow_pkt_sample_drops": 0,
+                      "flow_collection_drops": 0, "flow_collection_udp_socket_drops": 0},
+            "flow_collection": {"nf_ipfix_flows": 0, "collection_port": 0, "sflow_samples": 0},
+            "zmq": {"num_flow_exports": stats.flow_records, "num_zmq_exporters": 1},
+        }
+        return self._message(EVENT_TOPIC, 0, json.dumps(body).encode(), 0)
+
+    def _finish_flows(self) -> Message:
+        records, self._records = self._records, []
+        self._size = len(TLV_HEADER)
+        return self._message(FLOW_TOPIC, FLAG_TLV, TLV_HEADER + b"".join(records), len(records))
+
+    def _message(self, topic: bytes, flags: int, payload: bytes, flows: int) -> Message:
+        """A message (msg_id 0 until it is sent); zlib-compressed when asked and smaller so."""
+        size = len(payload)
+        if self.compress:
+            packed = zlib.compress(payload)
+            if len(packed) < size:
+                payload, flags = packed, flags | FLAG_COMPRESSED
+        header = HEADER.pack(topic, VERSION, flags, size, size, bytes(MSG_ID.size),
+                             self.source_id)
+        self.stats.messages += 1
+        self.stats.octets += len(header) + len(payload)
+        return Message(header, payload, flows)
