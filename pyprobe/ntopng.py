@@ -9,14 +9,15 @@ second plus 16 octets); the msg_id, in network order, one more with each message
 transport numbers as it hands messages over (`Message.frames`); and the source_id, which tells
 ntopng's probes apart: the collector's observation domain, one per worker.
 
-- **flow** messages carry records in nDPI's TLV format (`tlv`), at most MAX_PAYLOAD octets a
-  message (ntopng drops a longer one whole): one biflow record per expired flow (per
-  active-timeout slice), keyed by nProbe's element ids. IN_* count the flow's source to
-  destination direction and OUT_* the reverse, as deltas: ntopng adds up the records of one
-  5-tuple and VLAN. Times are in seconds. CLIENT/SERVER_TCP_FLAGS are the source's and the
-  destination's flags: with the client's SYN among them ntopng keeps the source as its client.
-  L7_PROTO is nDPI's "master.app" ids, which ntopng names with its own nDPI. An item whose value
-  is 0 or empty is left out: ntopng reads a missing item so.
+- **flow** messages carry records in nDPI's TLV format (`tlv`), at most MAX_PAYLOAD octets
+  (ntopng drops a longer message whole) and MAX_RECORDS records (ntopng counts a message's
+  flows in 8 bits) a message: one biflow record per expired flow (per active-timeout slice),
+  keyed by nProbe's element ids. IN_* count the flow's source to destination direction and
+  OUT_* the reverse, as deltas: ntopng adds up the records of one 5-tuple and VLAN. Times are
+  in seconds. CLIENT/SERVER_TCP_FLAGS are the source's and the destination's flags: with the
+  client's SYN among them ntopng keeps the source as its client. L7_PROTO is nDPI's
+  "master.app" ids, which ntopng names with its own nDPI. An item whose value is 0 or empty is
+  left out: ntopng reads a missing item so.
 - **event** messages carry JSON: the probe's identity, its timeouts (ntopng keeps a collected
   flow for min(lifetime, collected_lifetime) + 10 s without an update), and its counters. Its
   time is also ntopng's clock for the flows that follow: an ntopng that has had no event nor
@@ -56,6 +57,7 @@ VERSION = 4  # ZMQ_MSG_VERSION: struct zmq_msg_hdr_v3
 FLAG_TLV = 2  # ZMQ_FLAG_IS_TLV
 FLAG_COMPRESSED = 4  # ZMQ_FLAG_IS_COMPRESSED
 MAX_PAYLOAD = 131_072  # CONST_ZMQ_PAYLOAD_LEN: ntopng's receive buffer
+MAX_RECORDS = 255  # parseTLVFlow() returns the flows of a message as a u_int8_t
 FLOW_TOPIC = b"flow"
 EVENT_TOPIC = b"event"
 NTOP_BASE_ID = 57472  # nProbe's ids of ntop's own elements: 57472 + n
@@ -192,7 +194,7 @@ class NtopngExporter:
                 stats.first_not_sent_ms = stats.first_not_sent_ms or now_ms
                 stats.last_not_sent_ms = now_ms
                 continue
-            if self._size + len(record) > room:
+            if self._size + len(record) > room or len(records) == MAX_RECORDS:
                 out.append(self._finish_flows())
             if not records:
                 self._started_ms = now_ms
@@ -243,9 +245,11 @@ class NtopngExporter:
         return self._message(EVENT_TOPIC, 0, json.dumps(body).encode(), 0)
 
     def _finish_flows(self) -> Message:
-        records, self._records = self._records, []
+        records = self._records
+        payload, count = TLV_HEADER + b"".join(records), len(records)
+        records.clear()
         self._size = len(TLV_HEADER)
-        return self._message(FLOW_TOPIC, FLAG_TLV, TLV_HEADER + b"".join(records), len(records))
+        return self._message(FLOW_TOPIC, FLAG_TLV, payload, count)
 
     def _message(self, topic: bytes, flags: int, payload: bytes, flows: int) -> Message:
         """A message (msg_id 0 until it is sent); zlib-compressed when asked and smaller so."""

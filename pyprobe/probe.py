@@ -12,6 +12,7 @@ gets every tick of the clock, `stop()` ends the run as the end of a file would, 
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,10 +141,10 @@ class Probe:
 
     def _event(self, exporter: NtopngExporter, transport: ZmqTransport) -> Message:
         """The probe's event for ntopng, at the wall clock's time (ntopng compares it with its
-        own)."""
+        own); a capture file is named without its folder (ntopng shows 31 characters)."""
         stream, capture = self.stream, self.stream.capture
         source = capture.source if capture is not None else str(stream.source)
-        return exporter.event(round(time.time()), interface=source,
+        return exporter.event(round(time.time()), interface=os.path.basename(source),
                               idle_timeout_s=stream.idle_timeout,
                               active_timeout_s=stream.active_timeout,
                               dropped_flows=transport.dropped_flows)

@@ -67,18 +67,32 @@ class ZmqTransport:
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # hear every subscription, repeats too
         self._socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._socket.setsockopt(zmq.IPV6, ipv6)
+        # Connecting: a link to ntopng only while connected, so that ntopng's going away reads
+        # as its unsubscribing (messages then wait here) and its coming back as a new listener.
+        self._socket.setsockopt(zmq.IMMEDIATE, probe_mode)
         try:
             (self._socket.connect if probe_mode else self._socket.bind)(self.endpoint)
         except zmq.ZMQError as error:
             self._socket.close(linger=0)
             self._context.term()
             raise TransportError(f"ntopng {self.endpoint}: cannot "
-                                 f"{'connect' if probe_mode else 'bind'}: {error.strerror}") from None
+                                 f"{'connect' if probe_mode else 'bind'}: "
+                                 f"{zmq.strerror(error.errno)}") from None
         self._topics: set[bytes] = set()
         self._queue: deque[Message] = deque()
         self._queued_octets = 0
         self._msg_id = 0
         self._last_log = -log_interval_s
+
+    @property
+    def listening(self) -> bool:
+        """Whether ntopng subscribes (as of the last send)."""
+        return bool(self._topics)
+
+    @property
+    def held(self) -> int:
+        """Messages waiting for ntopng."""
+        return len(self._queue)
 
     def send(self, messages: Iterable[Message]) -> None:
         """Queues the messages and sends what ntopng listens to, without waiting."""
@@ -143,6 +157,11 @@ class ZmqTransport:
     def close(self) -> None:
         """Waits up to `linger_s` for ntopng to take the queued messages, then closes."""
         deadline = time.monotonic() + self.linger_s
+        self._listen()
+        self._drain()
+        if self._queue:
+            log.info("ntopng %s: waiting up to %g s for it to take %d messages", self.endpoint,
+                     self.linger_s, len(self._queue))
         while self._queue and (left := deadline - time.monotonic()) > 0:
             self._socket.poll(min(POLL_MS, left * 1000), zmq.POLLIN)
             self._listen()

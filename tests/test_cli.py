@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,21 @@ def test_collector_mistakes_are_refused_before_metering(collector: str, message:
     assert result.returncode == 2
     assert message in result.stderr.splitlines()[-1]
     assert result.stdout == ""
+
+
+def test_ntopng_endpoint_mistakes_are_one_line_errors() -> None:
+    """A name that does not resolve is refused before metering; a port another socket holds,
+    when the probe binds it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for endpoint, message in ((f"tcp://no.such.host.invalid:{port}",
+                                   f"pyprobe: error: collector no.such.host.invalid:{port}: "
+                                   "cannot resolve 'no.such.host.invalid': "),
+                                  (f"tcp://127.0.0.1:{port}",
+                                   f"pyprobe: error: ntopng tcp://127.0.0.1:{port}: cannot bind: "
+                                   "Address already in use\n")):
+            result = pyprobe("replay", str(SAMPLE), "--no-dpi", "--zmq", endpoint)
+            assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+            assert result.stderr.startswith(message), result.stderr
