@@ -28,10 +28,16 @@ from pyprobe.zmqtransport import ZmqTransport
 PYPROBE = [sys.executable, "-m", "pyprobe"]
 TCP, UDP = 6, 17
 # Shared captures with TCP and UDP over IPv4 and IPv6, VLAN tags, flows cut by idle and active
-# timeouts, and 26 nDPI applications; 151 flows, about 20 s of ntopng's REST calls.
-CAPTURES = ("teams.pcap", "http_ipv6.pcap", "dns.pcap", "quic.pcap", "sip.pcap", "syslog.pcap")
+# timeouts; 69 flows, read flow by flow (about 10 s of ntopng's REST calls, 30 s on a busy VM).
+CAPTURES = ("http_ipv6.pcap", "dns.pcap", "quic.pcap", "sip.pcap", "syslog.pcap")
+# Read in bulk, without packets per direction: 17 nDPI applications, and a scan's 1,994 flows.
+BULK_CAPTURES = ("teams.pcap", "synscan.pcap")
 # ids ntopng's nDPI (4.11-dev) names otherwise than nDPI 5.0: {(master, app): (ntopng's, 5.0's)}
-KNOWN_NAMES = {(78, 38): ("STUN.Skype_TeamsCall", "STUN.TeamsCall")}  # renamed in 5.0
+KNOWN_NAMES = {(78, 38): ("STUN.Skype_TeamsCall", "STUN.TeamsCall"),  # renamed in 5.0
+               (0, 109): ("Guildwars", "GuildWars2"),
+               (0, 150): ("LotusNotes", "HCL_Notes"),
+               (0, 184): ("VHUA", "OSPF"),  # id 184 went to another protocol
+               (0, 213): ("Starcraft", "Blizzard")}
 
 Key = tuple[int, int, tuple[tuple[str, int], tuple[str, int]]]  # protocol, VLAN, the two ends
 HOST_SIDE, NAMESPACE_SIDE = "10.255.17.1", "10.255.17.2"  # the veth from the sensor's namespace
@@ -128,26 +134,28 @@ def test_replayed_captures_reach_ntopng_exactly(ntopng: Ntopng) -> None:
     assert (counters["flows"], counters["zmq_msg_drops"], counters["dropped_flows"],
             counters["events"]) == (len(sent), 0, 0, 2 * len(captures))  # greeting, final
     names = check_flows(ntopng.flows(ifname), sent)
-    assert {ids: (shown, ours) for ids, shown, ours in names} == KNOWN_NAMES, names
+    assert not names, names
 
 
 def test_a_probe_bound_endpoint_feeds_ntopng_full_compressed_messages(ntopng: Ntopng) -> None:
     """Bind mode (ntopng -i tcp://127.0.0.1:PORT connects to the probe), zlib on: a scan's
     1,994 TCP flows fill eight messages of 255 records (ntopng counts a message's flows in 8
-    bits). ntopng tells packets per direction only flow by flow, too slowly for 1,994: their
-    total is held to the interface's."""
-    capture = require(NDPI_PCAPS / "synscan.pcap")
-    summary = replay(capture, "--zmq", f"tcp://127.0.0.1:{ntopng.bound_ports[0]}",
-                     "--zmq-compress")
-    sent = records([capture])
-    assert all_sent(summary, len(sent))
-    assert int(summary.split(" messages")[0].rsplit(" ", 1)[1]) >= 8 + 2  # and two events
+    bits). ntopng tells packets per direction only flow by flow, too slowly for 2,076 flows:
+    their total is held to the interface's."""
+    captures = [require(NDPI_PCAPS / name) for name in BULK_CAPTURES]
+    summaries = [replay(capture, "--zmq", f"tcp://127.0.0.1:{ntopng.bound_ports[0]}",
+                        "--zmq-compress") for capture in captures]
+    sent = records(captures)
+    assert all(all_sent(summary, len(records([capture])))
+               for capture, summary in zip(captures, summaries)), summaries
+    assert int(summaries[1].split(" messages")[0].rsplit(" ", 1)[1]) >= 8 + 2  # and two events
     ifname = ntopng.bound(0)
     counters = until(lambda: (c := ntopng.counters(ifname))["flows"] >= len(sent) and c,
                      "ntopng did not count every record")
     assert (counters["flows"], counters["zmq_msg_drops"], counters["dropped_flows"],
-            counters["events"]) == (len(sent), 0, 0, 2)
-    check_flows(ntopng.flows(ifname, packets=False), sent, packets=False)
+            counters["events"]) == (len(sent), 0, 0, 2 * len(captures))
+    names = check_flows(ntopng.flows(ifname, packets=False), sent, packets=False)
+    assert {ids: (shown, ours) for ids, shown, ours in names} == KNOWN_NAMES, names
     total = ntopng.rest.iface_data(ntopng.ifid(ifname))
     assert (total["packets"], total["bytes"]) == (sum(f.bidirectional_packets for f in sent),
                                                   sum(f.bidirectional_bytes for f in sent))
