@@ -41,13 +41,13 @@ import platform
 import struct
 import zlib
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import __version__
 from .fields import server_name
-from .flow import Flow
+from .flow import EMPTY_DIRECTION, Flow
 from .options import ExportStats
-from .tlv import END_OF_RECORD, HEADER as TLV_HEADER, ItemEncoder, Value, item_encoder
+from .tlv import END_OF_RECORD, HEADER as TLV_HEADER, item_encoder
 
 # topic (NUL-padded), version, flags, uncompressed size, compressed size, msg_id, source_id
 HEADER = struct.Struct("<16sBB2xII4sI")
@@ -82,68 +82,79 @@ def tls_version(name: str) -> int:
     return TLS_VERSIONS.get(name, 0)
 
 
-Getter = Callable[[Flow], Value]
-# (nProbe's name, its id, what it reads from a flow), the records' items in order.
-ADDRESS_FIELDS: dict[int, tuple[tuple[str, int, Getter], ...]] = {
-    4: (("IPV4_SRC_ADDR", 8, lambda f: f.src_ip), ("IPV4_DST_ADDR", 12, lambda f: f.dst_ip)),
-    6: (("IPV6_SRC_ADDR", 27, lambda f: f.src_ip), ("IPV6_DST_ADDR", 28, lambda f: f.dst_ip)),
-}
-FLOW_FIELDS: tuple[tuple[str, int, Getter], ...] = (
-    ("L4_SRC_PORT", 7, lambda f: f.src_port),  # integers: ntopng byte-swaps a string port
-    ("L4_DST_PORT", 11, lambda f: f.dst_port),
-    ("PROTOCOL", 4, lambda f: f.protocol),
-    ("IP_PROTOCOL_VERSION", 60, lambda f: f.ip_version),
-    ("SRC_VLAN", 58, lambda f: f.vlan_id),
-    ("IN_BYTES", 1, lambda f: f.src2dst.bytes),
-    ("IN_PKTS", 2, lambda f: f.src2dst.packets),
-    ("OUT_BYTES", 23, lambda f: f.reverse.bytes),
-    ("OUT_PKTS", 24, lambda f: f.reverse.packets),
-    ("FIRST_SWITCHED", 22, lambda f: f.first_seen_ms // 1000),
-    ("LAST_SWITCHED", 21, lambda f: f.last_seen_ms // 1000),
-    ("SRC_TOS", 5, lambda f: f.src2dst.tos),
-    ("DST_TOS", 55, lambda f: f.reverse.tos),
-    ("TCP_FLAGS", 6, lambda f: f.src2dst.tcp_flags | f.reverse.tcp_flags),
-    ("CLIENT_TCP_FLAGS", NTOP_BASE_ID + 78, lambda f: f.src2dst.tcp_flags),
-    ("SERVER_TCP_FLAGS", NTOP_BASE_ID + 79, lambda f: f.reverse.tcp_flags),
-    ("FLOW_END_REASON", 136, lambda f: END_REASONS.get(f.end_reason, "")),
-    ("UPSTREAM_TUNNEL_ID", NTOP_BASE_ID + 106, lambda f: f.src2dst.tunnel_id),
-    ("DOWNSTREAM_TUNNEL_ID", NTOP_BASE_ID + 120, lambda f: f.reverse.tunnel_id),
+# (nProbe's name, its id, what it reads): the records' items in order. Each is an expression, as
+# fields.py's are, over `flow`, `this` (its source's direction), `other` (the reverse: zeros
+# before a reply) and `dpi` (what nDPI found: DPI_FIELDS go only for flows it saw).
+ADDRESS_FIELDS = {
+    4: (("IPV4_SRC_ADDR", 8, "flow.src_ip"), ("IPV4_DST_ADDR", 12, "flow.dst_ip")),
+    16: (("IPV6_SRC_ADDR", 27, "flow.src_ip"), ("IPV6_DST_ADDR", 28, "flow.dst_ip")),
+}  # by address length
+FLOW_FIELDS = (
+    ("L4_SRC_PORT", 7, "flow.src_port"),  # integers: ntopng byte-swaps a string port
+    ("L4_DST_PORT", 11, "flow.dst_port"),
+    ("PROTOCOL", 4, "flow.protocol"),
+    ("IP_PROTOCOL_VERSION", 60, "flow.ip_version"),
+    ("SRC_VLAN", 58, "flow.vlan_id"),
+    ("IN_BYTES", 1, "this.bytes"),
+    ("IN_PKTS", 2, "this.packets"),
+    ("OUT_BYTES", 23, "other.bytes"),
+    ("OUT_PKTS", 24, "other.packets"),
+    ("FIRST_SWITCHED", 22, "flow.first_seen_ms // 1000"),
+    ("LAST_SWITCHED", 21, "flow.last_seen_ms // 1000"),
+    ("SRC_TOS", 5, "this.tos"),
+    ("DST_TOS", 55, "other.tos"),
+    ("TCP_FLAGS", 6, "this.tcp_flags | other.tcp_flags"),
+    ("CLIENT_TCP_FLAGS", NTOP_BASE_ID + 78, "this.tcp_flags"),
+    ("SERVER_TCP_FLAGS", NTOP_BASE_ID + 79, "other.tcp_flags"),
+    ("FLOW_END_REASON", 136, "END_REASONS.get(flow.end_reason, '')"),
+    ("UPSTREAM_TUNNEL_ID", NTOP_BASE_ID + 106, "this.tunnel_id"),
+    ("DOWNSTREAM_TUNNEL_ID", NTOP_BASE_ID + 120, "other.tunnel_id"),
 )
-# What nDPI found, for the flows it saw (flow.dpi set).
-DPI_FIELDS: tuple[tuple[str, int, Getter], ...] = (
-    ("L7_PROTO", NTOP_BASE_ID + 118, lambda f: f"{f.dpi.master_protocol}.{f.dpi.app_protocol}"),
-    ("L7_CONFIDENCE", NTOP_BASE_ID + 560, lambda f: f.dpi.application_confidence),
-    ("L7_PROTO_RISK", NTOP_BASE_ID + 509, lambda f: f.dpi.risk),
-    ("L7_INFO", NTOP_BASE_ID + 539, lambda f: f.dpi.requested_server_name),
-    ("TLS_SERVER_NAME", NTOP_BASE_ID + 188, lambda f: server_name(f.dpi, "tls")),
-    ("HTTP_SITE", NTOP_BASE_ID + 361, lambda f: server_name(f.dpi, "http")),
-    ("DNS_QUERY", NTOP_BASE_ID + 205, lambda f: server_name(f.dpi, "dns")),
-    ("HTTP_URL", NTOP_BASE_ID + 180, lambda f: f.dpi.http_url),
-    ("HTTP_USER_AGENT", NTOP_BASE_ID + 183, lambda f: f.dpi.user_agent),
-    ("HTTP_METHOD", NTOP_BASE_ID + 360, lambda f: f.dpi.http_method),
-    ("HTTP_RET_CODE", NTOP_BASE_ID + 181, lambda f: f.dpi.http_response_code),
-    ("TLS_VERSION", NTOP_BASE_ID + 495, lambda f: tls_version(f.dpi.tls_version)),
-    ("JA4C_HASH", NTOP_BASE_ID + 576, lambda f: f.dpi.client_fingerprint),
+DPI_FIELDS = (
+    ("L7_PROTO", NTOP_BASE_ID + 118, "f'{dpi.master_protocol}.{dpi.app_protocol}'"),
+    ("L7_CONFIDENCE", NTOP_BASE_ID + 560, "dpi.application_confidence"),
+    ("L7_PROTO_RISK", NTOP_BASE_ID + 509, "dpi.risk"),
+    ("L7_INFO", NTOP_BASE_ID + 539, "dpi.requested_server_name"),
+    ("TLS_SERVER_NAME", NTOP_BASE_ID + 188, "server_name(dpi, 'tls')"),
+    ("HTTP_SITE", NTOP_BASE_ID + 361, "server_name(dpi, 'http')"),
+    ("DNS_QUERY", NTOP_BASE_ID + 205, "server_name(dpi, 'dns')"),
+    ("HTTP_URL", NTOP_BASE_ID + 180, "dpi.http_url"),
+    ("HTTP_USER_AGENT", NTOP_BASE_ID + 183, "dpi.user_agent"),
+    ("HTTP_METHOD", NTOP_BASE_ID + 360, "dpi.http_method"),
+    ("HTTP_RET_CODE", NTOP_BASE_ID + 181, "dpi.http_response_code"),
+    ("TLS_VERSION", NTOP_BASE_ID + 495, "tls_version(dpi.tls_version)"),
+    ("JA4C_HASH", NTOP_BASE_ID + 576, "dpi.client_fingerprint"),
 )
 
 
-def _compiled(fields: Iterable[tuple[str, int, Getter]]) -> tuple[tuple[ItemEncoder, Getter], ...]:
-    return tuple((item_encoder(key), get) for _, key, get in fields)
+def _record_encoder(fields: tuple[tuple[str, int, str], ...]) -> Callable[[Flow], bytes]:
+    """One function that encodes a flow's record: the fields' expressions, each value that is
+    not 0 nor empty as its item, DPI_FIELDS' when nDPI saw the flow, then the end of record."""
+    namespace: dict[str, Any] = {"EMPTY_DIRECTION": EMPTY_DIRECTION, "END_REASONS": END_REASONS,
+                                 "END_OF_RECORD": END_OF_RECORD, "server_name": server_name,
+                                 "tls_version": tls_version}
+    lines = ["def record(flow):",
+             "    this, other, dpi = flow.src2dst, flow.dst2src or EMPTY_DIRECTION, flow.dpi",
+             "    items = []", "    add = items.append"]
+    for indent, group in (("    ", fields), ("        ", DPI_FIELDS)):
+        if group is DPI_FIELDS:
+            lines.append("    if dpi is not None:")
+        for name, key, expression in group:
+            namespace[f"item_{key}"] = item_encoder(key)
+            lines += [f"{indent}value = {expression}  # {name}", f"{indent}if value:",
+                      f"{indent}    add(item_{key}(value))"]
+    lines += ["    add(END_OF_RECORD)", "    return b''.join(items)"]
+    exec("\n".join(lines), namespace)  # noqa: S102 - the expressions are this module's
+    return namespace["record"]
 
 
-_BY_ADDRESS_LENGTH = {4: _compiled(ADDRESS_FIELDS[4] + FLOW_FIELDS),
-                      16: _compiled(ADDRESS_FIELDS[6] + FLOW_FIELDS)}
-_DPI = _compiled(DPI_FIELDS)
+_BY_ADDRESS_LENGTH = {length: _record_encoder(fields + FLOW_FIELDS)
+                      for length, fields in ADDRESS_FIELDS.items()}
 
 
 def flow_record(flow: Flow) -> bytes:
     """The flow's TLV record, its end-of-record octet included."""
-    items = [encode(value) for encode, get in _BY_ADDRESS_LENGTH[len(flow.src_addr)]
-             if (value := get(flow))]
-    if flow.dpi is not None:
-        items += [encode(value) for encode, get in _DPI if (value := get(flow))]
-    items.append(END_OF_RECORD)
-    return b"".join(items)
+    return _BY_ADDRESS_LENGTH[len(flow.src_addr)](flow)
 
 
 class Message(NamedTuple):
