@@ -90,7 +90,10 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
 
 
 def describe(collectors: list[Collector]) -> str:
-    return ", ".join(f"{c.host}:{c.port} ({c.protocol})" for c in collectors)
+    def one(c: Collector) -> str:
+        mode = "" if c.protocol != "zmq" else ", probe mode" if c.zmq_probe_mode else ", bound"
+        return f"{c.host}:{c.port} ({c.protocol}{mode})"
+    return ", ".join(map(one, collectors))
 
 
 def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:
