@@ -103,7 +103,8 @@ class Probe:
 
     def _link(self, collector: Collector) -> tuple[Exporter | NtopngExporter,
                                                    UdpTransport | ZmqTransport]:
-        exporter, transport = collector.exporter(self.registry, self.boot_ms), collector.transport()
+        exporter = collector.exporter(self.registry, self.boot_ms)
+        transport = collector.transport()
         if isinstance(exporter, NtopngExporter):
             transport.greeting = lambda: self._event(exporter, transport)
         return exporter, transport

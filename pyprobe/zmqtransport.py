@@ -2,7 +2,7 @@
 that touch sockets (imported only when a collector is ntopng: pyzmq takes 50 ms to load).
 
 One XPUB socket per ntopng, bound (ntopng `-i tcp://PROBE:5556` connects to it) or connected
-(`probe_mode`, nProbe's --zmq-probe-mode: to ntopng's collector-mode endpoint, `-i tcp://*:5556c`).
+(`probe_mode`, nProbe's --zmq-probe-mode: to ntopng's collector-mode `-i tcp://*:5556c`).
 A message goes out only once ntopng subscribes to its topic: the XPUB socket hears the
 subscriptions, so nothing is published into the void before ntopng listens (ZeroMQ's slow
 joiner). Until then, and while ntopng reads slower than the probe sends (ZeroMQ's high-water
@@ -11,8 +11,8 @@ queue of at most `queue_octets`; beyond, the oldest are dropped, counted (`error
 `dropped_flows` flows) and logged at most once per `log_interval_s`. Sending never blocks the
 meter. Messages are numbered (msg_id) as ZeroMQ takes them. Whenever an ntopng subscribes to
 events (the first, a new one, one that restarted and connected again), the `greeting` message
-goes first (the probe's event). `close` waits up to `linger_s` for ntopng to take what is queued, then
-counts and logs what it could not.
+goes first (the probe's event). `close` waits up to `linger_s` for ntopng to take what is
+queued, then counts and logs what it could not.
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ class ZmqTransport:
                  log_interval_s: float = 60) -> None:
         self.host, self.port, self.probe_mode = host, port, probe_mode
         self.endpoint, ipv6 = endpoint(host, port)
-        self.queue_octets, self.linger_s, self.log_interval_s = queue_octets, linger_s, log_interval_s
+        self.queue_octets, self.linger_s = queue_octets, linger_s
+        self.log_interval_s = log_interval_s
         self.greeting: Callable[[], Message] | None = None
         """Makes the message each new listener gets first."""
         self.errors = self.dropped_flows = self.sent_messages = self.sent_octets = 0

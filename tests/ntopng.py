@@ -156,6 +156,8 @@ class Ntopng:
                  "l7": r["application"]["name"], "l7_master_id": r["application"]["master_id"],
                  "l7_app_id": r["application"]["app_id"], "info": r.get("info"),
                  "first_seen": r["first_seen"], "last_seen": r["last_seen"],
-                 "cli2srv_pkts": c.get("cli2srv.packets"), "srv2cli_pkts": c.get("srv2cli.packets"),
-                 "cli2srv_bytes": r["bytes"]["cli_bytes"], "srv2cli_bytes": r["bytes"]["srv_bytes"]}
+                 "cli2srv_pkts": c.get("cli2srv.packets"),
+                 "srv2cli_pkts": c.get("srv2cli.packets"),
+                 "cli2srv_bytes": r["bytes"]["cli_bytes"],
+                 "srv2cli_bytes": r["bytes"]["srv_bytes"]}
                 for r, c in zip(listed, counts)]
