@@ -7,6 +7,7 @@ ntopng cannot start.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -41,7 +42,10 @@ KNOWN_NAMES = {(78, 38): ("STUN.Skype_TeamsCall", "STUN.TeamsCall"),  # renamed 
                (0, 213): ("Starcraft", "Blizzard")}
 
 Key = tuple[int, int, tuple[tuple[str, int], tuple[str, int]]]  # protocol, VLAN, the two ends
-HOST_SIDE, NAMESPACE_SIDE = "10.255.17.1", "10.255.17.2"  # the veth from the sensor's namespace
+# The veth from the sensor's namespace to this one, its name and /30 this process's own.
+_SLOT = os.getpid() % 16384
+VETH = f"pz{os.getpid()}"
+HOST_SIDE, NAMESPACE_SIDE = (f"10.254.{_SLOT // 64}.{_SLOT % 64 * 4 + end}" for end in (1, 2))
 
 
 @pytest.fixture(scope="session")
@@ -237,12 +241,12 @@ def test_a_live_sensor_feeds_ntopng_and_nfcapd_the_same_traffic(
     """`pyprobe run` in a namespace (tests/test_sensor.py's), exporting IPFIX to nfcapd there and
     flows to ntopng here, over a veth pair: a TCP flow that closes and a UDP one that idles out
     while it runs, two more still live at SIGTERM, reach both, exactly."""
-    subprocess.run(["ip", "link", "add", "vz0", "type", "veth", "peer", "name", "vz1", "netns",
-                    netns.name], check=True)
-    subprocess.run(["ip", "addr", "add", f"{HOST_SIDE}/30", "dev", "vz0"], check=True)
-    subprocess.run(["ip", "link", "set", "vz0", "up"], check=True)
-    netns.run("ip", "addr", "add", f"{NAMESPACE_SIDE}/30", "dev", "vz1")
-    netns.run("ip", "link", "set", "vz1", "up")
+    subprocess.run(["ip", "link", "add", VETH, "type", "veth", "peer", "name", "vz", "netns",
+                    netns.name], check=True)  # deleted with the namespace
+    subprocess.run(["ip", "addr", "add", f"{HOST_SIDE}/30", "dev", VETH], check=True)
+    subprocess.run(["ip", "link", "set", VETH, "up"], check=True)
+    netns.run("ip", "addr", "add", f"{NAMESPACE_SIDE}/30", "dev", "vz")
+    netns.run("ip", "link", "set", "vz", "up")
     before, after = traffic(tmp_path / "a.pcap", 40001), traffic(tmp_path / "b.pcap", 40002)
     ifname = ntopng.collector(0)
     already = ntopng.counters(ifname)["flows"]
