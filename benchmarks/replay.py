@@ -71,17 +71,20 @@ def syn_storm_capture(flows: int) -> Path:
 
 
 def run_once(path: Path, sink: tuple[str, int] | None, dpi: bool = False,
-             template: str = "default.yaml") -> tuple[int, int, float, FlowStream]:
-    """(packets, flows, seconds, the stream) of one full replay, exported to `sink` (IPFIX, with
-    templates/`template`) when given."""
+             template: str | None = "default.yaml") -> tuple[int, int, float, FlowStream]:
+    """(packets, flows, seconds, the stream) of one full replay, exported to `sink` when given:
+    IPFIX with templates/`template`, or with no template, to ntopng (zmq: sink is the endpoint
+    the probe binds, which nobody subscribes to: the messages are encoded and held)."""
     stream = FlowStream(str(path), dpi=dpi)
     started = time.perf_counter()
     if sink is None:
         flows = sum(1 for _ in stream)
     else:
         registry = ElementRegistry.default()
-        templates = load_templates(ROOT / "templates" / template, registry)
-        flows = Probe(stream, [Collector(*sink, "ipfix", templates)], registry).run().flows
+        collector = (Collector(*sink, "ipfix", load_templates(ROOT / "templates" / template,
+                                                              registry))
+                     if template else Collector(*sink, "zmq", None, zmq_linger=0))
+        flows = Probe(stream, [collector], registry).run().flows
     return stream.stats.packets_read, flows, time.perf_counter() - started, stream
 
 

@@ -39,7 +39,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
 NDPI_TEMPLATE = TEMPLATES / "ndpi.yaml"
 BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
-PROTOCOL_NAMES = ("ipfix", "netflow9")
+PROTOCOL_NAMES = ("ipfix", "netflow9", "zmq")  # zmq: ntopng's flow stream, as nProbe's --zmq
+DEFAULT_PORTS = {"zmq": 5556}  # a collector's port when none is given; else 2055
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_FLAG = ""  # a field without a command-line flag
 
@@ -102,9 +103,11 @@ class DpiConfig:
 class CollectorConfig:
     """One collector and how to export to it."""
 
-    host: str = setting(MISSING, "collector's name or address (IPv4 or IPv6)", flag=NO_FLAG)
-    port: int = setting(2055, "collector's UDP port", minimum=1, maximum=65535, flag=NO_FLAG)
-    protocol: str = setting("ipfix", "export protocol", choices=PROTOCOL_NAMES)
+    host: str = setting(MISSING, "collector's name or address (IPv4 or IPv6; zmq: `*` binds "
+                                 "every local address)", flag=NO_FLAG)
+    port: int | None = setting(None, "collector's port (null: 2055; zmq: 5556)", minimum=1,
+                               maximum=65535, flag=NO_FLAG)
+    protocol: str = setting("ipfix", "export protocol (zmq: to ntopng)", choices=PROTOCOL_NAMES)
     template: str | None = setting(None, f"template file (null: {NDPI_TEMPLATE.name}, or "
                                          f"{DEFAULT_TEMPLATE.name} without DPI)", path=True)
     mtu: int = setting(1400, "largest message, octets of UDP payload", minimum=256,
@@ -114,6 +117,19 @@ class CollectorConfig:
     template_refresh: float = setting(60.0, "resend templates every this many seconds",
                                       minimum=0.001)
     template_refresh_packets: int = setting(20, "and every this many messages", minimum=1)
+    zmq_probe_mode: bool = setting(False, "zmq: connect to ntopng's collector-mode endpoint "
+                                          "(ntopng -i tcp://*:5556c) instead of binding host:port "
+                                          "for ntopng to connect to")
+    zmq_compress: bool = setting(False, "zmq: compress messages with zlib")
+    zmq_queue: int = setting(64 << 20, "zmq: octets of messages held while ntopng does not "
+                                       "listen or reads slower; beyond, the oldest are dropped",
+                             minimum=1 << 17)
+    zmq_linger: float = setting(10.0, "zmq: seconds the end of a run waits for ntopng to take "
+                                      "the messages held", minimum=0)
+
+    def __post_init__(self) -> None:
+        if self.port is None:  # the protocol's usual port
+            object.__setattr__(self, "port", DEFAULT_PORTS.get(self.protocol, 2055))
 
 
 @dataclass(frozen=True)
@@ -333,15 +349,25 @@ def flags() -> tuple[tuple[str, str, dataclasses.Field, Any], ...]:
 
 
 def _collector_argument(text: str) -> dict[str, Any]:
-    """HOST:PORT[,PROTOCOL] as a collector's raw settings."""
+    """HOST[:PORT][,PROTOCOL] as a collector's raw settings."""
     address, _, protocol = text.partition(",")
     if protocol and protocol not in PROTOCOL_NAMES:
-        raise argparse.ArgumentTypeError(f"{text}: protocol must be ipfix or netflow9")
+        raise argparse.ArgumentTypeError(f"{text}: protocol must be one of "
+                                         f"{', '.join(PROTOCOL_NAMES)}")
     try:
-        host, port = parse_address(address)
+        host, port = parse_address(address, default_port=None)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    return {"host": host, "port": port} | ({"protocol": protocol} if protocol else {})
+    return ({"host": host} | ({"port": port} if port is not None else {})
+            | ({"protocol": protocol} if protocol else {}))
+
+
+def _zmq_argument(text: str) -> dict[str, Any]:
+    """An nProbe --zmq endpoint, tcp://HOST[:PORT], as an ntopng collector's raw settings."""
+    scheme, separator, address = text.rpartition("://")
+    if separator and scheme != "tcp":
+        raise argparse.ArgumentTypeError(f"{text}: expected a tcp:// endpoint")
+    return _collector_argument(f"{address},zmq")
 
 
 def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None = None) -> None:
@@ -353,6 +379,12 @@ def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None 
                         help="send flows there (repeatable; [v6addr]:port for IPv6; the "
                              "protocol, default --protocol, ipfix or netflow9; replaces a "
                              "file's collectors)")
+    parser.add_argument("--zmq", action="append", dest="collectors", metavar="ENDPOINT",
+                        type=_zmq_argument, default=argparse.SUPPRESS,
+                        help="publish flows to ntopng as nProbe does: bind ENDPOINT, "
+                             "tcp://*:5556, for ntopng -i tcp://PROBE:5556; with "
+                             "--zmq-probe-mode connect to ntopng -i tcp://*:5556c there "
+                             "(repeatable; replaces a file's collectors, with --collector)")
     for flag, key, spec, kind in flags():
         if keys is not None and key not in keys:
             continue

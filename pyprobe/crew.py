@@ -85,7 +85,7 @@ def run(config_path: str | None, overrides: dict) -> int:
     check_capture(config)  # a bad interface or filter told as `check` tells it
     if config.capture.workers == 1:
         return Sensor(config, config_path, overrides).run()
-    capture = open_capture(config)  # for its link type, which the share filters depend on
+    capture = open_capture(config, None)  # for its link type, which the share filters depend on
     capture.close()
     fanout = not capture.is_file and LINUX
     group = os.getpid() & 0xFFFF if fanout else None  # one group per sensor running

@@ -92,16 +92,20 @@ class Counters(NamedTuple):
 
 
 def worker_config(config: SensorConfig, index: int, share: str | None) -> SensorConfig:
-    """Worker `index`'s view of `config`: its share filter, its collectors' domains + `index`."""
+    """Worker `index`'s view of `config`: its share filter, its collectors' domains + `index`
+    (and the ports + `index` of the ntopng endpoints it binds: one socket each)."""
     return replace(config, capture=replace(config.capture, bpf=share), collectors=tuple(
-        replace(c, observation_domain=c.observation_domain + index) for c in config.collectors))
+        replace(c, observation_domain=c.observation_domain + index,
+                port=c.port + index if c.protocol == "zmq" and not c.zmq_probe_mode else c.port)
+        for c in config.collectors))
 
 
 def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
                   biflow: bool = False) -> list[Collector]:
     """The configured collectors, their template files read and checked (each file once).
 
-    A collector without a template file gets the biflow, nDPI or default one, in that order.
+    A collector without a template file gets the biflow, nDPI or default one, in that order;
+    ntopng (protocol zmq) takes no templates.
     """
     templates: dict[str, TemplateSet] = {}
     default = (BIFLOW_TEMPLATE if biflow else NDPI_TEMPLATE if config.dpi.enabled
@@ -109,20 +113,27 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
     collectors = []
     for entry in config.collectors:
         path = entry.template or str(default)
-        if path not in templates:
+        if path not in templates and entry.protocol != "zmq":
             templates[path] = load_templates(path, registry)
-        collectors.append(Collector(entry.host, entry.port, entry.protocol, templates[path],
+        collectors.append(Collector(entry.host, entry.port, entry.protocol, templates.get(path),
                                     observation_domain=entry.observation_domain,
                                     mtu_bytes=entry.mtu, template_refresh_s=entry.template_refresh,
-                                    template_refresh_packets=entry.template_refresh_packets))
+                                    template_refresh_packets=entry.template_refresh_packets,
+                                    zmq_probe_mode=entry.zmq_probe_mode,
+                                    zmq_compress=entry.zmq_compress, zmq_queue=entry.zmq_queue,
+                                    zmq_linger=entry.zmq_linger))
     for collector in collectors:  # a bad protocol/template pairing, MTU or host fails here too
         collector.exporter(registry)
-        resolve(collector.host, collector.port)
+        if collector.host != "*":  # ntopng's: every local address
+            resolve(collector.host, collector.port)
     return collectors
 
 
 def describe(collectors: list[Collector]) -> str:
-    return ", ".join(f"{c.host}:{c.port} ({c.protocol})" for c in collectors)
+    def one(c: Collector) -> str:
+        mode = "" if c.protocol != "zmq" else ", probe mode" if c.zmq_probe_mode else ", bound"
+        return f"{c.host}:{c.port} ({c.protocol}{mode})"
+    return ", ".join(map(one, collectors))
 
 
 def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:
@@ -135,22 +146,36 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
                       decode_tunnels=dpi.decode_tunnels, **options)
 
 
-def capture_filter(config: SensorConfig) -> str | None:
-    """The capture's BPF filter: the configured one, after a clause that leaves out the UDP
-    datagrams to the collectors (a live capture's, unless `capture.exclude_exports` is off).
-    The clause comes first: a `vlan` in the other moves the offsets of what follows it."""
+def exports_filter(config: SensorConfig) -> str:
+    """The probe's own export traffic, as a BPF expression, from the sensor's configuration:
+    the UDP datagrams to each IPFIX and NetFlow v9 collector; ntopng's TCP connections, both
+    ways (probe mode: with its address and port; bound: on the ports its workers bind)."""
+    clauses = []
+    for collector in config.collectors:
+        if collector.protocol == "zmq" and not collector.zmq_probe_mode:
+            last = collector.port + config.capture.workers - 1  # one a worker
+            local = "" if collector.host == "*" else f" and host {collector.host}"
+            clauses.append(f"(tcp{local} and portrange {collector.port}-{last})")
+            continue
+        address, port = resolve(collector.host, collector.port)[3][:2]
+        clauses.append(f"(tcp and host {address} and port {port})" if collector.protocol == "zmq"
+                       else f"(udp and dst host {address} and dst port {port})")
+    return " or ".join(dict.fromkeys(clauses))
+
+
+def capture_filter(config: SensorConfig, bpf_filter: str | None) -> str | None:
+    """`bpf_filter` (a worker's: its share) after a clause that leaves out the probe's own export
+    traffic (`exports_filter`), for a live capture unless `capture.exclude_exports` is off. The
+    clause comes first: a `vlan` in the other moves the offsets of what follows it."""
     capture = config.capture
     if capture.interface is None or not capture.exclude_exports or not config.collectors:
-        return capture.bpf
-    destinations = dict.fromkeys(resolve(c.host, c.port)[3][:2] for c in config.collectors)
-    exports = " or ".join(f"(udp and dst host {address} and dst port {port})"
-                          for address, port in destinations)
-    return f"not ({exports})" + (f" and ({capture.bpf})" if capture.bpf else "")
+        return bpf_filter
+    return f"not ({exports_filter(config)})" + (f" and ({bpf_filter})" if bpf_filter else "")
 
 
-def open_capture(config: SensorConfig) -> PcapSource:
+def open_capture(config: SensorConfig, bpf_filter: str | None) -> PcapSource:
     capture = config.capture
-    return PcapSource(capture.interface or capture.file, bpf_filter=capture_filter(config),
+    return PcapSource(capture.interface or capture.file, bpf_filter=bpf_filter,
                       snaplen=capture.snaplen, promiscuous=capture.promiscuous,
                       buffer_size=capture.buffer_size)
 
@@ -161,9 +186,9 @@ def check_capture(config: SensorConfig) -> None:
     out the exports); a capture file, opened."""
     capture = config.capture
     if capture.interface is None:
-        open_capture(config).close()
+        open_capture(config, capture.bpf).close()
         return
-    for bpf_filter in dict.fromkeys((capture.bpf, capture_filter(config))):
+    for bpf_filter in dict.fromkeys((capture.bpf, capture_filter(config, capture.bpf))):
         check_interfaces(capture.interface, bpf_filter, capture.snaplen)
 
 
@@ -241,7 +266,8 @@ class Sensor:
         config, worker = self._own(self.config), self.worker
         set_logging(config, self._index)
         collectors = collectors_of(config, self.registry)
-        capture = self.capture = open_capture(config)
+        capture = self.capture = open_capture(config, capture_filter(self.config,
+                                                                     config.capture.bpf))
         if worker is not None and worker.fanout_group is not None:
             capture.share_by_fanout(worker.fanout_group, worker.rendezvous.together)
         end_clock = worker.rendezvous.end_clock if worker is not None and capture.is_file else None
@@ -308,8 +334,9 @@ class Sensor:
         def apply(config: SensorConfig) -> list[Collector]:
             mine = self._own(config)
             collectors = collectors_of(mine, self.registry)
-            running = self._own(self.config)  # its capture settings stay, but for the exports
-            bpf_filter = capture_filter(replace(running, collectors=mine.collectors))
+            running = self._own(self.config).capture.bpf  # capture settings wait for a start
+            bpf_filter = capture_filter(replace(self.config, collectors=config.collectors),
+                                        running)
             if bpf_filter != self.capture.bpf_filter:
                 self.capture.set_filter(bpf_filter)
             set_logging(config, self._index)

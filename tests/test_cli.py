@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,21 @@ def test_check_captures_nothing() -> None:
     check = subprocess.run([*command, "check", *flags], capture_output=True, text=True,
                            timeout=60)
     assert (check.returncode, check.stderr) == (0, "")
+
+
+def test_ntopng_endpoint_mistakes_are_one_line_errors() -> None:
+    """A name that does not resolve is refused before metering; a port another socket holds,
+    when the probe binds it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for endpoint, message in ((f"tcp://no.such.host.invalid:{port}",
+                                   f"pyprobe: error: collector no.such.host.invalid:{port}: "
+                                   "cannot resolve 'no.such.host.invalid': "),
+                                  (f"tcp://127.0.0.1:{port}",
+                                   f"pyprobe: error: ntopng tcp://127.0.0.1:{port}: cannot bind: "
+                                   "Address already in use\n")):
+            result = pyprobe("replay", str(SAMPLE), "--no-dpi", "--zmq", endpoint)
+            assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+            assert result.stderr.startswith(message), result.stderr

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyprobe.config import (SECTIONS, CollectorConfig, SensorConfig, load_config, to_yaml)
+from pyprobe.cli import build_parser
+from pyprobe.config import (SECTIONS, CollectorConfig, SensorConfig, load_config, overrides_of,
+                            to_yaml)
 from pyprobe.errors import ConfigError
+from pyprobe.sensor import worker_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -58,9 +61,10 @@ def write(tmp_path: Path, text: str) -> Path:
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
-     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9"),
+     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9, zmq"),
     ("capture: {interface: eth0}\ncollectors: [{port: 2055}]\n",
-     "collectors[0].host: missing, expected collector's name or address (IPv4 or IPv6)"),
+     "collectors[0].host: missing, expected collector's name or address (IPv4 or IPv6; zmq: `*` "
+     "binds every local address)"),
     ("capture: {interface: eth0}\ncollectors: {host: a}\n",
      "collectors: got a mapping, expected a list of at least one entry"),
     ("capture: {interface: eth0}\n", "collectors: missing, expected a list of at least one "
@@ -166,3 +170,50 @@ def test_check_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1
     result = pyprobe("check", "-c", str(path), "--protocol", "sflow")
     assert result.returncode == 2 and "invalid choice: 'sflow'" in result.stderr
+
+
+def test_ntopng_collectors_from_the_file_and_from_nprobes_flags(tmp_path: Path) -> None:
+    """protocol zmq: port 5556 unless given; --zmq takes nProbe's endpoints, beside --collector;
+    --zmq-probe-mode and --zmq-compress apply to every collector (IPFIX ones ignore them)."""
+    path = write(tmp_path, "capture: {interface: eth0}\ncollectors: [{host: a}, {host: '*', "
+                           "protocol: zmq, zmq_queue: 1048576}, {host: b, port: 6000, "
+                           "protocol: zmq, zmq_probe_mode: true, zmq_linger: 0}]\n")
+    config = load_config(path)
+    assert [(c.host, c.port, c.protocol, c.zmq_probe_mode, c.zmq_queue, c.zmq_linger)
+            for c in config.collectors] == [("a", 2055, "ipfix", False, 64 << 20, 10.0),
+                                            ("*", 5556, "zmq", False, 1 << 20, 10.0),
+                                            ("b", 6000, "zmq", True, 64 << 20, 0.0)]
+    args = build_parser().parse_args(["run", "--zmq", "tcp://*:5556", "--zmq", "ntopng:7000",
+                                      "--zmq", "tcp://[::1]", "--collector", "c,zmq",
+                                      "--collector", "d:4739", "--zmq-probe-mode",
+                                      "--zmq-compress"])
+    flagged = load_config(write(tmp_path, "capture: {interface: eth0}\n"), overrides_of(args))
+    assert [(c.host, c.port, c.protocol, c.zmq_probe_mode, c.zmq_compress)
+            for c in flagged.collectors] == [("*", 5556, "zmq", True, True),
+                                             ("ntopng", 7000, "zmq", True, True),
+                                             ("::1", 5556, "zmq", True, True),
+                                             ("c", 5556, "zmq", True, True),
+                                             ("d", 4739, "ipfix", True, True)]
+    with pytest.raises(ConfigError, match=r"collectors\[0\].zmq_queue: got 1000, expected an "
+                                          r"integer of at least 131072"):
+        load_config(write(tmp_path, VALID.replace("}]", ", protocol: zmq, zmq_queue: 1000}]")))
+
+
+@pytest.mark.parametrize(("endpoint", "message"), [
+    ("ipc:///tmp/x", "ipc:///tmp/x: expected a tcp:// endpoint"),
+    ("tcp://::1:5556", "'::1:5556': write an IPv6 address in brackets, [ADDRESS]:PORT"),
+])
+def test_bad_zmq_endpoints_are_one_line_errors(endpoint: str, message: str) -> None:
+    result = pyprobe("check", "--interface", "eth0", "--zmq", endpoint)
+    assert result.returncode == 2 and message in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_workers_bind_ntopng_endpoints_one_port_each() -> None:
+    """Each worker is its own ntopng source (observation domain + index); binding, each its own
+    port (ntopng -i tcp://probe:5556,tcp://probe:5557 reads both); connecting, the same one."""
+    config = load_config(None, {"capture.interface": "eth0", "collectors": [
+        {"host": "*", "protocol": "zmq"}, {"host": "n", "protocol": "zmq",
+                                           "zmq_probe_mode": True}, {"host": "c"}]})
+    mine = worker_config(config, 2, None)
+    assert [(c.port, c.observation_domain) for c in mine.collectors] == [
+        (5558, 3), (5556, 3), (2055, 3)]

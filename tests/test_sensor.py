@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,9 +29,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import BENCH_PCAP, GEN_SYNTH, require  # noqa: E402
 from reference import count  # noqa: E402
-from tinypcap import CLIENT, EPOCH_MS, RESOLVER, SERVER, tcp, udp, write_pcap  # noqa: E402
+from tinypcap import CLIENT, RESOLVER, SERVER, tcp, udp, write_pcap  # noqa: E402
 
 from pyprobe.collect import Collector  # noqa: E402
+from pyprobe.config import load_config  # noqa: E402
+from pyprobe.sensor import capture_filter, check_capture, exports_filter  # noqa: E402
 from pyprobe.flow import TH_ACK, TH_FIN, TH_PSH, TH_SYN  # noqa: E402
 
 PYPROBE = [sys.executable, "-m", "pyprobe"]
@@ -643,3 +645,19 @@ def test_a_reload_leaves_out_the_datagrams_to_the_new_collectors(netns: Namespac
     assert (tmp_path / "2057.log").read_text().count(" template 65400: ") >= 2  # they went out
     assert nfcapd.stop() == {}  # and none was metered
     assert re.search(r"INFO stopped: captured 0 frames", probe.text())
+
+
+def test_the_exports_left_out_are_udp_to_collectors_and_tcp_with_ntopng() -> None:
+    """IPFIX and NetFlow v9: datagrams to the collector; ntopng: the connection both ways, to
+    its address (probe mode) or on the ports the workers bind (one each)."""
+    config = load_config(None, {"capture.interface": "lo", "capture.workers": 3, "collectors": [
+        {"host": "127.0.0.1", "port": 2055}, {"host": "::1", "port": 4739, "protocol": "netflow9"},
+        {"host": "127.0.0.1", "port": 5556, "protocol": "zmq", "zmq_probe_mode": True},
+        {"host": "*", "port": 5557, "protocol": "zmq"}]})
+    assert exports_filter(config) == (
+        "(udp and dst host 127.0.0.1 and dst port 2055) or (udp and dst host ::1 and dst port "
+        "4739) or (tcp and host 127.0.0.1 and port 5556) or (tcp and portrange 5557-5559)")
+    assert capture_filter(config, "tcp") == f"not ({exports_filter(config)}) and (tcp)"
+    check_capture(config)  # it compiles
+    assert capture_filter(replace(config, capture=replace(config.capture, exclude_exports=False)),
+                          "tcp") == "tcp"
