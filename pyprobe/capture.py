@@ -131,8 +131,8 @@ class PcapSource:
         for handle in self._handles:
             handle.readpkts()  # the frames from before the fanout: every worker has them
         together(lambda: self._join(group))
+        self._baseline = self._counters()  # while the kernel takes nothing: it counts nothing
         self.set_filter(self.bpf_filter)
-        self._baseline = self._counters()
 
     def _join(self, group: int) -> None:
         for offset, (name, handle) in enumerate(zip(self._names, self._handles)):
