@@ -326,7 +326,7 @@ static PyTypeObject AdderType = {
     .tp_doc = "The cache and slot offsets a compiled add() meters into.",
 };
 
-static PyObject *MOVE_TO_END, *APPEND;  /* method names, interned */
+static PyObject *MOVE_TO_END;  /* a method name, interned */
 
 /* Writes `value` big-endian in `size` octets at `at`. */
 static inline void put_be(char *at, long long value, int size)
@@ -380,16 +380,14 @@ static int starts_close(const Binding *b, PyObject *flow, int from_source, long 
     return (other_flags & TH_FIN) != 0;
 }
 
-/* Marks the flow closing until `end_by_ms` and appends it to the cache's `closing` deque. */
-static int start_close(PyObject *flow, const Binding *b, PyObject *closing, long long end_by_ms)
+/* Marks the flow closing until `end_by_ms` and adds it, by its `key`, to the cache's `closing`. */
+static int start_close(PyObject *flow, PyObject *key, const Binding *b, PyObject *closing,
+                       long long end_by_ms)
 {
     if (put(flow, b->flow[F_END_BY], PyLong_FromLongLong(end_by_ms)) < 0)
         return -1;
     put(flow, b->flow[F_CLOSING], Py_NewRef(Py_True));
-    PyObject *args[] = {closing, flow};
-    PyObject *appended = PyObject_VectorcallMethod(APPEND, args, 2, NULL);
-    Py_XDECREF(appended);
-    return appended == NULL ? -1 : 0;
+    return PyObject_SetItem(closing, key, flow);
 }
 
 /* Whether a new Direction of `s` has int64 values: its flags index FLAG_INCREMENT. */
@@ -627,7 +625,7 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
         if (failed)
             goto end;
     }
-    if (closes && start_close(flow, b, SLOT(cache, a->slot[C_CLOSING]), end_of_linger) < 0)
+    if (closes && start_close(flow, key, b, SLOT(cache, a->slot[C_CLOSING]), end_of_linger) < 0)
         goto end;
     if (clock_moves && put(cache, a->slot[C_NOW], PyLong_FromLongLong(counted[0])) < 0)
         goto end;
@@ -1068,9 +1066,8 @@ PyMODINIT_FUNC PyInit__fastcache(void)
     if (PyType_Ready(&BindingType) < 0 || PyType_Ready(&AdderType) < 0)
         return NULL;
     MOVE_TO_END = PyUnicode_InternFromString("move_to_end");
-    APPEND = PyUnicode_InternFromString("append");
     MILLION = PyLong_FromLong(1000000);
-    if (MOVE_TO_END == NULL || APPEND == NULL || MILLION == NULL)
+    if (MOVE_TO_END == NULL || MILLION == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

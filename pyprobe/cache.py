@@ -35,7 +35,7 @@ keeps them all in Python.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -142,7 +142,9 @@ class FlowCache:
         self.expired: list[Flow] = []
         self.flows_created = 0
         self._flows: OrderedDict[bytes, Flow] = OrderedDict()
-        self._closing: deque[Flow] = deque()  # in end_by_ms order: the linger is constant
+        self._closing: OrderedDict[bytes, Flow] = OrderedDict()
+        """The live flows that are closing, by key, in end_by_ms order (the linger is constant):
+        a flow that ends otherwise leaves it, so it never holds more than the live flows."""
         self._next_scan_ms = 0
         self.compiled = compiled and COMPILED
         """Whether packets are counted by the compiled `count` (`compiled=False`: pure Python)."""
@@ -273,11 +275,13 @@ class FlowCache:
         if flags & TH_RST or (reverse is not None and flow.src2dst.tcp_flags & reverse.tcp_flags & TH_FIN):
             flow.closing = True
             flow.end_by_ms = time_ms + self.close_linger_ms
-            self._closing.append(flow)
+            self._closing[flow.key] = flow
 
     def _end(self, flow: Flow, reason: EndReason) -> None:
         flow.end_reason = reason
         del self._flows[flow.key]
+        if flow.closing:
+            self._closing.pop(flow.key, None)
         if flow.classifier_state is not None and self.classifier is not None:
             self.classifier.on_expire(flow)
         for plugin in self.plugins:
@@ -291,10 +295,11 @@ class FlowCache:
         now_ms = self.now_ms
         self._next_scan_ms = now_ms + SCAN_INTERVAL_MS
         closing = self._closing
-        while closing and closing[0].end_by_ms <= now_ms:
-            flow = closing.popleft()
-            if not flow.end_reason:
-                self._end(flow, END_OF_FLOW)
+        while closing:
+            flow = next(iter(closing.values()))
+            if flow.end_by_ms > now_ms:
+                break
+            self._end(flow, END_OF_FLOW)
         flows = self._flows
         while flows:
             lru = next(iter(flows.values()))
@@ -306,4 +311,3 @@ class FlowCache:
         """Ends every live flow: forced end (4), or end of flow (3) for flows already closing."""
         for flow in list(self._flows.values()):
             self._end(flow, END_OF_FLOW if flow.closing else FORCED_END)
-        self._closing.clear()
