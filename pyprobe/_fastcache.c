@@ -472,13 +472,15 @@ static PyObject *new_flow(const Binding *b, const Seen *s, PyObject *key, int sr
     return NULL;
 }
 
-/* Hands the packet to nDPI for the flow's `state`, as NdpiClassifier.on_update does, then calls
- * finish(flow, state) if nDPI has classified the flow or the budget is spent: 0 when done, 1 when
- * the state or packet is not one this can hand (the caller hands it on), -1 with an exception. */
-static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const Seen *s)
+/* Hands the packet, metered at `time_ms`, to nDPI for the flow's `state`, as
+ * NdpiClassifier.on_update does, then calls finish(flow, state) if nDPI has classified the flow
+ * or the budget is spent: 0 when done, 1 when the state or packet is not one this can hand (the
+ * caller hands it on), -1 with an exception. */
+static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const Seen *s,
+                   long long time_ms)
 {
     long long address, packets;
-    if (!Py_IS_TYPE(state, in->state_type) || s->ip == NULL || s->time_ms < 0
+    if (!Py_IS_TYPE(state, in->state_type) || s->ip == NULL || time_ms < 0
         || !int64_of(SLOT(state, in->address_slot), &address) || address == 0
         || !int64_of(SLOT(state, in->packets_slot), &packets) || packets == LLONG_MAX)
         return 1;
@@ -487,7 +489,7 @@ static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const S
     Py_ssize_t length = Py_MIN(Py_MIN(s->size, s->ip_captured), 0xFFFF);
     NdpiProtocol result = in->process_packet(in->module, (void *)(intptr_t)address, s->ip,
                                              (unsigned short)Py_MAX(length, 0),
-                                             (uint64_t)s->time_ms, NULL);
+                                             (uint64_t)time_ms, NULL);
     int classification;
     memcpy(&classification, (char *)&result + in->state_offset, sizeof classification);
     if (classification != in->classified && packets < in->budget)
@@ -534,7 +536,7 @@ static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_f
     int done = 1;
     if (PyTuple_GET_SIZE(hooks) && inspected(a, hooks)) {  /* nDPI's classifier alone */
         PyObject *state = PyObject_CallOneArg(a->inspector.start, flow);
-        done = state == NULL ? -1 : inspect(&a->inspector, flow, state, s);
+        done = state == NULL ? -1 : inspect(&a->inspector, flow, state, s, time_ms);
         Py_XDECREF(state);
         if (done == 0)  /* 1: for _update, which hands the packet to the classifier's on_update */
             done = 1;
@@ -636,7 +638,7 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     PyObject *state = SLOT(flow, b->flow[F_CLASSIFIER_STATE]);
     if (done == 1 && (state != Py_None || PyTuple_GET_SIZE(plugins))) {
         int handed = a->inspector.finish != NULL && !PyTuple_GET_SIZE(plugins)
-                     ? inspect(&a->inspector, flow, state, s) : 1;
+                     ? inspect(&a->inspector, flow, state, s, counted[0]) : 1;
         if (handed <= 0) {
             done = handed == 0 ? 1 : -1;
             goto end;
@@ -792,17 +794,22 @@ static PyObject *meter_frame(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 static PyObject *MILLION;  /* nanoseconds in a millisecond */
 
-/* Meters one (ts_ns, frame) pair of the frames iterator, as meter(ts_ns // 1_000_000, frame);
- * -1 with an exception. */
-static int meter_pair(PyObject *bound, PyObject *ts_ns, PyObject *frame)
+/* Meters one (ts_ns, frame) pair of the frames iterator, as meter(ts_ns // 1_000_000, frame),
+ * a negative ts_ns read as ts_ns + `wrap_ns`; -1 with an exception. */
+static int meter_pair(PyObject *bound, PyObject *ts_ns, PyObject *frame, PyObject *wrap_ns)
 {
     long long ns, time_ms = 0;
     PyObject *metered;
-    if (int64_of(ts_ns, &ns)) {
-        time_ms = ns / 1000000 - (ns % 1000000 < 0);  /* floor, as // */
-        metered = meter_at(bound, NULL, time_ms, 1, frame);
+    if (int64_of(ts_ns, &ns) && ns >= 0) {
+        metered = meter_at(bound, NULL, ns / 1000000, 1, frame);
     } else {
-        PyObject *time_object = PyNumber_FloorDivide(ts_ns, MILLION);
+        PyObject *zero = PyLong_FromLong(0);
+        int negative = zero == NULL ? -1 : PyObject_RichCompareBool(ts_ns, zero, Py_LT);
+        Py_XDECREF(zero);
+        PyObject *time_ns = negative < 0 ? NULL
+                            : negative ? PyNumber_Add(ts_ns, wrap_ns) : Py_NewRef(ts_ns);
+        PyObject *time_object = time_ns == NULL ? NULL : PyNumber_FloorDivide(time_ns, MILLION);
+        Py_XDECREF(time_ns);
         if (time_object == NULL)
             return -1;
         int timed = int64_of(time_object, &time_ms);
@@ -823,8 +830,8 @@ static int batch_due(const Adder *a, long long tick_ms)
            || !int64_of(SLOT(a->cache, a->slot[C_NOW]), &now) || now >= tick_ms;
 }
 
-/* feed(frames, tick_ms, limit) -> (read, tick), as FlowCache.feeder's Python form: `self` is a
- * compiled frame meter. */
+/* feed(frames, tick_ms, limit) -> (read, tick), as FlowCache.feeder's Python form: `self` is
+ * (a compiled frame meter, the capture's time_wrap_ns). */
 static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     long long tick_ms, limit, read = 0;
@@ -832,7 +839,8 @@ static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "feed() takes (frames, tick_ms, limit), ints in int64");
         return NULL;
     }
-    PyObject *bound = PyCFunction_GET_SELF(self), *frames = args[0], *tick = Py_None;
+    PyObject *bound = PyCFunction_GET_SELF(PyTuple_GET_ITEM(self, 0)), *frames = args[0];
+    PyObject *wrap_ns = PyTuple_GET_ITEM(self, 1), *tick = Py_None;
     const Adder *a = (Adder *)PyCFunction_GET_SELF(PyTuple_GET_ITEM(bound, 0));
     if (!PyIter_Check(frames)) {
         PyErr_SetString(PyExc_TypeError, "frames must be an iterator");
@@ -857,7 +865,8 @@ static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return Py_BuildValue("(LN)", read, tick);
         }
         read++;
-        int failed = meter_pair(bound, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+        int failed = meter_pair(bound, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1),
+                                wrap_ns);
         Py_DECREF(pair);
         if (failed)
             return NULL;
@@ -1026,14 +1035,22 @@ static PyObject *frame_meter(PyObject *module, PyObject *args)
     return function;
 }
 
-static PyObject *feeder(PyObject *module, PyObject *meter_function)
+static PyObject *feeder(PyObject *module, PyObject *args)
 {
+    PyObject *meter_function, *wrap_ns;
+    if (!PyArg_ParseTuple(args, "OO!:feeder", &meter_function, &PyLong_Type, &wrap_ns))
+        return NULL;
     if (!PyCFunction_Check(meter_function)
         || ((PyCFunctionObject *)meter_function)->m_ml != &meter_def) {
         PyErr_SetString(PyExc_TypeError, "meter must be a compiled frame meter (frame_meter())");
         return NULL;
     }
-    return PyCFunction_NewEx(&feed_def, meter_function, module);
+    PyObject *bound = PyTuple_Pack(2, meter_function, wrap_ns);
+    if (bound == NULL)
+        return NULL;
+    PyObject *function = PyCFunction_NewEx(&feed_def, bound, module);
+    Py_DECREF(bound);
+    return function;
 }
 
 static PyMethodDef methods[] = {
@@ -1050,9 +1067,10 @@ static PyMethodDef methods[] = {
     {"frame_meter", frame_meter, METH_VARARGS,
      "frame_meter(add, decode) -> meter(time_ms, frame): decode then add (add from adder(); "
      "decode a compiled Ethernet decoder's), the common Ethernet frame parsed here"},
-    {"feeder", feeder, METH_O,
-     "feeder(meter) -> feed(frames, tick_ms, limit): FlowCache.feeder's loop, in C, around a "
-     "frame meter from frame_meter()"},
+    {"feeder", feeder, METH_VARARGS,
+     "feeder(meter, time_wrap_ns) -> feed(frames, tick_ms, limit): FlowCache.feeder's loop, in "
+     "C, around a frame meter from frame_meter(); a negative ts_ns is read as ts_ns + "
+     "time_wrap_ns"},
     {NULL, NULL, 0, NULL},
 };
 

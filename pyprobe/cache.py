@@ -174,14 +174,16 @@ class FlowCache:
                 add(packet)
         return meter
 
-    def feeder(self, decoder: Decoder) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
+    def feeder(self, decoder: Decoder, time_wrap_ns: int = 0
+               ) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
         """feed(frames, tick_ms, limit) -> (read, tick): the meter loop. Meters the (ts_ns, frame)
         pairs of the iterator `frames` (frame_meter()) until a batch is due (flows expired, or
         the clock at `tick_ms`), `limit` frames are read, or `frames` ends; a live capture's
-        tick, (ts_ns, None), stops it too, its ts_ns returned. In C where the meter is."""
+        tick, (ts_ns, None), stops it too, its ts_ns returned. A negative ts_ns is read as
+        ts_ns + `time_wrap_ns` (the capture's: PcapSource.time_wrap_ns). In C where the meter is."""
         meter = self.frame_meter(decoder)
         if self.compiled and decoder.compiled:
-            return _fastcache.feeder(meter)
+            return _fastcache.feeder(meter, time_wrap_ns)
 
         def feed(frames: Iterator, tick_ms: int, limit: int) -> tuple[int, int | None]:
             read = 0
@@ -189,7 +191,7 @@ class FlowCache:
                 if frame is None:
                     return read, ts_ns
                 read += 1
-                meter(ts_ns // 1_000_000, frame)
+                meter((ts_ns + time_wrap_ns if ts_ns < 0 else ts_ns) // 1_000_000, frame)
                 if read >= limit or self.expired or self.now_ms >= tick_ms:
                     break
             return read, None

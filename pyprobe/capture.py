@@ -1,6 +1,7 @@
 """Packet capture through libpcap (pypcap): a capture file or live interfaces, as one iterator.
 
-The only module that touches libpcap. Frames come out as (timestamp in ns, frame bytes). A live
+The only module that touches libpcap. Frames come out as (timestamp in ns, frame bytes), where a
+file's negative timestamps stand for times libpcap cannot report (`time_wrap_ns`). A live
 capture ("eth0", or "eth1,eth2": the two ports of a tap, of one link type) is read nonblocking
 with `select`, and also yields ticks, (time in ns, None): the wall clock after `TICK_S` without
 a packet, else the last packet's time once per `TICK_S`, so the meter's timers run whether or
@@ -21,6 +22,12 @@ from .errors import CaptureError
 
 # libpcap reports a few link types by their platform DLT value instead of the LINKTYPE number.
 DLT_TO_LINKTYPE = {12: 101, 14: 101}  # DLT_RAW (Linux, most BSDs; OpenBSD) -> LINKTYPE_RAW
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"  # a pcapng file's first block type
+# What a negative timestamp from libpcap (via pypcap) really is: a pcap record's seconds are an
+# unsigned 32-bit field that libpcap 1.10 reads as signed (times from 2038 on come back
+# negative), and pcapng times past 2^63 ns (year 2262) wrap in pypcap's 64-bit product.
+PCAP_WRAP_NS = 2**32 * 10**9
+PCAPNG_WRAP_NS = 2**64
 TICK_S = 0.2  # a live capture's tick interval, and so how soon stop() takes effect
 
 
@@ -32,7 +39,8 @@ def is_capture_file(source: str) -> bool:
 class PcapSource:
     """Frames of a pcap/pcapng file or of live interfaces, with an optional BPF filter."""
 
-    __slots__ = ("source", "is_file", "linktype", "stopped", "_handles", "_final_stats")
+    __slots__ = ("source", "is_file", "linktype", "time_wrap_ns", "stopped", "_handles",
+                 "_final_stats")
 
     def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = 65535,
                  promiscuous: bool = True, buffer_size: int = 0) -> None:
@@ -43,6 +51,9 @@ class PcapSource:
         if self.is_file and not os.path.isfile(source):
             raise CaptureError(f"{source}: " + ("a directory, not a capture file"
                                                 if os.path.isdir(source) else "no such capture file"))
+        self.time_wrap_ns = _time_wrap_ns(source) if self.is_file else 0
+        """What to add to a negative timestamp the frames carry to read it as the file meant
+        it (PCAP_WRAP_NS, PCAPNG_WRAP_NS); 0 for interfaces, whose times are never negative."""
         names = [source] if self.is_file else source.split(",")
         self._handles = [_open(name, self.is_file, bpf_filter, snaplen, promiscuous, buffer_size)
                          for name in names]
@@ -121,6 +132,16 @@ def _open(name: str, is_file: bool, bpf_filter: str | None, snaplen: int, promis
         except OSError as error:
             raise CaptureError(f"{name}: bad BPF filter {bpf_filter!r}: {_reason(error)}") from None
     return handle
+
+
+def _time_wrap_ns(path: str) -> int:
+    """PcapSource.time_wrap_ns of a capture file, by its first block."""
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(4)
+    except OSError:
+        return PCAP_WRAP_NS  # libpcap reports why when it opens the file
+    return PCAPNG_WRAP_NS if magic == PCAPNG_MAGIC else PCAP_WRAP_NS
 
 
 def _reason(error: OSError) -> str:

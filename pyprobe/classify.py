@@ -116,12 +116,13 @@ class NdpiClassifier:
         self.on_update(packet, flow)
 
     def on_update(self, packet: Packet, flow: Flow) -> None:
-        """Hands the packet to nDPI while the flow is under inspection."""
+        """Hands the packet to nDPI while the flow is under inspection, at the time the cache
+        metered it (the flow's last time: never before the clock, so never negative)."""
         state = flow.classifier_state
         if state is not None:
             offset = packet.ip_offset
             protocol = self._dissect(state, packet.frame[offset:offset + packet.ip_size],
-                                     packet.time_ms)
+                                     flow.last_seen_ms)
             if protocol.state == CLASSIFIED:
                 self._label(flow, state, protocol)
             elif state.packets >= self.n_dissections:

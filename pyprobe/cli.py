@@ -114,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def format_export_summary(summary: ExportSummary) -> str:
+    """What was sent, then what did not fit its wire field and how it went out (if any)."""
     return (f"exported {summary.flows} flows as {summary.records} records in {summary.messages} "
-            f"messages, {summary.octets} octets, {summary.send_errors} send errors")
+            f"messages, {summary.octets} octets, {summary.send_errors} send errors"
+            + "".join(f"\n  {reason}: {count}"
+                      for reason, count in sorted(summary.problems.items()) if count))
 
 
 def meter(args: argparse.Namespace, config: SensorConfig, stream: FlowStream, out: TextIO,

@@ -11,8 +11,9 @@ gets every tick of the clock, `stop()` ends the run as the end of a file would, 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import COLLECTOR_DEFAULTS
 from .elements import ElementRegistry
@@ -51,6 +52,8 @@ class ExportSummary:
     messages: int = 0
     octets: int = 0
     send_errors: int = 0
+    problems: Counter = field(default_factory=Counter)
+    """What did not fit its wire field, by reason (Exporter.problems)."""
 
     def __add__(self, other: ExportSummary) -> ExportSummary:
         """Two workers' summaries as one."""
@@ -114,6 +117,7 @@ class Probe:
         summary.messages += exporter.stats.messages
         summary.octets += exporter.stats.octets
         summary.send_errors += transport.errors
+        summary.problems += exporter.problems
         transport.close()
 
     def run(self) -> ExportSummary:

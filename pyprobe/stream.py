@@ -125,7 +125,7 @@ class FlowStream:
         self.cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
-        feed, frames = cache.feeder(decoder), iter(capture)
+        feed, frames = cache.feeder(decoder, capture.time_wrap_ns), iter(capture)
         progress, read = self.progress, 0
         tick_ms = 1  # the clock is 0 until the first packet: no batch before it
         try:

@@ -94,7 +94,8 @@ class TemplateSet:
 class CompiledTemplate:
     """A template's wire fields and its record encoder, fixed for one protocol."""
 
-    __slots__ = ("template", "fields", "record_length", "encode", "_parts")
+    __slots__ = ("template", "fields", "record_length", "min_length", "encode", "_parts",
+                 "_values")
 
     def __init__(self, template: Template, fields: tuple[TemplateField, ...]) -> None:
         self.template = template
@@ -115,8 +116,11 @@ class CompiledTemplate:
             parts.append((struct.Struct("!" + "".join(codes)), len(fields) - len(codes), len(fields)))
         self._parts = tuple(parts)
         self.record_length = sum(s.size for s, _, _ in parts if s is not None)  # fixed part only
+        self.min_length = self.record_length + sum(s is None for s, _, _ in parts)
+        """The shortest record: every variable-length value empty, its length prefix alone."""
         self.encode: Callable[..., bytes] = self.encode_values
         """encode(flow, this, other, ends) -> bytes: one data record of a flow direction."""
+        self._values: Callable[..., tuple] | None = None  # made on first use by `fitted`
         if all(f.expression is not None for f in fields):
             self.encode = _compile_encoder(fields, self._parts)
 
@@ -135,8 +139,75 @@ class CompiledTemplate:
         return b"".join(out)
 
 
+    def fitted(self, flow: Flow, this: Any, other: Any, ends: tuple, room: int
+               ) -> tuple[bytes, bool, bool]:
+        """The record `encode` could not make (a value beyond its field's width) or made longer
+        than `room` octets: integers clamped to their fields' widths, then variable-length
+        values cut, the longest first and text on a character boundary, until it fits; with
+        whether values were clamped and whether values were cut."""
+        if self._values is None:
+            self._values = _compile_function("values", self.fields, [
+                "(" + "".join(f"{f.expression}, " for f in self.fields) + ")"])
+        values = list(self._values(flow, this, other, ends))
+        clamped = False
+        for index, field in enumerate(self.fields):
+            bounds = field_bounds(field)
+            if bounds is not None and not bounds[0] <= values[index] <= bounds[1]:
+                values[index] = min(max(values[index], bounds[0]), bounds[1])
+                clamped = True
+        varlen = [i for packer, i, _ in self._parts if packer is None]
+        texts = {i: _utf8(values[i]) for i in varlen}
+        cap = _varlen_cap([len(texts[i]) for i in varlen], room - self.record_length)
+        cut = False
+        for i in varlen:
+            if len(texts[i]) > cap:
+                value = texts[i][:cap]
+                if self.fields[i].element.data_type.name == "string":
+                    value = value.decode("utf-8", "ignore").encode()
+                values[i], cut = value, True
+        return self.encode_values(values), clamped, cut
+
+
+def field_bounds(field: TemplateField) -> tuple[int, int] | None:
+    """The integers a fixed-width field can carry (reduced-size encoding included); None for
+    the others."""
+    if field.length == VARLEN:
+        return None
+    code = struct_code(field.element, field.length)
+    if code not in REDUCED_CODES.values():
+        return None
+    bits = 8 * struct.calcsize(code)
+    return (-(1 << bits - 1), (1 << bits - 1) - 1) if code.islower() else (0, (1 << bits) - 1)
+
+
+def _varlen_cap(lengths: list[int], budget: int) -> int:
+    """The longest value length that fits variable-length values of `lengths` octets, each cut
+    to it, with their prefixes (RFC 7011 §7), in `budget` octets."""
+    def size(cap: int) -> int:
+        return sum(n + (1 if n < 255 else 3) for n in (min(length, cap) for length in lengths))
+    low, high = 0, max(lengths, default=0)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if size(middle) <= budget else (low, middle - 1)
+    return low
+
+
 def _utf8(value: object) -> object:
     return value.encode() if isinstance(value, str) else value
+
+
+def _compile_function(name: str, fields: Sequence[TemplateField], body: list[str],
+                      namespace: dict[str, Any] | None = None) -> Callable:
+    """A function `name`(flow, this, other, ends) of the fields' expressions: the derived names
+    they use, then `body` (its last line the value returned)."""
+    namespace = {**EXPRESSION_GLOBALS, **(namespace or {})}
+    used = {name for f in fields for name in names_in(f.expression)}
+    lines = [f"{derived} = {expression}" for derived, expression in DERIVED.items()
+             if derived in used]
+    source = "\n    ".join([f"def {name}({', '.join(PARAMETERS)}):", *lines, *body[:-1],
+                            f"return {body[-1]}"])
+    exec(source, namespace)  # noqa: S102 - expressions come from fields.py, not from input
+    return namespace[name]
 
 
 def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[..., bytes]:
@@ -144,10 +215,8 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
 
     A variable-length field's value is computed first, as bytes, then given its length prefix.
     """
-    namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8,
-                                 **EXPRESSION_GLOBALS}
-    used = {name for f in fields for name in names_in(f.expression)}
-    body = [f"{name} = {expression}" for name, expression in DERIVED.items() if name in used]
+    namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8}
+    body = []
     pieces = []
     for packer, first, end in parts:
         if packer is None:
@@ -163,9 +232,7 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
                       f"({f.expression})" for f in fields[first:end])
             pieces.append(f"_pack{first}({', '.join(values)})")
     result = pieces[0] if len(pieces) == 1 else f"b''.join(({', '.join(pieces)},))"
-    source = "\n    ".join([f"def encode({', '.join(PARAMETERS)}):", *body, f"return {result}"])
-    exec(source, namespace)  # noqa: S102 - expressions come from fields.py, not from input
-    return namespace["encode"]
+    return _compile_function("encode", fields, [*body, result], namespace)
 
 
 @lru_cache(maxsize=None)
