@@ -39,13 +39,13 @@ from construct import ConstructError
 from . import ipfix, netflow9
 from .elements import NTOP_PEN, NTOP_V9_BASE, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
+from .template import MAX_FIELDS  # fields of one template (a message could hold 16k)
 
 Decode = Callable[[bytes], Any]
 # NFv9 options scope field types (RFC 3954 §6.1): a namespace of their own, not element ids.
 V9_SCOPES = {1: "scopeSystem", 2: "scopeInterface", 3: "scopeLineCard", 4: "scopeCache",
              5: "scopeTemplate"}
 MAX_TEMPLATES = 1024  # templates kept, over all exporters and domains
-MAX_FIELDS = 512  # fields of one template (pyprobe's largest has 44; a message could hold 16k)
 MAX_VALUES = 65_536  # values decoded from one message (zero-length fields cost no octets)
 # What `Collector.refused` counts.
 TOO_MANY_FIELDS = f"template sets with a template of more than {MAX_FIELDS} fields"

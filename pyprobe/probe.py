@@ -110,14 +110,26 @@ class Probe:
             stats.capture_dropped_frames = dropped
             stats.interface_dropped_packets = interface_dropped
 
-    def _close(self, exporter: Exporter, transport: UdpTransport, now_ms: int) -> None:
-        summary = self.summary
-        transport.send(exporter.flush(now_ms))
+    def sent(self) -> ExportSummary:
+        """What was sent so far, over the collectors of every configuration this run had:
+        those closed (their totals in `summary`) and the live ones."""
+        total = ExportSummary(**vars(self.summary) | {"problems": Counter(self.summary.problems)})
+        for link in self.links:
+            self._count(total, *link)
+        return total
+
+    @staticmethod
+    def _count(summary: ExportSummary, exporter: Exporter, transport: UdpTransport) -> None:
+        """Adds a link's counts to `summary`."""
         summary.records += exporter.stats.flow_records
         summary.messages += exporter.stats.messages
         summary.octets += exporter.stats.octets
         summary.send_errors += transport.errors
         summary.problems += exporter.problems
+
+    def _close(self, exporter: Exporter, transport: UdpTransport, now_ms: int) -> None:
+        transport.send(exporter.flush(now_ms))
+        self._count(self.summary, exporter, transport)
         transport.close()
 
     def run(self) -> ExportSummary:
@@ -154,4 +166,5 @@ class Probe:
         self.update_statistics()
         for link in self.links:
             self._close(*link, now_ms)
+        self.links = []
         return summary

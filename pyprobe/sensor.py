@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from .capture import PcapSource
 from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
 from .elements import ElementRegistry
-from .errors import PyprobeError
+from .errors import ConfigError, PyprobeError
 from .probe import Collector, Probe
 from .stream import FlowStream
 from .template import TemplateSet, load_templates
@@ -118,8 +118,11 @@ def drop_privileges(user: str | None, group: str | None) -> None:
 
 
 def log_handler(config: SensorConfig, worker: Worker | None = None) -> logging.Handler:
-    handler = (logging.FileHandler(config.log_file) if config.log_file
-               else logging.StreamHandler(sys.stderr))
+    try:
+        handler = (logging.FileHandler(config.log_file) if config.log_file
+                   else logging.StreamHandler(sys.stderr))
+    except OSError as error:
+        raise ConfigError(f"log_file: cannot open {config.log_file}: {error.strerror}") from None
     instance = config.instance if worker is None else f"{config.instance}/{worker.index}"
     handler.setFormatter(logging.Formatter(LOG_FORMAT.format(instance=instance)))
     return handler
@@ -186,14 +189,12 @@ class Sensor:
         probe = self.probe
         stream = probe.stream
         received, dropped, interface_dropped = stream.capture.stats()
-        meter = stream.stats
-        sent = [exporter.stats for exporter, _ in probe.links]
+        meter, sent = stream.stats, probe.sent()
         return (f"captured {received} frames, dropped {dropped} by the kernel and "
                 f"{interface_dropped} by the interface; read {meter.packets_read}, skipped "
                 f"{meter.packets_skipped}; flows live {len(stream.cache or ())}, ended "
-                f"{sum(meter.flows.values())}; exported {sum(s.flow_records for s in sent)} "
-                f"records in {sum(s.messages for s in sent)} messages, "
-                f"{sum(t.errors for _, t in probe.links)} send errors")
+                f"{sum(meter.flows.values())}; exported {sent.records} records in "
+                f"{sent.messages} messages, {sent.send_errors} send errors")
 
     def reload(self, now_ms: int) -> None:
         """Reopens the log and swaps in the collectors of the configuration as it now reads."""
@@ -203,6 +204,9 @@ class Sensor:
             self._set_logging(config)
         except (PyprobeError, OSError) as error:
             log.error("reload: %s; keeping the running configuration", error)
+            return
+        except Exception:  # a mistake not foreseen must not end a live sensor
+            log.exception("reload failed; keeping the running configuration")
             return
         kept = ("capture", "cache", "dpi", "user", "group")
         changed = [key for key in kept if getattr(config, key) != getattr(self.config, key)]

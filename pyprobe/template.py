@@ -25,19 +25,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from .elements import IANA_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
 from .fields import (DERIVED, EXPRESSION_GLOBALS, FIELD_EXPRESSIONS, PARAMETERS,
                      reverse_expression)
 from .flow import Flow
+from .yamlfile import read_yaml
 
 if TYPE_CHECKING:
     from .protocol import Protocol
 
-FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML has it
 MIN_TEMPLATE_ID = 256  # RFC 7011 §3.4.1: 0-255 are set ids
+MAX_FIELDS = 512  # fields of a template (ndpi.yaml has 35; what `pyprobe collect` keeps too)
 MATCH_KEYS = {"ip_version": (4, 6)}
 # Struct codes of reduced-size encoding (RFC 7011 §6.2), by signedness and octets.
 REDUCED_CODES = {(False, 1): "B", (False, 2): "H", (False, 4): "I", (False, 8): "Q",
@@ -272,13 +271,7 @@ def struct_code(element: InformationElement, length: int) -> str:
 def load_templates(path: str | Path, registry: ElementRegistry) -> TemplateSet:
     """Reads and checks a template file; every mistake is a TemplateError naming where it is."""
     path = str(path)
-    try:
-        with open(path, encoding="utf-8") as stream:
-            document = yaml.load(stream, Loader=FAST_LOADER)
-    except OSError as error:
-        raise TemplateError(f"{path}: cannot read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise TemplateError(f"{path}: not valid YAML: {error}") from None
+    document = read_yaml(path, TemplateError)
     if not isinstance(document, dict):
         raise TemplateError(f"{path}: expected a mapping with a 'templates' list")
     unknown = set(document) - {"templates", "biflow"}
@@ -319,6 +312,8 @@ def _template(entry: Any, where: str, registry: ElementRegistry) -> Template:
     fields = entry.get("fields")
     if not isinstance(fields, list) or not fields:
         raise TemplateError(f"{where}: fields: expected a list of element names, {_got(entry, 'fields')}")
+    if len(fields) > MAX_FIELDS:
+        raise TemplateError(f"{where}: fields: got {len(fields)}, expected at most {MAX_FIELDS}")
     return Template(template_id, str(entry.get("name", f"template_{template_id}")),
                     match.get("ip_version"),
                     tuple(_field(item, f"{where}.fields[{i}]", registry) for i, item in enumerate(fields)),

@@ -282,7 +282,7 @@ TEMPLATE_ERRORS = [  # (file text, the message after "FILE: ")
     ("templatez: []\n", "unknown key 'templatez' (expected 'templates', 'biflow')"),
     ("- 256\n", "expected a mapping with a 'templates' list"),
     ("biflow: yes please\ntemplates: []\n", "biflow: expected true or false, got 'yes please'"),
-    ("templates: [\n", "not valid YAML: while parsing a flow node"),
+    ("templates: [\n", "line 2, column 1: not valid YAML: did not find expected node content"),
 ]
 
 
