@@ -8,8 +8,9 @@ guess; a flow that ends before either gets that guess too. Then the labels are s
 
 As `FlowCache(classifier=...)` (what `FlowStream(dpi=True)` makes) it is handed a flow's packets
 only while the flow holds that buffer (by the compiled meter, from C: see `inspector`); it works
-as a plain plugin too, seeing every packet. One detection module serves the whole process: it is
-made on first use and shared.
+as a plain plugin too, seeing every packet. Each classifier makes a detection module of its own
+(about 10 MiB and 60 ms) unless it is given one: nDPI's caches learn from the flows a module
+sees, so two FlowStreams over one capture give the same labels only with modules of their own.
 """
 from __future__ import annotations
 
@@ -75,16 +76,6 @@ class Inspector(NamedTuple):
 NO_METADATA: dict[str, Any] = {}
 """The metadata of a flow without any (shared, never written)."""
 
-_shared: NDPI | None = None
-
-
-def shared_ndpi() -> NDPI:
-    """The process's detection module, made on first call."""
-    global _shared
-    if _shared is None:
-        _shared = NDPI()
-    return _shared
-
 
 class NdpiClassifier:
     """Labels every flow with nDPI (application, category, SNI, JA4, risks): a cache classifier.
@@ -103,7 +94,7 @@ class NdpiClassifier:
         self.n_dissections = n_dissections
         self.report = report
         """Whether each flow keeps nDPI's whole report (`DpiInfo.dpi_json`, `metadata`)."""
-        self.ndpi = ndpi or shared_ndpi()
+        self.ndpi = ndpi or NDPI()
         self.flows = self.packets = self.giveups = 0
         self._dissect = self.ndpi.dissect
         self._labels: dict[tuple[int, int, int, int], tuple] = {}
