@@ -9,6 +9,8 @@ not packets arrive. `stop()` (safe in a signal handler) ends it.
 """
 from __future__ import annotations
 
+import logging
+import mmap
 import os
 import re
 import select
@@ -17,8 +19,11 @@ from collections.abc import Iterator
 
 import pcap
 
+from .capfile import Corruption, locate, read_on, walker
 from .decode import LINKTYPE_NAMES
 from .errors import CaptureError
+
+log = logging.getLogger(__name__)
 
 # libpcap reports a few link types by their platform DLT value instead of the LINKTYPE number.
 DLT_TO_LINKTYPE = {12: 101, 14: 101}  # DLT_RAW (Linux, most BSDs; OpenBSD) -> LINKTYPE_RAW
@@ -39,14 +44,22 @@ def is_capture_file(source: str) -> bool:
 class PcapSource:
     """Frames of a pcap/pcapng file or of live interfaces, with an optional BPF filter."""
 
-    __slots__ = ("source", "is_file", "linktype", "time_wrap_ns", "stopped", "_handles",
-                 "_final_stats")
+    __slots__ = ("source", "is_file", "linktype", "time_wrap_ns", "stopped", "skip_corrupt",
+                 "corruptions", "bpf_filter", "_handles", "_final_stats", "_ended")
 
     def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = 65535,
-                 promiscuous: bool = True, buffer_size: int = 0) -> None:
+                 promiscuous: bool = True, buffer_size: int = 0,
+                 skip_corrupt: bool = False) -> None:
         self.source = source
         self.is_file = is_capture_file(source)
         self.stopped = False
+        self.skip_corrupt = skip_corrupt
+        """Whether `read_on` reads a file on past a corrupt record."""
+        self.corruptions: list[Corruption] = []
+        """The corrupt stretches of a file: where libpcap stopped, and with `skip_corrupt`
+        every one skipped."""
+        self.bpf_filter = bpf_filter
+        self._ended = False
         self._final_stats: tuple[int, int, int] | None = None
         if self.is_file and not os.path.isfile(source):
             raise CaptureError(f"{source}: " + ("a directory, not a capture file"
@@ -90,6 +103,35 @@ class PcapSource:
                 yield max(time.time_ns(), last_ns), None
         for read in reads:  # what the kernel holds at stop() is metered too
             yield from read()
+
+    def read_on(self) -> Iterator[tuple[int, bytes]] | None:
+        """Once the file's frames have ended: None if the file ended there, or, when libpcap
+        stopped at a corrupt record (pypcap's iterator ends without a word), that record in
+        `corruptions` and, with `skip_corrupt`, the frames after it (slowly, in Python:
+        `capfile`), each corrupt stretch skipped counted there too. Live captures: None."""
+        if not self.is_file or self._ended:
+            return None
+        self._ended = True
+        error = self._handles[0].geterr()
+        if not error:
+            return None
+        with open(self.source, "rb") as file:
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        found = walker(data)
+        corruption = locate(found) or Corruption(0, error.decode(errors="replace"), 0)
+        if not self.skip_corrupt:
+            self.corruptions.append(corruption)
+            return None
+        frames = read_on(found, corruption, self._skipped)
+        if not self.bpf_filter:
+            return frames
+        match = pcap.bpf(self.bpf_filter.encode(), self._handles[0].datalink()).filter
+        return ((ts_ns, frame) for ts_ns, frame in frames if match(frame))
+
+    def _skipped(self, corruption: Corruption) -> None:
+        self.corruptions.append(corruption)
+        log.warning("%s: corrupt record %s; read on %d octets further", self.source,
+                    corruption, corruption.skipped)
 
     def stop(self) -> None:
         """Ends a live capture's iteration within `TICK_S`."""

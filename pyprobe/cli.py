@@ -20,7 +20,7 @@ from . import __version__
 from .config import (BIFLOW_TEMPLATE, SensorConfig, add_arguments, flags, load_config,
                      overrides_of, to_yaml)
 from .elements import ElementRegistry
-from .errors import PyprobeError
+from .errors import CaptureError, PyprobeError
 from .flow import Flow
 from .probe import ExportSummary, Probe
 from .sensor import collectors_of, run, stream_of, worker_config
@@ -33,7 +33,7 @@ log = logging.getLogger("pyprobe")
 # The settings replay takes from the schema: the meter's and the collectors'.
 REPLAY_SETTINGS = [key for _, key, _, _ in flags()
                    if key.startswith(("cache.", "dpi.", "collectors."))
-                   or key in ("capture.bpf", "capture.workers")]
+                   or key in ("capture.bpf", "capture.workers", "capture.skip_corrupt")]
 
 GC_THRESHOLD = 100_000  # allocations between the cyclic collector's youngest passes (700 by default)
 
@@ -65,6 +65,9 @@ def format_summary(stats: MeterStats) -> str:
     lines += [f"  skipped: {reason}: {count}" for reason, count in sorted(stats.skipped.items())]
     lines.append(f"flows {summary['flows']}: " + ", ".join(
         f"{reason} {count}" for reason, count in summary["flows_by_end_reason"].items()))
+    if stats.corrupt_records:
+        lines.append(f"corrupt records {stats.corrupt_records} ({stats.corrupt_octets} octets "
+                     f"not read), the first {stats.corruption}")
     lines.append(f"{summary['elapsed_s']:.3f} s, {summary['packets_per_s']} packets/s")
     return "\n".join(lines)
 
@@ -203,7 +206,15 @@ def replay(args: argparse.Namespace) -> int:
     print(format_summary(stats), file=sys.stderr if args.json and summary is None else sys.stdout)
     if summary is not None:
         print(format_export_summary(summary))
+    if stats.corrupt_records and not config.capture.skip_corrupt:
+        raise CaptureError(corrupt_capture(args.file, stats))
     return 0
+
+
+def corrupt_capture(path: str, stats: MeterStats) -> str:
+    """The error of a capture file libpcap stopped reading at a corrupt record."""
+    return (f"{path}: corrupt record {stats.corruption}: the {stats.corrupt_octets} octets from "
+            f"there on were not read (--skip-corrupt reads on from the next sound record)")
 
 
 def check(args: argparse.Namespace) -> int:

@@ -76,6 +76,9 @@ class CaptureConfig:
     workers: int | None = setting(None, "processes metering, each its share of the flows (null: "
                                         "one per CPU for an interface, 1 for a file)", minimum=1,
                                   maximum=1024)
+    skip_corrupt: bool = setting(False, "read a capture file on past a corrupt record, from the "
+                                        "next sound one, counting what is skipped (else the "
+                                        "run ends there with an error)")
 
 
 @dataclass(frozen=True)

@@ -92,14 +92,15 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
                       active_timeout=cache.active_timeout, max_flows=cache.max_flows,
                       bpf_filter=config.capture.bpf, dpi=dpi.enabled,
                       n_dissections=dpi.packet_budget, dpi_report=dpi.report,
-                      decode_tunnels=dpi.decode_tunnels, **options)
+                      decode_tunnels=dpi.decode_tunnels,
+                      skip_corrupt=config.capture.skip_corrupt, **options)
 
 
 def open_capture(config: SensorConfig) -> PcapSource:
     capture = config.capture
     return PcapSource(capture.interface or capture.file, bpf_filter=capture.bpf,
                       snaplen=capture.snaplen, promiscuous=capture.promiscuous,
-                      buffer_size=capture.buffer_size)
+                      buffer_size=capture.buffer_size, skip_corrupt=capture.skip_corrupt)
 
 
 def drop_privileges(user: str | None, group: str | None) -> None:
@@ -164,6 +165,12 @@ class Sensor:
                  os.getuid(), describe(collectors))
         probe.run()
         log.info("stopped: %s", self._statistics())
+        meter = stream.stats
+        if meter.corrupt_records and not config.capture.skip_corrupt:
+            log.error("%s: corrupt record %s: the %d octets from there on were not read "
+                      "(capture.skip_corrupt reads on)", capture.source, meter.corruption,
+                      meter.corrupt_octets)
+            return 2
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:

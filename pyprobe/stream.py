@@ -36,10 +36,17 @@ class MeterStats:
     flows: Counter = field(default_factory=Counter)
     """Expired flows by EndReason."""
     elapsed_s: float = 0.0
+    corrupt_records: int = 0
+    """Corrupt stretches of a capture file: where libpcap stopped, and each one skipped."""
+    corrupt_octets: int = 0
+    """The octets of those stretches (without --skip-corrupt: the rest of the file)."""
+    corruption: str = ""
+    """Where the first is and why it is corrupt."""
 
     def __add__(self, other: MeterStats) -> MeterStats:
-        """The stats of two workers that ran side by side: counts add up, the time is the longer."""
-        return MeterStats(*(max(mine, theirs) if name == "elapsed_s" else mine + theirs
+        """The stats of two workers that ran side by side: counts add up; the time is the
+        longer, and the corruption of the file they all read is the same."""
+        return MeterStats(*(max(mine, theirs) if name in SAME_IN_EVERY_WORKER else mine + theirs
                             for name, mine, theirs in zip(vars(self), vars(self).values(),
                                                           vars(other).values())))
 
@@ -59,7 +66,12 @@ class MeterStats:
             "flows": sum(self.flows.values()),
             "flows_by_end_reason": {EndReason(r).name.lower(): n for r, n in sorted(self.flows.items())},
             "elapsed_s": round(self.elapsed_s, 3), "packets_per_s": round(self.packets_per_s),
+            "corrupt_records": self.corrupt_records, "corrupt_octets": self.corrupt_octets,
+            "corruption": self.corruption,
         }
+
+
+SAME_IN_EVERY_WORKER = ("elapsed_s", "corrupt_records", "corrupt_octets", "corruption")
 
 
 class FlowStream:
@@ -78,7 +90,7 @@ class FlowStream:
                  bpf_filter: str | None = CAPTURE.bpf, snaplen: int = CAPTURE.snaplen,
                  dpi: bool = DPI.enabled, n_dissections: int = DPI.packet_budget,
                  dpi_report: bool = DPI.report, decode_tunnels: bool = DPI.decode_tunnels,
-                 close_linger: float = 2,
+                 close_linger: float = 2, skip_corrupt: bool = CAPTURE.skip_corrupt,
                  plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None,
                  end_clock: Callable[[int], int] | None = None) -> None:
@@ -91,6 +103,7 @@ class FlowStream:
         self.dpi = dpi
         self.decode_tunnels = decode_tunnels
         self.close_linger = close_linger
+        self.skip_corrupt = skip_corrupt
         self.plugins = tuple(plugins)
         self.classifier: Plugin | None = None
         """With `dpi`, the NdpiClassifier (its counts: flows, packets, giveups)."""
@@ -117,7 +130,8 @@ class FlowStream:
         while packets keep flows alive."""
         capture = self.capture = (self.source if isinstance(self.source, PcapSource) else
                                   PcapSource(self.source, bpf_filter=self.bpf_filter,
-                                             snaplen=self.snaplen))
+                                             snaplen=self.snaplen,
+                                             skip_corrupt=self.skip_corrupt))
         decoder = (TunnelDecoder if self.decode_tunnels else Decoder)(capture.linktype)
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
@@ -134,16 +148,18 @@ class FlowStream:
                 read += count
                 if tick is not None:  # a live capture's tick: the timers run on its time
                     cache.expire(tick // 1_000_000)
-                    self._update_stats(stats, read, decoder, started)
+                    self._update_stats(stats, read, decoder, capture, started)
                     yield self._hand_out(cache, stats)
                     continue
                 if cache.expired or cache.now_ms >= tick_ms:
                     tick_ms = cache.now_ms + TICK_MS
                     yield self._hand_out(cache, stats)
-                elif not count:  # the capture ended
-                    break
+                elif not count:  # the capture ended, or libpcap stopped at a corrupt record
+                    frames = capture.read_on()
+                    if frames is None:
+                        break
                 if progress is not None and not read % PROGRESS_EVERY:
-                    self._update_stats(stats, read, decoder, started)
+                    self._update_stats(stats, read, decoder, capture, started)
                     progress(stats)
             if self.end_clock is not None:
                 cache.expire(self.end_clock(cache.now_ms))
@@ -152,7 +168,7 @@ class FlowStream:
                 yield self._hand_out(cache, stats)
         finally:
             capture.close()
-            self._update_stats(stats, read, decoder, started)
+            self._update_stats(stats, read, decoder, capture, started)
 
     def stop(self) -> None:
         """Ends a live iteration soon, or as soon as it starts (safe in a signal handler): live
@@ -169,7 +185,8 @@ class FlowStream:
         return flows
 
     @staticmethod
-    def _update_stats(stats: MeterStats, read: int, decoder: Decoder, started: float) -> None:
+    def _update_stats(stats: MeterStats, read: int, decoder: Decoder, capture: PcapSource,
+                      started: float) -> None:
         stats.packets_read = read
         stats.skipped = Counter(decoder.skipped)
         stats.skipped_octets = decoder.skipped_octets
@@ -177,3 +194,8 @@ class FlowStream:
             stats.tunnel_fallbacks = Counter(decoder.tunnel_fallbacks)
         stats.packets_decoded = read - stats.packets_skipped
         stats.elapsed_s = time.perf_counter() - started
+        corruptions = capture.corruptions
+        if corruptions:
+            stats.corrupt_records = len(corruptions)
+            stats.corrupt_octets = sum(c.skipped for c in corruptions)
+            stats.corruption = str(corruptions[0])

@@ -54,7 +54,7 @@ def write(tmp_path: Path, text: str) -> Path:
     (VALID + "capture: {interface: eth0, promiscuous: 'yes'}\n",
      "capture.promiscuous: got 'yes', expected true or false"),
     (VALID + "capture: eth0\n", "capture: got 'eth0', expected a mapping of interface, file, bpf, "
-                                "snaplen, promiscuous, buffer_size, workers"),
+                                "snaplen, promiscuous, buffer_size, workers, skip_corrupt"),
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
