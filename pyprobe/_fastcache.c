@@ -12,11 +12,12 @@
  * inspects the flow or the cache has plugins; with nDPI's classifier (its classify.Inspector) and
  * no plugins, it hands them to nDPI itself, calling the classifier only once nDPI is done with the
  * flow. It starts new flows too, making the Flow and Direction as their __init__ do (every slot:
- * counter() refuses classes with other slots), then hands them to FlowCache._started when there
- * are hooks. When the packet's time makes the scan for idle flows due, it runs FlowCache._scan
- * first, as add does. It checks all the rest before it writes anything; the other packets (a due
- * deadline, a full cache, a flow a FIN or RST starts, a value beyond int64) go to FlowCache.add,
- * the reference. tests/test_fastcache.py holds both paths to the same flows.
+ * counter() refuses classes with other slots), after FlowCache._evict when the cache is full,
+ * then hands them to FlowCache._started when there are hooks. When the packet's time makes the
+ * scan for idle flows due, it runs FlowCache._scan first, as add does. It checks all the rest
+ * before it writes anything; the other packets (a due deadline, a flow a FIN or RST starts, a
+ * value beyond int64) go to FlowCache.add, the reference. tests/test_fastcache.py holds both
+ * paths to the same flows.
  *
  * feed is FlowStream's loop around the frame meter (FlowCache.feeder): it meters the frames of a
  * capture's iterator until its caller has a batch to hand out.
@@ -288,7 +289,7 @@ typedef struct {
     long long budget;  /* packets per flow */
     PyTypeObject *state_type;  /* ndpi.NDPIFlow */
     Py_ssize_t address_slot, packets_slot;
-    PyObject *start;  /* start(flow) -> its new state */
+    PyObject *start;  /* start(flow) -> its new state, or None: not inspected */
     PyObject *finish;  /* NULL: no inspector */
 } Inspector;
 enum { I_PROCESS_PACKET, I_MODULE, I_PROTOCOL, I_PROTOCOL_SIZE, I_STATE_OFFSET, I_CLASSIFIED,
@@ -296,10 +297,11 @@ enum { I_PROCESS_PACKET, I_MODULE, I_PROTOCOL, I_PROTOCOL_SIZE, I_STATE_OFFSET, 
 static const char *const STATE_SLOT_NAMES[] = {"address", "packets"};
 
 /* What adder() bound: a cache, its slot offsets, the compiled count's Binding, the cache's add
- * (the fallback), _update, _started and _scan, and its classifier's Inspector if it has one. */
+ * (the fallback), _update, _started, _scan and _evict, and its classifier's Inspector if it has
+ * one. */
 typedef struct {
     PyObject_HEAD
-    PyObject *cache, *count, *fallback, *update, *started, *scan;
+    PyObject *cache, *count, *fallback, *update, *started, *scan, *evict;
     Binding *binding;  /* count's */
     Py_ssize_t slot[CACHE_SLOTS];
     Inspector inspector;
@@ -313,6 +315,7 @@ static void adder_dealloc(Adder *self)
     Py_XDECREF(self->update);
     Py_XDECREF(self->started);
     Py_XDECREF(self->scan);
+    Py_XDECREF(self->evict);
     Py_XDECREF(self->inspector.state_type);
     Py_XDECREF(self->inspector.start);
     Py_XDECREF(self->inspector.finish);
@@ -509,10 +512,10 @@ static int inspected(const Adder *a, PyObject *hooks)
     return a->inspector.finish != NULL && PyTuple_GET_SIZE(hooks) == 1;
 }
 
-/* Starts the flow of `s`, absent from the cache, as FlowCache.add does, unless the cache is full
- * or the packet may close it (then add starts it): 1 when started, 3 when the new flow (a new
- * reference in `*started`) is for FlowCache._started (the cache has a classifier or plugins), 0
- * with nothing written, -1 with an exception. */
+/* Starts the flow of `s`, absent from the cache, as FlowCache.add does (FlowCache._evict first
+ * when the cache is full), unless the packet may close it (then add starts it): 1 when started,
+ * 3 when the new flow (a new reference in `*started`) is for FlowCache._started (the cache has a
+ * classifier or plugins), 0 with nothing written, -1 with an exception. */
 static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_first,
                       long long time_ms, int clock_moves, PyObject **started)
 {
@@ -521,11 +524,21 @@ static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_f
     long long max_flows, created, active_timeout, end_by_ms;
     if (s->flags & CLOSE_FLAGS || !direction_fits(s) || hooks == NULL
         || !PyTuple_CheckExact(hooks) || !int64_of(SLOT(cache, a->slot[C_MAX_FLOWS]), &max_flows)
-        || PyDict_GET_SIZE(flows) >= max_flows
-        || !int64_of(SLOT(cache, a->slot[C_FLOWS_CREATED]), &created) || created == LLONG_MAX
+        || max_flows < 1 || !int64_of(SLOT(cache, a->slot[C_FLOWS_CREATED]), &created)
+        || created == LLONG_MAX
         || !int64_of(SLOT(cache, a->slot[C_ACTIVE_TIMEOUT]), &active_timeout)
         || __builtin_add_overflow(time_ms, active_timeout, &end_by_ms))
         return 0;
+    if (PyDict_GET_SIZE(flows) >= max_flows) {  /* full: FlowCache._evict makes room, as in add */
+        PyObject *time = PyLong_FromLongLong(time_ms), *evicted = NULL;
+        if (time != NULL && (!clock_moves || put(cache, a->slot[C_NOW], Py_NewRef(time)) == 0))
+            evicted = PyObject_CallOneArg(a->evict, time);
+        Py_XDECREF(time);
+        if (evicted == NULL)
+            return -1;
+        Py_DECREF(evicted);
+        clock_moves = 0;  /* set */
+    }
     PyObject *flow = new_flow(a->binding, s, key, src_is_first, created + 1, time_ms, end_by_ms);
     if (flow == NULL || PyObject_SetItem(flows, key, flow) < 0  /* an OrderedDict: in order */
         || put(cache, a->slot[C_FLOWS_CREATED], PyLong_FromLongLong(created + 1)) < 0
@@ -536,7 +549,8 @@ static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_f
     int done = 1;
     if (PyTuple_GET_SIZE(hooks) && inspected(a, hooks)) {  /* nDPI's classifier alone */
         PyObject *state = PyObject_CallOneArg(a->inspector.start, flow);
-        done = state == NULL ? -1 : inspect(&a->inspector, flow, state, s, time_ms);
+        done = state == NULL ? -1 : state == Py_None ? 0  /* past the budget: not inspected */
+               : inspect(&a->inspector, flow, state, s, time_ms);
         Py_XDECREF(state);
         if (done == 0)  /* 1: for _update, which hands the packet to the classifier's on_update */
             done = 1;
@@ -820,18 +834,18 @@ static int meter_pair(PyObject *bound, PyObject *ts_ns, PyObject *frame, PyObjec
     return metered == NULL ? -1 : 0;
 }
 
-/* Whether the cache has a batch for its caller: flows expired, or its clock at `tick_ms` (or
- * beyond int64, which the caller then compares itself). */
-static int batch_due(const Adder *a, long long tick_ms)
+/* Whether the cache has a batch for its caller: `batch` flows expired, or its clock at `tick_ms`
+ * (or beyond int64, which the caller then compares itself). */
+static int batch_due(const Adder *a, long long tick_ms, Py_ssize_t batch)
 {
     PyObject *expired = SLOT(a->cache, a->slot[C_EXPIRED]);
     long long now;
-    return expired == NULL || !PyList_Check(expired) || PyList_GET_SIZE(expired)
+    return expired == NULL || !PyList_Check(expired) || PyList_GET_SIZE(expired) >= batch
            || !int64_of(SLOT(a->cache, a->slot[C_NOW]), &now) || now >= tick_ms;
 }
 
 /* feed(frames, tick_ms, limit) -> (read, tick), as FlowCache.feeder's Python form: `self` is
- * (a compiled frame meter, the capture's time_wrap_ns). */
+ * (a compiled frame meter, the capture's time_wrap_ns, the flows that make a batch). */
 static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     long long tick_ms, limit, read = 0;
@@ -841,6 +855,7 @@ static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *bound = PyCFunction_GET_SELF(PyTuple_GET_ITEM(self, 0)), *frames = args[0];
     PyObject *wrap_ns = PyTuple_GET_ITEM(self, 1), *tick = Py_None;
+    Py_ssize_t batch = PyLong_AsSsize_t(PyTuple_GET_ITEM(self, 2));
     const Adder *a = (Adder *)PyCFunction_GET_SELF(PyTuple_GET_ITEM(bound, 0));
     if (!PyIter_Check(frames)) {
         PyErr_SetString(PyExc_TypeError, "frames must be an iterator");
@@ -870,7 +885,7 @@ static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(pair);
         if (failed)
             return NULL;
-        if (read >= limit || batch_due(a, tick_ms))
+        if (read >= limit || batch_due(a, tick_ms, batch))
             break;
     }
     return Py_BuildValue("(LO)", read, tick);
@@ -991,9 +1006,10 @@ static int bind_inspector(Inspector *in, PyObject *inspector)
 
 static PyObject *adder(PyObject *module, PyObject *args)
 {
-    PyObject *cache, *count, *fallback, *update_method, *started, *scan, *inspector = Py_None;
-    if (!PyArg_ParseTuple(args, "OOOOOO|O:adder", &cache, &count, &fallback, &update_method,
-                          &started, &scan, &inspector))
+    PyObject *cache, *count, *fallback, *update_method, *started, *scan, *evict;
+    PyObject *inspector = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOOOOO|O:adder", &cache, &count, &fallback, &update_method,
+                          &started, &scan, &evict, &inspector))
         return NULL;
     if (!PyCFunction_Check(count) || ((PyCFunctionObject *)count)->m_ml != &count_def) {
         PyErr_SetString(PyExc_TypeError, "count must be a compiled count (counter())");
@@ -1008,6 +1024,7 @@ static PyObject *adder(PyObject *module, PyObject *args)
     a->update = Py_NewRef(update_method);
     a->started = Py_NewRef(started);
     a->scan = Py_NewRef(scan);
+    a->evict = Py_NewRef(evict);
     a->binding = (Binding *)PyCFunction_GET_SELF(count);
     PyObject *function = NULL;
     if (bind_inspector(&a->inspector, inspector) == 0
@@ -1038,14 +1055,18 @@ static PyObject *frame_meter(PyObject *module, PyObject *args)
 static PyObject *feeder(PyObject *module, PyObject *args)
 {
     PyObject *meter_function, *wrap_ns;
-    if (!PyArg_ParseTuple(args, "OO!:feeder", &meter_function, &PyLong_Type, &wrap_ns))
+    Py_ssize_t batch;
+    if (!PyArg_ParseTuple(args, "OO!n:feeder", &meter_function, &PyLong_Type, &wrap_ns, &batch))
         return NULL;
     if (!PyCFunction_Check(meter_function)
         || ((PyCFunctionObject *)meter_function)->m_ml != &meter_def) {
         PyErr_SetString(PyExc_TypeError, "meter must be a compiled frame meter (frame_meter())");
         return NULL;
     }
-    PyObject *bound = PyTuple_Pack(2, meter_function, wrap_ns);
+    PyObject *batch_object = PyLong_FromSsize_t(batch);
+    PyObject *bound = batch_object == NULL ? NULL
+                      : PyTuple_Pack(3, meter_function, wrap_ns, batch_object);
+    Py_XDECREF(batch_object);
     if (bound == NULL)
         return NULL;
     PyObject *function = PyCFunction_NewEx(&feed_def, bound, module);
@@ -1059,18 +1080,19 @@ static PyMethodDef methods[] = {
      "src_is_first, time_ms, size, ttl, flags): cache.count compiled for these classes, "
      "fallback(...) past int64"},
     {"adder", adder, METH_VARARGS,
-     "adder(cache, count, fallback, update, started, scan, inspector=None) -> add(packet): "
-     "cache's add compiled for the common packet (count from counter()), after scan(time_ms) "
-     "when the scan is due, then update(packet, flow) if the flow is inspected, or with a "
-     "classify.Inspector and no plugins, nDPI called here, and started(packet, flow) for a new "
-     "flow if the cache has hooks; fallback(packet) for the others"},
+     "adder(cache, count, fallback, update, started, scan, evict, inspector=None) -> "
+     "add(packet): cache's add compiled for the common packet (count from counter()), after "
+     "scan(time_ms) when the scan is due, then update(packet, flow) if the flow is inspected, or "
+     "with a classify.Inspector and no plugins, nDPI called here, and started(packet, flow) for "
+     "a new flow if the cache has hooks, evict(time_ms) first if the cache is full; "
+     "fallback(packet) for the others"},
     {"frame_meter", frame_meter, METH_VARARGS,
      "frame_meter(add, decode) -> meter(time_ms, frame): decode then add (add from adder(); "
      "decode a compiled Ethernet decoder's), the common Ethernet frame parsed here"},
     {"feeder", feeder, METH_VARARGS,
-     "feeder(meter, time_wrap_ns) -> feed(frames, tick_ms, limit): FlowCache.feeder's loop, in "
-     "C, around a frame meter from frame_meter(); a negative ts_ns is read as ts_ns + "
-     "time_wrap_ns"},
+     "feeder(meter, time_wrap_ns, batch) -> feed(frames, tick_ms, limit): FlowCache.feeder's "
+     "loop, in C, around a frame meter from frame_meter(); a negative ts_ns is read as ts_ns + "
+     "time_wrap_ns; `batch` expired flows make a batch due"},
     {NULL, NULL, 0, NULL},
 };
 

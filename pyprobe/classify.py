@@ -69,7 +69,7 @@ class Inspector(NamedTuple):
     classified: int  # NDPI_STATE_CLASSIFIED
     budget: int  # n_dissections
     state_type: type  # NDPIFlow
-    start: Callable[[Flow], NDPIFlow]  # a new flow's state, before its first packet
+    start: Callable[[Flow], NDPIFlow | None]  # a new flow's state (None: not inspected)
     finish: Callable[[Flow, NDPIFlow], None]  # once nDPI has classified or the budget is spent
 
 
@@ -81,30 +81,36 @@ class NdpiClassifier:
     """Labels every flow with nDPI (application, category, SNI, JA4, risks): a cache classifier.
 
     `flows`, `packets` and `giveups` count the flows labelled, the packets they handed to nDPI
-    and how many took nDPI's guess.
+    and how many took nDPI's guess; `skipped` the new flows past `flow_budget` (a storm of new
+    flows), which nDPI never sees: they keep no label ("Unknown").
     """
 
-    __slots__ = ("n_dissections", "report", "ndpi", "flows", "packets", "giveups", "_dissect",
-                 "_labels", "_protocol")
+    __slots__ = ("n_dissections", "report", "ndpi", "flow_budget", "flows", "packets",
+                 "giveups", "skipped", "_dissect", "_labels", "_protocol", "_tokens",
+                 "_tokens_ms")
 
     def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None,
-                 report: bool = False) -> None:
+                 report: bool = False, flow_budget: int = 0) -> None:
         if n_dissections < 1:
             raise ValueError(f"n_dissections must be at least 1, not {n_dissections}")
         self.n_dissections = n_dissections
         self.report = report
         """Whether each flow keeps nDPI's whole report (`DpiInfo.dpi_json`, `metadata`)."""
         self.ndpi = ndpi or NDPI()
-        self.flows = self.packets = self.giveups = 0
+        self.flow_budget = flow_budget
+        """New flows a second of packet time nDPI inspects at most, a second's worth at once
+        (a token bucket); 0: every flow."""
+        self.flows = self.packets = self.giveups = self.skipped = 0
+        self._tokens, self._tokens_ms = float(flow_budget), 0
         self._dissect = self.ndpi.dissect
         self._labels: dict[tuple[int, int, int, int], tuple] = {}
         """DpiInfo's first fields, by (master, app, category, confidence): few values recur."""
         self._protocol = ffi.new("ndpi_protocol *")  # the Inspector's
 
     def on_init(self, packet: Packet, flow: Flow) -> None:
-        """Starts nDPI on the flow with its first packet."""
-        self._start(flow)
-        self.on_update(packet, flow)
+        """Starts nDPI on the flow with its first packet, within the budget of new flows."""
+        if self._start(flow) is not None:
+            self.on_update(packet, flow)
 
     def on_update(self, packet: Packet, flow: Flow) -> None:
         """Hands the packet to nDPI while the flow is under inspection, at the time the cache
@@ -131,9 +137,19 @@ class NdpiClassifier:
                          PROTOCOL_SIZE, PROTOCOL_OFFSETS["state"], int(CLASSIFIED),
                          self.n_dissections, NDPIFlow, self._start, self._finish)
 
-    @staticmethod
-    def _start(flow: Flow) -> NDPIFlow:
-        """The nDPI state of a new flow, set as its `classifier_state`."""
+    def _start(self, flow: Flow) -> NDPIFlow | None:
+        """The nDPI state of a new flow, set as its `classifier_state`; None (the flow counted
+        in `skipped`) when the budget of new flows is spent."""
+        budget = self.flow_budget
+        if budget:
+            now_ms = flow.first_seen_ms
+            tokens = min(budget, self._tokens + (now_ms - self._tokens_ms) * budget / 1000)
+            self._tokens_ms = now_ms
+            if tokens < 1:
+                self._tokens = tokens
+                self.skipped += 1
+                return None
+            self._tokens = tokens - 1
         state = flow.classifier_state = NDPIFlow()
         return state
 

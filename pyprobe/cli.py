@@ -65,6 +65,9 @@ def format_summary(stats: MeterStats) -> str:
     lines += [f"  skipped: {reason}: {count}" for reason, count in sorted(stats.skipped.items())]
     lines.append(f"flows {summary['flows']}: " + ", ".join(
         f"{reason} {count}" for reason, count in summary["flows_by_end_reason"].items()))
+    if stats.uninspected_flows:
+        lines.append(f"  not inspected by nDPI (past its budget of new flows a second): "
+                     f"{stats.uninspected_flows}")
     if stats.corrupt_records:
         lines.append(f"corrupt records {stats.corrupt_records} ({stats.corrupt_octets} octets "
                      f"not read), the first {stats.corruption}")

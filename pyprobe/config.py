@@ -99,6 +99,9 @@ class DpiConfig:
 
     enabled: bool = setting(True, "label flows with nDPI", flag="dpi")
     packet_budget: int = setting(20, "packets per flow nDPI sees at most", minimum=1)
+    flow_budget: int = setting(10_000, "new flows a second (of packet time) nDPI inspects at "
+                                       "most; past it (a storm of new flows) flows go "
+                                       "unlabelled, counted (0: every flow)")
     report: bool = setting(False, "keep nDPI's whole report of each flow (ndpi_dpi2json: "
                                   "flow.metadata, --json's metadata)", flag="dpi-report")
     decode_tunnels: bool = setting(False, "meter the inner packets of GTP, GRE, VXLAN, Teredo, "

@@ -91,7 +91,8 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
     return FlowStream(source, idle_timeout=cache.idle_timeout,
                       active_timeout=cache.active_timeout, max_flows=cache.max_flows,
                       bpf_filter=config.capture.bpf, dpi=dpi.enabled,
-                      n_dissections=dpi.packet_budget, dpi_report=dpi.report,
+                      n_dissections=dpi.packet_budget, flow_budget=dpi.flow_budget,
+                      dpi_report=dpi.report,
                       decode_tunnels=dpi.decode_tunnels,
                       skip_corrupt=config.capture.skip_corrupt, **options)
 

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .cache import FlowCache, Plugin
+from .cache import BATCH_FLOWS, FlowCache, Plugin
 from .capture import PcapSource
 from .config import DEFAULTS
 from .decode import Decoder
@@ -36,6 +36,8 @@ class MeterStats:
     flows: Counter = field(default_factory=Counter)
     """Expired flows by EndReason."""
     elapsed_s: float = 0.0
+    uninspected_flows: int = 0
+    """New flows nDPI did not see, past its budget of new flows a second (a storm)."""
     corrupt_records: int = 0
     """Corrupt stretches of a capture file: where libpcap stopped, and each one skipped."""
     corrupt_octets: int = 0
@@ -66,6 +68,7 @@ class MeterStats:
             "flows": sum(self.flows.values()),
             "flows_by_end_reason": {EndReason(r).name.lower(): n for r, n in sorted(self.flows.items())},
             "elapsed_s": round(self.elapsed_s, 3), "packets_per_s": round(self.packets_per_s),
+            "uninspected_flows": self.uninspected_flows,
             "corrupt_records": self.corrupt_records, "corrupt_octets": self.corrupt_octets,
             "corruption": self.corruption,
         }
@@ -80,8 +83,10 @@ class FlowStream:
     `source` is a pcap/pcapng path, an interface name, or an open `PcapSource`. Timeouts are in
     seconds. `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
     `cache.Plugin`). With `dpi`, nDPI labels every flow from its first `n_dissections` packets
-    (`classify`) before the plugins run; with `dpi_report` too, each flow keeps nDPI's whole
-    report (`flow.dpi.metadata`). After iteration, `stats` holds the run's `MeterStats`.
+    (`classify`) before the plugins run, at most `flow_budget` new flows a second of packet time
+    (0: all of them; past it, in a storm of new flows, flows go unlabelled); with `dpi_report`
+    too, each flow keeps nDPI's whole report (`flow.dpi.metadata`). After iteration, `stats`
+    holds the run's `MeterStats`.
     """
 
     def __init__(self, source: str | PcapSource, *,
@@ -89,6 +94,7 @@ class FlowStream:
                  idle_timeout: float = CACHE.idle_timeout, max_flows: int = CACHE.max_flows,
                  bpf_filter: str | None = CAPTURE.bpf, snaplen: int = CAPTURE.snaplen,
                  dpi: bool = DPI.enabled, n_dissections: int = DPI.packet_budget,
+                 flow_budget: int = DPI.flow_budget,
                  dpi_report: bool = DPI.report, decode_tunnels: bool = DPI.decode_tunnels,
                  close_linger: float = 2, skip_corrupt: bool = CAPTURE.skip_corrupt,
                  plugins: Sequence[Plugin] = (),
@@ -109,7 +115,8 @@ class FlowStream:
         """With `dpi`, the NdpiClassifier (its counts: flows, packets, giveups)."""
         if dpi:
             from .classify import NdpiClassifier  # nDPI is needed only here
-            self.classifier = NdpiClassifier(n_dissections, report=dpi_report)
+            self.classifier = NdpiClassifier(n_dissections, report=dpi_report,
+                                             flow_budget=flow_budget)
         self.progress = progress
         self.end_clock = end_clock
         """Called with the clock when the source ends; the (later) clock it returns expires the
@@ -125,9 +132,9 @@ class FlowStream:
             yield from batch
 
     def batches(self) -> Iterator[list[Flow]]:
-        """The expired flows in batches: those one packet (or the end of the source) ended, and
-        an empty batch once `TICK_MS` of packet time passed without one, so callers' timers run
-        while packets keep flows alive."""
+        """The expired flows in batches: once BATCH_FLOWS have expired, or `TICK_MS` of packet
+        time has passed (an empty batch then, so callers' timers run while packets keep flows
+        alive), or a live capture ticks, and at the end of the source."""
         capture = self.capture = (self.source if isinstance(self.source, PcapSource) else
                                   PcapSource(self.source, bpf_filter=self.bpf_filter,
                                              snaplen=self.snaplen,
@@ -151,7 +158,7 @@ class FlowStream:
                     self._update_stats(stats, read, decoder, capture, started)
                     yield self._hand_out(cache, stats)
                     continue
-                if cache.expired or cache.now_ms >= tick_ms:
+                if len(cache.expired) >= BATCH_FLOWS or cache.now_ms >= tick_ms:
                     tick_ms = cache.now_ms + TICK_MS
                     yield self._hand_out(cache, stats)
                 elif not count:  # the capture ended, or libpcap stopped at a corrupt record
@@ -184,8 +191,7 @@ class FlowStream:
             stats.flows[flow.end_reason] += 1
         return flows
 
-    @staticmethod
-    def _update_stats(stats: MeterStats, read: int, decoder: Decoder, capture: PcapSource,
+    def _update_stats(self, stats: MeterStats, read: int, decoder: Decoder, capture: PcapSource,
                       started: float) -> None:
         stats.packets_read = read
         stats.skipped = Counter(decoder.skipped)
@@ -194,6 +200,7 @@ class FlowStream:
             stats.tunnel_fallbacks = Counter(decoder.tunnel_fallbacks)
         stats.packets_decoded = read - stats.packets_skipped
         stats.elapsed_s = time.perf_counter() - started
+        stats.uninspected_flows = getattr(self.classifier, "skipped", 0)
         corruptions = capture.corruptions
         if corruptions:
             stats.corrupt_records = len(corruptions)

@@ -42,7 +42,7 @@ def write(tmp_path: Path, text: str) -> Path:
                                 "instance, log_level, log_file, statistics_interval, user, "
                                 "group, capture, cache, dpi, collectors)"),
     (VALID + "dpi: {xyz: 1}\n", "dpi.xyz: unknown key (expected one of enabled, packet_budget, "
-                                "report, decode_tunnels)"),
+                                "flow_budget, report, decode_tunnels)"),
     ("capture: {interface: eth0}\ncollectors: [{host: a}, {host: b, port: 70000}]\n",
      "collectors[1].port: got 70000, expected an integer from 1 to 65535"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, port: '2055'}]\n",
