@@ -9,7 +9,10 @@ read (the kernel drops what overflows). Each row is the median of the runs; DPI 
 With --syn-storm N, a third: resident memory per active flow over N single-SYN flows (each its
 own 5-tuple), every one live at once up to the cache's bound, nDPI off and on (on, every buffer
 is still live: a lone SYN never classifies), and what the bound did: the flows that ended as
-lack of resources (reason 5) and the most flows live at once.
+lack of resources (reason 5) and the most flows live at once. Then the storm mode: packets/s
+of the whole probe (nDPI on with its default budget of new flows, IPFIX export of the nDPI
+template) on the storm beside its normal rate, the same on ndpi_merged_bench.pcap, median of
+--repeat runs, alternated.
 
 With --dpi, a second table: the meter with nDPI on (packets/s, and as a share of the meter
 alone), packets handed to nDPI per flow, flows that took nDPI's guess, and resident memory per
@@ -133,6 +136,20 @@ def storm_row(flows: int) -> str:
             f"ended for lack of resources, at most {most:,} live")
 
 
+def storm_rate_row(flows: int, sink: tuple[str, int], repeat: int) -> str:
+    """The --syn-storm rate line: the probe on the storm, as a share of its normal rate."""
+    storm, normal = syn_storm_capture(flows), SHARED / "pcaps" / "bench" / "ndpi_merged_bench.pcap"
+    runs: dict[Path, list[tuple[int, int, float, FlowStream]]] = {storm: [], normal: []}
+    for _ in range(repeat):
+        for path in runs:
+            runs[path].append(run_once(path, sink, dpi=True, template="ndpi.yaml"))
+    rate = {path: r[0][0] / statistics.median(run[2] for run in r) for path, r in runs.items()}
+    skipped = runs[storm][0][3].stats.uninspected_flows
+    return (f"SYN storm, {flows:,} flows, nDPI on and IPFIX export: {rate[storm]:,.0f} packets/s "
+            f"({skipped:,} flows past nDPI's budget); {normal.name}: {rate[normal]:,.0f} "
+            f"packets/s; the storm at {rate[storm] / rate[normal]:.0%} of it")
+
+
 def dpi_row(path: Path, runs: list[tuple[int, int, float, FlowStream]], meter_s: float) -> str:
     """The --dpi table's row for one capture, from its runs with nDPI on."""
     packets, flows, _, stream = runs[0]
@@ -156,7 +173,8 @@ def main() -> None:
     parser.add_argument("--synth-packets", type=int, default=1_000_000)
     parser.add_argument("--dpi", action="store_true", help="also measure the meter with nDPI on")
     parser.add_argument("--syn-storm", type=int, metavar="N",
-                        help="also measure memory per flow over N single-SYN flows")
+                        help="also measure memory per flow over N single-SYN flows, and the "
+                             "probe's rate on them beside its normal one")
     args = parser.parse_args()
     files = args.files or [synthetic_capture(args.synth_packets),
                            SHARED / "pcaps" / "bench" / "ndpi_merged_bench.pcap"]
@@ -189,6 +207,7 @@ def main() -> None:
         print("\n".join(dpi_rows))
     if args.syn_storm:
         print(f"\n{storm_row(args.syn_storm)}")
+        print(storm_rate_row(args.syn_storm, sink, args.repeat))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mib:.0f} MiB")
 

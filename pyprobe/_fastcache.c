@@ -512,6 +512,18 @@ static int inspected(const Adder *a, PyObject *hooks)
     return a->inspector.finish != NULL && PyTuple_GET_SIZE(hooks) == 1;
 }
 
+/* Sets the cache's clock to `time_ms`, then calls hook(time_ms) (FlowCache._scan or _evict): the
+ * clock first, as add sets it, whose hooks may move it on; -1 with an exception. */
+static int call_at(const Adder *a, PyObject *hook, long long time_ms)
+{
+    PyObject *time = PyLong_FromLongLong(time_ms), *called = NULL;
+    if (time != NULL && put(a->cache, a->slot[C_NOW], Py_NewRef(time)) == 0)
+        called = PyObject_CallOneArg(hook, time);
+    Py_XDECREF(time);
+    Py_XDECREF(called);
+    return called == NULL ? -1 : 0;
+}
+
 /* Starts the flow of `s`, absent from the cache, as FlowCache.add does (FlowCache._evict first
  * when the cache is full), unless the packet may close it (then add starts it): 1 when started,
  * 3 when the new flow (a new reference in `*started`) is for FlowCache._started (the cache has a
@@ -530,13 +542,8 @@ static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_f
         || __builtin_add_overflow(time_ms, active_timeout, &end_by_ms))
         return 0;
     if (PyDict_GET_SIZE(flows) >= max_flows) {  /* full: FlowCache._evict makes room, as in add */
-        PyObject *time = PyLong_FromLongLong(time_ms), *evicted = NULL;
-        if (time != NULL && (!clock_moves || put(cache, a->slot[C_NOW], Py_NewRef(time)) == 0))
-            evicted = PyObject_CallOneArg(a->evict, time);
-        Py_XDECREF(time);
-        if (evicted == NULL)
+        if (call_at(a, a->evict, time_ms) < 0)
             return -1;
-        Py_DECREF(evicted);
         clock_moves = 0;  /* set */
     }
     PyObject *flow = new_flow(a->binding, s, key, src_is_first, created + 1, time_ms, end_by_ms);
@@ -583,14 +590,8 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     if (!clock_moves)
         counted[0] = now;  /* a packet stamped before the clock is metered at the clock */
     else if (counted[0] >= next_scan) {  /* the scan for idle and closed flows is due */
-        PyObject *time = PyLong_FromLongLong(counted[0]), *scanned = NULL;
-        /* the clock first, as add sets it: the scan's hooks may move it on */
-        if (time != NULL && put(cache, a->slot[C_NOW], Py_NewRef(time)) == 0)
-            scanned = PyObject_CallOneArg(a->scan, time);
-        Py_XDECREF(time);
-        if (scanned == NULL)
+        if (call_at(a, a->scan, counted[0]) < 0)
             return -1;
-        Py_DECREF(scanned);
         clock_moves = 0;  /* set */
     }
     PyObject *flows = SLOT(cache, a->slot[C_FLOWS]), *plugins = SLOT(cache, a->slot[C_PLUGINS]);

@@ -189,12 +189,13 @@ HOSTILE = {  # issue 16: each gave a traceback, or passed `check` and crashed `r
                                        "(incomplete UTF-16 surrogate pair)"),
     "nested 1,000 deep": (SAMPLE_RUN % "" + "instance: " + "[" * 1000 + "]" * 1000 + "\n",
                           "line 3, column 1010: not valid YAML: exceeded maximum nesting depth"),
-    "unwritable log_file": (SAMPLE_RUN % "" + "log_file: /sys/kernel/uevent_seqnum\n",
-                            "log_file: got '/sys/kernel/uevent_seqnum', expected a file this "
-                            "user can write, or a new one in a folder it can write"),
-    "log_file in no folder": (SAMPLE_RUN % "" + "log_file: no/such/folder/x.log\n",
-                              "log_file: got '{dir}/no/such/folder/x.log', expected a file this "
-                              "user can write, or a new one in a folder it can write"),
+    **{f"log_file {name}": (SAMPLE_RUN % "" + f"log_file: {path}\n",
+                            f"log_file: got '{shown}', expected a file this user can write, or "
+                            f"a new one in a folder it can write")
+       for name, path, shown in (("unwritable", "/sys/kernel/uevent_seqnum",
+                                  "/sys/kernel/uevent_seqnum"),
+                                 ("in no folder", "no/such/folder/x.log",
+                                  "{dir}/no/such/folder/x.log"))},
 }
 
 
