@@ -35,12 +35,13 @@ IF_TSRESOL, IF_TSOFFSET = 9, 14  # pcapng interface options
 class Corruption:
     """A stretch of the file with no sound record: where it starts, why, its length."""
 
-    offset: int
+    offset: int | None  # None: where libpcap stopped, which the walk cannot tell
     reason: str
     skipped: int  # octets, to the next sound record or to the end of the file
 
     def __str__(self) -> str:
-        return f"at octet {self.offset:,} ({self.reason})"
+        where = "at an unknown octet" if self.offset is None else f"at octet {self.offset:,}"
+        return f"{where} ({self.reason})"
 
 
 class Refused(Exception):

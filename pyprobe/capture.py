@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pcap
 
-from .capfile import Corruption, locate, read_on, walker
+from .capfile import Corruption, Refused, locate, read_on, walker
 from .decode import LINKTYPE_NAMES
 from .errors import CaptureError
 
@@ -117,8 +117,14 @@ class PcapSource:
             return None
         with open(self.source, "rb") as file:
             data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        found = walker(data)
-        corruption = locate(found) or Corruption(0, error.decode(errors="replace"), 0)
+        try:
+            found = walker(data)
+            corruption = locate(found)
+        except Refused:  # a variant of the formats that libpcap reads and the walk does not
+            corruption = None
+        if corruption is None:  # where libpcap stopped is unknown: nothing is read on
+            self.corruptions.append(Corruption(None, error.decode(errors="replace"), 0))
+            return None
         if not self.skip_corrupt:
             self.corruptions.append(corruption)
             return None

@@ -137,7 +137,6 @@ class CompiledTemplate:
                 out.append(packer.pack(*[_utf8(v) for v in values[first:end]]))
         return b"".join(out)
 
-
     def fitted(self, flow: Flow, this: Any, other: Any, ends: tuple, room: int
                ) -> tuple[bytes, bool, bool]:
         """The record `encode` could not make (a value beyond its field's width) or made longer
