@@ -99,11 +99,15 @@ class CompiledTemplate:
     def __init__(self, template: Template, fields: tuple[TemplateField, ...]) -> None:
         self.template = template
         self.fields = fields
-        # Parts: (struct, first, end) packs values[first:end] of a run of fixed-width fields;
-        # (None, i, i + 1) is a lone variable-length field.
+        # Parts: (struct, first, end) packs values[first:end] of a run of fixed-width fields,
+        # all of nDPI's labels or none (`labels_only`); (None, i, i + 1) is a lone
+        # variable-length field.
         parts: list[tuple[struct.Struct | None, int, int]] = []
         codes: list[str] = []
         for index, field in enumerate(fields):
+            if codes and labels_only(field) != labels_only(fields[index - 1]):
+                parts.append((struct.Struct("!" + "".join(codes)), index - len(codes), index))
+                codes = []
             if field.length == VARLEN:
                 if codes:
                     parts.append((struct.Struct("!" + "".join(codes)), index - len(codes), index))
@@ -208,27 +212,63 @@ def _compile_function(name: str, fields: Sequence[TemplateField], body: list[str
     return namespace[name]
 
 
+def labels_only(field: TemplateField) -> bool:
+    """Whether a field's value depends on the flow's nDPI labels (`dpi`) alone."""
+    names = names_in(field.expression) if field.expression is not None else frozenset("?")
+    return "dpi" in names and names <= LABEL_NAMES
+
+
+LABEL_NAMES = frozenset(("dpi", *EXPRESSION_GLOBALS))
+
+
 def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[..., bytes]:
     """One function that encodes a record: the fields' expressions inlined into its struct calls.
 
     A variable-length field's value is computed first, as bytes, then given its length prefix.
+    A run of parts that reads only nDPI's labels is encoded once for the last labels seen (a
+    flow's two records share them; the flows nDPI did not see all have NO_DPI's).
     """
     namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8}
-    body = []
-    pieces = []
+    body: list[str] = []
+    pieces: list[str] = []
+    run: tuple[list[str], list[str]] = ([], [])  # the lines and pieces of a run of labels
+
+    def end_run() -> None:
+        lines, run_pieces = run
+        if not run_pieces:
+            return
+        memo, joined = f"_memo{len(pieces)}", f"m{len(pieces)}"
+        namespace[memo] = [None, b""]  # the labels last encoded, and their bytes
+        body.extend([f"if dpi is {memo}[0]: {joined} = {memo}[1]", "else:",
+                     *(f"    {line}" for line in lines),
+                     f"    {joined} = {memo}[1] = b''.join(({', '.join(run_pieces)},))",
+                     f"    {memo}[0] = dpi"])
+        pieces.append(joined)
+        lines.clear()
+        run_pieces.clear()
+
     for packer, first, end in parts:
+        lines, part = [], []
         if packer is None:
             value, head = f"v{first}", f"h{first}"
-            body += [f"{value} = {fields[first].expression}",
+            lines = [f"{value} = {fields[first].expression}",
                      f"if {value}.__class__ is str: {value} = {value}.encode()",
                      f"if len({value}) < 255: {head} = _SHORT[len({value})]",
                      f"else: {head}, {value} = _long({value})"]
-            pieces += [head, value]
+            part = [head, value]
         else:
             namespace[f"_pack{first}"] = packer.pack
             values = (f"_utf8({f.expression})" if f.element.data_type.variable else
                       f"({f.expression})" for f in fields[first:end])
-            pieces.append(f"_pack{first}({', '.join(values)})")
+            part = [f"_pack{first}({', '.join(values)})"]
+        if labels_only(fields[first]):
+            run[0].extend(lines)
+            run[1].extend(part)
+        else:
+            end_run()
+            body.extend(lines)
+            pieces.extend(part)
+    end_run()
     result = pieces[0] if len(pieces) == 1 else f"b''.join(({', '.join(pieces)},))"
     return _compile_function("encode", fields, [*body, result], namespace)
 

@@ -700,3 +700,19 @@ def test_one_template_and_one_record_byte_for_byte(tmp_path: Path, protocol: Any
                                              (flow.src_addr, flow.dst_addr, 40000, 80)), True)
     message = builder.finish(now_ms=T0 + 1500, boot_ms=BOOT_MS, sequence=7, domain=1)
     assert message.hex() == "".join(hex_text for hex_text, _ in annotated).replace(" ", "")
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+def test_the_labels_encoded_once_are_each_flows_own(protocol: str) -> None:
+    """The encoder keeps the bytes of the last labels it encoded (a flow's two records share
+    them; flows nDPI did not see all have NO_DPI's): alternating labels still come out right."""
+    flows = udp_flows(6)
+    shared = with_name(flows[0], "TLS.YouTube").dpi
+    for flow, dpi in zip(flows, [shared, None, shared, shared, None, None]):
+        flow.dpi = dpi
+    with_name(flows[4], "DNS")
+    export = exporter("ndpi", protocol)
+    decoded = decode(export.export(flows, T0 + 1000) + export.flush(T0 + 1000))
+    assert [dict(r.fields)["L7_PROTO_NAME"] for r in flow_records(decoded)] == [
+        "TLS.YouTube", "TLS.YouTube", "Unknown", "TLS.YouTube", "TLS.YouTube", "TLS.YouTube",
+        "DNS", "DNS", "Unknown"]  # the even flows are answered: two records each
