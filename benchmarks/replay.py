@@ -114,7 +114,8 @@ def kib_per_flow(path: Path, dpi: bool) -> float:
 
     Run it in a fresh process: memory freed by earlier runs stays resident and would be reused.
     """
-    stream = FlowStream(str(path), dpi=dpi, idle_timeout=1e9, active_timeout=1e9, close_linger=1e9)
+    stream = FlowStream(str(path), dpi=dpi, idle_timeout=1e9, active_timeout=1e9, close_linger=1e9,
+                        flow_budget=0)  # nDPI on every flow, storm or not
     probe = FirstExpiry(stream)
     stream.plugins += (probe,)
     before = resident_kib()
