@@ -10,7 +10,7 @@ With --syn-storm N, a third: resident memory per active flow over N single-SYN f
 own 5-tuple), every one live at once up to the cache's bound, nDPI off and on (on, every buffer
 is still live: a lone SYN never classifies), and what the bound did: the flows that ended as
 lack of resources (reason 5) and the most flows live at once. Then the storm mode: packets/s
-of the whole probe (nDPI on with its default budget of new flows, IPFIX export of the nDPI
+of `pyprobe replay` (nDPI on with its default budget of new flows, IPFIX export of the nDPI
 template) on the storm beside its normal rate, the same on ndpi_merged_bench.pcap, median of
 --repeat runs, alternated.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import resource
 import socket
 import statistics
@@ -124,13 +125,22 @@ def kib_per_flow(path: Path, dpi: bool) -> float:
     return (probe.kib - before) / probe.flows
 
 
+class MostLive(FirstExpiry):
+    """A plugin that notes the most flows live at once, as each one expires."""
+
+    def on_expire(self, flow: object) -> None:
+        self.flows = max(self.flows, len(self.stream.cache) + 1)
+
+
 def storm_row(flows: int) -> str:
     """The --syn-storm line: KiB per active flow off and on, and what the cache bound did."""
     path = syn_storm_capture(flows)
-    stream = FlowStream(str(path), idle_timeout=1e9, active_timeout=1e9)
-    most = 0
+    stream = FlowStream(str(path), idle_timeout=1e9, active_timeout=1e9, dpi=False)
+    live = MostLive(stream)
+    stream.plugins += (live,)
     for _ in stream.batches():
-        most = max(most, len(stream.cache))
+        pass
+    most = live.flows
     return (f"SYN storm, {flows:,} flows: {fresh_kib_per_flow(path, False):.2f} KiB/flow with nDPI "
             f"off, {fresh_kib_per_flow(path, True):.2f} on (buffers live); max_flows "
             f"{stream.max_flows:,}: {stream.stats.flows[EndReason.LACK_OF_RESOURCES]:,} flows "
@@ -138,17 +148,24 @@ def storm_row(flows: int) -> str:
 
 
 def storm_rate_row(flows: int, sink: tuple[str, int], repeat: int) -> str:
-    """The --syn-storm rate line: the probe on the storm, as a share of its normal rate."""
+    """The --syn-storm rate line: `pyprobe replay` (nDPI on, IPFIX of the nDPI template to the
+    sink, the command's own garbage collector settings) on the storm, as a share of its rate on
+    the bench capture; packets/s as the replay's summary gives them, median of `repeat`."""
     storm, normal = syn_storm_capture(flows), SHARED / "pcaps" / "bench" / "ndpi_merged_bench.pcap"
-    runs: dict[Path, list[tuple[int, int, float, FlowStream]]] = {storm: [], normal: []}
+    rates: dict[Path, list[float]] = {storm: [], normal: []}
+    skipped = "0"
     for _ in range(repeat):
-        for path in runs:
-            runs[path].append(run_once(path, sink, dpi=True, template="ndpi.yaml"))
-    rate = {path: r[0][0] / statistics.median(run[2] for run in r) for path, r in runs.items()}
-    skipped = runs[storm][0][3].stats.uninspected_flows
-    return (f"SYN storm, {flows:,} flows, nDPI on and IPFIX export: {rate[storm]:,.0f} packets/s "
-            f"({skipped:,} flows past nDPI's budget); {normal.name}: {rate[normal]:,.0f} "
-            f"packets/s; the storm at {rate[storm] / rate[normal]:.0%} of it")
+        for path in rates:
+            out = subprocess.run([sys.executable, "-m", "pyprobe", "replay", str(path),
+                                  "--collector", f"{sink[0]}:{sink[1]}"], check=True,
+                                 capture_output=True, text=True).stdout
+            rates[path].append(float(re.search(r" s, (\d+) packets/s", out)[1]))
+            skipped = re.search(r"not inspected by nDPI .*: (\d+)", out)[1] if path == storm else skipped
+    storm_rate, normal_rate = (statistics.median(rates[p]) for p in (storm, normal))
+    return (f"SYN storm, {flows:,} flows, pyprobe replay with nDPI and IPFIX export: "
+            f"{storm_rate:,.0f} packets/s ({int(skipped):,} flows past nDPI's budget); "
+            f"{normal.name}: {normal_rate:,.0f} packets/s; the storm at "
+            f"{storm_rate / normal_rate:.0%} of it")
 
 
 def dpi_row(path: Path, runs: list[tuple[int, int, float, FlowStream]], meter_s: float) -> str:

@@ -52,7 +52,8 @@ BLOCK_PROTOCOLS = frozenset(map(protocol_id, ("TLS", "DTLS", "QUIC", "HTTP", "HT
                                                "HTTP_PROXY")))
 """The protocols (the master, else the app) whose dpi2json text has a tls, quic or http block:
 a flow of another protocol without a host name has no METADATA, and needs no text unless the
-whole report is kept."""
+whole report is kept; nor has one whose protocol was only guessed, by port or address (no
+dissector recognised it: a lone SYN to port 80 is HTTP so)."""
 SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("dns",)))
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
@@ -181,7 +182,8 @@ class NdpiClassifier:
         key = (master, app, protocol.category, buffer.confidence)
         labels = self._labels.get(key) or self._new_labels(key, protocol, state)
         text, metadata = "", NO_METADATA
-        if self.report or buffer.host_server_name[0] != b"\0" or (master or app) in BLOCK_PROTOCOLS:
+        if self.report or buffer.host_server_name[0] != b"\0" or (
+                (master or app) in BLOCK_PROTOCOLS and buffer.confidence not in GUESSED):
             text = ndpi.flow_json(state, protocol)  # before the risk: it may add an HTTP URL's
             metadata = _metadata(text)
         risk, method = buffer.risk, state.http_method
