@@ -192,7 +192,7 @@ def _interface(linktype: int, snaplen: int, options: memoryview, order: str) -> 
     resolution, offset_s, at = 6, 0, 0
     while at + 4 <= len(options):
         code, size = struct.unpack_from(order + "HH", options, at)
-        if code == 0:
+        if code == 0 or at + 4 + size > len(options):
             break
         if code == IF_TSRESOL and size == 1:
             resolution = options[at + 4]
