@@ -25,6 +25,7 @@ from builders import A4, A6, B4, B6, ACK, FIN, PSH, RST, SYN, icmp, ipv4, ipv6, 
 from tinypcap import session
 from pyprobe import FlowStream
 from pyprobe.cache import FlowCache
+from pyprobe.capfile import Corruption, Refused, locate, read_on, walker
 from pyprobe.classify import NdpiClassifier
 from pyprobe.collect import Collector, CollectError
 from pyprobe.config import load_config
@@ -278,3 +279,21 @@ def test_configuration(tmp_path: Path, settings_: list[tuple[str, str]],
         load_config(path)
     except ConfigError as error:
         assert "\n" not in str(error)
+
+
+@fuzz(400)
+@given(kind=st.sampled_from(sorted(CAPTURES)), data=st.data())
+def test_capture_file_walk(kind: str, data: st.DataObject) -> None:
+    """capfile walks any octets, file headers spoilt too: a Refused for a header it cannot
+    read, else every record libpcap would refuse located and every frame after it read on."""
+    spoilt_file = data.draw(spoilt([CAPTURES[kind]]))
+    try:
+        found = walker(spoilt_file)
+    except Refused:
+        return
+    corruption = locate(found)
+    if corruption is not None:
+        skipped: list[Corruption] = []
+        frames = list(read_on(found, corruption, skipped.append))
+        assert sum(c.skipped for c in skipped) + sum(map(len, (f for _, f in frames))) <= len(
+            spoilt_file)
