@@ -6,7 +6,8 @@ and count every frame; the compiled cache equals the reference, conserves packet
 stays within max_flows; every export message fits its mtu and decodes whole; `collect` refuses
 with a CollectError only; a corrupt capture file is read to its end (skip_corrupt) with every
 frame counted; a configuration is loaded or refused with a ConfigError. The examples per target
-(FUZZ_EXAMPLES, about 90 s for all on a 2-CPU VM) can be raised for a campaign:
+(about a minute for all on a quiet 2-CPU VM, twice that when it is busy) can be raised for a
+campaign:
 
     PYPROBE_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/test_fuzz.py
 """
@@ -78,7 +79,7 @@ def spoilt(draw: st.DrawFn, sound: list[bytes]) -> bytes:
     return bytes(data)
 
 
-@fuzz(1000)
+@fuzz(1500)
 @given(frames=st.lists(st.one_of(spoilt(SOUND_FRAMES), st.binary(max_size=80)), max_size=8))
 def test_decode(frames: list[bytes]) -> None:
     """The compiled and the Python decoder give the same packet or none, and every frame is
@@ -109,7 +110,7 @@ def flow_state(flow: Flow) -> tuple:
     return (flow.key, flow.end_reason, flow.first_seen_ms, flow.last_seen_ms, *directions)
 
 
-@fuzz(600)
+@fuzz(900)
 @given(packets=st.lists(PACKETS, max_size=40), max_flows=st.integers(1, 4),
        idle=st.sampled_from((0.001, 1, 30)), linger=st.sampled_from((0, 2)))
 def test_cache(packets: list[Packet], max_flows: int, idle: float, linger: float) -> None:
@@ -157,7 +158,7 @@ def flows(draw: st.DrawFn) -> list[Flow]:
     return out
 
 
-@fuzz(250)
+@fuzz(400)
 @given(batch=flows(), template=st.sampled_from(sorted(TEMPLATES)),
        protocol=st.sampled_from(("ipfix", "netflow9")), mtu=st.sampled_from((1400, 2000, 9000)))
 def test_export(batch: list[Flow], template: str, protocol: str, mtu: int) -> None:
@@ -189,7 +190,7 @@ def sound_messages() -> list[bytes]:
 SOUND_MESSAGES = sound_messages()
 
 
-@fuzz(1000)
+@fuzz(1500)
 @given(datagrams=st.lists(st.one_of(spoilt(SOUND_MESSAGES), st.binary(max_size=64)),
                           min_size=1, max_size=6))
 def test_collect(datagrams: list[bytes]) -> None:
@@ -225,7 +226,7 @@ def classifier() -> NdpiClassifier:
     return NdpiClassifier(ndpi=NDPI())
 
 
-@fuzz(800)
+@fuzz(1200)
 @given(kind=st.sampled_from(sorted(CAPTURES)), data=st.data(), skip=st.booleans())
 def test_capture_file(tmp_path: Path, classifier: NdpiClassifier, kind: str,
                       data: st.DataObject, skip: bool) -> None:
@@ -257,7 +258,7 @@ KEYS = st.sampled_from(("cache.idle_timeout", "cache.max_flows", "capture.buffer
                         "collectors.template", "collectors.observation_domain", "nope.key"))
 
 
-@fuzz(500)
+@fuzz(700)
 @given(settings_=st.lists(st.tuples(KEYS, VALUES), max_size=4), garbage=st.binary(max_size=8))
 def test_configuration(tmp_path: Path, settings_: list[tuple[str, str]],
                        garbage: bytes) -> None:
@@ -281,7 +282,7 @@ def test_configuration(tmp_path: Path, settings_: list[tuple[str, str]],
         assert "\n" not in str(error)
 
 
-@fuzz(400)
+@fuzz(500)
 @given(kind=st.sampled_from(sorted(CAPTURES)), data=st.data())
 def test_capture_file_walk(kind: str, data: st.DataObject) -> None:
     """capfile walks any octets, file headers spoilt too: a Refused for a header it cannot
