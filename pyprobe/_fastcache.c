@@ -12,11 +12,12 @@
  * inspects the flow or the cache has plugins; with nDPI's classifier (its classify.Inspector) and
  * no plugins, it hands them to nDPI itself, calling the classifier only once nDPI is done with the
  * flow. It starts new flows too, making the Flow and Direction as their __init__ do (every slot:
- * counter() refuses classes with other slots), then hands them to FlowCache._started when there
- * are hooks. When the packet's time makes the scan for idle flows due, it runs FlowCache._scan
- * first, as add does. It checks all the rest before it writes anything; the other packets (a due
- * deadline, a full cache, a flow a FIN or RST starts, a value beyond int64) go to FlowCache.add,
- * the reference. tests/test_fastcache.py holds both paths to the same flows.
+ * counter() refuses classes with other slots), after FlowCache._evict when the cache is full,
+ * then hands them to FlowCache._started when there are hooks. When the packet's time makes the
+ * scan for idle flows due, it runs FlowCache._scan first, as add does. It checks all the rest
+ * before it writes anything; the other packets (a due deadline, a flow a FIN or RST starts, a
+ * value beyond int64) go to FlowCache.add, the reference. tests/test_fastcache.py holds both
+ * paths to the same flows.
  *
  * feed is FlowStream's loop around the frame meter (FlowCache.feeder): it meters the frames of a
  * capture's iterator until its caller has a batch to hand out.
@@ -288,7 +289,7 @@ typedef struct {
     long long budget;  /* packets per flow */
     PyTypeObject *state_type;  /* ndpi.NDPIFlow */
     Py_ssize_t address_slot, packets_slot;
-    PyObject *start;  /* start(flow) -> its new state */
+    PyObject *start;  /* start(flow) -> its new state, or None: not inspected */
     PyObject *finish;  /* NULL: no inspector */
 } Inspector;
 enum { I_PROCESS_PACKET, I_MODULE, I_PROTOCOL, I_PROTOCOL_SIZE, I_STATE_OFFSET, I_CLASSIFIED,
@@ -296,10 +297,11 @@ enum { I_PROCESS_PACKET, I_MODULE, I_PROTOCOL, I_PROTOCOL_SIZE, I_STATE_OFFSET, 
 static const char *const STATE_SLOT_NAMES[] = {"address", "packets"};
 
 /* What adder() bound: a cache, its slot offsets, the compiled count's Binding, the cache's add
- * (the fallback), _update, _started and _scan, and its classifier's Inspector if it has one. */
+ * (the fallback), _update, _started, _scan and _evict, and its classifier's Inspector if it has
+ * one. */
 typedef struct {
     PyObject_HEAD
-    PyObject *cache, *count, *fallback, *update, *started, *scan;
+    PyObject *cache, *count, *fallback, *update, *started, *scan, *evict;
     Binding *binding;  /* count's */
     Py_ssize_t slot[CACHE_SLOTS];
     Inspector inspector;
@@ -313,6 +315,7 @@ static void adder_dealloc(Adder *self)
     Py_XDECREF(self->update);
     Py_XDECREF(self->started);
     Py_XDECREF(self->scan);
+    Py_XDECREF(self->evict);
     Py_XDECREF(self->inspector.state_type);
     Py_XDECREF(self->inspector.start);
     Py_XDECREF(self->inspector.finish);
@@ -326,7 +329,7 @@ static PyTypeObject AdderType = {
     .tp_doc = "The cache and slot offsets a compiled add() meters into.",
 };
 
-static PyObject *MOVE_TO_END, *APPEND;  /* method names, interned */
+static PyObject *MOVE_TO_END;  /* a method name, interned */
 
 /* Writes `value` big-endian in `size` octets at `at`. */
 static inline void put_be(char *at, long long value, int size)
@@ -380,16 +383,14 @@ static int starts_close(const Binding *b, PyObject *flow, int from_source, long 
     return (other_flags & TH_FIN) != 0;
 }
 
-/* Marks the flow closing until `end_by_ms` and appends it to the cache's `closing` deque. */
-static int start_close(PyObject *flow, const Binding *b, PyObject *closing, long long end_by_ms)
+/* Marks the flow closing until `end_by_ms` and adds it, by its `key`, to the cache's `closing`. */
+static int start_close(PyObject *flow, PyObject *key, const Binding *b, PyObject *closing,
+                       long long end_by_ms)
 {
     if (put(flow, b->flow[F_END_BY], PyLong_FromLongLong(end_by_ms)) < 0)
         return -1;
     put(flow, b->flow[F_CLOSING], Py_NewRef(Py_True));
-    PyObject *args[] = {closing, flow};
-    PyObject *appended = PyObject_VectorcallMethod(APPEND, args, 2, NULL);
-    Py_XDECREF(appended);
-    return appended == NULL ? -1 : 0;
+    return PyObject_SetItem(closing, key, flow);
 }
 
 /* Whether a new Direction of `s` has int64 values: its flags index FLAG_INCREMENT. */
@@ -474,13 +475,15 @@ static PyObject *new_flow(const Binding *b, const Seen *s, PyObject *key, int sr
     return NULL;
 }
 
-/* Hands the packet to nDPI for the flow's `state`, as NdpiClassifier.on_update does, then calls
- * finish(flow, state) if nDPI has classified the flow or the budget is spent: 0 when done, 1 when
- * the state or packet is not one this can hand (the caller hands it on), -1 with an exception. */
-static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const Seen *s)
+/* Hands the packet, metered at `time_ms`, to nDPI for the flow's `state`, as
+ * NdpiClassifier.on_update does, then calls finish(flow, state) if nDPI has classified the flow
+ * or the budget is spent: 0 when done, 1 when the state or packet is not one this can hand (the
+ * caller hands it on), -1 with an exception. */
+static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const Seen *s,
+                   long long time_ms)
 {
     long long address, packets;
-    if (!Py_IS_TYPE(state, in->state_type) || s->ip == NULL || s->time_ms < 0
+    if (!Py_IS_TYPE(state, in->state_type) || s->ip == NULL || time_ms < 0
         || !int64_of(SLOT(state, in->address_slot), &address) || address == 0
         || !int64_of(SLOT(state, in->packets_slot), &packets) || packets == LLONG_MAX)
         return 1;
@@ -489,7 +492,7 @@ static int inspect(const Inspector *in, PyObject *flow, PyObject *state, const S
     Py_ssize_t length = Py_MIN(Py_MIN(s->size, s->ip_captured), 0xFFFF);
     NdpiProtocol result = in->process_packet(in->module, (void *)(intptr_t)address, s->ip,
                                              (unsigned short)Py_MAX(length, 0),
-                                             (uint64_t)s->time_ms, NULL);
+                                             (uint64_t)time_ms, NULL);
     int classification;
     memcpy(&classification, (char *)&result + in->state_offset, sizeof classification);
     if (classification != in->classified && packets < in->budget)
@@ -509,10 +512,22 @@ static int inspected(const Adder *a, PyObject *hooks)
     return a->inspector.finish != NULL && PyTuple_GET_SIZE(hooks) == 1;
 }
 
-/* Starts the flow of `s`, absent from the cache, as FlowCache.add does, unless the cache is full
- * or the packet may close it (then add starts it): 1 when started, 3 when the new flow (a new
- * reference in `*started`) is for FlowCache._started (the cache has a classifier or plugins), 0
- * with nothing written, -1 with an exception. */
+/* Sets the cache's clock to `time_ms`, then calls hook(time_ms) (FlowCache._scan or _evict): the
+ * clock first, as add sets it, whose hooks may move it on; -1 with an exception. */
+static int call_at(const Adder *a, PyObject *hook, long long time_ms)
+{
+    PyObject *time = PyLong_FromLongLong(time_ms), *called = NULL;
+    if (time != NULL && put(a->cache, a->slot[C_NOW], Py_NewRef(time)) == 0)
+        called = PyObject_CallOneArg(hook, time);
+    Py_XDECREF(time);
+    Py_XDECREF(called);
+    return called == NULL ? -1 : 0;
+}
+
+/* Starts the flow of `s`, absent from the cache, as FlowCache.add does (FlowCache._evict first
+ * when the cache is full), unless the packet may close it (then add starts it): 1 when started,
+ * 3 when the new flow (a new reference in `*started`) is for FlowCache._started (the cache has a
+ * classifier or plugins), 0 with nothing written, -1 with an exception. */
 static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_first,
                       long long time_ms, int clock_moves, PyObject **started)
 {
@@ -521,11 +536,16 @@ static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_f
     long long max_flows, created, active_timeout, end_by_ms;
     if (s->flags & CLOSE_FLAGS || !direction_fits(s) || hooks == NULL
         || !PyTuple_CheckExact(hooks) || !int64_of(SLOT(cache, a->slot[C_MAX_FLOWS]), &max_flows)
-        || PyDict_GET_SIZE(flows) >= max_flows
-        || !int64_of(SLOT(cache, a->slot[C_FLOWS_CREATED]), &created) || created == LLONG_MAX
+        || max_flows < 1 || !int64_of(SLOT(cache, a->slot[C_FLOWS_CREATED]), &created)
+        || created == LLONG_MAX
         || !int64_of(SLOT(cache, a->slot[C_ACTIVE_TIMEOUT]), &active_timeout)
         || __builtin_add_overflow(time_ms, active_timeout, &end_by_ms))
         return 0;
+    if (PyDict_GET_SIZE(flows) >= max_flows) {  /* full: FlowCache._evict makes room, as in add */
+        if (call_at(a, a->evict, time_ms) < 0)
+            return -1;
+        clock_moves = 0;  /* set */
+    }
     PyObject *flow = new_flow(a->binding, s, key, src_is_first, created + 1, time_ms, end_by_ms);
     if (flow == NULL || PyObject_SetItem(flows, key, flow) < 0  /* an OrderedDict: in order */
         || put(cache, a->slot[C_FLOWS_CREATED], PyLong_FromLongLong(created + 1)) < 0
@@ -536,7 +556,8 @@ static int start_flow(const Adder *a, const Seen *s, PyObject *key, int src_is_f
     int done = 1;
     if (PyTuple_GET_SIZE(hooks) && inspected(a, hooks)) {  /* nDPI's classifier alone */
         PyObject *state = PyObject_CallOneArg(a->inspector.start, flow);
-        done = state == NULL ? -1 : inspect(&a->inspector, flow, state, s);
+        done = state == NULL ? -1 : state == Py_None ? 0  /* past the budget: not inspected */
+               : inspect(&a->inspector, flow, state, s, time_ms);
         Py_XDECREF(state);
         if (done == 0)  /* 1: for _update, which hands the packet to the classifier's on_update */
             done = 1;
@@ -569,14 +590,8 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     if (!clock_moves)
         counted[0] = now;  /* a packet stamped before the clock is metered at the clock */
     else if (counted[0] >= next_scan) {  /* the scan for idle and closed flows is due */
-        PyObject *time = PyLong_FromLongLong(counted[0]), *scanned = NULL;
-        /* the clock first, as add sets it: the scan's hooks may move it on */
-        if (time != NULL && put(cache, a->slot[C_NOW], Py_NewRef(time)) == 0)
-            scanned = PyObject_CallOneArg(a->scan, time);
-        Py_XDECREF(time);
-        if (scanned == NULL)
+        if (call_at(a, a->scan, counted[0]) < 0)
             return -1;
-        Py_DECREF(scanned);
         clock_moves = 0;  /* set */
     }
     PyObject *flows = SLOT(cache, a->slot[C_FLOWS]), *plugins = SLOT(cache, a->slot[C_PLUGINS]);
@@ -627,7 +642,7 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
         if (failed)
             goto end;
     }
-    if (closes && start_close(flow, b, SLOT(cache, a->slot[C_CLOSING]), end_of_linger) < 0)
+    if (closes && start_close(flow, key, b, SLOT(cache, a->slot[C_CLOSING]), end_of_linger) < 0)
         goto end;
     if (clock_moves && put(cache, a->slot[C_NOW], PyLong_FromLongLong(counted[0])) < 0)
         goto end;
@@ -638,7 +653,7 @@ static int meter(const Adder *a, const Seen *s, PyObject **inspected)
     PyObject *state = SLOT(flow, b->flow[F_CLASSIFIER_STATE]);
     if (done == 1 && (state != Py_None || PyTuple_GET_SIZE(plugins))) {
         int handed = a->inspector.finish != NULL && !PyTuple_GET_SIZE(plugins)
-                     ? inspect(&a->inspector, flow, state, s) : 1;
+                     ? inspect(&a->inspector, flow, state, s, counted[0]) : 1;
         if (handed <= 0) {
             done = handed == 0 ? 1 : -1;
             goto end;
@@ -794,17 +809,22 @@ static PyObject *meter_frame(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 static PyObject *MILLION;  /* nanoseconds in a millisecond */
 
-/* Meters one (ts_ns, frame) pair of the frames iterator, as meter(ts_ns // 1_000_000, frame);
- * -1 with an exception. */
-static int meter_pair(PyObject *bound, PyObject *ts_ns, PyObject *frame)
+/* Meters one (ts_ns, frame) pair of the frames iterator, as meter(ts_ns // 1_000_000, frame),
+ * a negative ts_ns read as ts_ns + `wrap_ns`; -1 with an exception. */
+static int meter_pair(PyObject *bound, PyObject *ts_ns, PyObject *frame, PyObject *wrap_ns)
 {
     long long ns, time_ms = 0;
     PyObject *metered;
-    if (int64_of(ts_ns, &ns)) {
-        time_ms = ns / 1000000 - (ns % 1000000 < 0);  /* floor, as // */
-        metered = meter_at(bound, NULL, time_ms, 1, frame);
+    if (int64_of(ts_ns, &ns) && ns >= 0) {
+        metered = meter_at(bound, NULL, ns / 1000000, 1, frame);
     } else {
-        PyObject *time_object = PyNumber_FloorDivide(ts_ns, MILLION);
+        PyObject *zero = PyLong_FromLong(0);
+        int negative = zero == NULL ? -1 : PyObject_RichCompareBool(ts_ns, zero, Py_LT);
+        Py_XDECREF(zero);
+        PyObject *time_ns = negative < 0 ? NULL
+                            : negative ? PyNumber_Add(ts_ns, wrap_ns) : Py_NewRef(ts_ns);
+        PyObject *time_object = time_ns == NULL ? NULL : PyNumber_FloorDivide(time_ns, MILLION);
+        Py_XDECREF(time_ns);
         if (time_object == NULL)
             return -1;
         int timed = int64_of(time_object, &time_ms);
@@ -815,18 +835,18 @@ static int meter_pair(PyObject *bound, PyObject *ts_ns, PyObject *frame)
     return metered == NULL ? -1 : 0;
 }
 
-/* Whether the cache has a batch for its caller: flows expired, or its clock at `tick_ms` (or
- * beyond int64, which the caller then compares itself). */
-static int batch_due(const Adder *a, long long tick_ms)
+/* Whether the cache has a batch for its caller: `batch` flows expired, or its clock at `tick_ms`
+ * (or beyond int64, which the caller then compares itself). */
+static int batch_due(const Adder *a, long long tick_ms, Py_ssize_t batch)
 {
     PyObject *expired = SLOT(a->cache, a->slot[C_EXPIRED]);
     long long now;
-    return expired == NULL || !PyList_Check(expired) || PyList_GET_SIZE(expired)
+    return expired == NULL || !PyList_Check(expired) || PyList_GET_SIZE(expired) >= batch
            || !int64_of(SLOT(a->cache, a->slot[C_NOW]), &now) || now >= tick_ms;
 }
 
-/* feed(frames, tick_ms, limit) -> (read, tick), as FlowCache.feeder's Python form: `self` is a
- * compiled frame meter. */
+/* feed(frames, tick_ms, limit) -> (read, tick), as FlowCache.feeder's Python form: `self` is
+ * (a compiled frame meter, the capture's time_wrap_ns, the flows that make a batch). */
 static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     long long tick_ms, limit, read = 0;
@@ -834,7 +854,9 @@ static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "feed() takes (frames, tick_ms, limit), ints in int64");
         return NULL;
     }
-    PyObject *bound = PyCFunction_GET_SELF(self), *frames = args[0], *tick = Py_None;
+    PyObject *bound = PyCFunction_GET_SELF(PyTuple_GET_ITEM(self, 0)), *frames = args[0];
+    PyObject *wrap_ns = PyTuple_GET_ITEM(self, 1), *tick = Py_None;
+    Py_ssize_t batch = PyLong_AsSsize_t(PyTuple_GET_ITEM(self, 2));
     const Adder *a = (Adder *)PyCFunction_GET_SELF(PyTuple_GET_ITEM(bound, 0));
     if (!PyIter_Check(frames)) {
         PyErr_SetString(PyExc_TypeError, "frames must be an iterator");
@@ -859,11 +881,12 @@ static PyObject *feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return Py_BuildValue("(LN)", read, tick);
         }
         read++;
-        int failed = meter_pair(bound, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+        int failed = meter_pair(bound, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1),
+                                wrap_ns);
         Py_DECREF(pair);
         if (failed)
             return NULL;
-        if (read >= limit || batch_due(a, tick_ms))
+        if (read >= limit || batch_due(a, tick_ms, batch))
             break;
     }
     return Py_BuildValue("(LO)", read, tick);
@@ -984,9 +1007,10 @@ static int bind_inspector(Inspector *in, PyObject *inspector)
 
 static PyObject *adder(PyObject *module, PyObject *args)
 {
-    PyObject *cache, *count, *fallback, *update_method, *started, *scan, *inspector = Py_None;
-    if (!PyArg_ParseTuple(args, "OOOOOO|O:adder", &cache, &count, &fallback, &update_method,
-                          &started, &scan, &inspector))
+    PyObject *cache, *count, *fallback, *update_method, *started, *scan, *evict;
+    PyObject *inspector = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOOOOO|O:adder", &cache, &count, &fallback, &update_method,
+                          &started, &scan, &evict, &inspector))
         return NULL;
     if (!PyCFunction_Check(count) || ((PyCFunctionObject *)count)->m_ml != &count_def) {
         PyErr_SetString(PyExc_TypeError, "count must be a compiled count (counter())");
@@ -1001,6 +1025,7 @@ static PyObject *adder(PyObject *module, PyObject *args)
     a->update = Py_NewRef(update_method);
     a->started = Py_NewRef(started);
     a->scan = Py_NewRef(scan);
+    a->evict = Py_NewRef(evict);
     a->binding = (Binding *)PyCFunction_GET_SELF(count);
     PyObject *function = NULL;
     if (bind_inspector(&a->inspector, inspector) == 0
@@ -1028,14 +1053,26 @@ static PyObject *frame_meter(PyObject *module, PyObject *args)
     return function;
 }
 
-static PyObject *feeder(PyObject *module, PyObject *meter_function)
+static PyObject *feeder(PyObject *module, PyObject *args)
 {
+    PyObject *meter_function, *wrap_ns;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTuple(args, "OO!n:feeder", &meter_function, &PyLong_Type, &wrap_ns, &batch))
+        return NULL;
     if (!PyCFunction_Check(meter_function)
         || ((PyCFunctionObject *)meter_function)->m_ml != &meter_def) {
         PyErr_SetString(PyExc_TypeError, "meter must be a compiled frame meter (frame_meter())");
         return NULL;
     }
-    return PyCFunction_NewEx(&feed_def, meter_function, module);
+    PyObject *batch_object = PyLong_FromSsize_t(batch);
+    PyObject *bound = batch_object == NULL ? NULL
+                      : PyTuple_Pack(3, meter_function, wrap_ns, batch_object);
+    Py_XDECREF(batch_object);
+    if (bound == NULL)
+        return NULL;
+    PyObject *function = PyCFunction_NewEx(&feed_def, bound, module);
+    Py_DECREF(bound);
+    return function;
 }
 
 static PyMethodDef methods[] = {
@@ -1044,17 +1081,19 @@ static PyMethodDef methods[] = {
      "src_is_first, time_ms, size, ttl, flags): cache.count compiled for these classes, "
      "fallback(...) past int64"},
     {"adder", adder, METH_VARARGS,
-     "adder(cache, count, fallback, update, started, scan, inspector=None) -> add(packet): "
-     "cache's add compiled for the common packet (count from counter()), after scan(time_ms) "
-     "when the scan is due, then update(packet, flow) if the flow is inspected, or with a "
-     "classify.Inspector and no plugins, nDPI called here, and started(packet, flow) for a new "
-     "flow if the cache has hooks; fallback(packet) for the others"},
+     "adder(cache, count, fallback, update, started, scan, evict, inspector=None) -> "
+     "add(packet): cache's add compiled for the common packet (count from counter()), after "
+     "scan(time_ms) when the scan is due, then update(packet, flow) if the flow is inspected, or "
+     "with a classify.Inspector and no plugins, nDPI called here, and started(packet, flow) for "
+     "a new flow if the cache has hooks, evict(time_ms) first if the cache is full; "
+     "fallback(packet) for the others"},
     {"frame_meter", frame_meter, METH_VARARGS,
      "frame_meter(add, decode) -> meter(time_ms, frame): decode then add (add from adder(); "
      "decode a compiled Ethernet decoder's), the common Ethernet frame parsed here"},
-    {"feeder", feeder, METH_O,
-     "feeder(meter) -> feed(frames, tick_ms, limit): FlowCache.feeder's loop, in C, around a "
-     "frame meter from frame_meter()"},
+    {"feeder", feeder, METH_VARARGS,
+     "feeder(meter, time_wrap_ns, batch) -> feed(frames, tick_ms, limit): FlowCache.feeder's "
+     "loop, in C, around a frame meter from frame_meter(); a negative ts_ns is read as ts_ns + "
+     "time_wrap_ns; `batch` expired flows make a batch due"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1068,9 +1107,8 @@ PyMODINIT_FUNC PyInit__fastcache(void)
     if (PyType_Ready(&BindingType) < 0 || PyType_Ready(&AdderType) < 0)
         return NULL;
     MOVE_TO_END = PyUnicode_InternFromString("move_to_end");
-    APPEND = PyUnicode_InternFromString("append");
     MILLION = PyLong_FromLong(1000000);
-    if (MOVE_TO_END == NULL || APPEND == NULL || MILLION == NULL)
+    if (MOVE_TO_END == NULL || MILLION == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -35,7 +35,7 @@ keeps them all in Python.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -52,6 +52,9 @@ COMPILED = _fastcache is not None
 """Whether the compiled per-packet path (_fastcache.c) is built."""
 
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
+BATCH_FLOWS = 256
+"""Expired flows that make a batch due before the clock does: handed out together, they fill
+export messages and cost the caller's loop one pass (a storm evicts a flow per packet)."""
 CLOSE_FLAGS = TH_FIN | TH_RST  # a packet with one of these may start the close linger
 KEY_TAIL = struct.Struct("!HHBH").pack
 """The flow key after its two addresses (lower first): ports (in the same order), protocol,
@@ -142,7 +145,9 @@ class FlowCache:
         self.expired: list[Flow] = []
         self.flows_created = 0
         self._flows: OrderedDict[bytes, Flow] = OrderedDict()
-        self._closing: deque[Flow] = deque()  # in end_by_ms order: the linger is constant
+        self._closing: OrderedDict[bytes, Flow] = OrderedDict()
+        """The live flows that are closing, by key, in end_by_ms order (the linger is constant):
+        a flow that ends otherwise leaves it, so it never holds more than the live flows."""
         self._next_scan_ms = 0
         self.compiled = compiled and COMPILED
         """Whether packets are counted by the compiled `count` (`compiled=False`: pure Python)."""
@@ -157,7 +162,7 @@ class FlowCache:
             return self.add
         inspector = getattr(self.classifier, "inspector", None)  # nDPI's: called from C
         return _fastcache.adder(self, compiled_count, self.add, self._update, self._started,
-                                self._scan, inspector and inspector())
+                                self._scan, self._evict, inspector and inspector())
 
     def frame_meter(self, decoder: Decoder) -> Callable[[int, bytes], None]:
         """meter(time_ms, frame): `decoder.decode`, then `add` the packet if there is one. With
@@ -172,14 +177,16 @@ class FlowCache:
                 add(packet)
         return meter
 
-    def feeder(self, decoder: Decoder) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
+    def feeder(self, decoder: Decoder, time_wrap_ns: int = 0
+               ) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
         """feed(frames, tick_ms, limit) -> (read, tick): the meter loop. Meters the (ts_ns, frame)
-        pairs of the iterator `frames` (frame_meter()) until a batch is due (flows expired, or
-        the clock at `tick_ms`), `limit` frames are read, or `frames` ends; a live capture's
-        tick, (ts_ns, None), stops it too, its ts_ns returned. In C where the meter is."""
+        pairs of the iterator `frames` (frame_meter()) until a batch is due (BATCH_FLOWS flows
+        expired, or the clock at `tick_ms`), `limit` frames are read, or `frames` ends; a live capture's
+        tick, (ts_ns, None), stops it too, its ts_ns returned. A negative ts_ns is read as
+        ts_ns + `time_wrap_ns` (the capture's: PcapSource.time_wrap_ns). In C where the meter is."""
         meter = self.frame_meter(decoder)
         if self.compiled and decoder.compiled:
-            return _fastcache.feeder(meter)
+            return _fastcache.feeder(meter, time_wrap_ns, BATCH_FLOWS)
 
         def feed(frames: Iterator, tick_ms: int, limit: int) -> tuple[int, int | None]:
             read = 0
@@ -187,8 +194,8 @@ class FlowCache:
                 if frame is None:
                     return read, ts_ns
                 read += 1
-                meter(ts_ns // 1_000_000, frame)
-                if read >= limit or self.expired or self.now_ms >= tick_ms:
+                meter((ts_ns + time_wrap_ns if ts_ns < 0 else ts_ns) // 1_000_000, frame)
+                if read >= limit or len(self.expired) >= BATCH_FLOWS or self.now_ms >= tick_ms:
                     break
             return read, None
         return feed
@@ -225,9 +232,7 @@ class FlowCache:
                     self._update(packet, flow)
                 return
         if len(flows) >= self.max_flows:
-            lru = next(iter(flows.values()))
-            due = time_ms - lru.last_seen_ms >= self.idle_timeout_ms or time_ms >= lru.end_by_ms
-            self._end(lru, self._due_reason(lru) if due else LACK_OF_RESOURCES)
+            self._evict(time_ms)
         self.flows_created += 1
         flow = Flow(self.flows_created, key, src_is_first, packet, time_ms,
                     time_ms + self.active_timeout_ms)
@@ -242,6 +247,13 @@ class FlowCache:
         `expire`."""
         self.started_ms = self.started_ms or time_ms
         self.expire(time_ms)
+
+    def _evict(self, time_ms: int) -> None:
+        """Makes room for a new flow: the least recently used one ends, for the deadline it is
+        past if it is, else for lack of resources."""
+        lru = next(iter(self._flows.values()))
+        due = time_ms - lru.last_seen_ms >= self.idle_timeout_ms or time_ms >= lru.end_by_ms
+        self._end(lru, self._due_reason(lru) if due else LACK_OF_RESOURCES)
 
     def _started(self, packet: Packet, flow: Flow) -> None:
         """Hands a new flow's first packet to the classifier and the plugins."""
@@ -273,11 +285,13 @@ class FlowCache:
         if flags & TH_RST or (reverse is not None and flow.src2dst.tcp_flags & reverse.tcp_flags & TH_FIN):
             flow.closing = True
             flow.end_by_ms = time_ms + self.close_linger_ms
-            self._closing.append(flow)
+            self._closing[flow.key] = flow
 
     def _end(self, flow: Flow, reason: EndReason) -> None:
         flow.end_reason = reason
         del self._flows[flow.key]
+        if flow.closing:
+            self._closing.pop(flow.key, None)
         if flow.classifier_state is not None and self.classifier is not None:
             self.classifier.on_expire(flow)
         for plugin in self.plugins:
@@ -291,10 +305,11 @@ class FlowCache:
         now_ms = self.now_ms
         self._next_scan_ms = now_ms + SCAN_INTERVAL_MS
         closing = self._closing
-        while closing and closing[0].end_by_ms <= now_ms:
-            flow = closing.popleft()
-            if not flow.end_reason:
-                self._end(flow, END_OF_FLOW)
+        while closing:
+            flow = next(iter(closing.values()))
+            if flow.end_by_ms > now_ms:
+                break
+            self._end(flow, END_OF_FLOW)
         flows = self._flows
         while flows:
             lru = next(iter(flows.values()))
@@ -306,4 +321,3 @@ class FlowCache:
         """Ends every live flow: forced end (4), or end of flow (3) for flows already closing."""
         for flow in list(self._flows.values()):
             self._end(flow, END_OF_FLOW if flow.closing else FORCED_END)
-        self._closing.clear()

@@ -1,6 +1,7 @@
 """Packet capture through libpcap (pypcap): a capture file or live interfaces, as one iterator.
 
-The only module that touches libpcap. Frames come out as (timestamp in ns, frame bytes). A live
+The only module that touches libpcap. Frames come out as (timestamp in ns, frame bytes), where a
+file's negative timestamps stand for times libpcap cannot report (`time_wrap_ns`). A live
 capture ("eth0", or "eth1,eth2": the two ports of a tap, of one link type) is read nonblocking
 with `select`, and also yields ticks, (time in ns, None): the wall clock after `TICK_S` without
 a packet, else the last packet's time once per `TICK_S`, so the meter's timers run whether or
@@ -19,6 +20,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import logging
+import mmap
 import os
 import re
 import select
@@ -30,11 +33,20 @@ from itertools import chain
 import pcap
 
 from . import afpacket
+from .capfile import Corruption, Refused, locate, read_on, walker
 from .decode import LINKTYPE_NAMES
 from .errors import CaptureError
 
+log = logging.getLogger(__name__)
+
 # libpcap reports a few link types by their platform DLT value instead of the LINKTYPE number.
 DLT_TO_LINKTYPE = {12: 101, 14: 101}  # DLT_RAW (Linux, most BSDs; OpenBSD) -> LINKTYPE_RAW
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"  # a pcapng file's first block type
+# What a negative timestamp from libpcap (via pypcap) really is: a pcap record's seconds are an
+# unsigned 32-bit field that libpcap 1.10 reads as signed (times from 2038 on come back
+# negative), and pcapng times past 2^63 ns (year 2262) wrap in pypcap's 64-bit product.
+PCAP_WRAP_NS = 2**32 * 10**9
+PCAPNG_WRAP_NS = 2**64
 TICK_S = 0.2  # a live capture's tick interval, and so how soon stop() takes effect
 # A ring block is handed over this long after its first frame (if not full before: 128 KiB,
 # 2.6 ms of 100k packets/s of 500 octets)... At low rates each block holds this long's frames:
@@ -52,20 +64,31 @@ def is_capture_file(source: str) -> bool:
 class PcapSource:
     """Frames of a pcap/pcapng file or of live interfaces, with an optional BPF filter."""
 
-    __slots__ = ("source", "is_file", "linktype", "bpf_filter", "stopped", "_handles",
-                 "_names", "_final_stats", "_baseline")
+    __slots__ = ("source", "is_file", "linktype", "time_wrap_ns", "stopped", "skip_corrupt",
+                 "corruptions", "bpf_filter", "_handles", "_names", "_final_stats", "_baseline",
+                 "_ended")
 
     def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = 65535,
-                 promiscuous: bool = True, buffer_size: int = 0) -> None:
+                 promiscuous: bool = True, buffer_size: int = 0,
+                 skip_corrupt: bool = False) -> None:
         self.source = source
         self.is_file = is_capture_file(source)
         self.bpf_filter = bpf_filter
         self.stopped = False
+        self.skip_corrupt = skip_corrupt
+        """Whether `read_on` reads a file on past a corrupt record."""
+        self.corruptions: list[Corruption] = []
+        """The corrupt stretches of a file: where libpcap stopped, and with `skip_corrupt`
+        every one skipped."""
+        self._ended = False
         self._final_stats: tuple[int, int, int] | None = None
         self._baseline = (0, 0, 0)
         if self.is_file and not os.path.isfile(source):
             raise CaptureError(f"{source}: " + ("a directory, not a capture file"
                                                 if os.path.isdir(source) else "no such capture file"))
+        self.time_wrap_ns = _time_wrap_ns(source) if self.is_file else 0
+        """What to add to a negative timestamp the frames carry to read it as the file meant
+        it (PCAP_WRAP_NS, PCAPNG_WRAP_NS); 0 for interfaces, whose times are never negative."""
         names = self._names = [source] if self.is_file else source.split(",")
         self._handles = [_open(name, self.is_file, bpf_filter, snaplen, promiscuous, buffer_size)
                          for name in names]
@@ -142,6 +165,41 @@ class PcapSource:
                 raise CaptureError(f"{name}: cannot join fanout group {group + offset}: "
                                    f"{error.strerror}") from None
 
+    def read_on(self) -> Iterator[tuple[int, bytes]] | None:
+        """Once the file's frames have ended: None if the file ended there, or, when libpcap
+        stopped at a corrupt record (pypcap's iterator ends without a word), that record in
+        `corruptions` and, with `skip_corrupt`, the frames after it (slowly, in Python:
+        `capfile`), each corrupt stretch skipped counted there too. Live captures: None."""
+        if not self.is_file or self._ended:
+            return None
+        self._ended = True
+        error = self._handles[0].geterr()
+        if not error:
+            return None
+        with open(self.source, "rb") as file:
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            found = walker(data)
+            corruption = locate(found)
+        except Refused:  # a variant of the formats that libpcap reads and the walk does not
+            corruption = None
+        if corruption is None:  # where libpcap stopped is unknown: nothing is read on
+            self.corruptions.append(Corruption(None, error.decode(errors="replace"), 0))
+            return None
+        if not self.skip_corrupt:
+            self.corruptions.append(corruption)
+            return None
+        frames = read_on(found, corruption, self._skipped)
+        if not self.bpf_filter:
+            return frames
+        match = pcap.bpf(self.bpf_filter.encode(), self._handles[0].datalink()).filter
+        return ((ts_ns, frame) for ts_ns, frame in frames if match(frame))
+
+    def _skipped(self, corruption: Corruption) -> None:
+        self.corruptions.append(corruption)
+        log.warning("%s: corrupt record %s; read on %d octets further", self.source,
+                    corruption, corruption.skipped)
+
     def stop(self) -> None:
         """Ends a live capture's iteration within `TICK_S`."""
         self.stopped = True
@@ -191,6 +249,16 @@ def _set_filter(name: str, handle: pcap.pcap, bpf_filter: str) -> None:
         handle.setfilter(bpf_filter)
     except OSError as error:
         raise CaptureError(f"{name}: bad BPF filter {bpf_filter!r}: {_reason(error)}") from None
+
+
+def _time_wrap_ns(path: str) -> int:
+    """PcapSource.time_wrap_ns of a capture file, by its first block."""
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(4)
+    except OSError:
+        return PCAP_WRAP_NS  # libpcap reports why when it opens the file
+    return PCAPNG_WRAP_NS if magic == PCAPNG_MAGIC else PCAP_WRAP_NS
 
 
 def _reason(error: OSError) -> str:

@@ -24,6 +24,7 @@ import functools
 import grp
 import os
 import pwd
+import stat
 import types
 from collections.abc import Collection
 from dataclasses import MISSING, dataclass, field, fields
@@ -34,6 +35,7 @@ import yaml
 
 from .errors import ConfigError
 from .transport import parse_address
+from .yamlfile import read_yaml
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
@@ -43,9 +45,12 @@ PROTOCOL_NAMES = ("ipfix", "netflow9", "zmq")  # zmq: ntopng's flow stream, as n
 DEFAULT_PORTS = {"zmq": 5556}  # a collector's port when none is given; else 2055
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_FLAG = ""  # a field without a command-line flag
+LARGEST = {int: 2**31 - 1, float: 10**9}
+"""The bound of a number whose setting gives none: a C int (what libpcap and the compiled meter
+take), and 10^9 seconds (31 years) for durations; NaN and the infinities are never numbers."""
 
 
-def setting(default: Any, doc: str, *, minimum: float | None = None,
+def setting(default: Any, doc: str, *, minimum: float = 0,
             maximum: float | None = None, choices: tuple[str, ...] = (), flag: str | None = None,
             path: bool = False) -> Any:
     """A schema field: its default, its description, its bounds, and its flag (default: --name)."""
@@ -72,7 +77,11 @@ class CaptureConfig:
     exclude_exports: bool = setting(True, "leave out the datagrams the probe sends to its "
                                           "collectors (a BPF clause on their addresses and ports)")
     workers: int | None = setting(None, "processes metering, each its share of the flows (null: "
-                                        "one per CPU for an interface, 1 for a file)", minimum=1)
+                                        "one per CPU for an interface, 1 for a file)", minimum=1,
+                                  maximum=1024)
+    skip_corrupt: bool = setting(False, "read a capture file on past a corrupt record, from the "
+                                        "next sound one, counting what is skipped (else the "
+                                        "run ends there with an error)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,9 @@ class DpiConfig:
 
     enabled: bool = setting(True, "label flows with nDPI", flag="dpi")
     packet_budget: int = setting(20, "packets per flow nDPI sees at most", minimum=1)
+    flow_budget: int = setting(10_000, "new flows a second (of packet time) nDPI inspects at "
+                                       "most; past it (a storm of new flows) flows go "
+                                       "unlabelled, counted (0: every flow)")
     report: bool = setting(False, "keep nDPI's whole report of each flow (ndpi_dpi2json: "
                                   "flow.metadata, --json's metadata)", flag="dpi-report")
     decode_tunnels: bool = setting(False, "meter the inner packets of GTP, GRE, VXLAN, Teredo, "
@@ -213,13 +225,11 @@ def _check(kind: Any, value: Any, key: str, meta: dict, base: Path | None) -> An
         return value
     if kind in (int, float):
         number = isinstance(value, int) or (kind is float and isinstance(value, float))
-        low, high = meta["minimum"], meta["maximum"]
-        if (not number or isinstance(value, bool) or (low is not None and value < low)
-                or (high is not None and value > high)):
+        low = meta["minimum"]
+        high = meta["maximum"] if meta["maximum"] is not None else LARGEST[kind]
+        if not number or isinstance(value, bool) or not low <= value <= high:  # NaN is not
             noun = "an integer" if kind is int else "a number of seconds"
-            bounds = (f" from {low} to {high}" if high is not None else
-                      f" of at least {low}" if low is not None else "")
-            raise _Problem(key, f"got {_describe(value)}, expected {noun}{bounds}")
+            raise _Problem(key, f"got {_describe(value)}, expected {noun} from {low} to {high}")
         return kind(value)
     if not isinstance(value, str) or not value:
         raise _Problem(key, f"got {_describe(value)}, expected {meta['doc']}")
@@ -238,6 +248,9 @@ def _check_whole(config: SensorConfig, need_collectors: bool) -> None:
                                   + ("both" if capture.interface else "neither"))
     if need_collectors and not config.collectors:
         raise _Problem("collectors", "missing, expected a list of at least one collector")
+    if config.log_file is not None and not _appendable(config.log_file):
+        raise _Problem("log_file", f"got {config.log_file!r}, expected a file this user can "
+                                   f"write, or a new one in a folder it can write")
     for key, value, lookup in (("user", config.user, pwd.getpwnam),
                                ("group", config.group, grp.getgrnam)):
         if value is not None:
@@ -247,18 +260,26 @@ def _check_whole(config: SensorConfig, need_collectors: bool) -> None:
                 raise _Problem(key, f"got {value!r}, expected a {key} of this system") from None
 
 
+def _appendable(path: str) -> bool:
+    """Whether a log can be appended at `path`: a file (or device) that opens for appending,
+    or a new file in a writable folder. Opening does not block (a FIFO with no reader fails)
+    and changes nothing."""
+    if not os.path.lexists(path):
+        folder = os.path.dirname(path) or "."
+        return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(descriptor).st_mode) or stat.S_ISCHR(
+            os.fstat(descriptor).st_mode)
+    finally:
+        os.close(descriptor)
+
+
 def _read(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or error
-        raise ConfigError(f"{path}: {where}not valid YAML: {problem}") from None
+    raw = read_yaml(path, ConfigError)
     if raw is None:
         return {}
     if not isinstance(raw, dict):

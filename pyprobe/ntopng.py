@@ -40,6 +40,7 @@ import json
 import platform
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -61,6 +62,7 @@ MAX_RECORDS = 255  # parseTLVFlow() returns the flows of a message as a u_int8_t
 FLOW_TOPIC = b"flow"
 EVENT_TOPIC = b"event"
 NTOP_BASE_ID = 57472  # nProbe's ids of ntop's own elements: 57472 + n
+TOO_LARGE = "flows not sent: record larger than ntopng's message"
 
 # IANA flowEndReason values as words: ntopng shows FLOW_END_REASON as the text it gets.
 END_REASONS = {1: "idle timeout", 2: "active timeout", 3: "end of flow detected",
@@ -185,6 +187,8 @@ class NtopngExporter:
         self.flush_interval_ms = flush_interval_ms
         self.max_payload = max_payload
         self.stats = ExportStats()
+        self.problems: Counter[str] = Counter()
+        """What could not be sent (TOO_LARGE), counted, as Exporter.problems."""
         self.packets = self.octets = 0
         """Packets and octets of the flows exported (what events report as the probe's)."""
         self._records: list[bytes] = []
@@ -199,6 +203,7 @@ class NtopngExporter:
         for flow in flows:
             record = flow_record(flow)
             if len(TLV_HEADER) + len(record) > room:
+                self.problems[TOO_LARGE] += 1
                 stats.not_sent_flows += 1
                 stats.not_sent_packets += flow.bidirectional_packets
                 stats.not_sent_octets += flow.bidirectional_bytes

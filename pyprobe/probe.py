@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import COLLECTOR_DEFAULTS
@@ -79,6 +80,8 @@ class ExportSummary:
     messages: int = 0
     octets: int = 0
     send_errors: int = 0
+    problems: Counter = field(default_factory=Counter)
+    """What did not fit its wire field, by reason (Exporter.problems)."""
 
     def __add__(self, other: ExportSummary) -> ExportSummary:
         """Two workers' summaries as one."""
@@ -157,14 +160,28 @@ class Probe:
                               active_timeout_s=stream.active_timeout,
                               dropped_flows=transport.dropped_flows)
 
-    def _close(self, exporter: Exporter | NtopngExporter, transport: UdpTransport | ZmqTransport,
-               now_ms: int) -> None:
-        summary = self.summary
-        transport.send(exporter.flush(now_ms))
+    def sent(self) -> ExportSummary:
+        """What was sent so far, over the collectors of every configuration this run had:
+        those closed (their totals in `summary`) and the live ones."""
+        total = ExportSummary(**vars(self.summary) | {"problems": Counter(self.summary.problems)})
+        for link in self.links:
+            self._count(total, *link)
+        return total
+
+    @staticmethod
+    def _count(summary: ExportSummary, exporter: Exporter | NtopngExporter,
+               transport: UdpTransport | ZmqTransport) -> None:
+        """Adds a link's counts to `summary`."""
         summary.records += exporter.stats.flow_records
         summary.messages += exporter.stats.messages
         summary.octets += exporter.stats.octets
         summary.send_errors += transport.errors
+        summary.problems += exporter.problems
+
+    def _close(self, exporter: Exporter | NtopngExporter, transport: UdpTransport | ZmqTransport,
+               now_ms: int) -> None:
+        transport.send(exporter.flush(now_ms))
+        self._count(self.summary, exporter, transport)
         transport.close()
 
     def run(self) -> ExportSummary:
@@ -201,4 +218,5 @@ class Probe:
         self.update_statistics()
         for link in self.links:
             self._close(*link, now_ms)
+        self.links = []
         return summary

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 from .capture import PcapSource, check_interfaces
 from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
 from .elements import ElementRegistry
-from .errors import PyprobeError
+from .errors import ConfigError, PyprobeError
 from .probe import Collector, Probe
 from .stream import FlowStream
 from .template import TemplateSet, load_templates
@@ -142,8 +142,10 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
     return FlowStream(source, idle_timeout=cache.idle_timeout,
                       active_timeout=cache.active_timeout, max_flows=cache.max_flows,
                       bpf_filter=config.capture.bpf, dpi=dpi.enabled,
-                      n_dissections=dpi.packet_budget, dpi_report=dpi.report,
-                      decode_tunnels=dpi.decode_tunnels, **options)
+                      n_dissections=dpi.packet_budget, flow_budget=dpi.flow_budget,
+                      dpi_report=dpi.report,
+                      decode_tunnels=dpi.decode_tunnels,
+                      skip_corrupt=config.capture.skip_corrupt, **options)
 
 
 def exports_filter(config: SensorConfig) -> str:
@@ -177,7 +179,7 @@ def open_capture(config: SensorConfig, bpf_filter: str | None) -> PcapSource:
     capture = config.capture
     return PcapSource(capture.interface or capture.file, bpf_filter=bpf_filter,
                       snaplen=capture.snaplen, promiscuous=capture.promiscuous,
-                      buffer_size=capture.buffer_size)
+                      buffer_size=capture.buffer_size, skip_corrupt=capture.skip_corrupt)
 
 
 def check_capture(config: SensorConfig) -> None:
@@ -210,8 +212,11 @@ def drop_privileges(user: str | None, group: str | None) -> None:
 def set_logging(config: SensorConfig, index: int | None = None) -> None:
     """Installs a new log handler (a reopened file) and level, for worker `index` (None: the
     sensor), in place of the one before (a worker's: its parent's)."""
-    handler = (logging.FileHandler(config.log_file) if config.log_file
-               else logging.StreamHandler(sys.stderr))
+    try:
+        handler = (logging.FileHandler(config.log_file) if config.log_file
+                   else logging.StreamHandler(sys.stderr))
+    except OSError as error:
+        raise ConfigError(f"log_file: cannot open {config.log_file}: {error.strerror}") from None
     instance = config.instance if index is None else f"{config.instance}/{index}"
     handler.setFormatter(logging.Formatter(LOG_FORMAT.format(instance=instance)))
     for previous in log.handlers[:]:
@@ -233,6 +238,9 @@ def reread(config_path: str | None, overrides: dict | None, running: SensorConfi
         collectors = apply(config)
     except (PyprobeError, OSError) as problem:
         error("reload: %s; keeping the running configuration", problem)
+        return running
+    except Exception:  # a mistake not foreseen must not end a live sensor
+        log.exception("reload failed; keeping the running configuration")
         return running
     changed = [key for key in ("capture", "cache", "dpi", "user", "group")
                if getattr(config, key) != getattr(running, key)]
@@ -287,6 +295,12 @@ class Sensor:
         probe.run()
         self._post()
         self._tell("stopped: %s", self.counters())
+        meter = stream.stats
+        if meter.corrupt_records and not config.capture.skip_corrupt:
+            log.error("%s: corrupt record %s: the %d octets from there on were not read "
+                      "(capture.skip_corrupt reads on)", capture.source, meter.corruption,
+                      meter.corrupt_octets)
+            return 2
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:
@@ -321,12 +335,10 @@ class Sensor:
     def counters(self) -> Counters:
         probe = self.probe
         stream = probe.stream
-        meter = stream.stats
-        sent = [exporter.stats for exporter, _ in probe.links]
+        meter, sent = stream.stats, probe.sent()  # what a reload dropped included
         return Counters(*self.capture.stats(), meter.packets_read, meter.packets_skipped,
-                        len(stream.cache or ()), sum(meter.flows.values()),
-                        sum(s.flow_records for s in sent), sum(s.messages for s in sent),
-                        sum(t.errors for _, t in probe.links))
+                        len(stream.cache or ()), sum(meter.flows.values()), sent.records,
+                        sent.messages, sent.send_errors)
 
     def reload(self, now_ms: int) -> None:
         """Reopens the log and swaps in the collectors of the configuration as it now reads (and

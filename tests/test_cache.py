@@ -312,3 +312,26 @@ def test_plugins(tmp_path: Path, via: str, case: str) -> None:
     flows = meter(packets, via, tmp_path, plugins=(recorder,))
     assert recorder.calls == Counter({name: n for name, n in calls.items() if n})
     assert recorder.expired == expired == [(f.end_reason, f.bidirectional_packets) for f in flows]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_closing_flows_count_against_max_flows(compiled: bool) -> None:
+    """A storm of closing flows at one timestamp: the flows evicted while they linger leave the
+    linger queue, so the cache holds at most `max_flows` flows however long the clock stands
+    still (issue 16: 1 M RSTs held every flow until the clock moved 2 s)."""
+    cache = FlowCache(max_flows=100, compiled=compiled)
+    add = cache.adder()
+    for index in range(2_000):
+        client = (0x0A000000 + index).to_bytes(4, "big")
+        add(make_packet(1000, True, SYN, client=client))
+        add(make_packet(1000, False, RST | ACK, client=client))  # a later packet closes it
+        add(make_packet(1000, True, RST, client=client, port=41000))  # a new flow closes it
+        assert len(cache) <= 100 and len(cache._closing) <= len(cache)
+    assert [len(cache), len(cache._closing)] == [100, 100]
+    cache.expire(2999)
+    assert len(cache) == 100
+    cache.expire(3000)  # the linger of the last ones is over
+    assert [len(cache), len(cache._closing)] == [0, 0]
+    ends = Counter(flow.end_reason for flow in cache.expired)
+    assert ends == {LRU: 3_900, END: 100}
+    assert sum(flow.bidirectional_packets for flow in cache.expired) == 6_000

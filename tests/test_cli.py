@@ -145,3 +145,24 @@ def test_ntopng_endpoint_mistakes_are_one_line_errors() -> None:
             result = pyprobe("replay", str(SAMPLE), "--no-dpi", "--zmq", endpoint)
             assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
             assert result.stderr.startswith(message), result.stderr
+
+
+@pytest.mark.parametrize("args", [["--json"], []])
+def test_output_that_cannot_be_written_is_one_line_and_exit_2(args: list[str]) -> None:
+    """stdout on a full device (/dev/full): one line, exit 2, no traceback (issue 16)."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "pyprobe", "replay", str(SAMPLE), *args],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        2, "pyprobe: error: cannot write the output: No space left on device"), result.stderr
+    assert "Traceback" not in result.stderr and "Exception" not in result.stderr
+
+
+@pytest.mark.parametrize("speed", ["1e-300", "0", "nan", "inf", "-2"])
+def test_replay_speed_is_checked(speed: str) -> None:
+    """--speed 1e-300 slept past what time.sleep takes, with a traceback."""
+    result = pyprobe("replay", str(SAMPLE), "--speed", speed)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"pyprobe replay: error: argument --speed: got {speed!r}, expected a number from 0.001 "
+        f"to 1000000")

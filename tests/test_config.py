@@ -34,8 +34,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("capture: {interface: eth0\n", "line 2, column 1: not valid YAML: expected ',' or '}', "
-                                    "but got '<stream end>'"),
+    ("capture: {interface: eth0\n", "line 2, column 1: not valid YAML: did not find expected "
+                                    "',' or '}'"),
     ("- eth0\n", "got a list, expected a mapping of instance, log_level, log_file, "
                  "statistics_interval, user, group, capture, cache, dpi, collectors"),
     (VALID + "cache: {idle_timout: 5}\n",
@@ -45,19 +45,20 @@ def write(tmp_path: Path, text: str) -> Path:
                                 "instance, log_level, log_file, statistics_interval, user, "
                                 "group, capture, cache, dpi, collectors)"),
     (VALID + "dpi: {xyz: 1}\n", "dpi.xyz: unknown key (expected one of enabled, packet_budget, "
-                                "report, decode_tunnels)"),
+                                "flow_budget, report, decode_tunnels)"),
     ("capture: {interface: eth0}\ncollectors: [{host: a}, {host: b, port: 70000}]\n",
      "collectors[1].port: got 70000, expected an integer from 1 to 65535"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, port: '2055'}]\n",
      "collectors[0].port: got '2055', expected an integer from 1 to 65535"),
     (VALID + "cache: {idle_timeout: -1}\n",
-     "cache.idle_timeout: got -1, expected a number of seconds of at least 0.001"),
-    (VALID + "cache: {max_flows: true}\n", "cache.max_flows: got True, expected an integer of "
-                                           "at least 1"),
+     "cache.idle_timeout: got -1, expected a number of seconds from 0.001 to 1000000000"),
+    (VALID + "cache: {max_flows: true}\n", "cache.max_flows: got True, expected an integer "
+                                           "from 1 to 2147483647"),
     (VALID + "capture: {interface: eth0, promiscuous: 'yes'}\n",
      "capture.promiscuous: got 'yes', expected true or false"),
     (VALID + "capture: eth0\n", "capture: got 'eth0', expected a mapping of interface, file, bpf, "
-                                "snaplen, promiscuous, buffer_size, exclude_exports, workers"),
+                                "snaplen, promiscuous, buffer_size, exclude_exports, workers, "
+                                "skip_corrupt"),
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
@@ -88,10 +89,10 @@ def test_file_errors_name_file_key_value_and_expectation(tmp_path: Path, text: s
     ({"collectors.mtu": 100},
      "command line: --mtu: got 100, expected an integer from 256 to 65507"),
     ({"cache.idle_timeout": 0.0}, "command line: --idle-timeout: got 0.0, expected a number of "
-                                  "seconds of at least 0.001"),
+                                  "seconds from 0.001 to 1000000000"),
     ({"collectors": [{"host": "a", "port": 0}]},
      "command line: --collector[0].port: got 0, expected an integer from 1 to 65535"),
-    ({"capture.workers": 0}, "command line: --workers: got 0, expected an integer of at least 1"),
+    ({"capture.workers": 0}, "command line: --workers: got 0, expected an integer from 1 to 1024"),
 ])
 def test_flag_errors_name_the_flag(tmp_path: Path, overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError) as error:
@@ -217,3 +218,81 @@ def test_workers_bind_ntopng_endpoints_one_port_each() -> None:
     mine = worker_config(config, 2, None)
     assert [(c.port, c.observation_domain) for c in mine.collectors] == [
         (5558, 3), (5556, 3), (2055, 3)]
+
+
+SAMPLE_RUN = (f"capture: {{file: {ROOT / 'pyprobe' / 'data' / 'sample.pcap'}}}\n"
+              "collectors: [{host: 127.0.0.1, port: 9%s}]\n")
+HOSTILE = {  # issue 16: each gave a traceback, or passed `check` and crashed `run`, or hung
+    "nan": (SAMPLE_RUN % "" + "cache: {idle_timeout: .nan}\n",
+            "cache.idle_timeout: got nan, expected a number of seconds from 0.001 to 1000000000"),
+    "infinity": (SAMPLE_RUN % ", template_refresh: .inf",
+                 "collectors[0].template_refresh: got inf, expected a number of seconds from "
+                 "0.001 to 1000000000"),
+    "buffer past a C int": (SAMPLE_RUN % "" + "capture: {buffer_size: 2147483648}\n",
+                            "capture.buffer_size: got 2147483648, expected an integer from 0 to "
+                            "2147483647"),
+    "budget past int64": (SAMPLE_RUN % "" + "dpi: {packet_budget: 9223372036854775808}\n",
+                          "dpi.packet_budget: got 9223372036854775808, expected an integer from "
+                          "1 to 2147483647"),
+    "template of 600 fields": (SAMPLE_RUN % ", template: wide.yaml",
+                               "{dir}/wide.yaml: templates[0]: fields: got 600, expected at most "
+                               "512"),
+    "invalid UTF-8": (SAMPLE_RUN % "" + "instance: \udcff\n",
+                      f"octet {len(SAMPLE_RUN % '') + 10}: not text (invalid leading UTF-8 "
+                      "octet)"),
+    "UTF-16 cut in a surrogate pair": ("\ufeff" + SAMPLE_RUN % "" + "instance: \ud800",
+                                       f"octet {2 * len(SAMPLE_RUN % '') + 22}: not text "
+                                       "(incomplete UTF-16 surrogate pair)"),
+    "nested 1,000 deep": (SAMPLE_RUN % "" + "instance: " + "[" * 1000 + "]" * 1000 + "\n",
+                          "line 3, column 1010: not valid YAML: exceeded maximum nesting depth"),
+    **{f"log_file {name}": (SAMPLE_RUN % "" + f"log_file: {path}\n",
+                            f"log_file: got '{shown}', expected a file this user can write, or "
+                            f"a new one in a folder it can write")
+       for name, path, shown in (("unwritable", "/sys/kernel/uevent_seqnum",
+                                  "/sys/kernel/uevent_seqnum"),
+                                 ("in no folder", "no/such/folder/x.log",
+                                  "{dir}/no/such/folder/x.log"))},
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_check_refuses_what_run_refuses_in_one_line(tmp_path: Path, case: str) -> None:
+    text, message = HOSTILE[case]
+    (tmp_path / "wide.yaml").write_text(
+        "templates:\n  - id: 300\n    fields: [" + ", ".join(["protocolIdentifier"] * 600) + "]\n")
+    path = tmp_path / "sensor.yaml"
+    encoding = "utf-16-le" if text.startswith("\ufeff") else "utf-8"
+    path.write_bytes(text.encode(encoding, "surrogateescape" if encoding == "utf-8" else
+                                 "surrogatepass"))
+    message = message.format(dir=tmp_path)
+    for command in ("check", "run"):
+        result = pyprobe(command, "-c", str(path))
+        assert (result.returncode, result.stderr) == (2, f"pyprobe: error: {path}: {message}\n"
+                                                      if not message.startswith("/") else
+                                                      f"pyprobe: error: {message}\n"), command
+
+
+@pytest.mark.parametrize("source", ["fifo", "/dev/zero"])
+def test_a_fifo_or_a_device_is_no_configuration_file(tmp_path: Path, source: str) -> None:
+    """`-c` on a FIFO blocked forever, `-c /dev/zero` read until memory ran out."""
+    path = str(tmp_path / source) if source == "fifo" else source
+    if source == "fifo":
+        os.mkfifo(path)
+    for command in ("check", "run"):
+        result = pyprobe(command, "-c", path)
+        assert (result.returncode, result.stderr) == (2, f"pyprobe: error: {path}: not a regular "
+                                                         f"file\n")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--idle-timeout", "nan", "--idle-timeout: got nan, expected a number of seconds from 0.001 "
+                              "to 1000000000"),
+    ("--active-timeout", "inf", "--active-timeout: got inf, expected a number of seconds from "
+                                "0.001 to 1000000000"),
+    ("--buffer-size", "99999999999", "--buffer-size: got 99999999999, expected an integer from 0 "
+                                     "to 2147483647"),
+])
+def test_flags_refuse_non_finite_and_out_of_range_numbers(flag: str, value: str,
+                                                           message: str) -> None:
+    result = pyprobe("check", "--interface", "lo", "--collector", "127.0.0.1:9", flag, value)
+    assert (result.returncode, result.stderr) == (2, f"pyprobe: error: command line: {message}\n")

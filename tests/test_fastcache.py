@@ -19,7 +19,7 @@ import pytest
 from conftest import BENCH_PCAP, GEN_SYNTH, ndpi_captures, require
 
 from pyprobe import cache as cache_module
-from pyprobe.cache import FlowCache, count
+from pyprobe.cache import BATCH_FLOWS, FlowCache, count
 from pyprobe.capture import PcapSource
 from pyprobe.classify import NdpiClassifier
 from pyprobe.ndpi import NDPI
@@ -332,7 +332,8 @@ def add_both(packets: list[Packet]) -> tuple[list[Flow], int]:
         caches[0].add(packet)
 
     adds = (cache_module._fastcache.adder(caches[0], compiled_count, reference, caches[0]._update,
-                                          caches[0]._started, caches[0]._scan), caches[1].add)
+                                          caches[0]._started, caches[0]._scan, caches[0]._evict),
+            caches[1].add)
     for packet in packets:
         for add, cache in zip(adds, caches):
             add(packet)
@@ -394,7 +395,8 @@ def test_compiled_add_hands_inspected_flows_to_the_hooks(role: str) -> None:
         caches.append(FlowCache(compiled=compiled, **hooks))
     add = cache_module._fastcache.adder(caches[0], compiled_count,
                                         lambda packet: (handed.append(packet), caches[0].add(packet)),
-                                        caches[0]._update, caches[0]._started, caches[0]._scan)
+                                        caches[0]._update, caches[0]._started, caches[0]._scan,
+                                        caches[0]._evict)
     for packet in EXCHANGE:
         add(packet)
         caches[1].add(packet)
@@ -412,7 +414,7 @@ def test_compiled_add_hands_inspected_flows_to_the_hooks(role: str) -> None:
 def test_adder_takes_only_a_compiled_count() -> None:
     with pytest.raises(TypeError, match="compiled count"):
         cache_module._fastcache.adder(FlowCache(), count, FlowCache.add, FlowCache._update,
-                                      FlowCache._started, FlowCache._scan)
+                                      FlowCache._started, FlowCache._scan, FlowCache._evict)
     with pytest.raises(TypeError, match="compiled add"):
         cache_module._fastcache.frame_meter(FlowCache().add, Decoder(1).decode)
 
@@ -451,15 +453,16 @@ def test_compiled_add_leaks_nothing() -> None:
 
 
 def feed_steps(frames: list[tuple[int, bytes | None]], linktype: int, compiled: bool) -> list:
-    """(read, tick, flows expired, clock) of each call of a cache's feed over `frames`, run as
-    FlowStream runs it (limit 97, a batch every second of packet time)."""
+    """(read, tick, flows handed out, clock) of each call of a cache's feed over `frames`, run as
+    FlowStream runs it (limit 97, a batch every BATCH_FLOWS flows or second of packet time)."""
     cache = FlowCache(compiled=compiled)
     feed, pairs = cache.feeder(Decoder(linktype, compiled=compiled)), iter(frames)
     tick_ms, steps = 1, []
     while True:
         count, tick = feed(pairs, tick_ms, 97)
-        steps.append((count, tick, len(cache.expired), cache.now_ms))
-        if cache.expired or cache.now_ms >= tick_ms:
+        due = len(cache.expired) >= BATCH_FLOWS or cache.now_ms >= tick_ms
+        steps.append((count, tick, len(cache.expired) if due else 0, cache.now_ms))
+        if due:
             tick_ms, cache.expired = cache.now_ms + 1_000, []
         elif not count and tick is None:
             return steps
@@ -481,7 +484,7 @@ def test_feed_compiled_equals_python() -> None:
     compiled, python = (feed_steps(frames, source.linktype, c) for c in (True, False))
     assert compiled == python
     assert (len(compiled), sum(s[0] for s in compiled), sum(s[1] is not None for s in compiled),
-            sum(s[2] for s in compiled)) == (330, 5_001, 10, 1_385)
+            sum(s[2] for s in compiled)) == (326, 5_001, 10, 1_385)
 
 
 @needs_compiled
@@ -494,6 +497,27 @@ def test_feed_takes_an_iterator_and_reads_at_least_one_frame() -> None:
         assert (feed(iter(frames), 1 << 60, 0), len(cache)) == ((1, None), 1)
     with pytest.raises(TypeError, match="frames must be an iterator"):
         FlowCache().feeder(Decoder(1))(frames, 1 << 60, 10)
+
+
+@needs_compiled
+def test_flows_evicted_in_a_storm_are_handed_out_in_batches() -> None:
+    """A flood of new flows past max_flows evicts one flow per packet: the loop returns once
+    BATCH_FLOWS have expired, not after every packet (issue 16: one record per message)."""
+    frames = [(1_000_000_000 + i, frame_of_packet(i)) for i in range(1_000)]
+    steps, flows = [], []
+    for compiled in (True, False):
+        cache = FlowCache(max_flows=100, compiled=compiled)
+        feed, pairs = cache.feeder(Decoder(1, compiled=compiled)), iter(frames)
+        steps.append([])
+        flows.append([])
+        while (step := feed(pairs, 1 << 60, 1 << 20))[0]:
+            steps[-1].append((step, len(cache.expired)))
+            flows[-1] += map(state, cache.expired)
+            cache.expired = []
+    assert steps[0] == steps[1] == [((356, None), 256), ((256, None), 256), ((256, None), 256),
+                                    ((132, None), 132)]
+    assert flows[0] == flows[1]  # the compiled meter evicts as the reference does
+    assert len(flows[0]) == 900
 
 
 def frame_of_packet(index: int) -> bytes:

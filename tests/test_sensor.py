@@ -324,6 +324,21 @@ def test_sighup_reopens_the_log_and_swaps_collectors_keeping_them_on_a_bad_confi
     config.write_text(settings + "  - {host: 127.0.0.1, port: 70000}\n")
     probe.process.send_signal(signal.SIGHUP)
     probe.wait_for("keeping the running configuration")
+    # Edits that ended the sensor with a traceback (issue 16), each refused in its turn.
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("templates:\n  - id: 300\n    fields: [" + ", ".join(["protocolIdentifier"]
+                                                                     * 600) + "]\n")
+    running = settings + "  - {host: 127.0.0.1, port: 4741, protocol: netflow9}\n"
+    for edit in [running.encode() + b"instance: \xff\n",
+                 running.replace("idle_timeout: 1", "idle_timeout: .nan").encode(),
+                 (running + "instance: " + "[" * 1000 + "]" * 1000 + "\n").encode(),
+                 (settings + f"  - {{host: 127.0.0.1, port: 4741, template: {wide}}}\n").encode()]:
+        count = probe.text().count("keeping the running configuration")
+        config.write_bytes(edit)
+        probe.process.send_signal(signal.SIGHUP)
+        until(lambda: probe.text().count("keeping the running configuration") > count,
+              f"no refusal of {edit[-60:]!r}")
+    assert probe.process.poll() is None, probe.text()
     netns.replay(traffic(tmp_path / "c.pcap", 40003))
     until(lambda: len(flow_records(tmp_path / "4741.json")) == 8, "records lost after a bad reload")
     probe.stop()
@@ -333,6 +348,18 @@ def test_sighup_reopens_the_log_and_swaps_collectors_keeping_them_on_a_bad_confi
 
     assert "ERROR reload: " + f"{config}: collectors[0].port: got 70000, expected an integer " \
            "from 1 to 65535; keeping the running configuration" in log.read_text()
+    assert [line.split("ERROR reload: ")[1] for line in log.read_text().splitlines()
+            if "ERROR reload: " in line][1:] == [
+        f"{config}: octet {len(running.encode() + b'instance: ')}: not text (invalid leading "
+        "UTF-8 octet); keeping the running configuration",
+        f"{config}: cache.idle_timeout: got nan, expected a number of seconds from 0.001 to "
+        "1000000000; keeping the running configuration",
+        f"{config}: line 8, column 1010: not valid YAML: exceeded maximum nesting depth; keeping "
+        "the running configuration",
+        f"{wide}: templates[0]: fields: got 600, expected at most 512; keeping the running "
+        "configuration"]
+    # The last line counts every record sent, to the collector dropped at the reload too.
+    assert re.search(r"INFO stopped: .*; exported 12 records in \d+ messages", log.read_text())
     assert "INFO started: " in (tmp_path / "sensor.log.1").read_text()
     assert "INFO started: " not in log.read_text()
     first = records(tmp_path / "4740.json")
