@@ -196,7 +196,7 @@ def test_ntopng_collectors_from_the_file_and_from_nprobes_flags(tmp_path: Path) 
                                              ("c", 5556, "zmq", True, True),
                                              ("d", 4739, "ipfix", True, True)]
     with pytest.raises(ConfigError, match=r"collectors\[0\].zmq_queue: got 1000, expected an "
-                                          r"integer of at least 131072"):
+                                          r"integer from 131072 to 2147483647"):
         load_config(write(tmp_path, VALID.replace("}]", ", protocol: zmq, zmq_queue: 1000}]")))
 
 
