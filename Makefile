@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libpcap-dev nfdump tshark tcpreplay softflowd iproute2 gcc python3-dev
+APT_PACKAGES := libpcap-dev nfdump tshark tcpreplay softflowd iproute2 gcc python3-dev pmacct libfixbuf-tools
 NFSTREAM := nfstream==6.6.0
 PCAP ?= pyprobe/data/sample.pcap
 PROTOCOL ?= ipfix
