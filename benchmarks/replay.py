@@ -37,6 +37,7 @@ import dpkt
 
 from pyprobe import FlowStream
 from pyprobe.flow import EndReason
+from pyprobe.config import CollectorConfig
 from pyprobe.elements import ElementRegistry
 from pyprobe.probe import Collector, Probe
 from pyprobe.template import load_templates
@@ -85,9 +86,10 @@ def run_once(path: Path, sink: tuple[str, int] | None, dpi: bool = False,
         flows = sum(1 for _ in stream)
     else:
         registry = ElementRegistry.default()
-        collector = (Collector(*sink, "ipfix", load_templates(ROOT / "templates" / template,
-                                                              registry))
-                     if template else Collector(*sink, "zmq", None, zmq_linger=0))
+        host, port = sink
+        collector = (Collector(CollectorConfig(host, port), load_templates(
+                         ROOT / "templates" / template, registry)) if template
+                     else Collector(CollectorConfig(host, port, protocol="zmq", linger=0), None))
         flows = Probe(stream, [collector], registry).run().flows
     return stream.stats.packets_read, flows, time.perf_counter() - started, stream
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import errno
 import gc
-import json
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from .config import (BIFLOW_TEMPLATE, SensorConfig, add_arguments, flags, load_c
 from .elements import ElementRegistry
 from .errors import CaptureError, PyprobeError
 from .flow import Flow
+from .jsonlines import json_line
 from .probe import ExportSummary, Probe
 from .crew import run
 from .sensor import check_capture, collectors_of, stream_of, worker_config
@@ -159,7 +159,7 @@ def meter(args: argparse.Namespace, config: SensorConfig, stream: FlowStream, ou
                      speed=args.speed or (1.0 if args.pace else None)).run()
     for count, flow in enumerate(stream):
         if args.json:
-            out.write(json.dumps(flow.to_dict()) + "\n")
+            out.write(json_line(flow))
             continue
         if header and not count:
             out.write(TABLE_HEADER + "\n")

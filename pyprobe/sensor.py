@@ -35,13 +35,14 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from .capture import PcapSource, check_interfaces
-from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
+from .config import (BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, CollectorConfig,
+                     SensorConfig, load_config)
 from .elements import ElementRegistry
 from .errors import ConfigError, PyprobeError
 from .probe import Collector, Probe
 from .stream import FlowStream
 from .template import TemplateSet, load_templates
-from .transport import resolve
+from .transport import SocketOptions, export_socket, resolve
 from .workers import Board, Rendezvous
 
 log = logging.getLogger("pyprobe")
@@ -93,19 +94,26 @@ class Counters(NamedTuple):
 
 def worker_config(config: SensorConfig, index: int, share: str | None) -> SensorConfig:
     """Worker `index`'s view of `config`: its share filter, its collectors' domains + `index`
-    (and the ports + `index` of the ntopng endpoints it binds: one socket each)."""
-    return replace(config, capture=replace(config.capture, bpf=share), collectors=tuple(
-        replace(c, observation_domain=c.observation_domain + index,
-                port=c.port + index if c.protocol == "zmq" and not c.zmq_probe_mode else c.port)
-        for c in config.collectors))
+    (and the ports + `index` of the ntopng endpoints it binds: one socket each; and files of
+    its own, `.index` before the suffix, when there are several workers)."""
+    def own(c: CollectorConfig) -> CollectorConfig:
+        bound = c.protocol == "zmq" and not c.zmq_probe_mode
+        own_file = c.file is not None and config.capture.workers > 1
+        return replace(c, observation_domain=c.observation_domain + index,
+                       port=c.port + index if bound else c.port,
+                       file="{0}.{2}{1}".format(*os.path.splitext(c.file), index) if own_file
+                       else c.file)
+    return replace(config, capture=replace(config.capture, bpf=share),
+                   collectors=tuple(map(own, config.collectors)))
 
 
 def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
                   biflow: bool = False) -> list[Collector]:
-    """The configured collectors, their template files read and checked (each file once).
+    """The configured collectors, their template files read and checked (each file once), and
+    their hosts and sockets too.
 
     A collector without a template file gets the biflow, nDPI or default one, in that order;
-    ntopng (protocol zmq) takes no templates.
+    ntopng (protocol zmq) and JSON lines take no templates.
     """
     templates: dict[str, TemplateSet] = {}
     default = (BIFLOW_TEMPLATE if biflow else NDPI_TEMPLATE if config.dpi.enabled
@@ -113,27 +121,26 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
     collectors = []
     for entry in config.collectors:
         path = entry.template or str(default)
-        if path not in templates and entry.protocol != "zmq":
+        if path not in templates and entry.protocol in ("ipfix", "netflow9"):
             templates[path] = load_templates(path, registry)
-        collectors.append(Collector(entry.host, entry.port, entry.protocol, templates.get(path),
-                                    observation_domain=entry.observation_domain,
-                                    mtu_bytes=entry.mtu, template_refresh_s=entry.template_refresh,
-                                    template_refresh_packets=entry.template_refresh_packets,
-                                    zmq_probe_mode=entry.zmq_probe_mode,
-                                    zmq_compress=entry.zmq_compress, zmq_queue=entry.zmq_queue,
-                                    zmq_linger=entry.zmq_linger))
+        collectors.append(Collector(entry, templates.get(path)))
     for collector in collectors:  # a bad protocol/template pairing, MTU or host fails here too
         collector.exporter(registry)
-        if collector.host != "*":  # ntopng's: every local address
-            resolve(collector.host, collector.port)
+        entry = collector.config
+        if entry.host is not None and entry.host != "*":  # ntopng's: every local address
+            family, kind, proto, _ = resolve(entry.host, entry.port)
+            if entry.protocol != "zmq":  # a source address, interface or option it cannot take
+                export_socket(entry.name, family, kind, proto, SocketOptions(
+                    entry.source, entry.dscp, entry.ttl, entry.send_buffer)).close()
     return collectors
 
 
 def describe(collectors: list[Collector]) -> str:
-    def one(c: Collector) -> str:
-        mode = "" if c.protocol != "zmq" else ", probe mode" if c.zmq_probe_mode else ", bound"
-        return f"{c.host}:{c.port} ({c.protocol}{mode})"
-    return ", ".join(map(one, collectors))
+    def one(c: CollectorConfig) -> str:
+        how = ("file" if c.file is not None else "probe mode" if c.zmq_probe_mode else "bound"
+               if c.protocol == "zmq" else c.transport)
+        return f"{c.name} ({c.protocol}, {how})"
+    return ", ".join(one(c.config) for c in collectors)
 
 
 def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:
@@ -150,17 +157,20 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
 
 def exports_filter(config: SensorConfig) -> str:
     """The probe's own export traffic, as a BPF expression, from the sensor's configuration:
-    the UDP datagrams to each IPFIX and NetFlow v9 collector; ntopng's TCP connections, both
-    ways (probe mode: with its address and port; bound: on the ports its workers bind)."""
+    the UDP datagrams to each IPFIX and NetFlow v9 collector; the TCP connections to IPFIX
+    collectors and ntopng, both ways (ntopng bound: on the ports its workers bind)."""
     clauses = []
     for collector in config.collectors:
+        if collector.file is not None:
+            continue
         if collector.protocol == "zmq" and not collector.zmq_probe_mode:
             last = collector.port + config.capture.workers - 1  # one a worker
             local = "" if collector.host == "*" else f" and host {collector.host}"
             clauses.append(f"(tcp{local} and portrange {collector.port}-{last})")
             continue
         address, port = resolve(collector.host, collector.port)[3][:2]
-        clauses.append(f"(tcp and host {address} and port {port})" if collector.protocol == "zmq"
+        clauses.append(f"(tcp and host {address} and port {port})"
+                       if collector.protocol == "zmq" or collector.transport == "tcp"
                        else f"(udp and dst host {address} and dst port {port})")
     return " or ".join(dict.fromkeys(clauses))
 
@@ -170,9 +180,10 @@ def capture_filter(config: SensorConfig, bpf_filter: str | None) -> str | None:
     traffic (`exports_filter`), for a live capture unless `capture.exclude_exports` is off. The
     clause comes first: a `vlan` in the other moves the offsets of what follows it."""
     capture = config.capture
-    if capture.interface is None or not capture.exclude_exports or not config.collectors:
+    exports = exports_filter(config) if capture.interface and capture.exclude_exports else ""
+    if not exports:  # a capture file, or only files written
         return bpf_filter
-    return f"not ({exports_filter(config)})" + (f" and ({bpf_filter})" if bpf_filter else "")
+    return f"not ({exports})" + (f" and ({bpf_filter})" if bpf_filter else "")
 
 
 def open_capture(config: SensorConfig, bpf_filter: str | None) -> PcapSource:
