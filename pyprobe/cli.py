@@ -129,9 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
         add_arguments(command)
-    collect = commands.add_parser("collect", help="decode IPFIX / NetFlow v9 arriving on a UDP port")
-    collect.add_argument("--port", type=bounded(int, 0, 65535), required=True,
-                         help="UDP port to listen on (0: a free one, which it prints)")
+    collect = commands.add_parser("collect", help="decode IPFIX / NetFlow v9 arriving on a UDP "
+                                                  "port (or IPFIX on a TCP port, or in a file)")
+    source = collect.add_mutually_exclusive_group(required=True)
+    source.add_argument("--port", type=bounded(int, 0, 65535),
+                        help="UDP port to listen on (0: a free one, which it prints)")
+    source.add_argument("--file", metavar="FILE",
+                        help="read the IPFIX messages of FILE (RFC 5655; -: stdin) instead")
+    collect.add_argument("--tcp", action="store_true",
+                         help="listen on TCP instead (IPFIX over TCP, RFC 7011 10.4)")
     collect.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     collect.add_argument("--json", action="store_true", help="one JSON object per record")
     collect.add_argument("--count", type=bounded(int, 1), metavar="N",

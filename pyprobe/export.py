@@ -11,7 +11,7 @@ the caller passes: packet time in a replay. When the templates send applicationI
 flow of each application after every timed refresh is preceded by its names record.
 
 A `session` exporter (IPFIX over TCP, an IPFIX file) sends its templates once per session, in
-the messages `templates()` makes, which the transport sends first on each connection and at
+the messages `template_messages()` makes, which the transport sends first on each connection and at
 the start of each file; the data messages carry only the options data (statistics, RFC 5610
 types), at the start and every `template_refresh_s`. `cut()` ends a session (a file): the
 next message carries the options data again, and each application's names before its flows.
@@ -250,7 +250,7 @@ class Exporter:
                 (statistics.id, statistics.encode_values(statistics_values(self.stats)), True),
                 *self._type_records]
 
-    def templates(self, now_ms: int) -> list[bytes]:
+    def template_messages(self, now_ms: int) -> list[bytes]:
         """A session's first messages: every template record (data, application names,
         options), in messages of their own, which hold no data record."""
         out: list[bytes] = []

@@ -39,4 +39,4 @@ class JsonLinesExporter:
     def tick(self, now_ms: int) -> list[bytes]:
         return []
 
-    flush = templates = cut = tick  # nothing held, no templates, no session state
+    flush = template_messages = cut = tick  # nothing held, no templates, no session state

@@ -129,9 +129,9 @@ class Probe:
         if isinstance(exporter, NtopngExporter):
             transport.greeting = lambda: self._event(exporter, transport)
         elif isinstance(transport, TcpTransport):  # a connection's templates
-            transport.greeting = lambda: exporter.templates(self.now_ms)
+            transport.greeting = lambda: exporter.template_messages(self.now_ms)
         elif isinstance(transport, FileTransport):  # a file's
-            transport.greeting = exporter.templates
+            transport.greeting = exporter.template_messages
         return exporter, transport
 
     def _rotate(self, now_ms: int) -> None:
