@@ -20,6 +20,7 @@ from .config import (BIFLOW_TEMPLATE, SensorConfig, add_arguments, flags, load_c
                      overrides_of, to_yaml)
 from .elements import ElementRegistry
 from .errors import CaptureError, PyprobeError
+from .filetransport import STDOUT
 from .flow import Flow
 from .jsonlines import json_line
 from .probe import ExportSummary, Probe
@@ -213,9 +214,12 @@ def replay(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
         stats = stream.stats
-    print(format_summary(stats), file=sys.stderr if args.json and summary is None else sys.stdout)
+    # stdout is the flows' when they go there (--json, --output -): then the summary is not
+    out = (sys.stderr if (args.json and summary is None)
+           or any(c.file == STDOUT for c in config.collectors) else sys.stdout)
+    print(format_summary(stats), file=out)
     if summary is not None:
-        print(format_export_summary(summary))
+        print(format_export_summary(summary), file=out)
     if stats.corrupt_records and not config.capture.skip_corrupt:
         raise CaptureError(corrupt_capture(args.file, stats))
     return 0
