@@ -25,7 +25,8 @@ from .flow import Flow
 from .jsonlines import json_line
 from .probe import ExportSummary, Probe
 from .crew import run
-from .sensor import check_capture, collectors_of, stream_of, worker_config
+from .metrics import add_up, status
+from .sensor import Counters, check_capture, collectors_of, stream_of, worker_config
 from .capture import PcapSource
 from .stream import FlowStream, MeterStats
 from .workers import Rendezvous, run_sharded
@@ -130,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
         add_arguments(command)
+    commands.choices["run"].add_argument(
+        "--status", action="store_true",
+        help="print the counters of the sensor running with this configuration (read from its "
+             "metrics.listen, or --metrics), worker by worker, and exit")
     collect = commands.add_parser("collect", help="decode IPFIX / NetFlow v9 arriving on a UDP "
                                                   "port (or IPFIX on a TCP port, or in a file)")
     source = collect.add_mutually_exclusive_group(required=True)
@@ -241,6 +246,44 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_status(args: argparse.Namespace) -> int:
+    """`pyprobe run --status`: a running sensor's counters, from its metrics endpoint: its
+    statistics line, then each worker's, with what the line adds up."""
+    overrides = overrides_of(args)
+    listen = overrides.get("metrics.listen")
+    if listen is None and args.config is not None:
+        listen = load_config(args.config, overrides).metrics.listen
+    if listen is None:
+        raise PyprobeError("--status reads the sensor's metrics endpoint: give the -c FILE "
+                           "that sets metrics.listen, or --metrics HOST:PORT")
+    workers = status(listen)
+    print(f"sensor at {listen}: {Counters.of(add_up(workers.values()))}")
+    for index, samples in workers.items():
+        print(f"worker {index}: {Counters.of(add_up([samples]))}")
+        by_metric: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+        for name, labels, value in samples:
+            by_metric.setdefault(name.removeprefix("pyprobe_"), []).append((labels, value))
+        print("  skipped: " + (", ".join(f"{reason} {count}" for (reason,), count
+                                         in by_metric.get("packets_skipped", ())) or "none"))
+        print("  flows ended: " + ", ".join(f"{reason} {count}" for (reason,), count
+                                             in by_metric.get("flows_ended", ())))
+        if "ndpi_packets" in by_metric:
+            outcome = dict((label, count) for (label,), count in by_metric["ndpi_flows"])
+            print(f"  nDPI: {outcome['classified']} flows classified, {outcome['given_up']} "
+                  f"given up, {by_metric['ndpi_packets'][0][1]} packets, "
+                  f"{by_metric['ndpi_uninspected_flows'][0][1]} flows not inspected")
+        held = dict(by_metric.get("collector_held_messages", ()))
+        for what in ("records", "messages", "octets", "errors"):
+            by_metric.setdefault(f"collector_{what}", [])
+        for (collector,), records in by_metric["collector_records"]:
+            counts = {what: dict(by_metric[f"collector_{what}"]).get((collector,), 0)
+                      for what in ("messages", "octets", "errors")}
+            print(f"  {collector}: {records} records, {counts['messages']} messages, "
+                  f"{counts['octets']} octets, {counts['errors']} errors"
+                  + (f", {held[collector,]} messages held" if (collector,) in held else ""))
+    return 0
+
+
 def quiet_collector() -> None:
     """The meter's objects (flows, their directions, keys, packets) hold no reference cycles, so
     the cyclic garbage collector would mostly walk the live flows: it runs rarely, and never over
@@ -254,6 +297,8 @@ def command(args: argparse.Namespace) -> int:
     if args.command == "collect":
         from .collect import run as collect
         return collect(args)
+    if args.command == "run" and args.status:
+        return show_status(args)
     if args.command == "run":
         return run(args.config, overrides_of(args))
     if args.command == "check":

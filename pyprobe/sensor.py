@@ -39,11 +39,12 @@ from .config import (BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, Collector
                      SensorConfig, load_config)
 from .elements import ElementRegistry
 from .errors import ConfigError, PyprobeError
+from .metrics import REASONS, Board, MetricsServer, Sample, add_up
 from .probe import Collector, Probe
 from .stream import FlowStream
 from .template import TemplateSet, load_templates
-from .transport import SocketOptions, export_socket, resolve
-from .workers import Board, Rendezvous
+from .transport import SocketOptions, export_socket, parse_address, resolve
+from .workers import Rendezvous
 
 log = logging.getLogger("pyprobe")
 LOG_FORMAT = "%(asctime)s {instance} %(levelname)s %(message)s"
@@ -74,6 +75,20 @@ class Counters(NamedTuple):
     records: int
     messages: int
     send_errors: int
+
+    @classmethod
+    def of(cls, total: dict[tuple[str, tuple[str, ...]], int]) -> Counters:
+        """The counters of samples added up (`metrics.add_up`)."""
+        def one(name: str, *labels: str) -> int:
+            return total.get((f"pyprobe_{name}", labels), 0)
+
+        def every(name: str) -> int:
+            return sum(value for (metric, _), value in total.items()
+                       if metric == f"pyprobe_{name}")
+        return cls(one("capture_frames"), one("capture_dropped_frames", "kernel"),
+                   one("capture_dropped_frames", "interface"), one("packets_read"),
+                   every("packets_skipped"), one("flows_live"), every("flows_ended"),
+                   one("export_records"), one("export_messages"), one("export_errors"))
 
     def __str__(self) -> str:
         return (f"captured {self.captured} frames, dropped {self.kernel_dropped} by the kernel "
@@ -136,11 +151,15 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
 
 
 def describe(collectors: list[Collector]) -> str:
-    def one(c: CollectorConfig) -> str:
-        how = ("file" if c.file is not None else "probe mode" if c.zmq_probe_mode else "bound"
-               if c.protocol == "zmq" else c.transport)
-        return f"{c.name} ({c.protocol}, {how})"
-    return ", ".join(one(c.config) for c in collectors)
+    return ", ".join(map(name_of, collectors))
+
+
+def name_of(collector: Collector) -> str:
+    """How the log and the metrics name a collector: where, in which protocol, and how."""
+    c = collector.config
+    how = ("file" if c.file is not None else "probe mode" if c.zmq_probe_mode else "bound"
+           if c.protocol == "zmq" else c.transport)
+    return f"{c.name} ({c.protocol}, {how})"
 
 
 def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:
@@ -158,7 +177,8 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
 def exports_filter(config: SensorConfig) -> str:
     """The probe's own export traffic, as a BPF expression, from the sensor's configuration:
     the UDP datagrams to each IPFIX and NetFlow v9 collector; the TCP connections to IPFIX
-    collectors and ntopng, both ways (ntopng bound: on the ports its workers bind)."""
+    collectors and ntopng, both ways (ntopng bound: on the ports its workers bind), and those
+    to its metrics endpoint."""
     clauses = []
     for collector in config.collectors:
         if collector.file is not None:
@@ -172,6 +192,10 @@ def exports_filter(config: SensorConfig) -> str:
         clauses.append(f"(tcp and host {address} and port {port})"
                        if collector.protocol == "zmq" or collector.transport == "tcp"
                        else f"(udp and dst host {address} and dst port {port})")
+    if config.metrics.listen is not None:  # the scrapes of its metrics endpoint
+        host, port = parse_address(config.metrics.listen)
+        local = "" if host in ("0.0.0.0", "::") else f" and host {host}"
+        clauses.append(f"(tcp{local} and port {port})")
     return " or ".join(dict.fromkeys(clauses))
 
 
@@ -274,6 +298,8 @@ class Sensor:
         self.probe: Probe | None = None
         self.capture: PcapSource | None = None
         self._index = None if worker is None else worker.index
+        self.board: Board | None = None if worker is None else worker.board
+        """Where its samples go for the metrics endpoint (a worker's: the parent's board)."""
         self._stopping = False
         self._reload_requested = False
         self._next_statistics_ms = 0
@@ -292,6 +318,9 @@ class Sensor:
         end_clock = worker.rendezvous.end_clock if worker is not None and capture.is_file else None
         # nDPI loads here, while its files are readable
         stream = stream_of(config, capture, end_clock=end_clock)
+        if worker is None and config.metrics.listen is not None:  # bound while privileged
+            self.board = Board(1)
+            MetricsServer(config.metrics.listen, self.board).start()
         drop_privileges(config.user, config.group)
         probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer,
                                    process_id=worker.index if worker is not None else 0)
@@ -328,28 +357,65 @@ class Sensor:
         if self._reload_requested:
             self._reload_requested = False
             self.reload(now_ms)
-        self._post()
         if now_ms >= self._next_statistics_ms:
             self._next_statistics_ms = now_ms + round(self.config.statistics_interval * 1000)
             self.probe.update_statistics()
-            counters = self.counters()
+            counters = Counters.of(add_up([self._post()]))  # what the endpoint shows
             self._tell("statistics: %s", counters)
             if self.worker is None:
                 counters.warn_of_drops(self._last)
             self._last = counters
+        else:
+            self._post()
 
-    def _post(self) -> None:
-        """A worker's counters, where the parent reads them."""
-        if self.worker is not None:
-            self.worker.board.post(self.worker.index, self.counters())
+    def _post(self) -> list[Sample]:
+        """Its samples, posted where the metrics endpoint reads them."""
+        samples = self.samples()
+        if self.board is not None:
+            self.board.post(self._index or 0, samples)
+        return samples
 
     def counters(self) -> Counters:
+        return Counters.of(add_up([self.samples()]))
+
+    def samples(self) -> list[Sample]:
+        """Its counters as metrics samples (`metrics.METRICS`): the capture's, the meter's, each
+        collector's and nDPI's."""
         probe = self.probe
         stream = probe.stream
         meter, sent = stream.stats, probe.sent()  # what a reload dropped included
-        return Counters(*self.capture.stats(), meter.packets_read, meter.packets_skipped,
-                        len(stream.cache or ()), sum(meter.flows.values()), sent.records,
-                        sent.messages, sent.send_errors)
+        received, kernel, interface = self.capture.stats()
+        samples: list[Sample] = [
+            ("pyprobe_capture_frames", (), received),
+            ("pyprobe_capture_dropped_frames", ("kernel",), kernel),
+            ("pyprobe_capture_dropped_frames", ("interface",), interface),
+            ("pyprobe_packets_read", (), meter.packets_read),
+            *(("pyprobe_packets_skipped", (reason,), count)
+              for reason, count in sorted(meter.skipped.items())),
+            ("pyprobe_flows_live", (), len(stream.cache or ())),
+            *(("pyprobe_flows_ended", (name,), meter.flows[reason])
+              for reason, name in REASONS.items()),
+            ("pyprobe_export_records", (), sent.records),
+            ("pyprobe_export_messages", (), sent.messages),
+            ("pyprobe_export_errors", (), sent.send_errors)]
+        for collector, (exporter, transport) in zip(probe.collectors, probe.links):
+            name = (name_of(collector),)
+            stats = exporter.stats
+            samples += [("pyprobe_collector_records", name, stats.flow_records),
+                        ("pyprobe_collector_messages", name, stats.messages),
+                        ("pyprobe_collector_octets", name, stats.octets),
+                        ("pyprobe_collector_errors", name, transport.errors)]
+            held = getattr(transport, "held", None)  # what a TCP or ZeroMQ queue holds
+            if held is not None:
+                samples.append(("pyprobe_collector_held_messages", name, held))
+        classifier = stream.classifier
+        if classifier is not None:
+            samples += [("pyprobe_ndpi_flows", ("classified",),
+                         classifier.flows - classifier.giveups),
+                        ("pyprobe_ndpi_flows", ("given_up",), classifier.giveups),
+                        ("pyprobe_ndpi_packets", (), classifier.packets),
+                        ("pyprobe_ndpi_uninspected_flows", (), classifier.skipped)]
+        return samples
 
     def reload(self, now_ms: int) -> None:
         """Reopens the log and swaps in the collectors of the configuration as it now reads (and
