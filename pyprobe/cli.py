@@ -25,7 +25,7 @@ from .flow import Flow
 from .jsonlines import json_line
 from .probe import ExportSummary, Probe
 from .crew import run
-from .metrics import add_up, status
+from .metrics import add_up, details, status
 from .sensor import Counters, check_capture, collectors_of, stream_of, worker_config
 from .capture import PcapSource
 from .stream import FlowStream, MeterStats
@@ -260,27 +260,8 @@ def show_status(args: argparse.Namespace) -> int:
     print(f"sensor at {listen}: {Counters.of(add_up(workers.values()))}")
     for index, samples in workers.items():
         print(f"worker {index}: {Counters.of(add_up([samples]))}")
-        by_metric: dict[str, list[tuple[tuple[str, ...], int]]] = {}
-        for name, labels, value in samples:
-            by_metric.setdefault(name.removeprefix("pyprobe_"), []).append((labels, value))
-        print("  skipped: " + (", ".join(f"{reason} {count}" for (reason,), count
-                                         in by_metric.get("packets_skipped", ())) or "none"))
-        print("  flows ended: " + ", ".join(f"{reason} {count}" for (reason,), count
-                                             in by_metric.get("flows_ended", ())))
-        if "ndpi_packets" in by_metric:
-            outcome = dict((label, count) for (label,), count in by_metric["ndpi_flows"])
-            print(f"  nDPI: {outcome['classified']} flows classified, {outcome['given_up']} "
-                  f"given up, {by_metric['ndpi_packets'][0][1]} packets, "
-                  f"{by_metric['ndpi_uninspected_flows'][0][1]} flows not inspected")
-        held = dict(by_metric.get("collector_held_messages", ()))
-        for what in ("records", "messages", "octets", "errors"):
-            by_metric.setdefault(f"collector_{what}", [])
-        for (collector,), records in by_metric["collector_records"]:
-            counts = {what: dict(by_metric[f"collector_{what}"]).get((collector,), 0)
-                      for what in ("messages", "octets", "errors")}
-            print(f"  {collector}: {records} records, {counts['messages']} messages, "
-                  f"{counts['octets']} octets, {counts['errors']} errors"
-                  + (f", {held[collector,]} messages held" if (collector,) in held else ""))
+        for line in details(samples):
+            print(f"  {line}")
     return 0
 
 

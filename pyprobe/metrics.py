@@ -91,6 +91,31 @@ def add_up(rows: Iterable[Iterable[Sample]]) -> dict[tuple[str, tuple[str, ...]]
     return total
 
 
+def details(samples: list[Sample]) -> Iterator[str]:
+    """A worker's samples beyond its statistics line, a line each: packets skipped and flows
+    ended by reason, nDPI's counts, each collector's."""
+    values = {(name.removeprefix("pyprobe_"), labels): value for name, labels, value in samples}
+
+    def by(metric: str) -> dict[str, int]:
+        return {labels[0]: value for (name, labels), value in values.items() if name == metric}
+    yield "skipped: " + (", ".join(f"{reason} {count}" for reason, count
+                                   in by("packets_skipped").items()) or "none")
+    yield "flows ended: " + ", ".join(f"{reason} {count}"
+                                      for reason, count in by("flows_ended").items())
+    if ("ndpi_packets", ()) in values:
+        outcome = by("ndpi_flows")
+        yield (f"nDPI: {outcome['classified']} flows classified, {outcome['given_up']} given up, "
+               f"{values['ndpi_packets', ()]} packets, {values['ndpi_uninspected_flows', ()]} "
+               f"flows not inspected")
+    messages, octets, errors = (by(f"collector_{what}") for what in ("messages", "octets",
+                                                                      "errors"))
+    held = by("collector_held_messages")
+    for collector, records in by("collector_records").items():
+        yield (f"{collector}: {records} records, {messages[collector]} messages, "
+               f"{octets[collector]} octets, {errors[collector]} errors"
+               + (f", {held[collector]} messages held" if collector in held else ""))
+
+
 class Board:
     """The samples each worker posted last, which the process serving the metrics reads: a slot
     of shared memory per worker (made before the fork), each behind its lock."""

@@ -202,8 +202,8 @@ class Probe:
         if isinstance(transport, FileTransport) and transport.due(now_ms):
             transport.rotate(exporter.cut(now_ms), now_ms)
         transport.send(exporter.flush(now_ms))
+        transport.close()  # what it could not deliver within its linger counts as errors
         self._count(self.summary, exporter, transport)
-        transport.close()
 
     def run(self) -> ExportSummary:
         """Meters the whole source, exports every flow, flushes, and returns the summary."""

@@ -158,8 +158,8 @@ def name_of(collector: Collector) -> str:
     """How the log and the metrics name a collector: where, in which protocol, and how."""
     c = collector.config
     how = ("file" if c.file is not None else "probe mode" if c.zmq_probe_mode else "bound"
-           if c.protocol == "zmq" else c.transport)
-    return f"{c.name} ({c.protocol}, {how})"
+           if c.protocol == "zmq" else "tcp" if c.transport == "tcp" else "")
+    return f"{c.name} ({c.protocol}, {how})" if how else f"{c.name} ({c.protocol})"
 
 
 def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:

@@ -72,7 +72,7 @@ def test_a_scrape_during_a_live_run_equals_the_statistics_line(netns: Namespace,
     assert (captured, read, live) == (360, 360, 120)
     assert {dict(labels)["worker"] for labels in metrics["pyprobe_packets_read_total"]} == {
         str(index) for index in range(workers)}
-    collector = "127.0.0.1:2055 (ipfix, udp)"
+    collector = "127.0.0.1:2055 (ipfix)"
     assert total(metrics["pyprobe_collector_messages_total"], collector=collector) == messages
     # nDPI counts a flow when it labels it: classified (none of these random payloads), or
     # given up on at its end; all 120 are live, under inspection

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import NDPI_PCAPS, require
 from test_interop import DEFAULT_TEMPLATES, REGISTRY
-from test_sensor import PYPROBE, Namespace, netns  # noqa: F401 - the fixture
+from test_sensor import PYPROBE, Namespace, many_flows, netns  # noqa: F401 - the fixture
+from test_sensor import Probe as SensorProbe
 
 from pyprobe.export import Exporter
 from pyprobe.flow import Flow
@@ -257,3 +258,35 @@ def test_tshark_decodes_the_stream_with_no_expert_warning(netns: Namespace,
     assert versions == messages
     packets = sum(int(n) for *_, counts in rows for n in counts.split(",") if n)
     assert packets == sum(f.bidirectional_packets for f in FlowStream(str(capture)))
+
+
+def test_sigterm_drains_what_a_live_sensor_holds_within_the_linger(netns: Namespace,
+                                                                   tmp_path: Path) -> None:
+    """`pyprobe run` with an IPFIX-over-TCP collector that is not listening: SIGTERM waits
+    `linger` (1 s) for it, then exits 0 counting what it held as send errors. With the
+    collector listening, SIGTERM delivers every flow."""
+    flows_pcap = many_flows(tmp_path / "flows.pcap")
+    probe = SensorProbe(netns, tmp_path / "away.log", "--collector", f"{HOST}:4739,ipfix,tcp",
+                        "--linger", "1")
+    netns.replay(flows_pcap, pps=1000)
+    took = probe.stop()
+    log = probe.text()
+    held = int(re.search(r"collector 127\.0\.0\.1:4739: (\d+) messages not taken within 1 s; "
+                         r"dropped", log)[1])
+    assert 1 <= took < 3
+    assert re.search(rf"stopped: captured 360 frames, .* {held} send errors\n", log), log
+    collect = netns.popen(*PYPROBE, "collect", "--tcp", "--port", "4739", "--json",
+                          log=tmp_path / "collect.log")
+    until(lambda: "listening on" in (tmp_path / "collect.log").read_text(), "collect")
+    probe = SensorProbe(netns, tmp_path / "there.log", "--collector", f"{HOST}:4739,ipfix,tcp",
+                        "--linger", "1")
+    netns.replay(flows_pcap, pps=1000)
+    assert probe.stop() < 1
+    until(lambda: "closed" in (tmp_path / "collect.log").read_text(), "the connection")
+    collect.send_signal(signal.SIGINT)
+    collect.wait(timeout=10)
+    records = [json.loads(line) for line in (tmp_path / "collect.log").read_text().splitlines()
+               if line.startswith("{")]
+    assert sum(r["fields"]["packetDeltaCount"] for r in records
+               if r["template_id"] in FLOW_TEMPLATES) == 360
+    assert re.search(r"stopped: captured 360 frames, .* 0 send errors\n", probe.text())
