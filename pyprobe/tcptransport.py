@@ -93,7 +93,10 @@ class TcpTransport:
         self._pump()
 
     def _pump(self) -> None:
-        """Connects when due, then writes while the socket takes it."""
+        """Connects when due, then writes while the socket takes it (nothing to write: the
+        connection is looked at next time)."""
+        if not self._backlog and not self._preface:
+            return
         if self._socket is None:
             if time.monotonic() < self._retry_at:
                 return
