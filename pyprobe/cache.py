@@ -15,14 +15,9 @@ head and stops at the first live flow (bounded work). Rules, with IANA flowEndRe
 Expired flows are appended to `expired`, which the caller empties or replaces.
 
 A classifier (nDPI) sees a flow's packets only while its `classifier_state` is set; plugins see
-every packet. `add` and `count` are the reference. Where `_fastcache.c` was built at install,
-`count` has a compiled form, and so has `add` for most packets (`adder()`): a later packet of a
-live flow that no deadline ends, or the first of a new flow, is metered in C, then handed to the
-classifier and plugins, if any, as `add` does; without plugins, nDPI gets them from C too
-(`NdpiClassifier.inspector`). The scan for idle flows a packet makes due runs first, in Python.
-`frame_meter()` also parses such a packet's Ethernet frame in C, making no Packet unless a
-classifier or plugin needs it, and `feeder()` runs the loop around it in C. `compiled=False`
-keeps them all in Python.
+every packet. `feed` is the meter loop: it decodes a capture's frames and adds their packets until
+its caller has a batch of expired flows to hand out. Where pyprobe was compiled (cache.pxd), all
+of this runs as C, with the flows' counters as C integers (flow.py says within which bounds).
 
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)
@@ -37,19 +32,13 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from .flow import FLAG_INCREMENT, NO_MINIMUM, TH_FIN, TH_RST, Direction, EndReason, Flow, Packet
+from .flow import TH_FIN, TH_RST, Direction, EndReason, Flow, Packet, add_square, count_flags
 
 if TYPE_CHECKING:
     from .decode import Decoder
-
-try:
-    from . import _fastcache
-except ImportError:  # built at install only where a C compiler is (setup.py: optional)
-    _fastcache = None
-COMPILED = _fastcache is not None
-"""Whether the compiled per-packet path (_fastcache.c) is built."""
 
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
 CLOSE_FLAGS = TH_FIN | TH_RST  # a packet with one of these may start the close linger
@@ -61,13 +50,15 @@ ACTIVE_TIMEOUT = EndReason.ACTIVE_TIMEOUT
 END_OF_FLOW = EndReason.END_OF_FLOW
 FORCED_END = EndReason.FORCED_END
 LACK_OF_RESOURCES = EndReason.LACK_OF_RESOURCES
+NS_PER_MS = 1_000_000
+MAX_TIMEOUT_MS = 1 << 61  # longer timeouts are this (66 million years): deadlines stay in int64
 
 
 def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, flags: int) -> bool:
     """Counts a flow's later packet; False, with only the flow counted, for the first reply."""
     piat = time_ms - flow.last_seen_ms
     flow.last_seen_ms = time_ms
-    flow.sum_sq_piat_ms += piat * piat
+    flow.sum_sq_piat_ms = add_square(flow.sum_sq_piat_ms, piat)
     if piat < flow.low_piat_ms:
         flow.low_piat_ms = piat
     if piat > flow.max_piat_ms:
@@ -77,14 +68,14 @@ def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, fla
         return False
     direction.packets += 1
     direction.bytes += size
-    direction.sum_sq_ps += size * size
+    direction.sum_sq_ps = add_square(direction.sum_sq_ps, size)
     if size < direction.min_ps:
         direction.min_ps = size
     elif size > direction.max_ps:
         direction.max_ps = size
     piat = time_ms - direction.last_seen_ms
     direction.last_seen_ms = time_ms
-    direction.sum_sq_piat_ms += piat * piat
+    direction.sum_sq_piat_ms = add_square(direction.sum_sq_piat_ms, piat)
     if piat < direction.low_piat_ms:
         direction.low_piat_ms = piat
     if piat > direction.max_piat_ms:
@@ -94,14 +85,8 @@ def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, fla
     elif ttl > direction.max_ttl:
         direction.max_ttl = ttl
     if flags:
-        direction.tcp_flags |= flags
-        direction.flag_counts += FLAG_INCREMENT[flags]
+        count_flags(direction, flags)
     return True
-
-
-compiled_count = (_fastcache.counter(Flow, Direction, FLAG_INCREMENT, NO_MINIMUM, count)
-                  if COMPILED else None)
-"""`count` compiled for Flow and Direction; past int64 it hands the packet to `count`."""
 
 
 class Plugin(Protocol):
@@ -122,15 +107,14 @@ class FlowCache:
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
                  "classifier", "plugins", "now_ms", "started_ms", "expired", "flows_created",
-                 "_flows", "_closing", "_next_scan_ms", "compiled", "_count", "_hooks")
+                 "_flows", "_closing", "_next_scan_ms", "_hooks")
 
     def __init__(self, *, idle_timeout_s: float = 30, active_timeout_s: float = 120,
                  max_flows: int = 524_288, close_linger_s: float = 2,
-                 classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = (),
-                 compiled: bool = True) -> None:
-        self.idle_timeout_ms = round(idle_timeout_s * 1000)
-        self.active_timeout_ms = round(active_timeout_s * 1000)
-        self.close_linger_ms = round(close_linger_s * 1000)
+                 classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = ()) -> None:
+        self.idle_timeout_ms = min(round(idle_timeout_s * 1000), MAX_TIMEOUT_MS)
+        self.active_timeout_ms = min(round(active_timeout_s * 1000), MAX_TIMEOUT_MS)
+        self.close_linger_ms = min(round(close_linger_s * 1000), MAX_TIMEOUT_MS)
         self.max_flows = max_flows
         self.classifier = classifier
         """Runs before the plugins; its on_update and on_expire only while the flow's
@@ -144,54 +128,32 @@ class FlowCache:
         self._flows: OrderedDict[bytes, Flow] = OrderedDict()
         self._closing: deque[Flow] = deque()  # in end_by_ms order: the linger is constant
         self._next_scan_ms = 0
-        self.compiled = compiled and COMPILED
-        """Whether packets are counted by the compiled `count` (`compiled=False`: pure Python)."""
-        self._count = compiled_count if self.compiled else count
 
     def __len__(self) -> int:
         return len(self._flows)
 
-    def adder(self) -> Callable[[Packet], None]:
-        """`add` for hot loops: compiled for the common packet when it is built, else `add`."""
-        if not self.compiled:
-            return self.add
-        inspector = getattr(self.classifier, "inspector", None)  # nDPI's: called from C
-        return _fastcache.adder(self, compiled_count, self.add, self._update, self._started,
-                                self._scan, inspector and inspector())
-
-    def frame_meter(self, decoder: Decoder) -> Callable[[int, bytes], None]:
-        """meter(time_ms, frame): `decoder.decode`, then `add` the packet if there is one. With
-        both compiled, the common Ethernet frame is metered in C without making its Packet."""
-        add, decode = self.adder(), decoder.decode
-        if self.compiled and decoder.compiled:
-            return _fastcache.frame_meter(add, decode)
-
-        def meter(time_ms: int, frame: bytes) -> None:
-            packet = decode(time_ms, frame)
-            if packet is not None:
-                add(packet)
-        return meter
-
     def feeder(self, decoder: Decoder) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
-        """feed(frames, tick_ms, limit) -> (read, tick): the meter loop. Meters the (ts_ns, frame)
-        pairs of the iterator `frames` (frame_meter()) until a batch is due (flows expired, or
-        the clock at `tick_ms`), `limit` frames are read, or `frames` ends; a live capture's
-        tick, (ts_ns, None), stops it too, its ts_ns returned. In C where the meter is."""
-        meter = self.frame_meter(decoder)
-        if self.compiled and decoder.compiled:
-            return _fastcache.feeder(meter)
+        """feed(frames, tick_ms, limit) with `decoder` bound: the meter loop of one capture."""
+        return partial(self.feed, decoder)
 
-        def feed(frames: Iterator, tick_ms: int, limit: int) -> tuple[int, int | None]:
-            read = 0
-            for ts_ns, frame in frames:
-                if frame is None:
-                    return read, ts_ns
-                read += 1
-                meter(ts_ns // 1_000_000, frame)
-                if read >= limit or self.expired or self.now_ms >= tick_ms:
-                    break
-            return read, None
-        return feed
+    def feed(self, decoder: Decoder, frames: Iterator, tick_ms: int,
+             limit: int) -> tuple[int, int | None]:
+        """Decodes the (ts_ns, frame) pairs of the iterator `frames` and adds their packets until
+        a batch is due (flows expired, or the clock at `tick_ms`), `limit` frames are read, or
+        `frames` ends; a live capture's tick, (ts_ns, None), stops it too. Returns (frames
+        read, the tick's ts_ns or None)."""
+        decode = decoder.decode
+        read = 0
+        for ts_ns, frame in frames:
+            if frame is None:
+                return read, ts_ns
+            read += 1
+            packet = decode(ts_ns // NS_PER_MS, frame)
+            if packet is not None:
+                self.add(packet)
+            if read >= limit or self.expired or self.now_ms >= tick_ms:
+                break
+        return read, None
 
     def add(self, packet: Packet) -> None:
         """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
@@ -215,7 +177,7 @@ class FlowCache:
             if time_ms - flow.last_seen_ms >= self.idle_timeout_ms or time_ms >= flow.end_by_ms:
                 self._end(flow, self._due_reason(flow))
             else:
-                if not self._count(flow, src_is_first, time_ms, size, ttl, flags):
+                if not count(flow, src_is_first, time_ms, size, ttl, flags):
                     flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
                                              tunnel_id)  # the first reply
                 if flags & CLOSE_FLAGS and not flow.closing:

@@ -7,18 +7,15 @@ guess; a flow that ends before either gets that guess too. Then the labels are s
 `DpiInfo`) and the buffer is freed at once, so only flows still under inspection hold nDPI state.
 
 As `FlowCache(classifier=...)` (what `FlowStream(dpi=True)` makes) it is handed a flow's packets
-only while the flow holds that buffer (by the compiled meter, from C: see `inspector`); it works
-as a plain plugin too, seeing every packet. One detection module serves the whole process: it is
+only while the flow holds that buffer; it works as a plain plugin too, seeing every packet. One detection module serves the whole process: it is
 made on first use and shared.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from .flow import DPI_JSON, DpiInfo, Flow, Packet
-from .ndpi import (ADDRESS, NDPI, PROTOCOL_OFFSETS, PROTOCOL_SIZE, Confidence, NDPIFlow, State,
-                   ffi, protocol_id)
+from .ndpi import NDPI, Confidence, NDPIFlow, State, protocol_id
 
 N_DISSECTIONS = 20  # nfstream's default budget of packets per flow
 GUESSED = frozenset((Confidence.MATCH_BY_PORT, Confidence.MATCH_BY_IP))
@@ -56,22 +53,6 @@ SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
 
-class Inspector(NamedTuple):
-    """What the compiled meter (_fastcache.c) needs to hand an inspected flow's packets to nDPI
-    itself, as NdpiClassifier.on_update does; the fields in the C side's order."""
-
-    process_packet: int  # where ndpi_detection_process_packet is
-    module: int  # where the detection module is
-    protocol: int  # where an ndpi_protocol is, for the last result before `finish`
-    protocol_size: int
-    state_offset: int  # of ndpi_protocol.state
-    classified: int  # NDPI_STATE_CLASSIFIED
-    budget: int  # n_dissections
-    state_type: type  # NDPIFlow
-    start: Callable[[Flow], NDPIFlow]  # a new flow's state, before its first packet
-    finish: Callable[[Flow, NDPIFlow], None]  # once nDPI has classified or the budget is spent
-
-
 NO_METADATA: dict[str, Any] = {}
 """The metadata of a flow without any (shared, never written)."""
 
@@ -94,7 +75,7 @@ class NdpiClassifier:
     """
 
     __slots__ = ("n_dissections", "report", "ndpi", "flows", "packets", "giveups", "_dissect",
-                 "_labels", "_protocol")
+                 "_labels")
 
     def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None,
                  report: bool = False) -> None:
@@ -108,7 +89,6 @@ class NdpiClassifier:
         self._dissect = self.ndpi.dissect
         self._labels: dict[tuple[int, int, int, int], tuple] = {}
         """DpiInfo's first fields, by (master, app, category, confidence): few values recur."""
-        self._protocol = ffi.new("ndpi_protocol *")  # the Inspector's
 
     def on_init(self, packet: Packet, flow: Flow) -> None:
         """Starts nDPI on the flow with its first packet."""
@@ -127,31 +107,10 @@ class NdpiClassifier:
             elif state.packets >= self.n_dissections:
                 self._give_up(flow, state)
 
-    def inspector(self) -> Inspector | None:
-        """How the compiled meter hands packets to nDPI for this classifier, with its module and
-        budget as they are now; None for a subclass with its own on_init or on_update, which
-        then see every packet."""
-        kind = type(self)
-        if (kind.on_init, kind.on_update) != (NdpiClassifier.on_init, NdpiClassifier.on_update):
-            return None
-        process_packet, module = self.ndpi.addresses
-        return Inspector(process_packet, module, int(ffi.cast(ADDRESS, self._protocol)),
-                         PROTOCOL_SIZE, PROTOCOL_OFFSETS["state"], int(CLASSIFIED),
-                         self.n_dissections, NDPIFlow, self._start, self._finish)
-
     @staticmethod
-    def _start(flow: Flow) -> NDPIFlow:
-        """The nDPI state of a new flow, set as its `classifier_state`."""
-        state = flow.classifier_state = NDPIFlow()
-        return state
-
-    def _finish(self, flow: Flow, state: NDPIFlow) -> None:
-        """Labels a flow once the compiled meter has seen nDPI classify it or spend its budget."""
-        protocol = self._protocol[0]
-        if protocol.state == CLASSIFIED:
-            self._label(flow, state, protocol)
-        else:
-            self._give_up(flow, state)
+    def _start(flow: Flow) -> None:
+        """Sets a new flow's nDPI state as its `classifier_state`."""
+        flow.classifier_state = NDPIFlow()
 
     def on_expire(self, flow: Flow) -> None:
         """Takes nDPI's guess for a flow that ends under inspection."""

@@ -12,8 +12,8 @@ portless packet of its own flow (ports 0). A remembered datagram is forgotten af
 
 Tunnels are metered as their outer packet here; `tunnel.TunnelDecoder` opens them.
 
-Ethernet frames of the common shapes take a compiled fast path (`_fastdecode.c`) when it was built
-at install; this module's Python is its reference, forced with `Decoder(linktype, compiled=False)`.
+Ethernet frames of the common shapes take a fast path that reads them in one go; where pyprobe
+was compiled (decode.pxd), it reads the frame's octets in place.
 
 >>> import dpkt
 >>> frame = bytes(dpkt.ethernet.Ethernet(type=0x0800, data=dpkt.ip.IP(src=bytes([10, 0, 0, 1]),
@@ -29,13 +29,6 @@ from collections import Counter, OrderedDict
 
 from .errors import CaptureError
 from .flow import Packet
-
-try:
-    from . import _fastdecode
-except ImportError:  # built at install only where a C compiler is (setup.py: optional)
-    _fastdecode = None
-COMPILED = _fastdecode is not None
-"""Whether the compiled Ethernet fast path (_fastdecode.c) is built."""
 
 # Link-layer types (LINKTYPE_* / DLT_* numbers) this decoder reads.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family, host byte order
@@ -92,8 +85,6 @@ IPV6_FRAGMENT = struct.Struct("!B1xHI").unpack_from  # next header, offset/flags
 PORTS = struct.Struct("!HH").unpack_from  # source port, destination port
 TCP_PORTS_FLAGS = struct.Struct("!HH9xB").unpack_from  # ports, (seq, ack, offset), flags
 ICMP_TYPE_CODE = struct.Struct("!H").unpack_from  # type, code
-# The common frame in one read: Ethernet type and an IPv4 header right behind it.
-ETHERNET_IPV4 = struct.Struct("!12xHBBHHHBB2x4s4s").unpack_from
 
 FRAGMENT_TIMEOUT_MS = 30_000
 FRAGMENT_TABLE_SIZE = 65_536
@@ -111,9 +102,9 @@ TRUNCATED_TRANSPORT = "truncated transport header"
 class Decoder:
     """Turns captured frames of one link type into `Packet`s, counting what it skips."""
 
-    __slots__ = ("linktype", "compiled", "decode", "skipped", "skipped_octets", "_fragments")
+    __slots__ = ("linktype", "decode", "skipped", "skipped_octets", "_fragments")
 
-    def __init__(self, linktype: int, compiled: bool = True) -> None:
+    def __init__(self, linktype: int) -> None:
         link = {
             LINKTYPE_ETHERNET: self._ethernet, LINKTYPE_LINUX_SLL: self._linux_sll,
             LINKTYPE_LINUX_SLL2: self._linux_sll2, LINKTYPE_RAW: self._raw_ip,
@@ -123,12 +114,7 @@ class Decoder:
         if link is None:
             raise CaptureError(f"unsupported link type {linktype}")
         self.linktype = linktype
-        # The compiled path stands in for Decoder._ethernet only: a subclass's own is kept.
-        self.compiled = (compiled and COMPILED and linktype == LINKTYPE_ETHERNET
-                         and type(self)._ethernet is Decoder._ethernet)
-        """Whether `decode` is the compiled Ethernet fast path (`compiled=False`: pure Python)."""
-        self.decode = (_fastdecode.ethernet_decoder(Packet, self._ethernet_general)
-                       if self.compiled else link)
+        self.decode = link
         """decode(time_ms, frame) -> Packet | None"""
         self.skipped: Counter[str] = Counter()
         self.skipped_octets = 0
@@ -142,39 +128,34 @@ class Decoder:
 
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
         # Fast paths for untagged IPv4 without options or fragments, and IPv6 without extension
-        # headers, carrying TCP or UDP; every other frame takes the general path below, which
-        # decodes these the same way.
+        # headers, carrying TCP or UDP, read octet by octet; every other frame takes the general
+        # path below, which decodes these the same way.
         if len(frame) >= 54:  # room for Ethernet + IPv4 + TCP ports and flags
-            (ethertype, ver_ihl, tos, size, _, fragment, ttl, protocol, src,
-             dst) = ETHERNET_IPV4(frame)
+            ethertype = frame[12] << 8 | frame[13]
             if ethertype == ETH_P_IP:
-                if ver_ihl == 0x45 and not fragment & 0x3FFF:
-                    if protocol == IPPROTO_TCP and size >= 34:
-                        src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, 34)
-                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                    0, size, ttl, tos, flags, 0, 0, frame, 14))
-                    if protocol == IPPROTO_UDP and size >= 24:
-                        src_port, dst_port = PORTS(frame, 34)
-                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                    0, size, ttl, tos, 0, 0, 0, frame, 14))
-            elif ethertype == ETH_P_IPV6:
-                ver_class_label, payload, protocol, hop_limit, src, dst = IPV6_HEADER(frame, 14)
-                if ver_class_label >> 28 == 6 and payload:
-                    tos = ver_class_label >> 20 & 0xFF
-                    if protocol == IPPROTO_TCP and payload >= 14 and len(frame) >= 68:
-                        src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, 54)
-                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                    0, payload + 40, hop_limit, tos, flags, 0, 0,
-                                                    frame, 14))
-                    if protocol == IPPROTO_UDP and payload >= 4 and len(frame) >= 58:
-                        src_port, dst_port = PORTS(frame, 54)
-                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                    0, payload + 40, hop_limit, tos, 0, 0, 0, frame,
-                                                    14))
+                size = frame[16] << 8 | frame[17]
+                protocol = frame[23]
+                if frame[14] == 0x45 and not (frame[20] << 8 | frame[21]) & 0x3FFF and (
+                        protocol == IPPROTO_TCP and size >= 34
+                        or protocol == IPPROTO_UDP and size >= 24):
+                    return _new_packet(Packet, (
+                        time_ms, frame[26:30], frame[30:34], frame[34] << 8 | frame[35],
+                        frame[36] << 8 | frame[37], protocol, 0, size, frame[22], frame[15],
+                        frame[47] if protocol == IPPROTO_TCP else 0, 0, 0, frame, 14))
+            elif ethertype == ETH_P_IPV6 and frame[14] >> 4 == 6:
+                payload = frame[18] << 8 | frame[19]
+                protocol = frame[20]
+                if (protocol == IPPROTO_TCP and payload >= 14 and len(frame) >= 68
+                        or protocol == IPPROTO_UDP and payload >= 4 and len(frame) >= 58):
+                    return _new_packet(Packet, (
+                        time_ms, frame[22:38], frame[38:54], frame[54] << 8 | frame[55],
+                        frame[56] << 8 | frame[57], protocol, 0, payload + 40, frame[21],
+                        (frame[14] & 0x0F) << 4 | frame[15] >> 4,
+                        frame[67] if protocol == IPPROTO_TCP else 0, 0, 0, frame, 14))
         return self._ethernet_general(time_ms, frame)
 
     def _ethernet_general(self, time_ms: int, frame: bytes) -> Packet | None:
-        """Any Ethernet frame: those the fast paths (Python or compiled) leave come here."""
+        """Any Ethernet frame: those the fast paths leave come here."""
         if len(frame) < 14:
             return self._skip(TRUNCATED_LINK, frame)
         return self._ethertype(time_ms, frame, 14, ETHERNET_TYPE(frame)[0])
