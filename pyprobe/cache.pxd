@@ -1,7 +1,11 @@
 # Cython types for cache.py (pure-Python mode): the meter's loop and counting in C.
 cimport cython
 
+from .decode cimport Decoder
 from .flow cimport Direction, FlowCore, add_square, count_flags
+
+cdef long long SCAN_INTERVAL_MS, CLOSE_FLAGS, NS_PER_MS, MAX_TIMEOUT_MS  # C constants
+cdef dict KEYS
 
 
 @cython.locals(piat=cython.longlong, direction=Direction)
@@ -16,14 +20,17 @@ cdef class FlowCache:
     cdef public list expired
     cdef public object _flows, _closing
 
-    @cython.locals(read=cython.longlong, ts_ns=cython.longlong)
-    cpdef tuple feed(self, decoder, frames, long long tick_ms, long long limit)
+    @cython.locals(read=cython.longlong, ts_ns=cython.longlong, time_ms=cython.longlong,
+                   at=cython.Py_ssize_t, size=cython.Py_ssize_t)
+    cpdef tuple feed(self, Decoder decoder, frames, long long tick_ms, long long limit)
 
-    @cython.locals(time_ms=cython.longlong, src_port=cython.longlong, dst_port=cython.longlong,
-                   protocol=cython.longlong, vlan_id=cython.longlong, size=cython.longlong,
-                   ttl=cython.longlong, tos=cython.longlong, flags=cython.longlong,
-                   src_is_first=cython.bint, flow=FlowCore, lru=FlowCore, key=bytes)
     cpdef add(self, packet)
+
+    @cython.locals(packet_ms=cython.longlong, src_is_first=cython.bint, flow=FlowCore,
+                   lru=FlowCore, key=bytes)
+    cdef _meter(self, long long time_ms, bytes src, bytes dst, long long src_port,
+                long long dst_port, long long protocol, long long vlan_id, long long size,
+                long long ttl, long long flags, packet, Decoder decoder, bytes frame)
 
     cpdef _scan(self, long long time_ms)
     cpdef _started(self, packet, FlowCore flow)

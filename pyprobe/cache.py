@@ -42,9 +42,9 @@ if TYPE_CHECKING:
 
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
 CLOSE_FLAGS = TH_FIN | TH_RST  # a packet with one of these may start the close linger
-KEY_TAIL = struct.Struct("!HHBH").pack
-"""The flow key after its two addresses (lower first): ports (in the same order), protocol,
-VLAN id. One bytes object hashes and compares faster than a tuple of six."""
+KEYS = {size: struct.Struct(f"!{size}s{size}sHHBH").pack for size in (4, 16)}
+"""The flow key by address size: the two addresses (lower first), ports (in the same order),
+protocol, VLAN id. One bytes object hashes and compares faster than a tuple of six."""
 IDLE_TIMEOUT = EndReason.IDLE_TIMEOUT
 ACTIVE_TIMEOUT = EndReason.ACTIVE_TIMEOUT
 END_OF_FLOW = EndReason.END_OF_FLOW
@@ -141,24 +141,40 @@ class FlowCache:
         """Decodes the (ts_ns, frame) pairs of the iterator `frames` and adds their packets until
         a batch is due (flows expired, or the clock at `tick_ms`), `limit` frames are read, or
         `frames` ends; a live capture's tick, (ts_ns, None), stops it too. Returns (frames
-        read, the tick's ts_ns or None)."""
-        decode = decoder.decode
+        read, the tick's ts_ns or None). The frames `decoder.parse` reads are metered from its
+        fields, their Packet made only for a classifier or plugin that needs it."""
         read = 0
         for ts_ns, frame in frames:
             if frame is None:
                 return read, ts_ns
             read += 1
-            packet = decode(ts_ns // NS_PER_MS, frame)
-            if packet is not None:
-                self.add(packet)
+            time_ms = ts_ns // NS_PER_MS
+            if decoder.parse(frame):
+                at, size = decoder.src_at, decoder.address_size
+                self._meter(time_ms, frame[at:at + size], frame[at + size:at + 2 * size],
+                            decoder.src_port, decoder.dst_port, decoder.protocol, 0,
+                            decoder.size, decoder.ttl, decoder.flags, None, decoder, frame)
+            else:
+                packet = decoder.decode(time_ms, frame)
+                if packet is not None:
+                    self.add(packet)
             if read >= limit or self.expired or self.now_ms >= tick_ms:
                 break
         return read, None
 
     def add(self, packet: Packet) -> None:
         """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
-        (time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos, flags,
-         icmp_type_code, tunnel_id, _, _) = packet
+        (time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, _, flags, _, _, _,
+         _) = packet
+        self._meter(time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, flags,
+                    packet, None, None)
+
+    def _meter(self, time_ms: int, src: bytes, dst: bytes, src_port: int, dst_port: int,
+               protocol: int, vlan_id: int, size: int, ttl: int, flags: int,
+               packet: Packet | None, decoder: Decoder | None, frame: bytes | None) -> None:
+        """`add` from the packet's values. A packet of None stands for the frame `decoder`
+        parsed: its Packet is made only when a first reply, a new flow or a hook needs it."""
+        packet_ms = time_ms  # the time of a Packet made below: its own, not the clock's
         if time_ms > self.now_ms:
             self.now_ms = time_ms
             if time_ms >= self._next_scan_ms:
@@ -166,10 +182,10 @@ class FlowCache:
         else:
             time_ms = self.now_ms
         if src < dst or (src == dst and src_port <= dst_port):
-            key = src + dst + KEY_TAIL(src_port, dst_port, protocol, vlan_id)
+            key = KEYS[len(src)](src, dst, src_port, dst_port, protocol, vlan_id)
             src_is_first = True
         else:
-            key = dst + src + KEY_TAIL(dst_port, src_port, protocol, vlan_id)
+            key = KEYS[len(src)](dst, src, dst_port, src_port, protocol, vlan_id)
             src_is_first = False
         flows = self._flows
         flow = flows.get(key)
@@ -178,18 +194,24 @@ class FlowCache:
                 self._end(flow, self._due_reason(flow))
             else:
                 if not count(flow, src_is_first, time_ms, size, ttl, flags):
-                    flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
-                                             tunnel_id)  # the first reply
+                    if packet is None:
+                        packet = decoder.packet(packet_ms, frame)
+                    flow.dst2src = Direction(time_ms, size, ttl, packet.tos, flags,
+                                             packet.icmp_type_code, packet.tunnel_id)  # 1st reply
                 if flags & CLOSE_FLAGS and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)
                 if flow.classifier_state is not None or self.plugins:
+                    if packet is None:
+                        packet = decoder.packet(packet_ms, frame)
                     self._update(packet, flow)
                 return
         if len(flows) >= self.max_flows:
             lru = next(iter(flows.values()))
             due = time_ms - lru.last_seen_ms >= self.idle_timeout_ms or time_ms >= lru.end_by_ms
             self._end(lru, self._due_reason(lru) if due else LACK_OF_RESOURCES)
+        if packet is None:
+            packet = decoder.packet(packet_ms, frame)
         self.flows_created += 1
         flow = Flow(self.flows_created, key, src_is_first, packet, time_ms,
                     time_ms + self.active_timeout_ms)

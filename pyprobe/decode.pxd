@@ -5,7 +5,13 @@ cimport cython
 cdef class Decoder:
     cdef public long long linktype, skipped_octets
     cdef public object decode, skipped, _fragments
+    cdef public bint ethernet
+    cdef public long long size, protocol, ttl, tos, flags, src_port, dst_port
+    cdef public Py_ssize_t src_at, address_size
 
     @cython.locals(ethertype=cython.long, size=cython.long, payload=cython.long,
-                   protocol=cython.long)
-    cpdef _ethernet(self, time_ms, bytes frame)
+                   protocol=cython.long, tcp=cython.bint, l4=cython.Py_ssize_t)
+    cpdef bint parse(self, bytes frame) except -1
+
+    @cython.locals(src_at=cython.Py_ssize_t, size=cython.Py_ssize_t)
+    cpdef packet(self, long long time_ms, bytes frame)

@@ -100,9 +100,15 @@ TRUNCATED_TRANSPORT = "truncated transport header"
 
 
 class Decoder:
-    """Turns captured frames of one link type into `Packet`s, counting what it skips."""
+    """Turns captured frames of one link type into `Packet`s, counting what it skips.
 
-    __slots__ = ("linktype", "decode", "skipped", "skipped_octets", "_fragments")
+    `parse(frame)` reads the frames of the common shapes into the decoder's own fields (`size`
+    to `address_size`) without making a Packet: the flow cache meters them from there.
+    """
+
+    __slots__ = ("linktype", "decode", "skipped", "skipped_octets", "_fragments", "ethernet",
+                 "size", "protocol", "ttl", "tos", "flags", "src_port", "dst_port", "src_at",
+                 "address_size")
 
     def __init__(self, linktype: int) -> None:
         link = {
@@ -119,6 +125,9 @@ class Decoder:
         self.skipped: Counter[str] = Counter()
         self.skipped_octets = 0
         self._fragments: OrderedDict[tuple, tuple[int, int, int, int]] = OrderedDict()
+        self.ethernet = linktype == LINKTYPE_ETHERNET
+        self.size = self.protocol = self.ttl = self.tos = self.flags = 0
+        self.src_port = self.dst_port = self.src_at = self.address_size = 0
 
     def _skip(self, reason: str, frame: bytes) -> None:
         self.skipped[reason] += 1
@@ -126,32 +135,55 @@ class Decoder:
 
     # Link layers: each finds the network header and hands it to _ethertype or _ip.
 
+    def parse(self, frame: bytes) -> bool:
+        """Reads an Ethernet frame of the fast paths' shapes into the fields: untagged, IPv4
+        without options or fragments or IPv6 without extension headers, carrying TCP or UDP;
+        False for any other frame, which `decode` takes the general way (decoding these the
+        same). Its addresses are `address_size` octets at `src_at`, then the destination's."""
+        # Read octet by octet, the constants spelt out: compiled, a module-level name would be
+        # read from the module and compared as an object.
+        if not self.ethernet or len(frame) < 54:  # room for Ethernet + IPv4 + TCP flags
+            return False
+        ethertype = frame[12] << 8 | frame[13]
+        if ethertype == 0x0800:  # ETH_P_IP
+            size = frame[16] << 8 | frame[17]
+            protocol = frame[23]
+            tcp = protocol == 6  # IPPROTO_TCP
+            if frame[14] != 0x45 or (frame[20] << 8 | frame[21]) & 0x3FFF or not (
+                    tcp and size >= 34 or protocol == 17 and size >= 24):  # 17: IPPROTO_UDP
+                return False
+            self.ttl, self.tos, self.src_at, self.address_size = frame[22], frame[15], 26, 4
+            l4 = 34
+        elif ethertype == 0x86DD and frame[14] >> 4 == 6:  # ETH_P_IPV6
+            payload = frame[18] << 8 | frame[19]
+            protocol = frame[20]
+            tcp = protocol == 6
+            if not (tcp and payload >= 14 and len(frame) >= 68
+                    or protocol == 17 and payload >= 4 and len(frame) >= 58):
+                return False
+            size = payload + 40
+            self.ttl, self.tos = frame[21], (frame[14] & 0x0F) << 4 | frame[15] >> 4
+            self.src_at, self.address_size = 22, 16
+            l4 = 54
+        else:
+            return False
+        self.size, self.protocol = size, protocol
+        self.src_port = frame[l4] << 8 | frame[l4 + 1]
+        self.dst_port = frame[l4 + 2] << 8 | frame[l4 + 3]
+        self.flags = frame[l4 + 13] if tcp else 0
+        return True
+
+    def packet(self, time_ms: int, frame: bytes) -> Packet:
+        """The Packet of the frame `parse` last read."""
+        src_at, size = self.src_at, self.address_size
+        return _new_packet(Packet, (
+            time_ms, frame[src_at:src_at + size], frame[src_at + size:src_at + 2 * size],
+            self.src_port, self.dst_port, self.protocol, 0, self.size, self.ttl, self.tos,
+            self.flags, 0, 0, frame, 14))
+
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
-        # Fast paths for untagged IPv4 without options or fragments, and IPv6 without extension
-        # headers, carrying TCP or UDP, read octet by octet; every other frame takes the general
-        # path below, which decodes these the same way.
-        if len(frame) >= 54:  # room for Ethernet + IPv4 + TCP ports and flags
-            ethertype = frame[12] << 8 | frame[13]
-            if ethertype == ETH_P_IP:
-                size = frame[16] << 8 | frame[17]
-                protocol = frame[23]
-                if frame[14] == 0x45 and not (frame[20] << 8 | frame[21]) & 0x3FFF and (
-                        protocol == IPPROTO_TCP and size >= 34
-                        or protocol == IPPROTO_UDP and size >= 24):
-                    return _new_packet(Packet, (
-                        time_ms, frame[26:30], frame[30:34], frame[34] << 8 | frame[35],
-                        frame[36] << 8 | frame[37], protocol, 0, size, frame[22], frame[15],
-                        frame[47] if protocol == IPPROTO_TCP else 0, 0, 0, frame, 14))
-            elif ethertype == ETH_P_IPV6 and frame[14] >> 4 == 6:
-                payload = frame[18] << 8 | frame[19]
-                protocol = frame[20]
-                if (protocol == IPPROTO_TCP and payload >= 14 and len(frame) >= 68
-                        or protocol == IPPROTO_UDP and payload >= 4 and len(frame) >= 58):
-                    return _new_packet(Packet, (
-                        time_ms, frame[22:38], frame[38:54], frame[54] << 8 | frame[55],
-                        frame[56] << 8 | frame[57], protocol, 0, payload + 40, frame[21],
-                        (frame[14] & 0x0F) << 4 | frame[15] >> 4,
-                        frame[67] if protocol == IPPROTO_TCP else 0, 0, 0, frame, 14))
+        if self.parse(frame):
+            return self.packet(time_ms, frame)
         return self._ethernet_general(time_ms, frame)
 
     def _ethernet_general(self, time_ms: int, frame: bytes) -> Packet | None:
