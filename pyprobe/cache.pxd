@@ -21,7 +21,7 @@ cdef class FlowCache:
     cdef public object _flows, _closing
 
     @cython.locals(read=cython.longlong, ts_ns=cython.longlong, time_ms=cython.longlong,
-                   at=cython.Py_ssize_t, size=cython.Py_ssize_t)
+                   octets="const unsigned char *", at=cython.Py_ssize_t, size=cython.Py_ssize_t)
     cpdef tuple feed(self, Decoder decoder, frames, long long tick_ms, long long limit)
 
     cpdef add(self, packet)
@@ -30,7 +30,8 @@ cdef class FlowCache:
                    lru=FlowCore, key=bytes)
     cdef _meter(self, long long time_ms, bytes src, bytes dst, long long src_port,
                 long long dst_port, long long protocol, long long vlan_id, long long size,
-                long long ttl, long long flags, packet, Decoder decoder, bytes frame)
+                long long ttl, long long tos, long long flags, long long icmp_type_code,
+                long long tunnel_id, packet, Decoder decoder, bytes frame)
 
     cpdef _scan(self, long long time_ms)
     cpdef _started(self, packet, FlowCore flow)

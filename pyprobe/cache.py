@@ -142,7 +142,7 @@ class FlowCache:
         a batch is due (flows expired, or the clock at `tick_ms`), `limit` frames are read, or
         `frames` ends; a live capture's tick, (ts_ns, None), stops it too. Returns (frames
         read, the tick's ts_ns or None). The frames `decoder.parse` reads are metered from its
-        fields, their Packet made only for a classifier or plugin that needs it."""
+        fields, their Packet made only for a classifier or plugin."""
         read = 0
         for ts_ns, frame in frames:
             if frame is None:
@@ -150,10 +150,12 @@ class FlowCache:
             read += 1
             time_ms = ts_ns // NS_PER_MS
             if decoder.parse(frame):
-                at, size = decoder.src_at, decoder.address_size
-                self._meter(time_ms, frame[at:at + size], frame[at + size:at + 2 * size],
-                            decoder.src_port, decoder.dst_port, decoder.protocol, 0,
-                            decoder.size, decoder.ttl, decoder.flags, None, decoder, frame)
+                # compiled, `octets` is the frame as a C pointer: a slice of it is one bytes
+                octets, at, size = frame, decoder.src_at, decoder.address_size
+                self._meter(time_ms, octets[at:at + size], octets[at + size:at + 2 * size],
+                            decoder.src_port, decoder.dst_port, decoder.protocol,
+                            decoder.vlan_id, decoder.size, decoder.ttl, decoder.tos,
+                            decoder.flags, 0, 0, None, decoder, frame)
             else:
                 packet = decoder.decode(time_ms, frame)
                 if packet is not None:
@@ -164,16 +166,17 @@ class FlowCache:
 
     def add(self, packet: Packet) -> None:
         """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
-        (time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, _, flags, _, _, _,
-         _) = packet
-        self._meter(time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, flags,
-                    packet, None, None)
+        (time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos, flags,
+         icmp_type_code, tunnel_id, _, _) = packet
+        self._meter(time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos,
+                    flags, icmp_type_code, tunnel_id, packet, None, None)
 
     def _meter(self, time_ms: int, src: bytes, dst: bytes, src_port: int, dst_port: int,
-               protocol: int, vlan_id: int, size: int, ttl: int, flags: int,
-               packet: Packet | None, decoder: Decoder | None, frame: bytes | None) -> None:
-        """`add` from the packet's values. A packet of None stands for the frame `decoder`
-        parsed: its Packet is made only when a first reply, a new flow or a hook needs it."""
+               protocol: int, vlan_id: int, size: int, ttl: int, tos: int, flags: int,
+               icmp_type_code: int, tunnel_id: int, packet: Packet | None,
+               decoder: Decoder | None, frame: bytes | None) -> None:
+        """`add`, from a packet's values. A packet of None stands for the frame `decoder`
+        parsed: its Packet is made only for a hook."""
         packet_ms = time_ms  # the time of a Packet made below: its own, not the clock's
         if time_ms > self.now_ms:
             self.now_ms = time_ms
@@ -194,10 +197,8 @@ class FlowCache:
                 self._end(flow, self._due_reason(flow))
             else:
                 if not count(flow, src_is_first, time_ms, size, ttl, flags):
-                    if packet is None:
-                        packet = decoder.packet(packet_ms, frame)
-                    flow.dst2src = Direction(time_ms, size, ttl, packet.tos, flags,
-                                             packet.icmp_type_code, packet.tunnel_id)  # 1st reply
+                    flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
+                                             tunnel_id)  # the first reply
                 if flags & CLOSE_FLAGS and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)
@@ -210,15 +211,17 @@ class FlowCache:
             lru = next(iter(flows.values()))
             due = time_ms - lru.last_seen_ms >= self.idle_timeout_ms or time_ms >= lru.end_by_ms
             self._end(lru, self._due_reason(lru) if due else LACK_OF_RESOURCES)
-        if packet is None:
-            packet = decoder.packet(packet_ms, frame)
         self.flows_created += 1
-        flow = Flow(self.flows_created, key, src_is_first, packet, time_ms,
+        flow = Flow(self.flows_created, key, src_is_first,
+                    (src, dst, src_port, dst_port, protocol, vlan_id),
+                    Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id),
                     time_ms + self.active_timeout_ms)
         flows[key] = flow
         if flags & CLOSE_FLAGS:
             self._check_close(flow, flags, time_ms)
         if self._hooks:
+            if packet is None:
+                packet = decoder.packet(packet_ms, frame)
             self._started(packet, flow)
 
     def _scan(self, time_ms: int) -> None:

@@ -107,8 +107,8 @@ class Decoder:
     """
 
     __slots__ = ("linktype", "decode", "skipped", "skipped_octets", "_fragments", "ethernet",
-                 "size", "protocol", "ttl", "tos", "flags", "src_port", "dst_port", "src_at",
-                 "address_size")
+                 "size", "protocol", "vlan_id", "ttl", "tos", "flags", "src_port", "dst_port",
+                 "ip_offset", "src_at", "address_size")
 
     def __init__(self, linktype: int) -> None:
         link = {
@@ -126,8 +126,8 @@ class Decoder:
         self.skipped_octets = 0
         self._fragments: OrderedDict[tuple, tuple[int, int, int, int]] = OrderedDict()
         self.ethernet = linktype == LINKTYPE_ETHERNET
-        self.size = self.protocol = self.ttl = self.tos = self.flags = 0
-        self.src_port = self.dst_port = self.src_at = self.address_size = 0
+        self.size = self.protocol = self.vlan_id = self.ttl = self.tos = self.flags = 0
+        self.src_port = self.dst_port = self.ip_offset = self.src_at = self.address_size = 0
 
     def _skip(self, reason: str, frame: bytes) -> None:
         self.skipped[reason] += 1
@@ -136,38 +136,47 @@ class Decoder:
     # Link layers: each finds the network header and hands it to _ethertype or _ip.
 
     def parse(self, frame: bytes) -> bool:
-        """Reads an Ethernet frame of the fast paths' shapes into the fields: untagged, IPv4
-        without options or fragments or IPv6 without extension headers, carrying TCP or UDP;
-        False for any other frame, which `decode` takes the general way (decoding these the
-        same). Its addresses are `address_size` octets at `src_at`, then the destination's."""
+        """Reads an Ethernet frame of the fast paths' shapes into the fields: untagged or with
+        one VLAN tag, IPv4 without options or fragments or IPv6 without extension headers,
+        carrying TCP or UDP; False for any other frame, which `decode` takes the general way
+        (decoding these the same). Its addresses are `address_size` octets at `src_at`, then
+        the destination's; its IP header starts at `ip_offset`."""
         # Read octet by octet, the constants spelt out: compiled, a module-level name would be
         # read from the module and compared as an object.
         if not self.ethernet or len(frame) < 54:  # room for Ethernet + IPv4 + TCP flags
             return False
         ethertype = frame[12] << 8 | frame[13]
+        ip = 14
+        vlan_id = 0
+        if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:  # VLAN_TPIDS
+            vlan_id = (frame[14] << 8 | frame[15]) & 0x0FFF
+            ethertype = frame[16] << 8 | frame[17]
+            ip = 18
         if ethertype == 0x0800:  # ETH_P_IP
-            size = frame[16] << 8 | frame[17]
-            protocol = frame[23]
+            size = frame[ip + 2] << 8 | frame[ip + 3]
+            protocol = frame[ip + 9]
             tcp = protocol == 6  # IPPROTO_TCP
-            if frame[14] != 0x45 or (frame[20] << 8 | frame[21]) & 0x3FFF or not (
+            if len(frame) < ip + 40 or frame[ip] != 0x45 or (
+                    frame[ip + 6] << 8 | frame[ip + 7]) & 0x3FFF or not (
                     tcp and size >= 34 or protocol == 17 and size >= 24):  # 17: IPPROTO_UDP
                 return False
-            self.ttl, self.tos, self.src_at, self.address_size = frame[22], frame[15], 26, 4
-            l4 = 34
-        elif ethertype == 0x86DD and frame[14] >> 4 == 6:  # ETH_P_IPV6
-            payload = frame[18] << 8 | frame[19]
-            protocol = frame[20]
+            self.ttl, self.tos = frame[ip + 8], frame[ip + 1]
+            self.src_at, self.address_size = ip + 12, 4
+            l4 = ip + 20
+        elif ethertype == 0x86DD and frame[ip] >> 4 == 6:  # ETH_P_IPV6
+            payload = frame[ip + 4] << 8 | frame[ip + 5]
+            protocol = frame[ip + 6]
             tcp = protocol == 6
-            if not (tcp and payload >= 14 and len(frame) >= 68
-                    or protocol == 17 and payload >= 4 and len(frame) >= 58):
+            if not (tcp and payload >= 14 and len(frame) >= ip + 54
+                    or protocol == 17 and payload >= 4 and len(frame) >= ip + 44):
                 return False
             size = payload + 40
-            self.ttl, self.tos = frame[21], (frame[14] & 0x0F) << 4 | frame[15] >> 4
-            self.src_at, self.address_size = 22, 16
-            l4 = 54
+            self.ttl, self.tos = frame[ip + 7], (frame[ip] & 0x0F) << 4 | frame[ip + 1] >> 4
+            self.src_at, self.address_size = ip + 8, 16
+            l4 = ip + 40
         else:
             return False
-        self.size, self.protocol = size, protocol
+        self.size, self.protocol, self.vlan_id, self.ip_offset = size, protocol, vlan_id, ip
         self.src_port = frame[l4] << 8 | frame[l4 + 1]
         self.dst_port = frame[l4 + 2] << 8 | frame[l4 + 3]
         self.flags = frame[l4 + 13] if tcp else 0
@@ -178,8 +187,8 @@ class Decoder:
         src_at, size = self.src_at, self.address_size
         return _new_packet(Packet, (
             time_ms, frame[src_at:src_at + size], frame[src_at + size:src_at + 2 * size],
-            self.src_port, self.dst_port, self.protocol, 0, self.size, self.ttl, self.tos,
-            self.flags, 0, 0, frame, 14))
+            self.src_port, self.dst_port, self.protocol, self.vlan_id, self.size, self.ttl,
+            self.tos, self.flags, 0, 0, frame, self.ip_offset))
 
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
         if self.parse(frame):

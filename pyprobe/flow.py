@@ -201,16 +201,19 @@ class FlowCore:
                  "last_seen_ms", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "end_by_ms",
                  "closing", "end_reason", "dpi", "classifier_state", "_udps")
 
-    def __init__(self, flow_id: int, key: bytes, src_is_first: bool, packet: Packet,
-                 time_ms: int, end_by_ms: int) -> None:
-        (_, self.src_addr, self.dst_addr, self.src_port, self.dst_port, self.protocol,
-         self.vlan_id, size, ttl, tos, tcp_flags, icmp_type_code, self.tunnel_id, _, _) = packet
+    def __init__(self, flow_id: int, key: bytes, src_is_first: bool, ends: tuple,
+                 first: Direction, end_by_ms: int) -> None:
+        """`ends`: (source address, destination address, source port, destination port,
+        protocol, VLAN id); `first`: the source's direction, of the first packet."""
+        (self.src_addr, self.dst_addr, self.src_port, self.dst_port, self.protocol,
+         self.vlan_id) = ends
         self.id = flow_id
         self.key = key
         self.src_is_first = src_is_first  # the source is the key's first address
-        self.src2dst = Direction(time_ms, size, ttl, tos, tcp_flags, icmp_type_code, self.tunnel_id)
+        self.tunnel_id = first.tunnel_id
+        self.src2dst = first
         self.dst2src: Direction | None = None
-        self.first_seen_ms = self.last_seen_ms = time_ms
+        self.first_seen_ms = self.last_seen_ms = first.first_seen_ms
         self.low_piat_ms = NO_MINIMUM
         self.max_piat_ms = self.sum_sq_piat_ms = 0
         self.end_by_ms = end_by_ms  # active timeout, or the end of the close linger
