@@ -10,5 +10,6 @@ cdef class NdpiClassifier:
     cdef public object ndpi, _dissect
     cdef public dict _labels
 
-    @cython.locals(offset=cython.long, state=object)
+    @cython.locals(frame=bytes, octets="const unsigned char *", offset=cython.Py_ssize_t,
+                   end=cython.Py_ssize_t)
     cpdef on_update(self, packet, FlowCore flow)

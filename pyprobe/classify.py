@@ -99,9 +99,10 @@ class NdpiClassifier:
         """Hands the packet to nDPI while the flow is under inspection."""
         state = flow.classifier_state
         if state is not None:
-            offset = packet.ip_offset
-            protocol = self._dissect(state, packet.frame[offset:offset + packet.ip_size],
-                                     packet.time_ms)
+            frame, offset = packet.frame, packet.ip_offset
+            octets = frame  # compiled (classify.pxd), a C pointer: its slice is one bytes
+            end = min(offset + packet.ip_size, len(frame))  # never past the captured octets
+            protocol = self._dissect(state, octets[offset:end], packet.time_ms)
             if protocol.state == CLASSIFIED:
                 self._label(flow, state, protocol)
             elif state.packets >= self.n_dissections:

@@ -14,5 +14,6 @@ cdef class Decoder:
                    l4=cython.Py_ssize_t, vlan_id=cython.long)
     cpdef bint parse(self, bytes frame) except -1
 
-    @cython.locals(src_at=cython.Py_ssize_t, size=cython.Py_ssize_t)
+    @cython.locals(octets="const unsigned char *", src_at=cython.Py_ssize_t,
+                   size=cython.Py_ssize_t)
     cpdef packet(self, long long time_ms, bytes frame)

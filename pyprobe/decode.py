@@ -184,9 +184,9 @@ class Decoder:
 
     def packet(self, time_ms: int, frame: bytes) -> Packet:
         """The Packet of the frame `parse` last read."""
-        src_at, size = self.src_at, self.address_size
+        octets, src_at, size = frame, self.src_at, self.address_size  # compiled: a C pointer
         return _new_packet(Packet, (
-            time_ms, frame[src_at:src_at + size], frame[src_at + size:src_at + 2 * size],
+            time_ms, octets[src_at:src_at + size], octets[src_at + size:src_at + 2 * size],
             self.src_port, self.dst_port, self.protocol, self.vlan_id, self.size, self.ttl,
             self.tos, self.flags, 0, 0, frame, self.ip_offset))
 
