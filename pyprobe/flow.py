@@ -148,26 +148,19 @@ class Direction:
 
 
 def count_flags(direction: Direction, flags: int) -> None:
-    """ORs a packet's TCP flags (a byte) into the direction's and counts each one set."""
+    """ORs a packet's TCP flags (a byte) into the direction's and counts each one set: bit n
+    into the counter of FLAG_NAMES[n]."""
     direction.tcp_flags |= flags
-    if flags & 0x10:  # TH_ACK (the constants spelt out: compiled, they are C values then)
+    if flags & 0x10:  # TH_ACK, alone on most packets (spelt out: compiled, a C constant)
         direction.ack_packets += 1
-    if flags & 0x0F:
-        if flags & 0x01:  # TH_FIN
-            direction.fin_packets += 1
-        if flags & 0x02:  # TH_SYN
-            direction.syn_packets += 1
-        if flags & 0x04:  # TH_RST
-            direction.rst_packets += 1
-        if flags & 0x08:  # TH_PSH
-            direction.psh_packets += 1
-    if flags & 0xE0:
-        if flags & 0x20:  # TH_URG
-            direction.urg_packets += 1
-        if flags & 0x40:  # TH_ECE
-            direction.ece_packets += 1
-        if flags & 0x80:  # TH_CWR
-            direction.cwr_packets += 1
+    if flags & 0xEF:  # any other
+        direction.fin_packets += flags & 1
+        direction.syn_packets += flags >> 1 & 1
+        direction.rst_packets += flags >> 2 & 1
+        direction.psh_packets += flags >> 3 & 1
+        direction.urg_packets += flags >> 5 & 1
+        direction.ece_packets += flags >> 6 & 1
+        direction.cwr_packets += flags >> 7
 
 
 def _sample_stddev(count: int, total: int, sum_sq: int) -> float:
