@@ -3,13 +3,13 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libpcap-dev nfdump tshark tcpreplay softflowd iproute2 gcc python3-dev
+APT_PACKAGES := libpcap-dev nfdump tshark tcpreplay softflowd iproute2 gcc python3-dev pmacct libfixbuf-tools
 NFSTREAM := nfstream==6.6.0
 PCAP ?= pyprobe/data/sample.pcap
 PROTOCOL ?= ipfix
 ARGS ?=
 
-.PHONY: setup apt test run bench compare clean
+.PHONY: setup apt test run bench compare live clean
 
 setup: apt $(VENV)/.installed
 
@@ -54,6 +54,10 @@ bench: setup
 
 compare: setup
 	$(PY) benchmarks/compare.py
+
+# Lossless live rates on a veth (root: a network namespace), pyprobe beside softflowd.
+live: setup
+	$(PY) benchmarks/live.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,7 +9,10 @@ read (the kernel drops what overflows). Each row is the median of the runs; DPI 
 With --syn-storm N, a third: resident memory per active flow over N single-SYN flows (each its
 own 5-tuple), every one live at once up to the cache's bound, nDPI off and on (on, every buffer
 is still live: a lone SYN never classifies), and what the bound did: the flows that ended as
-lack of resources (reason 5) and the most flows live at once.
+lack of resources (reason 5) and the most flows live at once. Then the storm mode: packets/s
+of `pyprobe replay` (nDPI on with its default budget of new flows, IPFIX export of the nDPI
+template) on the storm beside its normal rate, the same on ndpi_merged_bench.pcap, median of
+--repeat runs, alternated.
 
 With --dpi, a second table: the meter with nDPI on (packets/s, and as a share of the meter
 alone), packets handed to nDPI per flow, flows that took nDPI's guess, and resident memory per
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import resource
 import socket
 import statistics
@@ -71,17 +75,20 @@ def syn_storm_capture(flows: int) -> Path:
 
 
 def run_once(path: Path, sink: tuple[str, int] | None, dpi: bool = False,
-             template: str = "default.yaml") -> tuple[int, int, float, FlowStream]:
-    """(packets, flows, seconds, the stream) of one full replay, exported to `sink` (IPFIX, with
-    templates/`template`) when given."""
+             template: str | None = "default.yaml") -> tuple[int, int, float, FlowStream]:
+    """(packets, flows, seconds, the stream) of one full replay, exported to `sink` when given:
+    IPFIX with templates/`template`, or with no template, to ntopng (zmq: sink is the endpoint
+    the probe binds, which nobody subscribes to: the messages are encoded and held)."""
     stream = FlowStream(str(path), dpi=dpi)
     started = time.perf_counter()
     if sink is None:
         flows = sum(1 for _ in stream)
     else:
         registry = ElementRegistry.default()
-        templates = load_templates(ROOT / "templates" / template, registry)
-        flows = Probe(stream, [Collector(*sink, "ipfix", templates)], registry).run().flows
+        collector = (Collector(*sink, "ipfix", load_templates(ROOT / "templates" / template,
+                                                              registry))
+                     if template else Collector(*sink, "zmq", None, zmq_linger=0))
+        flows = Probe(stream, [collector], registry).run().flows
     return stream.stats.packets_read, flows, time.perf_counter() - started, stream
 
 
@@ -111,7 +118,8 @@ def kib_per_flow(path: Path, dpi: bool) -> float:
 
     Run it in a fresh process: memory freed by earlier runs stays resident and would be reused.
     """
-    stream = FlowStream(str(path), dpi=dpi, idle_timeout=1e9, active_timeout=1e9, close_linger=1e9)
+    stream = FlowStream(str(path), dpi=dpi, idle_timeout=1e9, active_timeout=1e9, close_linger=1e9,
+                        flow_budget=0)  # nDPI on every flow, storm or not
     probe = FirstExpiry(stream)
     stream.plugins += (probe,)
     before = resident_kib()
@@ -120,17 +128,47 @@ def kib_per_flow(path: Path, dpi: bool) -> float:
     return (probe.kib - before) / probe.flows
 
 
+class MostLive(FirstExpiry):
+    """A plugin that notes the most flows live at once, as each one expires."""
+
+    def on_expire(self, flow: object) -> None:
+        self.flows = max(self.flows, len(self.stream.cache) + 1)
+
+
 def storm_row(flows: int) -> str:
     """The --syn-storm line: KiB per active flow off and on, and what the cache bound did."""
     path = syn_storm_capture(flows)
-    stream = FlowStream(str(path), idle_timeout=1e9, active_timeout=1e9)
-    most = 0
+    stream = FlowStream(str(path), idle_timeout=1e9, active_timeout=1e9, dpi=False)
+    live = MostLive(stream)
+    stream.plugins += (live,)
     for _ in stream.batches():
-        most = max(most, len(stream.cache))
+        pass
+    most = live.flows
     return (f"SYN storm, {flows:,} flows: {fresh_kib_per_flow(path, False):.2f} KiB/flow with nDPI "
             f"off, {fresh_kib_per_flow(path, True):.2f} on (buffers live); max_flows "
             f"{stream.max_flows:,}: {stream.stats.flows[EndReason.LACK_OF_RESOURCES]:,} flows "
             f"ended for lack of resources, at most {most:,} live")
+
+
+def storm_rate_row(flows: int, sink: tuple[str, int], repeat: int) -> str:
+    """The --syn-storm rate line: `pyprobe replay` (nDPI on, IPFIX of the nDPI template to the
+    sink, the command's own garbage collector settings) on the storm, as a share of its rate on
+    the bench capture; packets/s as the replay's summary gives them, median of `repeat`."""
+    storm, normal = syn_storm_capture(flows), SHARED / "pcaps" / "bench" / "ndpi_merged_bench.pcap"
+    rates: dict[Path, list[float]] = {storm: [], normal: []}
+    skipped = "0"
+    for _ in range(repeat):
+        for path in rates:
+            out = subprocess.run([sys.executable, "-m", "pyprobe", "replay", str(path),
+                                  "--collector", f"{sink[0]}:{sink[1]}"], check=True,
+                                 capture_output=True, text=True).stdout
+            rates[path].append(float(re.search(r" s, (\d+) packets/s", out)[1]))
+            skipped = re.search(r"not inspected by nDPI .*: (\d+)", out)[1] if path == storm else skipped
+    storm_rate, normal_rate = (statistics.median(rates[p]) for p in (storm, normal))
+    return (f"SYN storm, {flows:,} flows, pyprobe replay with nDPI and IPFIX export: "
+            f"{storm_rate:,.0f} packets/s ({int(skipped):,} flows past nDPI's budget); "
+            f"{normal.name}: {normal_rate:,.0f} packets/s; the storm at "
+            f"{storm_rate / normal_rate:.0%} of it")
 
 
 def dpi_row(path: Path, runs: list[tuple[int, int, float, FlowStream]], meter_s: float) -> str:
@@ -156,7 +194,8 @@ def main() -> None:
     parser.add_argument("--synth-packets", type=int, default=1_000_000)
     parser.add_argument("--dpi", action="store_true", help="also measure the meter with nDPI on")
     parser.add_argument("--syn-storm", type=int, metavar="N",
-                        help="also measure memory per flow over N single-SYN flows")
+                        help="also measure memory per flow over N single-SYN flows, and the "
+                             "probe's rate on them beside its normal one")
     args = parser.parse_args()
     files = args.files or [synthetic_capture(args.synth_packets),
                            SHARED / "pcaps" / "bench" / "ndpi_merged_bench.pcap"]
@@ -189,6 +228,7 @@ def main() -> None:
         print("\n".join(dpi_rows))
     if args.syn_storm:
         print(f"\n{storm_row(args.syn_storm)}")
+        print(storm_rate_row(args.syn_storm, sink, args.repeat))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mib:.0f} MiB")
 

@@ -6,7 +6,8 @@ Without FILE it measures the gen_synth.py capture of benchmarks/replay.py and
 ../shared/pcaps/bench/ndpi_merged_bench.pcap. Each row runs the pipeline up to one more stage
 (read the file; decode; the flow cache; nDPI; IPFIX export of the nDPI template to a UDP socket
 nobody reads) and shows the stage's own cost: the row's CPU time less the previous row's, per
-packet, best of `--repeat` runs.
+packet, best of `--repeat` runs. The last row, export to ntopng instead (records encoded and
+held for an ntopng that does not subscribe), is counted from the nDPI row as IPFIX export is.
 
 CPU time on a shared VM moves by a third from run to run. `--instructions` counts instructions
 instead (valgrind's callgrind, each stage in a process of its own, less one that only imports):
@@ -54,8 +55,18 @@ def export(path: Path) -> None:
         run_once(path, sink.getsockname(), dpi=True, template="ndpi.yaml")
 
 
-STAGES = (("read (pypcap)", read), ("decode", decode), ("flow cache", meter(False)),
-          ("nDPI", meter(True)), ("IPFIX export (ndpi.yaml)", export))
+def export_to_ntopng(path: Path) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    run_once(path, ("127.0.0.1", port), dpi=True, template=None)
+
+
+# (name, what it runs, the row whose stages it adds one to: None for the previous row)
+STAGES = (("read (pypcap)", read, None), ("decode", decode, None),
+          ("flow cache", meter(False), None), ("nDPI", meter(True), None),
+          ("IPFIX export (ndpi.yaml)", export, None),
+          ("ntopng export (zmq)", export_to_ntopng, 3))
 
 
 def cpu_seconds(run: Callable[[Path], None], path: Path, repeat: int) -> float:
@@ -100,13 +111,14 @@ def main() -> None:
             totals = [instructions(stage, path) - imports for stage in range(len(STAGES))]
             unit, per_packet, digits = "instr/packet", 1, 0
         else:
-            totals = [cpu_seconds(run, path, args.repeat) for _, run in STAGES]
+            totals = [cpu_seconds(run, path, args.repeat) for _, run, _ in STAGES]
             unit, per_packet, digits = "us/packet", 1e6, 2
         print(f"\n{path.name}: {packets:,} packets\n{'stage':<26} {unit:>12} {'share':>6} "
               f"{'cumulative pkt/s' if not args.instructions else 'cumulative':>16}")
         previous = 0
-        for (name, _), total in zip(STAGES, totals):
-            own = max(total - previous, 0)
+        for (name, _, base), total in zip(STAGES, totals):
+            before = previous if base is None else totals[base]
+            own = max(total - before, 0)
             previous = max(previous, total)
             cumulative = (f"{total / packets:>16,.0f}" if args.instructions
                           else f"{packets / total:>16,.0f}")

@@ -4,7 +4,8 @@ cimport cython
 from .decode cimport Decoder
 from .flow cimport Direction, FlowCore, add_square, count_flags
 
-cdef long long SCAN_INTERVAL_MS, CLOSE_FLAGS, NS_PER_MS, MAX_TIMEOUT_MS  # C constants
+cdef long long SCAN_INTERVAL_MS, BATCH_FLOWS, CLOSE_FLAGS, NS_PER_MS, MAX_TIMEOUT_MS  # C constants
+cdef long long LAST_MS
 cdef dict KEYS
 
 
@@ -20,9 +21,12 @@ cdef class FlowCache:
     cdef public list expired
     cdef public object _flows, _closing
 
-    @cython.locals(read=cython.longlong, ts_ns=cython.longlong, time_ms=cython.longlong,
+    @cython.locals(read=cython.longlong, time_ms=cython.longlong,
                    octets="const unsigned char *", at=cython.Py_ssize_t, size=cython.Py_ssize_t)
-    cpdef tuple feed(self, Decoder decoder, frames, long long tick_ms, long long limit)
+    cpdef tuple feed(self, Decoder decoder, time_wrap_ns, frames, long long tick_ms,
+                     long long limit)
+
+    cpdef bint batch_due(self, long long tick_ms)
 
     cpdef add(self, packet)
 
@@ -34,6 +38,9 @@ cdef class FlowCache:
                 long long tunnel_id, packet, Decoder decoder, bytes frame)
 
     cpdef _scan(self, long long time_ms)
+
+    @cython.locals(lru=FlowCore)
+    cpdef _evict(self, long long time_ms)
     cpdef _started(self, packet, FlowCore flow)
     cpdef _update(self, packet, FlowCore flow)
     cpdef _due_reason(self, FlowCore flow)

@@ -16,8 +16,10 @@ Expired flows are appended to `expired`, which the caller empties or replaces.
 
 A classifier (nDPI) sees a flow's packets only while its `classifier_state` is set; plugins see
 every packet. `feed` is the meter loop: it decodes a capture's frames and adds their packets until
-its caller has a batch of expired flows to hand out. Where pyprobe was compiled (cache.pxd), all
-of this runs as C, with the flows' counters as C integers (flow.py says within which bounds).
+its caller has a batch of expired flows to hand out (BATCH_FLOWS of them, or a second of packet
+time: a storm of new flows evicts one a packet). Closing flows count against `max_flows`. Where
+pyprobe was compiled (cache.pxd), all of this runs as C, with the flows' counters as C integers
+(flow.py says within which bounds; times past LAST_MS are read as LAST_MS).
 
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)
@@ -30,7 +32,7 @@ of this runs as C, with the flows' counters as C integers (flow.py says within w
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
     from .decode import Decoder
 
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
+BATCH_FLOWS = 256
+"""Expired flows that make a batch due before the clock does: handed out together, they fill
+export messages and cost the caller's loop one pass (a storm evicts a flow per packet)."""
 CLOSE_FLAGS = TH_FIN | TH_RST  # a packet with one of these may start the close linger
 KEYS = {size: struct.Struct(f"!{size}s{size}sHHBH").pack for size in (4, 16)}
 """The flow key by address size: the two addresses (lower first), ports (in the same order),
@@ -51,6 +56,8 @@ END_OF_FLOW = EndReason.END_OF_FLOW
 FORCED_END = EndReason.FORCED_END
 LACK_OF_RESOURCES = EndReason.LACK_OF_RESOURCES
 NS_PER_MS = 1_000_000
+LAST_MS = 1 << 62  # the latest time the meter keeps (146 million years): later times are this
+LAST_NS = LAST_MS * NS_PER_MS
 MAX_TIMEOUT_MS = 1 << 61  # longer timeouts are this (66 million years): deadlines stay in int64
 
 
@@ -87,6 +94,12 @@ def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, fla
     if flags:
         count_flags(direction, flags)
     return True
+
+
+def wrapped_ms(ts_ns: int, time_wrap_ns: int) -> int:
+    """The millisecond of a capture's odd `ts_ns`: a negative one is ts_ns + `time_wrap_ns`,
+    the time libpcap could not report; the result is kept within 0 .. LAST_MS."""
+    return min(max((ts_ns + time_wrap_ns if ts_ns < 0 else ts_ns) // NS_PER_MS, 0), LAST_MS)
 
 
 class Plugin(Protocol):
@@ -126,29 +139,37 @@ class FlowCache:
         self.expired: list[Flow] = []
         self.flows_created = 0
         self._flows: OrderedDict[bytes, Flow] = OrderedDict()
-        self._closing: deque[Flow] = deque()  # in end_by_ms order: the linger is constant
+        self._closing: OrderedDict[bytes, Flow] = OrderedDict()
+        """The live flows that are closing, by key, in end_by_ms order (the linger is constant):
+        a flow that ends otherwise leaves it, so it never holds more than the live flows."""
         self._next_scan_ms = 0
 
     def __len__(self) -> int:
         return len(self._flows)
 
-    def feeder(self, decoder: Decoder) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
-        """feed(frames, tick_ms, limit) with `decoder` bound: the meter loop of one capture."""
-        return partial(self.feed, decoder)
+    def feeder(self, decoder: Decoder, time_wrap_ns: int = 0
+               ) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
+        """feed(frames, tick_ms, limit) with `decoder` and `time_wrap_ns` bound: the meter loop
+        of one capture."""
+        return partial(self.feed, decoder, time_wrap_ns)
 
-    def feed(self, decoder: Decoder, frames: Iterator, tick_ms: int,
+    def feed(self, decoder: Decoder, time_wrap_ns: int, frames: Iterator, tick_ms: int,
              limit: int) -> tuple[int, int | None]:
         """Decodes the (ts_ns, frame) pairs of the iterator `frames` and adds their packets until
-        a batch is due (flows expired, or the clock at `tick_ms`), `limit` frames are read, or
-        `frames` ends; a live capture's tick, (ts_ns, None), stops it too. Returns (frames
-        read, the tick's ts_ns or None). The frames `decoder.parse` reads are metered from its
-        fields, their Packet made only for a classifier or plugin."""
+        a batch is due (BATCH_FLOWS flows expired, or the clock at `tick_ms`), `limit` frames
+        are read, or `frames` ends; a live capture's tick, (ts_ns, None), stops it too. Returns
+        (frames read, the tick's ts_ns or None). A negative ts_ns is read as ts_ns +
+        `time_wrap_ns` (the capture's: PcapSource.time_wrap_ns). The frames `decoder.parse`
+        reads are metered from its fields, their Packet made only for a classifier or plugin."""
         read = 0
-        for ts_ns, frame in frames:
+        for stamp, frame in frames:
             if frame is None:
-                return read, ts_ns
+                return read, stamp
             read += 1
-            time_ms = ts_ns // NS_PER_MS
+            if 0 <= stamp < LAST_NS:
+                time_ms = stamp // NS_PER_MS
+            else:
+                time_ms = wrapped_ms(stamp, time_wrap_ns)
             if decoder.parse(frame):
                 # compiled, `octets` is the frame as a C pointer: a slice of it is one bytes
                 octets, at, size = frame, decoder.src_at, decoder.address_size
@@ -160,9 +181,14 @@ class FlowCache:
                 packet = decoder.decode(time_ms, frame)
                 if packet is not None:
                     self.add(packet)
-            if read >= limit or self.expired or self.now_ms >= tick_ms:
+            if read >= limit or self.batch_due(tick_ms):
                 break
         return read, None
+
+    def batch_due(self, tick_ms: int) -> bool:
+        """Whether the caller has a batch to hand out: BATCH_FLOWS flows expired, or the clock
+        at `tick_ms`."""
+        return len(self.expired) >= BATCH_FLOWS or self.now_ms >= tick_ms
 
     def add(self, packet: Packet) -> None:
         """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
@@ -208,9 +234,7 @@ class FlowCache:
                     self._update(packet, flow)
                 return
         if len(flows) >= self.max_flows:
-            lru = next(iter(flows.values()))
-            due = time_ms - lru.last_seen_ms >= self.idle_timeout_ms or time_ms >= lru.end_by_ms
-            self._end(lru, self._due_reason(lru) if due else LACK_OF_RESOURCES)
+            self._evict(time_ms)
         self.flows_created += 1
         flow = Flow(self.flows_created, key, src_is_first,
                     (src, dst, src_port, dst_port, protocol, vlan_id),
@@ -229,6 +253,13 @@ class FlowCache:
         `expire`."""
         self.started_ms = self.started_ms or time_ms
         self.expire(time_ms)
+
+    def _evict(self, time_ms: int) -> None:
+        """Makes room for a new flow: the least recently used one ends, for the deadline it is
+        past if it is, else for lack of resources."""
+        lru = next(iter(self._flows.values()))
+        due = time_ms - lru.last_seen_ms >= self.idle_timeout_ms or time_ms >= lru.end_by_ms
+        self._end(lru, self._due_reason(lru) if due else LACK_OF_RESOURCES)
 
     def _started(self, packet: Packet, flow: Flow) -> None:
         """Hands a new flow's first packet to the classifier and the plugins."""
@@ -260,11 +291,13 @@ class FlowCache:
         if flags & TH_RST or (reverse is not None and flow.src2dst.tcp_flags & reverse.tcp_flags & TH_FIN):
             flow.closing = True
             flow.end_by_ms = time_ms + self.close_linger_ms
-            self._closing.append(flow)
+            self._closing[flow.key] = flow
 
     def _end(self, flow: Flow, reason: EndReason) -> None:
         flow.end_reason = reason
         del self._flows[flow.key]
+        if flow.closing:
+            self._closing.pop(flow.key, None)
         if flow.classifier_state is not None and self.classifier is not None:
             self.classifier.on_expire(flow)
         for plugin in self.plugins:
@@ -278,10 +311,11 @@ class FlowCache:
         now_ms = self.now_ms
         self._next_scan_ms = now_ms + SCAN_INTERVAL_MS
         closing = self._closing
-        while closing and closing[0].end_by_ms <= now_ms:
-            flow = closing.popleft()
-            if not flow.end_reason:
-                self._end(flow, END_OF_FLOW)
+        while closing:
+            flow = next(iter(closing.values()))
+            if flow.end_by_ms > now_ms:
+                break
+            self._end(flow, END_OF_FLOW)
         flows = self._flows
         while flows:
             lru = next(iter(flows.values()))
@@ -293,4 +327,3 @@ class FlowCache:
         """Ends every live flow: forced end (4), or end of flow (3) for flows already closing."""
         for flow in list(self._flows.values()):
             self._end(flow, END_OF_FLOW if flow.closing else FORCED_END)
-        self._closing.clear()

@@ -7,8 +7,10 @@ guess; a flow that ends before either gets that guess too. Then the labels are s
 `DpiInfo`) and the buffer is freed at once, so only flows still under inspection hold nDPI state.
 
 As `FlowCache(classifier=...)` (what `FlowStream(dpi=True)` makes) it is handed a flow's packets
-only while the flow holds that buffer; it works as a plain plugin too, seeing every packet. One detection module serves the whole process: it is
-made on first use and shared.
+only while the flow holds that buffer; it works as a plain plugin too, seeing every packet. Each
+classifier makes a detection module of its own (about 10 MiB and 60 ms) unless it is given one:
+nDPI's caches learn from the flows a module sees, so two FlowStreams over one capture give the
+same labels only with modules of their own.
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ BLOCK_PROTOCOLS = frozenset(map(protocol_id, ("TLS", "DTLS", "QUIC", "HTTP", "HT
                                                "HTTP_PROXY")))
 """The protocols (the master, else the app) whose dpi2json text has a tls, quic or http block:
 a flow of another protocol without a host name has no METADATA, and needs no text unless the
-whole report is kept."""
+whole report is kept; nor has one whose protocol was only guessed, by port or address (no
+dissector recognised it: a lone SYN to port 80 is HTTP so)."""
 SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("dns",)))
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
@@ -56,62 +59,69 @@ SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("
 NO_METADATA: dict[str, Any] = {}
 """The metadata of a flow without any (shared, never written)."""
 
-_shared: NDPI | None = None
-
-
-def shared_ndpi() -> NDPI:
-    """The process's detection module, made on first call."""
-    global _shared
-    if _shared is None:
-        _shared = NDPI()
-    return _shared
-
 
 class NdpiClassifier:
     """Labels every flow with nDPI (application, category, SNI, JA4, risks): a cache classifier.
 
     `flows`, `packets` and `giveups` count the flows labelled, the packets they handed to nDPI
-    and how many took nDPI's guess.
+    and how many took nDPI's guess; `skipped` the new flows past `flow_budget` (a storm of new
+    flows), which nDPI never sees: they keep no label ("Unknown").
     """
 
-    __slots__ = ("n_dissections", "report", "ndpi", "flows", "packets", "giveups", "_dissect",
-                 "_labels")
+    __slots__ = ("n_dissections", "report", "ndpi", "flow_budget", "flows", "packets",
+                 "giveups", "skipped", "_dissect", "_labels", "_tokens", "_tokens_ms")
 
     def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None,
-                 report: bool = False) -> None:
+                 report: bool = False, flow_budget: int = 0) -> None:
         if n_dissections < 1:
             raise ValueError(f"n_dissections must be at least 1, not {n_dissections}")
         self.n_dissections = n_dissections
         self.report = report
         """Whether each flow keeps nDPI's whole report (`DpiInfo.dpi_json`, `metadata`)."""
-        self.ndpi = ndpi or shared_ndpi()
-        self.flows = self.packets = self.giveups = 0
+        self.ndpi = ndpi or NDPI()
+        self.flow_budget = flow_budget
+        """New flows a second of packet time nDPI inspects at most, a second's worth at once
+        (a token bucket); 0: every flow."""
+        self.flows = self.packets = self.giveups = self.skipped = 0
+        self._tokens, self._tokens_ms = float(flow_budget), 0
         self._dissect = self.ndpi.dissect
         self._labels: dict[tuple[int, int, int, int], tuple] = {}
         """DpiInfo's first fields, by (master, app, category, confidence): few values recur."""
 
     def on_init(self, packet: Packet, flow: Flow) -> None:
-        """Starts nDPI on the flow with its first packet."""
-        self._start(flow)
-        self.on_update(packet, flow)
+        """Starts nDPI on the flow with its first packet, within the budget of new flows."""
+        if self._start(flow) is not None:
+            self.on_update(packet, flow)
 
     def on_update(self, packet: Packet, flow: Flow) -> None:
-        """Hands the packet to nDPI while the flow is under inspection."""
+        """Hands the packet to nDPI while the flow is under inspection, at the time the cache
+        metered it (the flow's last time: never before the clock, so never negative)."""
         state = flow.classifier_state
         if state is not None:
             frame, offset = packet.frame, packet.ip_offset
             octets = frame  # compiled (classify.pxd), a C pointer: its slice is one bytes
             end = min(offset + packet.ip_size, len(frame))  # never past the captured octets
-            protocol = self._dissect(state, octets[offset:end], packet.time_ms)
+            protocol = self._dissect(state, octets[offset:end], flow.last_seen_ms)
             if protocol.state == CLASSIFIED:
                 self._label(flow, state, protocol)
             elif state.packets >= self.n_dissections:
                 self._give_up(flow, state)
 
-    @staticmethod
-    def _start(flow: Flow) -> None:
-        """Sets a new flow's nDPI state as its `classifier_state`."""
-        flow.classifier_state = NDPIFlow()
+    def _start(self, flow: Flow) -> NDPIFlow | None:
+        """The nDPI state of a new flow, set as its `classifier_state`; None (the flow counted
+        in `skipped`) when the budget of new flows is spent."""
+        budget = self.flow_budget
+        if budget:
+            now_ms = flow.first_seen_ms
+            tokens = min(budget, self._tokens + (now_ms - self._tokens_ms) * budget / 1000)
+            self._tokens_ms = now_ms
+            if tokens < 1:
+                self._tokens = tokens
+                self.skipped += 1
+                return None
+            self._tokens = tokens - 1
+        state = flow.classifier_state = NDPIFlow()
+        return state
 
     def on_expire(self, flow: Flow) -> None:
         """Takes nDPI's guess for a flow that ends under inspection."""
@@ -133,7 +143,8 @@ class NdpiClassifier:
         key = (master, app, protocol.category, buffer.confidence)
         labels = self._labels.get(key) or self._new_labels(key, protocol, state)
         text, metadata = "", NO_METADATA
-        if self.report or buffer.host_server_name[0] != b"\0" or (master or app) in BLOCK_PROTOCOLS:
+        if self.report or buffer.host_server_name[0] != b"\0" or (
+                (master or app) in BLOCK_PROTOCOLS and buffer.confidence not in GUESSED):
             text = ndpi.flow_json(state, protocol)  # before the risk: it may add an HTTP URL's
             metadata = _metadata(text)
         risk, method = buffer.risk, state.http_method

@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import json
 import logging
+import math
+import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__
 from .config import (BIFLOW_TEMPLATE, SensorConfig, add_arguments, flags, load_config,
                      overrides_of, to_yaml)
 from .elements import ElementRegistry
-from .errors import PyprobeError
+from .errors import CaptureError, PyprobeError
 from .flow import Flow
 from .probe import ExportSummary, Probe
-from .sensor import collectors_of, run, stream_of, worker_config
+from .crew import run
+from .sensor import check_capture, collectors_of, stream_of, worker_config
 from .capture import PcapSource
 from .stream import FlowStream, MeterStats
-from .workers import run_sharded
+from .workers import Rendezvous, run_sharded
 
 log = logging.getLogger("pyprobe")
 
 # The settings replay takes from the schema: the meter's and the collectors'.
 REPLAY_SETTINGS = [key for _, key, _, _ in flags()
                    if key.startswith(("cache.", "dpi.", "collectors."))
-                   or key in ("capture.bpf", "capture.workers")]
+                   or key in ("capture.bpf", "capture.workers", "capture.skip_corrupt")]
 
 GC_THRESHOLD = 100_000  # allocations between the cyclic collector's youngest passes (700 by default)
 
@@ -62,6 +66,12 @@ def format_summary(stats: MeterStats) -> str:
     lines += [f"  skipped: {reason}: {count}" for reason, count in sorted(stats.skipped.items())]
     lines.append(f"flows {summary['flows']}: " + ", ".join(
         f"{reason} {count}" for reason, count in summary["flows_by_end_reason"].items()))
+    if stats.uninspected_flows:
+        lines.append(f"  not inspected by nDPI (past its budget of new flows a second): "
+                     f"{stats.uninspected_flows}")
+    if stats.corrupt_records:
+        lines.append(f"corrupt records {stats.corrupt_records} ({stats.corrupt_octets} octets "
+                     f"not read), the first {stats.corruption}")
     lines.append(f"{summary['elapsed_s']:.3f} s, {summary['packets_per_s']} packets/s")
     return "\n".join(lines)
 
@@ -81,6 +91,22 @@ class _ProgressLine:
         self.stream.write("\r\033[K")
 
 
+def bounded(kind: type, low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: a `kind` (int or float) from `low` to `high` (None: no bound), finite."""
+    noun = "an integer" if kind is int else "a number"
+    expected = f"{noun} from {low} to {high}" if high is not None else f"{noun} of at least {low}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= (math.inf if high is None else high):
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected {expected}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyprobe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pyprobe {__version__}")
@@ -95,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(IPFIX; template {BIFLOW_TEMPLATE.name})")
     replay.add_argument("--pace", action="store_true",
                         help="send at the capture's own speed instead of as fast as possible")
-    replay.add_argument("--speed", type=float, metavar="X",
+    replay.add_argument("--speed", type=bounded(float, 0.001, 1_000_000), metavar="X",
                         help="pace at X times the capture's speed (implies --pace; default 1)")
     for name, text in (("run", "capture live (or a file) and export, configured by a YAML file "
                                 "and flags, until SIGTERM"),
@@ -104,18 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
         add_arguments(command)
     collect = commands.add_parser("collect", help="decode IPFIX / NetFlow v9 arriving on a UDP port")
-    collect.add_argument("--port", type=int, required=True)
+    collect.add_argument("--port", type=bounded(int, 0, 65535), required=True,
+                         help="UDP port to listen on (0: a free one, which it prints)")
     collect.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     collect.add_argument("--json", action="store_true", help="one JSON object per record")
-    collect.add_argument("--count", type=int, metavar="N", help="stop after N messages")
-    collect.add_argument("--timeout", type=float, metavar="S",
+    collect.add_argument("--count", type=bounded(int, 1), metavar="N",
+                         help="stop after N messages")
+    collect.add_argument("--timeout", type=bounded(float, 0.001, 1_000_000), metavar="S",
                          help="stop after S seconds without a message")
     return parser
 
 
 def format_export_summary(summary: ExportSummary) -> str:
+    """What was sent, then what did not fit its wire field and how it went out (if any)."""
     return (f"exported {summary.flows} flows as {summary.records} records in {summary.messages} "
-            f"messages, {summary.octets} octets, {summary.send_errors} send errors")
+            f"messages, {summary.octets} octets, {summary.send_errors} send errors"
+            + "".join(f"\n  {reason}: {count}"
+                      for reason, count in sorted(summary.problems.items()) if count))
 
 
 def meter(args: argparse.Namespace, config: SensorConfig, stream: FlowStream, out: TextIO,
@@ -143,10 +174,10 @@ def meter_sharded(args: argparse.Namespace, config: SensorConfig
     capture = PcapSource(args.file, bpf_filter=config.capture.bpf)
     capture.close()
     with tempfile.TemporaryDirectory(prefix="pyprobe-") as folder:
-        def work(index: int, share: str | None, end_clock: Callable[[int], int]
+        def work(index: int, share: str | None, rendezvous: Rendezvous
                  ) -> tuple[MeterStats, ExportSummary | None]:
             mine = worker_config(config, index, share)
-            stream = stream_of(mine, args.file, end_clock=end_clock)
+            stream = stream_of(mine, args.file, end_clock=rendezvous.end_clock)
             with open(Path(folder, str(index)), "w", encoding="utf-8") as out:
                 summary = meter(args, mine, stream, out, header=False)
             return stream.stats, summary
@@ -179,13 +210,23 @@ def replay(args: argparse.Namespace) -> int:
     print(format_summary(stats), file=sys.stderr if args.json and summary is None else sys.stdout)
     if summary is not None:
         print(format_export_summary(summary))
+    if stats.corrupt_records and not config.capture.skip_corrupt:
+        raise CaptureError(corrupt_capture(args.file, stats))
     return 0
 
 
+def corrupt_capture(path: str, stats: MeterStats) -> str:
+    """The error of a capture file libpcap stopped reading at a corrupt record."""
+    return (f"{path}: corrupt record {stats.corruption}: the {stats.corrupt_octets} octets from "
+            f"there on were not read (--skip-corrupt reads on from the next sound record)")
+
+
 def check(args: argparse.Namespace) -> int:
-    """`pyprobe check`: the configuration and its templates, checked; the effective configuration."""
+    """`pyprobe check`: the configuration, its templates, its collectors' addresses and what the
+    capture needs, checked; the effective configuration."""
     config = load_config(args.config, overrides_of(args))
     collectors_of(config, ElementRegistry.default())
+    check_capture(config)
     sys.stdout.write(to_yaml(config))
     return 0
 
@@ -198,21 +239,44 @@ def quiet_collector() -> None:
     gc.set_threshold(GC_THRESHOLD)
 
 
+def command(args: argparse.Namespace) -> int:
+    """Runs the command `args` name; its exit status."""
+    if args.command == "collect":
+        from .collect import run as collect
+        return collect(args)
+    if args.command == "run":
+        return run(args.config, overrides_of(args))
+    if args.command == "check":
+        return check(args)
+    return replay(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     quiet_collector()
     try:
-        if args.command == "collect":
-            from .collect import run as collect
-            return collect(args)
-        if args.command == "run":
-            return run(args.config, overrides_of(args))
-        if args.command == "check":
-            return check(args)
-        return replay(args)
+        status = command(args)
+        sys.stdout.flush()  # what cannot be written fails here, not in the interpreter's exit
+        return status
     except PyprobeError as error:
         print(f"pyprobe: error: {error}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader left (`| head`): nothing more to say
+        _drop_output()
         return 0
+    except OSError as error:
+        if error.errno not in OUTPUT_ERRORS:
+            raise
+        print(f"pyprobe: error: cannot write the output: {error.strerror}", file=sys.stderr)
+        _drop_output()
+        return 2
+
+
+OUTPUT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+"""Why a write to stdout fails on a full or broken device (/dev/full, a full disk)."""
+
+
+def _drop_output() -> None:
+    """Points stdout at /dev/null, so the interpreter's exit does not retry the failed write."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -4,7 +4,10 @@
 templates it learned kept per (exporter address, observation domain / source id, template id).
 Headers, sets and template records are parsed with the construct formats of `ipfix.py` and
 `netflow9.py`; values are decoded by the element's data type in the `ElementRegistry`.
-`run(args)` is `pyprobe collect`: it listens on a UDP port and prints every record.
+What a sender can make it hold is bounded: templates kept, fields per template, values decoded
+per message; what goes past a bound is refused and counted (`refused`).
+`run(args)` is `pyprobe collect`: it listens on a UDP port and prints every record, as JSON or
+as text with control characters escaped.
 
 >>> from pyprobe.export import Exporter
 >>> from pyprobe.template import load_templates
@@ -22,9 +25,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import math
 import socket
 import struct
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +39,20 @@ from construct import ConstructError
 from . import ipfix, netflow9
 from .elements import NTOP_PEN, NTOP_V9_BASE, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
+from .template import MAX_FIELDS  # fields of one template (a message could hold 16k)
 
 Decode = Callable[[bytes], Any]
 # NFv9 options scope field types (RFC 3954 §6.1): a namespace of their own, not element ids.
 V9_SCOPES = {1: "scopeSystem", 2: "scopeInterface", 3: "scopeLineCard", 4: "scopeCache",
              5: "scopeTemplate"}
+MAX_TEMPLATES = 1024  # templates kept, over all exporters and domains
+MAX_VALUES = 65_536  # values decoded from one message (zero-length fields cost no octets)
+# What `Collector.refused` counts.
+TOO_MANY_FIELDS = f"template sets with a template of more than {MAX_FIELDS} fields"
+TOO_MANY_TEMPLATES = f"templates past the {MAX_TEMPLATES} kept"
+TOO_MANY_VALUES = f"messages past {MAX_VALUES} values"
+CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+"""Control characters (C0, DEL, C1: what drives a terminal) as the text output escapes them."""
 
 
 # Version -> (module of its formats, set header's id key, (template set id, options template set id)).
@@ -50,7 +64,11 @@ PROTOCOLS = {
 
 
 class CollectError(PyprobeError):
-    """A datagram is not a well-formed IPFIX or NetFlow v9 message."""
+    """A datagram is not a well-formed IPFIX or NetFlow v9 message, or goes past a bound."""
+
+
+class _Refused(Exception):
+    """What a message asks goes past a bound: the reason, as `Collector.refused` counts it."""
 
 
 @dataclass
@@ -68,10 +86,13 @@ class Record:
     fields: list[tuple[str, Any]] = field(default_factory=list)  # wire order; names may repeat
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: the header values, and `fields` as a mapping (a repeated name: a list)."""
+        """JSON-ready: the header values, and `fields` as a mapping (a repeated name: a list);
+        NaN and the infinities as the strings "nan", "inf", "-inf", which JSON has no number for."""
         values: dict[str, Any] = {}
         repeated: set[str] = set()
         for name, value in self.fields:
+            if isinstance(value, float) and not math.isfinite(value):
+                value = str(value)
             if name not in values:
                 values[name] = value
             elif name in repeated:
@@ -82,9 +103,10 @@ class Record:
         return {k: v for k, v in vars(self).items() if k != "fields"} | {"fields": values}
 
     def __str__(self) -> str:
-        """One readable line: where it came from, the template, then name=value pairs."""
+        """One readable line: where it came from, the template, then name=value pairs, control
+        characters escaped (a sender's text cannot drive the terminal)."""
         uptime = "" if self.sys_uptime is None else f" uptime {self.sys_uptime}"
-        pairs = " ".join(f"{name}={value}" for name, value in self.fields)
+        pairs = " ".join(f"{name}={value}".translate(CONTROL) for name, value in self.fields)
         return (f"{self.exporter} v{self.version} domain {self.domain} seq {self.sequence} "
                 f"time {self.export_time}{uptime} template {self.template_id}: {pairs}")
 
@@ -107,25 +129,53 @@ def _unsigned(value: bytes) -> int:
     return int.from_bytes(value, "big")
 
 
+def _signed(value: bytes) -> int:
+    return int.from_bytes(value, "big", signed=True)
+
+
+def _float(value: bytes) -> float:
+    return struct.unpack("!f" if len(value) == 4 else "!d", value)[0]
+
+
+def _boolean(value: bytes) -> bool | str:
+    return {b"\x01": True, b"\x02": False}.get(value, value.hex())
+
+
+def _address(value: bytes) -> str:
+    return str(ipaddress.ip_address(value))
+
+
+def _mac(value: bytes) -> str:
+    return value.hex(":")
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def _padded_text(value: bytes) -> str:
+    """A fixed-width string (all of NFv9's): NUL-padded."""
+    return value.decode("utf-8", "replace").rstrip("\x00")
+
+
 def _decoder(ie: InformationElement | None, length: int) -> Decode:
-    """How to read the element's values: by its data type; hex when unknown or of odd width."""
+    """How to read the element's values: by its data type; hex when unknown or of odd width.
+    (Module functions, shared by every field: a template costs no closure per field.)"""
     kind = ie.data_type.name if ie is not None else "octetArray"
     if kind.startswith(("unsigned", "dateTime")):
         return _unsigned
     if kind.startswith("signed"):
-        return lambda b: int.from_bytes(b, "big", signed=True)
+        return _signed
     if kind.startswith("float") and length in (4, 8):
-        return lambda b: struct.unpack("!f" if len(b) == 4 else "!d", b)[0]
+        return _float
     if kind == "boolean":
-        return lambda b: {b"\x01": True, b"\x02": False}.get(b, b.hex())
+        return _boolean
     if kind in ("ipv4Address", "ipv6Address") and length in (4, 16):
-        return lambda b: str(ipaddress.ip_address(b))
+        return _address
     if kind == "macAddress" and length == 6:
-        return lambda b: b.hex(":")
-    if kind == "string":  # fixed-width strings (all of NFv9's) are NUL-padded
-        if length == VARLEN:
-            return lambda b: b.decode("utf-8", "replace")
-        return lambda b: b.decode("utf-8", "replace").rstrip("\x00")
+        return _mac
+    if kind == "string":
+        return _text if length == VARLEN else _padded_text
     return _hex
 
 
@@ -139,10 +189,20 @@ class Collector:
         self.messages = 0
         self.records = 0
         self.missing_template = 0  # data sets skipped because their template was not known
+        self.refused: Counter[str] = Counter()
+        """What went past a bound (TOO_MANY_FIELDS, TOO_MANY_TEMPLATES, TOO_MANY_VALUES)."""
 
     def feed(self, data: bytes, source: tuple) -> list[Record]:
         """The data records of one message from `source` (host, port); templates are kept."""
         self.messages += 1
+        try:
+            return self._message(data, source)
+        except _Refused as refusal:
+            reason = str(refusal)
+            self.refused[reason] += 1
+            raise CollectError(f"refused: {reason}") from None
+
+    def _message(self, data: bytes, source: tuple) -> list[Record]:
         version = int.from_bytes(data[:2], "big")
         if version not in PROTOCOLS:
             raise CollectError(f"version {version} is neither IPFIX (10) nor NetFlow v9 (9)")
@@ -159,8 +219,9 @@ class Collector:
         else:
             end, domain, export_time, uptime = (len(data), header.source_id, header.unix_secs,
                                                 header.sys_uptime)
-        exporter = _address(source)
+        exporter = _endpoint(source)
         records: list[Record] = []
+        values_left = [MAX_VALUES]
         offset = size
         while end - offset >= 4:  # NFv9 exporters may pad the packet
             set_header = module.SET_HEADER.parse(data[offset:offset + 4]) if version == 10 else \
@@ -171,7 +232,10 @@ class Collector:
             body = data[offset + 4:offset + length]
             offset += length
             if set_id in template_sets:
-                self._templates(body, version, set_id == template_sets[1], (exporter, domain))
+                try:
+                    self._templates(body, version, set_id == template_sets[1], (exporter, domain))
+                except _Refused as refusal:  # the rest of that set, and only it, is skipped
+                    self.refused[str(refusal)] += 1
             elif set_id >= 256:
                 template = self.templates.get((exporter, domain, set_id))
                 if template is None:
@@ -179,7 +243,7 @@ class Collector:
                     continue
                 records += (Record(exporter, version, domain, set_id, header.sequence, export_time,
                                    uptime, template.scope_count, values)
-                            for values in _data_records(body, template, set_id))
+                            for values in _data_records(body, template, set_id, values_left))
         self.records += len(records)
         return records
 
@@ -190,15 +254,18 @@ class Collector:
         while len(body) - position >= 4:
             try:
                 template_id, template, used = read(body[position:], options)
-            except ConstructError as error:
+            except (ConstructError, struct.error) as error:
                 raise CollectError(f"template set: truncated template record ({error})") from None
             if template_id < 256:  # padding
                 return
             position += used
+            key = (*where, template_id)
             if template is None:
-                self.templates.pop((*where, template_id), None)
+                self.templates.pop(key, None)
+            elif key in self.templates or len(self.templates) < MAX_TEMPLATES:
+                self.templates[key] = template
             else:
-                self.templates[(*where, template_id)] = template
+                self.refused[TOO_MANY_TEMPLATES] += 1
 
     def _element(self, pen: int, element_id: int) -> tuple[str, InformationElement | None]:
         try:
@@ -216,6 +283,8 @@ class Collector:
         template_id, field_count = struct.unpack_from("!HH", body)
         if not field_count:  # a withdrawal: 4 octets, options templates too (RFC 7011 §8.1)
             return template_id, None, 4
+        if field_count > MAX_FIELDS:
+            raise _Refused(TOO_MANY_FIELDS)
         record = (ipfix.OPTIONS_TEMPLATE_RECORD if options else ipfix.TEMPLATE_RECORD).parse(body)
         specifiers = record.fields
         used = (6 if options else 4) + sum(4 if s.pen is None else 8 for s in specifiers)
@@ -225,6 +294,12 @@ class Collector:
 
     def _v9_template(self, body: bytes, options: bool) -> tuple[int, _Template | None, int]:
         """(template id, template, octets used) of a NetFlow v9 (options) template record."""
+        if options:  # scope and option lengths in octets
+            fields = sum(struct.unpack_from("!2xHH", body)) // 4
+        else:
+            fields = struct.unpack_from("!2xH", body)[0]
+        if fields > MAX_FIELDS:
+            raise _Refused(TOO_MANY_FIELDS)
         if not options:
             record = netflow9.TEMPLATE_RECORD.parse(body)
             fields = tuple(self._v9_field(s) for s in record.fields)
@@ -244,11 +319,16 @@ class Collector:
         return self._field(0, specifier.type, specifier.length)
 
 
-def _data_records(body: bytes, template: _Template, set_id: int) -> list[list[tuple[str, Any]]]:
-    """The records of a data set; what is left shorter than a record is padding."""
+def _data_records(body: bytes, template: _Template, set_id: int,
+                  values_left: list[int]) -> list[list[tuple[str, Any]]]:
+    """The records of a data set; what is left shorter than a record is padding. Each record
+    takes its template's field count from `values_left[0]`, the message's allowance."""
     out = []
     offset, minimum, end = 0, template.min_length, len(body)
     while end - offset >= minimum:
+        values_left[0] -= len(template.fields)
+        if values_left[0] < 0:
+            raise _Refused(TOO_MANY_VALUES)
         values, start = [], offset
         for name, length, decode in template.fields:
             if length == VARLEN:
@@ -269,7 +349,7 @@ def _data_records(body: bytes, template: _Template, set_id: int) -> list[list[tu
     return out
 
 
-def _address(source: tuple) -> str:
+def _endpoint(source: tuple) -> str:
     host, port = source[0], source[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
@@ -277,16 +357,19 @@ def _address(source: tuple) -> str:
 def run(args: argparse.Namespace) -> int:
     """`pyprobe collect`: prints the records arriving on UDP (host, port) until --count or --timeout."""
     collector = Collector()
-    family, kind, proto, _, address = socket.getaddrinfo(
-        args.host, args.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)[0]
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            args.host, args.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        raise CollectError(f"cannot listen on {args.host!r}: {error.strerror}") from None
     with socket.socket(family, kind, proto) as sock:
         try:
             sock.bind(address)
         except OSError as error:
-            raise CollectError(f"cannot listen on {_address(address)}: {error.strerror}") from None
+            raise CollectError(f"cannot listen on {_endpoint(address)}: {error.strerror}") from None
         sock.settimeout(args.timeout)
         # The line a script (or a test) waits for before it sends: the port is bound from here on.
-        print(f"listening on {_address(sock.getsockname())}", file=sys.stderr, flush=True)
+        print(f"listening on {_endpoint(sock.getsockname())}", file=sys.stderr, flush=True)
         try:
             while args.count is None or collector.messages < args.count:
                 try:
@@ -296,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     records = collector.feed(data, source)
                 except CollectError as error:  # reported; it still counts toward --count
-                    print(f"pyprobe collect: {_address(source)}: {error}", file=sys.stderr)
+                    print(f"pyprobe collect: {_endpoint(source)}: {error}", file=sys.stderr)
                     continue
                 for record in records:
                     print(json.dumps(record.as_dict()) if args.json else record)
@@ -305,4 +388,6 @@ def run(args: argparse.Namespace) -> int:
             pass
     print(f"{collector.messages} messages, {collector.records} records, "
           f"{collector.missing_template} data sets without a template", file=sys.stderr)
+    for reason, count in sorted(collector.refused.items()):
+        print(f"  refused: {reason}: {count}", file=sys.stderr)
     return 0

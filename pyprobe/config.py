@@ -24,6 +24,7 @@ import functools
 import grp
 import os
 import pwd
+import stat
 import types
 from collections.abc import Collection
 from dataclasses import MISSING, dataclass, field, fields
@@ -34,17 +35,22 @@ import yaml
 
 from .errors import ConfigError
 from .transport import parse_address
+from .yamlfile import read_yaml
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
 NDPI_TEMPLATE = TEMPLATES / "ndpi.yaml"
 BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
-PROTOCOL_NAMES = ("ipfix", "netflow9")
+PROTOCOL_NAMES = ("ipfix", "netflow9", "zmq")  # zmq: ntopng's flow stream, as nProbe's --zmq
+DEFAULT_PORTS = {"zmq": 5556}  # a collector's port when none is given; else 2055
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_FLAG = ""  # a field without a command-line flag
+LARGEST = {int: 2**31 - 1, float: 10**9}
+"""The bound of a number whose setting gives none: a C int (what libpcap and the compiled meter
+take), and 10^9 seconds (31 years) for durations; NaN and the infinities are never numbers."""
 
 
-def setting(default: Any, doc: str, *, minimum: float | None = None,
+def setting(default: Any, doc: str, *, minimum: float = 0,
             maximum: float | None = None, choices: tuple[str, ...] = (), flag: str | None = None,
             path: bool = False) -> Any:
     """A schema field: its default, its description, its bounds, and its flag (default: --name)."""
@@ -66,10 +72,16 @@ class CaptureConfig:
     bpf: str | None = setting(None, "BPF filter applied before metering (tcpdump syntax)")
     snaplen: int = setting(65535, "octets kept of each frame", minimum=64, maximum=262144)
     promiscuous: bool = setting(True, "put the interface in promiscuous mode")
-    buffer_size: int = setting(0, "kernel capture buffer in octets (0: libpcap's, 2 MiB)",
-                               minimum=0)
+    buffer_size: int = setting(64 * 2**20, "kernel capture ring of each worker, octets (0: "
+                                           "libpcap's, 2 MiB)", minimum=0)
+    exclude_exports: bool = setting(True, "leave out the datagrams the probe sends to its "
+                                          "collectors (a BPF clause on their addresses and ports)")
     workers: int | None = setting(None, "processes metering, each its share of the flows (null: "
-                                        "one per CPU for an interface, 1 for a file)", minimum=1)
+                                        "one per CPU for an interface, 1 for a file)", minimum=1,
+                                  maximum=1024)
+    skip_corrupt: bool = setting(False, "read a capture file on past a corrupt record, from the "
+                                        "next sound one, counting what is skipped (else the "
+                                        "run ends there with an error)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,9 @@ class DpiConfig:
 
     enabled: bool = setting(True, "label flows with nDPI", flag="dpi")
     packet_budget: int = setting(20, "packets per flow nDPI sees at most", minimum=1)
+    flow_budget: int = setting(10_000, "new flows a second (of packet time) nDPI inspects at "
+                                       "most; past it (a storm of new flows) flows go "
+                                       "unlabelled, counted (0: every flow)")
     report: bool = setting(False, "keep nDPI's whole report of each flow (ndpi_dpi2json: "
                                   "flow.metadata, --json's metadata)", flag="dpi-report")
     decode_tunnels: bool = setting(False, "meter the inner packets of GTP, GRE, VXLAN, Teredo, "
@@ -100,9 +115,11 @@ class DpiConfig:
 class CollectorConfig:
     """One collector and how to export to it."""
 
-    host: str = setting(MISSING, "collector's name or address (IPv4 or IPv6)", flag=NO_FLAG)
-    port: int = setting(2055, "collector's UDP port", minimum=1, maximum=65535, flag=NO_FLAG)
-    protocol: str = setting("ipfix", "export protocol", choices=PROTOCOL_NAMES)
+    host: str = setting(MISSING, "collector's name or address (IPv4 or IPv6; zmq: `*` binds "
+                                 "every local address)", flag=NO_FLAG)
+    port: int | None = setting(None, "collector's port (null: 2055; zmq: 5556)", minimum=1,
+                               maximum=65535, flag=NO_FLAG)
+    protocol: str = setting("ipfix", "export protocol (zmq: to ntopng)", choices=PROTOCOL_NAMES)
     template: str | None = setting(None, f"template file (null: {NDPI_TEMPLATE.name}, or "
                                          f"{DEFAULT_TEMPLATE.name} without DPI)", path=True)
     mtu: int = setting(1400, "largest message, octets of UDP payload", minimum=256,
@@ -112,6 +129,19 @@ class CollectorConfig:
     template_refresh: float = setting(60.0, "resend templates every this many seconds",
                                       minimum=0.001)
     template_refresh_packets: int = setting(20, "and every this many messages", minimum=1)
+    zmq_probe_mode: bool = setting(False, "zmq: connect to ntopng's collector-mode endpoint "
+                                          "(ntopng -i tcp://*:5556c) instead of binding host:port "
+                                          "for ntopng to connect to")
+    zmq_compress: bool = setting(False, "zmq: compress messages with zlib")
+    zmq_queue: int = setting(64 << 20, "zmq: octets of messages held while ntopng does not "
+                                       "listen or reads slower; beyond, the oldest are dropped",
+                             minimum=1 << 17)
+    zmq_linger: float = setting(10.0, "zmq: seconds the end of a run waits for ntopng to take "
+                                      "the messages held", minimum=0)
+
+    def __post_init__(self) -> None:
+        if self.port is None:  # the protocol's usual port
+            object.__setattr__(self, "port", DEFAULT_PORTS.get(self.protocol, 2055))
 
 
 @dataclass(frozen=True)
@@ -195,13 +225,11 @@ def _check(kind: Any, value: Any, key: str, meta: dict, base: Path | None) -> An
         return value
     if kind in (int, float):
         number = isinstance(value, int) or (kind is float and isinstance(value, float))
-        low, high = meta["minimum"], meta["maximum"]
-        if (not number or isinstance(value, bool) or (low is not None and value < low)
-                or (high is not None and value > high)):
+        low = meta["minimum"]
+        high = meta["maximum"] if meta["maximum"] is not None else LARGEST[kind]
+        if not number or isinstance(value, bool) or not low <= value <= high:  # NaN is not
             noun = "an integer" if kind is int else "a number of seconds"
-            bounds = (f" from {low} to {high}" if high is not None else
-                      f" of at least {low}" if low is not None else "")
-            raise _Problem(key, f"got {_describe(value)}, expected {noun}{bounds}")
+            raise _Problem(key, f"got {_describe(value)}, expected {noun} from {low} to {high}")
         return kind(value)
     if not isinstance(value, str) or not value:
         raise _Problem(key, f"got {_describe(value)}, expected {meta['doc']}")
@@ -220,6 +248,9 @@ def _check_whole(config: SensorConfig, need_collectors: bool) -> None:
                                   + ("both" if capture.interface else "neither"))
     if need_collectors and not config.collectors:
         raise _Problem("collectors", "missing, expected a list of at least one collector")
+    if config.log_file is not None and not _appendable(config.log_file):
+        raise _Problem("log_file", f"got {config.log_file!r}, expected a file this user can "
+                                   f"write, or a new one in a folder it can write")
     for key, value, lookup in (("user", config.user, pwd.getpwnam),
                                ("group", config.group, grp.getgrnam)):
         if value is not None:
@@ -229,18 +260,26 @@ def _check_whole(config: SensorConfig, need_collectors: bool) -> None:
                 raise _Problem(key, f"got {value!r}, expected a {key} of this system") from None
 
 
+def _appendable(path: str) -> bool:
+    """Whether a log can be appended at `path`: a file (or device) that opens for appending,
+    or a new file in a writable folder. Opening does not block (a FIFO with no reader fails)
+    and changes nothing."""
+    if not os.path.lexists(path):
+        folder = os.path.dirname(path) or "."
+        return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(descriptor).st_mode) or stat.S_ISCHR(
+            os.fstat(descriptor).st_mode)
+    finally:
+        os.close(descriptor)
+
+
 def _read(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or error
-        raise ConfigError(f"{path}: {where}not valid YAML: {problem}") from None
+    raw = read_yaml(path, ConfigError)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -331,15 +370,25 @@ def flags() -> tuple[tuple[str, str, dataclasses.Field, Any], ...]:
 
 
 def _collector_argument(text: str) -> dict[str, Any]:
-    """HOST:PORT[,PROTOCOL] as a collector's raw settings."""
+    """HOST[:PORT][,PROTOCOL] as a collector's raw settings."""
     address, _, protocol = text.partition(",")
     if protocol and protocol not in PROTOCOL_NAMES:
-        raise argparse.ArgumentTypeError(f"{text}: protocol must be ipfix or netflow9")
+        raise argparse.ArgumentTypeError(f"{text}: protocol must be one of "
+                                         f"{', '.join(PROTOCOL_NAMES)}")
     try:
-        host, port = parse_address(address)
+        host, port = parse_address(address, default_port=None)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    return {"host": host, "port": port} | ({"protocol": protocol} if protocol else {})
+    return ({"host": host} | ({"port": port} if port is not None else {})
+            | ({"protocol": protocol} if protocol else {}))
+
+
+def _zmq_argument(text: str) -> dict[str, Any]:
+    """An nProbe --zmq endpoint, tcp://HOST[:PORT], as an ntopng collector's raw settings."""
+    scheme, separator, address = text.rpartition("://")
+    if separator and scheme != "tcp":
+        raise argparse.ArgumentTypeError(f"{text}: expected a tcp:// endpoint")
+    return _collector_argument(f"{address},zmq")
 
 
 def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None = None) -> None:
@@ -351,6 +400,12 @@ def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None 
                         help="send flows there (repeatable; [v6addr]:port for IPv6; the "
                              "protocol, default --protocol, ipfix or netflow9; replaces a "
                              "file's collectors)")
+    parser.add_argument("--zmq", action="append", dest="collectors", metavar="ENDPOINT",
+                        type=_zmq_argument, default=argparse.SUPPRESS,
+                        help="publish flows to ntopng as nProbe does: bind ENDPOINT, "
+                             "tcp://*:5556, for ntopng -i tcp://PROBE:5556; with "
+                             "--zmq-probe-mode connect to ntopng -i tcp://*:5556c there "
+                             "(repeatable; replaces a file's collectors, with --collector)")
     for flag, key, spec, kind in flags():
         if keys is not None and key not in keys:
             continue

@@ -19,14 +19,15 @@ flow of each application after every timed refresh is preceded by its names reco
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+import struct
+from collections import Counter
+from collections.abc import Iterable
 
 from .elements import ElementRegistry
 from .fields import application_id, application_name
 from .flow import EMPTY_DIRECTION, NO_DPI, DpiInfo, Flow
 from .ipfix import IPFIX
-from .message import MessageBuilder, Protocol
+from .message import LAST_EXPORT_S, MessageBuilder, Protocol
 from .netflow9 import NETFLOW9, UPTIME_WINDOW_MS
 from .options import (ExportStats, application_names_template, application_names_values,
                       enterprise_elements, statistics_template, statistics_values,
@@ -34,6 +35,12 @@ from .options import (ExportStats, application_names_template, application_names
 from .template import CompiledTemplate, TemplateError, TemplateSet
 
 PROTOCOLS: dict[str, Protocol] = {"ipfix": IPFIX, "netflow9": NETFLOW9}
+# What Exporter.problems counts: what did not fit its wire fields, and how it was sent.
+NO_TEMPLATE = "flows not sent: no template for their IP version"
+TIME_PAST = "flows not sent: times past what the protocol carries"
+CUT = "records with strings cut to fit the mtu"
+CLAMPED = "records with values clamped to their field's width"
+EXPORT_TIME_CLAMPED = "messages with the export time clamped to 2106-02-07"
 
 
 class Exporter:
@@ -42,7 +49,7 @@ class Exporter:
     def __init__(self, protocol: str, templates: TemplateSet, registry: ElementRegistry, *,
                  observation_domain: int = 1, mtu_bytes: int = 1400,
                  template_refresh_s: float = 60, template_refresh_packets: int = 20,
-                 flush_interval_ms: int = 1000, boot_ms: int = 0) -> None:
+                 flush_interval_ms: int = 1000, boot_ms: int = 0, process_id: int = 0) -> None:
         if protocol not in PROTOCOLS:
             raise TemplateError(f"unknown protocol {protocol!r} (expected ipfix or netflow9)")
         self.protocol = PROTOCOLS[protocol]
@@ -56,7 +63,10 @@ class Exporter:
         self.template_refresh_packets = template_refresh_packets
         self.flush_interval_ms = flush_interval_ms
         self.boot_ms = boot_ms
-        self.stats = ExportStats()
+        self.stats = ExportStats(exporting_process_id=process_id)
+        self.problems: Counter[str] = Counter()
+        """What did not fit its wire field (NO_TEMPLATE, TIME_PAST, CUT, CLAMPED,
+        EXPORT_TIME_CLAMPED), counted."""
         self._data_channel = _Channel(MessageBuilder(self.protocol, mtu_bytes), observation_domain)
         # IPFIX: the exporting process's options (statistics, RFC 5610 types) go in messages of
         # observation domain 0, with a sequence of their own: the data domain's sequence then
@@ -84,7 +94,7 @@ class Exporter:
         self._message_started_ms = 0
         # Every record, templates included, must fit in a message of its own (fixed parts only:
         # IPFIX strings are as long as their values).
-        largest = max([c.record_length for c in self._data.values()]
+        largest = max([c.min_length for c in self._data.values()]
                       + [len(record) for _, record, _ in self._template_records]
                       + [len(record) for _, record, _ in self._options_records()]
                       + [c.record_length for c in names])
@@ -97,13 +107,14 @@ class Exporter:
         """The data templates compiled for `boot_ms`, and the flow times they can carry."""
         self._data = {t.ip_version: t.compile(self.protocol, boot_ms=self.boot_ms)
                       for t in reversed(self.templates.templates)}
-        self._by_version: dict[int, tuple[int, Callable[..., bytes] | None]] = {}
-        """By address length: the template id and encoder of its flows ((0, None): no template)."""
-        for length, version in ((4, 4), (16, 6)):
-            compiled = self._data.get(version) or self._data.get(None)
-            self._by_version[length] = (compiled.id, compiled.encode) if compiled else (0, None)
-        self._times = ((self.boot_ms, self.boot_ms + UPTIME_WINDOW_MS) if self.protocol is NETFLOW9
-                       else (-math.inf, math.inf))
+        self._by_version: dict[int, CompiledTemplate | None] = {
+            length: self._data.get(version) or self._data.get(None)
+            for length, version in ((4, 4), (16, 6))}
+        """By address length: the compiled template of its flows (None: no template)."""
+        end_ms = self.protocol.last_flow_ms + 1
+        self._times = ((self.boot_ms, min(self.boot_ms + UPTIME_WINDOW_MS, end_ms))
+                       if self.protocol is NETFLOW9 else (0, end_ms))
+        """The flow times the data templates can carry: [first, end)."""
 
     def _reboot(self, flow: Flow, now_ms: int, out: list[bytes]) -> None:
         """NFv9: a new boot time for a flow outside sysUpTime's window of the current one."""
@@ -123,31 +134,46 @@ class Exporter:
         """Adds the flows' records; returns the messages that filled up."""
         out: list[bytes] = []
         uniflow = not self.templates.biflow
-        by_version, add, stats = self._by_version, self._add, self.stats
+        by_version, add = self._by_version, self._add_record
         first_ms, end_ms = self._times
         named = None if self._application_names is None else self._named
         for flow in flows:
             if not first_ms <= flow.first_seen_ms <= flow.last_seen_ms < end_ms:
+                if (self.protocol is not NETFLOW9 or flow.first_seen_ms < 0
+                        or flow.last_seen_ms > self.protocol.last_flow_ms):
+                    self._not_sent(flow, now_ms, TIME_PAST)
+                    continue
                 self._reboot(flow, now_ms, out)
                 by_version, (first_ms, end_ms) = self._by_version, self._times
-            template_id, encode = by_version[len(flow.src_addr)]
-            if encode is None:
-                self._not_sent(flow, now_ms)
+            compiled = by_version[len(flow.src_addr)]
+            if compiled is None:
+                self._not_sent(flow, now_ms, NO_TEMPLATE)
                 continue
             if named is not None and application_id(flow.dpi or NO_DPI) not in named:
                 self._new_application(flow.dpi or NO_DPI, now_ms, out)
             forward, reverse = flow.src2dst, flow.dst2src
-            if not add(template_id, encode(flow, forward, reverse or EMPTY_DIRECTION,
-                                           (flow.src_addr, flow.dst_addr, flow.src_port,
-                                            flow.dst_port)), now_ms, out):
-                self._not_sent(flow, now_ms)
-                continue
-            stats.flow_records += 1
+            add(compiled, flow, forward, reverse or EMPTY_DIRECTION,
+                (flow.src_addr, flow.dst_addr, flow.src_port, flow.dst_port), now_ms, out)
             if reverse is not None and uniflow:
-                stats.flow_records += add(template_id, encode(
-                    flow, reverse, forward, (flow.dst_addr, flow.src_addr, flow.dst_port,
-                                             flow.src_port)), now_ms, out)
+                add(compiled, flow, reverse, forward,
+                    (flow.dst_addr, flow.src_addr, flow.dst_port, flow.src_port), now_ms, out)
         return out
+
+    def _add_record(self, compiled: CompiledTemplate, flow: Flow, this: object, other: object,
+                    ends: tuple, now_ms: int, out: list[bytes]) -> None:
+        """Encodes and adds one data record; a value its field cannot carry is clamped, and
+        strings that would make the record longer than a message are cut (both counted)."""
+        try:
+            record = compiled.encode(flow, this, other, ends)
+        except (struct.error, OverflowError):
+            record = b""  # re-encoded below, fitted
+        if not record or len(record) > self._record_room:
+            record, clamped, cut = compiled.fitted(flow, this, other, ends, self._record_room)
+            for problem, happened in ((CLAMPED, clamped), (CUT, cut)):
+                if happened:
+                    self.problems[problem] += 1
+        self._add(compiled.id, record, now_ms, out)
+        self.stats.flow_records += 1
 
     def _new_application(self, dpi: DpiInfo, now_ms: int, out: list[bytes]) -> None:
         """Sends the names record of a flow's application: the first flow of each application
@@ -164,7 +190,8 @@ class Exporter:
         self._put(self._data_channel, names.id, record, True, now_ms, out)
         self._named.add(key)
 
-    def _not_sent(self, flow: Flow, now_ms: int) -> None:
+    def _not_sent(self, flow: Flow, now_ms: int, reason: str) -> None:
+        self.problems[reason] += 1
         stats = self.stats
         stats.not_sent_flows += 1
         stats.not_sent_packets += flow.bidirectional_packets
@@ -172,22 +199,18 @@ class Exporter:
         stats.first_not_sent_ms = stats.first_not_sent_ms or now_ms
         stats.last_not_sent_ms = now_ms
 
-    def _add(self, set_id: int, record: bytes, now_ms: int, out: list[bytes]) -> bool:
-        """Adds a data record, sending the messages it fills; False if no message can hold it
-        (IPFIX strings can make a record longer than the mtu)."""
+    def _add(self, set_id: int, record: bytes, now_ms: int, out: list[bytes]) -> None:
+        """Adds a data record (one a message can hold), sending the messages it fills."""
         builder = self._data_channel.builder
         if not builder.records:
             self._open(now_ms, out)
         if builder.add(set_id, record, True):
-            return True
-        if len(record) > self._record_room:
-            return False
+            return
         self._send(now_ms, out)
         self._open(now_ms, out)
         if not builder.add(set_id, record, True):  # the templates filled that message
             self._send(now_ms, out)
             builder.add(set_id, record, True)
-        return True
 
     def _put(self, channel: _Channel, set_id: int, record: bytes, data: bool, now_ms: int,
              out: list[bytes]) -> None:
@@ -222,6 +245,8 @@ class Exporter:
         """The channel's message, numbered; its builder is empty again."""
         builder = channel.builder
         records = builder.data_records
+        if now_ms > LAST_EXPORT_S * 1000 + 999:
+            self.problems[EXPORT_TIME_CLAMPED] += 1
         message = builder.finish(now_ms=now_ms, boot_ms=self.boot_ms, sequence=channel.sequence,
                                  domain=channel.domain)
         channel.sequence += records if self.protocol.sequence_counts_records else 1

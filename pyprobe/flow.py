@@ -317,7 +317,8 @@ class DpiInfo:
     """What nDPI found in a flow: labels, risks and metadata; made only for flows nDPI saw.
 
     The labels and metadata (DPI_LABELS) read as flow attributes of the same names; metadata
-    nDPI did not find is "" (0 for the response code).
+    nDPI did not find is "" (0 for the response code). Once a flow has one it is not changed
+    (a new one replaces it): the exporter's encoders keep the bytes of the last they encoded.
     """
 
     application_name: str  # "Master.App", as ndpiReader and nfstream print it

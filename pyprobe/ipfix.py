@@ -10,7 +10,7 @@ from typing import Any
 from construct import Array, Const, If, Int16ub, Int32ub, Struct, this
 
 
-from .message import Protocol, packer
+from .message import LAST_EXPORT_S, Protocol, packer
 from .template import TemplateField
 
 IPFIX_VERSION = 10
@@ -56,6 +56,7 @@ class Ipfix(Protocol):
     options_template_set_id = OPTIONS_TEMPLATE_SET_ID
     pad_sets = False
     sequence_counts_records = True
+    last_flow_ms = 2**64 - 1  # flowStart/EndMilliseconds: dateTimeMilliseconds, unsigned64
 
     def field_specifier(self, field: TemplateField) -> dict[str, Any]:
         element = field.element
@@ -74,7 +75,8 @@ class Ipfix(Protocol):
 
     def build_header(self, length: int, count: int, now_ms: int, boot_ms: int, sequence: int,
                      domain: int) -> bytes:
-        return _HEADER.pack(IPFIX_VERSION, length, now_ms // 1000, sequence % 2**32, domain)
+        return _HEADER.pack(IPFIX_VERSION, length, min(now_ms // 1000, LAST_EXPORT_S),
+                            sequence % 2**32, domain)
 
 
 IPFIX = Ipfix()

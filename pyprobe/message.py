@@ -50,6 +50,7 @@ class Protocol:
     options_template_set_id: int
     pad_sets: bool  # pad every set to a 4-octet boundary
     sequence_counts_records: bool  # IPFIX: data records sent; NFv9: messages sent
+    last_flow_ms: int  # the latest flow time the protocol can carry
 
     def adapt(self, field: TemplateField, where: str, context: dict[str, Any]) -> TemplateField:
         """The field as this protocol sends it; a TemplateError where it cannot."""
@@ -66,10 +67,12 @@ class Protocol:
 
     def build_header(self, length: int, count: int, now_ms: int, boot_ms: int, sequence: int,
                      domain: int) -> bytes:
+        """The message header; an export time past LAST_EXPORT_S is sent as LAST_EXPORT_S."""
         raise NotImplementedError
 
 
 SET_HEADER_LENGTH = 4  # set id, length: the same in both protocols
+LAST_EXPORT_S = 2**32 - 1  # both headers' export time is unsigned 32-bit seconds: 2106-02-07
 
 
 class MessageBuilder:

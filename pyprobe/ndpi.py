@@ -259,7 +259,8 @@ class NDPIFlow:
             _buffers[1] += 1
 
     def __del__(self) -> None:
-        self.free()
+        if lib is not None:  # None once the interpreter's exit has torn this module down
+            self.free()
 
 
 class NDPI:
@@ -384,4 +385,5 @@ class NDPI:
             self._module = ffi.NULL
 
     def __del__(self) -> None:
-        self.close()
+        if lib is not None:  # None once the interpreter's exit has torn this module down
+            self.close()

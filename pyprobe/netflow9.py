@@ -14,7 +14,7 @@ from typing import Any
 from construct import Array, Const, Int16ub, Int32ub, Struct, this
 
 from .elements import VARLEN, ElementRegistry
-from .message import Protocol, packer
+from .message import LAST_EXPORT_S, Protocol, packer
 from .template import TemplateError, TemplateField
 
 NETFLOW9_VERSION = 9
@@ -68,6 +68,7 @@ class Netflow9(Protocol):
     options_template_set_id = OPTIONS_TEMPLATE_FLOWSET_ID
     pad_sets = True
     sequence_counts_records = False
+    last_flow_ms = LAST_EXPORT_S * 1000 + 999  # flow times are told from the header's seconds
 
     def adapt(self, field: TemplateField, where: str, context: dict[str, Any]) -> TemplateField:
         element = field.element
@@ -106,7 +107,8 @@ class Netflow9(Protocol):
         # a flow's age as the uint32 sysUpTime - LAST_SWITCHED (pmacct) would see it wrap.
         # Past the uptime window (a capture's clock jumping ahead) the header stays at its end,
         # as the records in the message were timed against this boot time.
-        unix_secs = min(-(-now_ms // 1000), (boot_ms + UPTIME_WINDOW_MS) // 1000 + 1)
+        unix_secs = min(-(-now_ms // 1000), (boot_ms + UPTIME_WINDOW_MS) // 1000 + 1,
+                        LAST_EXPORT_S)
         return _HEADER.pack(NETFLOW9_VERSION, count, (unix_secs * 1000 - boot_ms) & 0xFFFFFFFF,
                             unix_secs, sequence % 2**32, domain)
 

@@ -2,7 +2,8 @@
 
 It checks everything it can before it starts (configuration, templates), opens the capture,
 drops privileges, and runs the same `Probe` loop as a replay; the capture's ticks keep the
-timers going when no packets arrive. Signals:
+timers going when no packets arrive. A live capture leaves out the datagrams the probe sends to
+its collectors (`capture.exclude_exports`). Signals:
 
 - SIGTERM, SIGINT: every live flow ends as forced end (4) and is sent, then the final statistics;
   exit 0 within a second or so;
@@ -10,11 +11,15 @@ timers going when no packets arrive. Signals:
   new configuration is logged and the running one kept; capture and cache settings need a restart).
 
 Every `statistics_interval` the capture's and the exporters' counters are logged on one line and
-copied into the exporting-process statistics that the next template refresh sends.
+copied into the exporting-process statistics that the next template refresh sends; a warning
+follows whenever the kernel or the interface dropped packets since the line before.
 
 With `capture.workers` N > 1 the parent checks the configuration and forks N workers (see
-`workers`), each a sensor as above on its share of the packets, exporting in the observation
-domains + its index, logging as `instance/index`; the parent passes the signals on.
+`workers`): on Linux they share a live capture through the kernel's fanout, elsewhere each reads
+its share of the packets. Each is a sensor as above, exporting in the observation domains + its
+index, with its index as exportingProcessId, and logging as `instance/index`, at debug level but
+for its warnings and errors. The parent (`crew.Crew`) speaks for the sensor: the start, one
+statistics line for all the workers, the drop warnings, the signals, reloads and the stop.
 """
 from __future__ import annotations
 
@@ -29,39 +34,78 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from .capture import PcapSource
+from .capture import PcapSource, check_interfaces
 from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
 from .elements import ElementRegistry
-from .errors import PyprobeError
+from .errors import ConfigError, PyprobeError
 from .probe import Collector, Probe
 from .stream import FlowStream
 from .template import TemplateSet, load_templates
 from .transport import resolve
-from .workers import run_sharded
+from .workers import Board, Rendezvous
 
 log = logging.getLogger("pyprobe")
 LOG_FORMAT = "%(asctime)s {instance} %(levelname)s %(message)s"
 
 
 class Worker(NamedTuple):
-    """One of the sensor's processes: its index, its share of the packets, its end clock."""
+    """One of the sensor's processes: its index, its share of the packets (its filter), where it
+    meets the others, the fanout group of a live capture (None: the share filters the packets),
+    and where it posts its counters."""
 
     index: int
     share: str | None
-    end_clock: Callable[[int], int]
+    rendezvous: Rendezvous
+    fanout_group: int | None
+    board: Board
+
+
+class Counters(NamedTuple):
+    """What a sensor has done so far, as its statistics line tells it."""
+
+    captured: int
+    kernel_dropped: int
+    interface_dropped: int
+    read: int
+    skipped: int
+    flows_live: int
+    flows_ended: int
+    records: int
+    messages: int
+    send_errors: int
+
+    def __str__(self) -> str:
+        return (f"captured {self.captured} frames, dropped {self.kernel_dropped} by the kernel "
+                f"and {self.interface_dropped} by the interface; read {self.read}, skipped "
+                f"{self.skipped}; flows live {self.flows_live}, ended {self.flows_ended}; "
+                f"exported {self.records} records in {self.messages} messages, "
+                f"{self.send_errors} send errors")
+
+    def warn_of_drops(self, before: Counters | None) -> None:
+        """Logs a warning when the kernel or the interface dropped packets since `before`."""
+        kernel = self.kernel_dropped - (before.kernel_dropped if before else 0)
+        interface = self.interface_dropped - (before.interface_dropped if before else 0)
+        if kernel or interface:
+            log.warning("dropped %d packets since the last statistics: %d by the kernel (the "
+                        "capture ring was full: raise capture.buffer_size, or capture.workers), "
+                        "%d by the interface", kernel + interface, kernel, interface)
 
 
 def worker_config(config: SensorConfig, index: int, share: str | None) -> SensorConfig:
-    """Worker `index`'s view of `config`: its share filter, its collectors' domains + `index`."""
+    """Worker `index`'s view of `config`: its share filter, its collectors' domains + `index`
+    (and the ports + `index` of the ntopng endpoints it binds: one socket each)."""
     return replace(config, capture=replace(config.capture, bpf=share), collectors=tuple(
-        replace(c, observation_domain=c.observation_domain + index) for c in config.collectors))
+        replace(c, observation_domain=c.observation_domain + index,
+                port=c.port + index if c.protocol == "zmq" and not c.zmq_probe_mode else c.port)
+        for c in config.collectors))
 
 
 def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
                   biflow: bool = False) -> list[Collector]:
     """The configured collectors, their template files read and checked (each file once).
 
-    A collector without a template file gets the biflow, nDPI or default one, in that order.
+    A collector without a template file gets the biflow, nDPI or default one, in that order;
+    ntopng (protocol zmq) takes no templates.
     """
     templates: dict[str, TemplateSet] = {}
     default = (BIFLOW_TEMPLATE if biflow else NDPI_TEMPLATE if config.dpi.enabled
@@ -69,20 +113,27 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
     collectors = []
     for entry in config.collectors:
         path = entry.template or str(default)
-        if path not in templates:
+        if path not in templates and entry.protocol != "zmq":
             templates[path] = load_templates(path, registry)
-        collectors.append(Collector(entry.host, entry.port, entry.protocol, templates[path],
+        collectors.append(Collector(entry.host, entry.port, entry.protocol, templates.get(path),
                                     observation_domain=entry.observation_domain,
                                     mtu_bytes=entry.mtu, template_refresh_s=entry.template_refresh,
-                                    template_refresh_packets=entry.template_refresh_packets))
+                                    template_refresh_packets=entry.template_refresh_packets,
+                                    zmq_probe_mode=entry.zmq_probe_mode,
+                                    zmq_compress=entry.zmq_compress, zmq_queue=entry.zmq_queue,
+                                    zmq_linger=entry.zmq_linger))
     for collector in collectors:  # a bad protocol/template pairing, MTU or host fails here too
         collector.exporter(registry)
-        resolve(collector.host, collector.port)
+        if collector.host != "*":  # ntopng's: every local address
+            resolve(collector.host, collector.port)
     return collectors
 
 
 def describe(collectors: list[Collector]) -> str:
-    return ", ".join(f"{c.host}:{c.port} ({c.protocol})" for c in collectors)
+    def one(c: Collector) -> str:
+        mode = "" if c.protocol != "zmq" else ", probe mode" if c.zmq_probe_mode else ", bound"
+        return f"{c.host}:{c.port} ({c.protocol}{mode})"
+    return ", ".join(map(one, collectors))
 
 
 def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:
@@ -91,15 +142,56 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
     return FlowStream(source, idle_timeout=cache.idle_timeout,
                       active_timeout=cache.active_timeout, max_flows=cache.max_flows,
                       bpf_filter=config.capture.bpf, dpi=dpi.enabled,
-                      n_dissections=dpi.packet_budget, dpi_report=dpi.report,
-                      decode_tunnels=dpi.decode_tunnels, **options)
+                      n_dissections=dpi.packet_budget, flow_budget=dpi.flow_budget,
+                      dpi_report=dpi.report,
+                      decode_tunnels=dpi.decode_tunnels,
+                      skip_corrupt=config.capture.skip_corrupt, **options)
 
 
-def open_capture(config: SensorConfig) -> PcapSource:
+def exports_filter(config: SensorConfig) -> str:
+    """The probe's own export traffic, as a BPF expression, from the sensor's configuration:
+    the UDP datagrams to each IPFIX and NetFlow v9 collector; ntopng's TCP connections, both
+    ways (probe mode: with its address and port; bound: on the ports its workers bind)."""
+    clauses = []
+    for collector in config.collectors:
+        if collector.protocol == "zmq" and not collector.zmq_probe_mode:
+            last = collector.port + config.capture.workers - 1  # one a worker
+            local = "" if collector.host == "*" else f" and host {collector.host}"
+            clauses.append(f"(tcp{local} and portrange {collector.port}-{last})")
+            continue
+        address, port = resolve(collector.host, collector.port)[3][:2]
+        clauses.append(f"(tcp and host {address} and port {port})" if collector.protocol == "zmq"
+                       else f"(udp and dst host {address} and dst port {port})")
+    return " or ".join(dict.fromkeys(clauses))
+
+
+def capture_filter(config: SensorConfig, bpf_filter: str | None) -> str | None:
+    """`bpf_filter` (a worker's: its share) after a clause that leaves out the probe's own export
+    traffic (`exports_filter`), for a live capture unless `capture.exclude_exports` is off. The
+    clause comes first: a `vlan` in the other moves the offsets of what follows it."""
     capture = config.capture
-    return PcapSource(capture.interface or capture.file, bpf_filter=capture.bpf,
+    if capture.interface is None or not capture.exclude_exports or not config.collectors:
+        return bpf_filter
+    return f"not ({exports_filter(config)})" + (f" and ({bpf_filter})" if bpf_filter else "")
+
+
+def open_capture(config: SensorConfig, bpf_filter: str | None) -> PcapSource:
+    capture = config.capture
+    return PcapSource(capture.interface or capture.file, bpf_filter=bpf_filter,
                       snaplen=capture.snaplen, promiscuous=capture.promiscuous,
-                      buffer_size=capture.buffer_size)
+                      buffer_size=capture.buffer_size, skip_corrupt=capture.skip_corrupt)
+
+
+def check_capture(config: SensorConfig) -> None:
+    """What the capture will need, checked without opening it (`pyprobe check`): the
+    interfaces, and the filter compiled for their link type (then with the clause that leaves
+    out the exports); a capture file, opened."""
+    capture = config.capture
+    if capture.interface is None:
+        open_capture(config, capture.bpf).close()
+        return
+    for bpf_filter in dict.fromkeys((capture.bpf, capture_filter(config, capture.bpf))):
+        check_interfaces(capture.interface, bpf_filter, capture.snaplen)
 
 
 def drop_privileges(user: str | None, group: str | None) -> None:
@@ -117,12 +209,45 @@ def drop_privileges(user: str | None, group: str | None) -> None:
                            f"{error.strerror}") from None
 
 
-def log_handler(config: SensorConfig, worker: Worker | None = None) -> logging.Handler:
-    handler = (logging.FileHandler(config.log_file) if config.log_file
-               else logging.StreamHandler(sys.stderr))
-    instance = config.instance if worker is None else f"{config.instance}/{worker.index}"
+def set_logging(config: SensorConfig, index: int | None = None) -> None:
+    """Installs a new log handler (a reopened file) and level, for worker `index` (None: the
+    sensor), in place of the one before (a worker's: its parent's)."""
+    try:
+        handler = (logging.FileHandler(config.log_file) if config.log_file
+                   else logging.StreamHandler(sys.stderr))
+    except OSError as error:
+        raise ConfigError(f"log_file: cannot open {config.log_file}: {error.strerror}") from None
+    instance = config.instance if index is None else f"{config.instance}/{index}"
     handler.setFormatter(logging.Formatter(LOG_FORMAT.format(instance=instance)))
-    return handler
+    for previous in log.handlers[:]:
+        log.removeHandler(previous)
+        previous.close()
+    log.addHandler(handler)
+    log.setLevel(config.log_level.upper())
+    log.propagate = False
+
+
+def reread(config_path: str | None, overrides: dict | None, running: SensorConfig,
+           apply: Callable[[SensorConfig], list[Collector]], *, loud: bool) -> SensorConfig:
+    """The configuration as its file now reads, once `apply` has put it in place and returned
+    its collectors; or, when either fails, the `running` one. The outcome is logged (at debug
+    level unless `loud`), and the settings that wait for the next start."""
+    error, warning, info = (log.error, log.warning, log.info) if loud else (log.debug,) * 3
+    try:
+        config = load_config(config_path, overrides)
+        collectors = apply(config)
+    except (PyprobeError, OSError) as problem:
+        error("reload: %s; keeping the running configuration", problem)
+        return running
+    except Exception:  # a mistake not foreseen must not end a live sensor
+        log.exception("reload failed; keeping the running configuration")
+        return running
+    changed = [key for key in ("capture", "cache", "dpi", "user", "group")
+               if getattr(config, key) != getattr(running, key)]
+    if changed:
+        warning("reload: %s changed; they take effect at the next start", ", ".join(changed))
+    info("reloaded: exporting to %s", describe(collectors))
+    return config
 
 
 class Sensor:
@@ -136,38 +261,53 @@ class Sensor:
         self.worker = worker
         self.registry = ElementRegistry.default()
         self.probe: Probe | None = None
+        self.capture: PcapSource | None = None
+        self._index = None if worker is None else worker.index
         self._stopping = False
-        self._handler: logging.Handler | None = None
         self._reload_requested = False
         self._next_statistics_ms = 0
+        self._last: Counters | None = None  # as the last statistics line told them
+        self._tell = log.info if worker is None else log.debug  # the parent speaks for workers
 
     def run(self) -> int:
         """Runs until SIGTERM/SIGINT or the end of a capture file; 0 once all is sent."""
         config, worker = self._own(self.config), self.worker
-        self._set_logging(config)
+        set_logging(config, self._index)
         collectors = collectors_of(config, self.registry)
-        capture = open_capture(config)
-        end_clock = worker.end_clock if worker is not None and capture.is_file else None
+        capture = self.capture = open_capture(config, capture_filter(self.config,
+                                                                     config.capture.bpf))
+        if worker is not None and worker.fanout_group is not None:
+            capture.share_by_fanout(worker.fanout_group, worker.rendezvous.together)
+        end_clock = worker.rendezvous.end_clock if worker is not None and capture.is_file else None
         # nDPI loads here, while its files are readable
         stream = stream_of(config, capture, end_clock=end_clock)
         drop_privileges(config.user, config.group)
-        probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer)
+        probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer,
+                                   process_id=worker.index if worker is not None else 0)
         handlers = {signal.SIGTERM: self._stop, signal.SIGINT: self._stop,
                     signal.SIGHUP: self._request_reload}
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)  # a worker starts with them blocked
-        log.info("started: capturing on %s as uid %d, exporting to %s", capture.source,
-                 os.getuid(), describe(collectors))
+        self._tell("started: capturing on %s as uid %d, exporting to %s", capture.source,
+                   os.getuid(), describe(collectors))
+        self._post()
         probe.run()
-        log.info("stopped: %s", self._statistics())
+        self._post()
+        self._tell("stopped: %s", self.counters())
+        meter = stream.stats
+        if meter.corrupt_records and not config.capture.skip_corrupt:
+            log.error("%s: corrupt record %s: the %d octets from there on were not read "
+                      "(capture.skip_corrupt reads on)", capture.source, meter.corruption,
+                      meter.corrupt_octets)
+            return 2
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:
         if self._stopping:  # a worker gets SIGTERM from its parent and from systemd
             return
         self._stopping = True  # before any call: a second signal may interrupt this handler
-        log.info("%s: ending every flow and sending it", signal.Signals(signum).name)
+        self._tell("%s: ending every flow and sending it", signal.Signals(signum).name)
         self.probe.stop()
 
     def _request_reload(self, signum: int, frame: object) -> None:
@@ -177,71 +317,48 @@ class Sensor:
         if self._reload_requested:
             self._reload_requested = False
             self.reload(now_ms)
+        self._post()
         if now_ms >= self._next_statistics_ms:
             self._next_statistics_ms = now_ms + round(self.config.statistics_interval * 1000)
             self.probe.update_statistics()
-            log.info("statistics: %s", self._statistics())
+            counters = self.counters()
+            self._tell("statistics: %s", counters)
+            if self.worker is None:
+                counters.warn_of_drops(self._last)
+            self._last = counters
 
-    def _statistics(self) -> str:
+    def _post(self) -> None:
+        """A worker's counters, where the parent reads them."""
+        if self.worker is not None:
+            self.worker.board.post(self.worker.index, self.counters())
+
+    def counters(self) -> Counters:
         probe = self.probe
         stream = probe.stream
-        received, dropped, interface_dropped = stream.capture.stats()
-        meter = stream.stats
-        sent = [exporter.stats for exporter, _ in probe.links]
-        return (f"captured {received} frames, dropped {dropped} by the kernel and "
-                f"{interface_dropped} by the interface; read {meter.packets_read}, skipped "
-                f"{meter.packets_skipped}; flows live {len(stream.cache or ())}, ended "
-                f"{sum(meter.flows.values())}; exported {sum(s.flow_records for s in sent)} "
-                f"records in {sum(s.messages for s in sent)} messages, "
-                f"{sum(t.errors for _, t in probe.links)} send errors")
+        meter, sent = stream.stats, probe.sent()  # what a reload dropped included
+        return Counters(*self.capture.stats(), meter.packets_read, meter.packets_skipped,
+                        len(stream.cache or ()), sum(meter.flows.values()), sent.records,
+                        sent.messages, sent.send_errors)
 
     def reload(self, now_ms: int) -> None:
-        """Reopens the log and swaps in the collectors of the configuration as it now reads."""
-        try:
-            config = load_config(self.config_path, self.overrides)
-            collectors = collectors_of(self._own(config), self.registry)
-            self._set_logging(config)
-        except (PyprobeError, OSError) as error:
-            log.error("reload: %s; keeping the running configuration", error)
-            return
-        kept = ("capture", "cache", "dpi", "user", "group")
-        changed = [key for key in kept if getattr(config, key) != getattr(self.config, key)]
-        if changed:
-            log.warning("reload: %s changed; they take effect at the next start",
-                        ", ".join(changed))
-        self.config = config
-        self.probe.set_collectors(collectors, now_ms)
-        log.info("reloaded: exporting to %s", describe(collectors))
+        """Reopens the log and swaps in the collectors of the configuration as it now reads (and
+        the capture filter that leaves out their datagrams)."""
+        def apply(config: SensorConfig) -> list[Collector]:
+            mine = self._own(config)
+            collectors = collectors_of(mine, self.registry)
+            running = self._own(self.config).capture.bpf  # capture settings wait for a start
+            bpf_filter = capture_filter(replace(self.config, collectors=config.collectors),
+                                        running)
+            if bpf_filter != self.capture.bpf_filter:
+                self.capture.set_filter(bpf_filter)
+            set_logging(config, self._index)
+            self.probe.set_collectors(collectors, now_ms)
+            return collectors
+
+        self.config = reread(self.config_path, self.overrides, self.config, apply,
+                             loud=self.worker is None)
 
     def _own(self, config: SensorConfig) -> SensorConfig:
         """`config` as this process applies it (a worker's share and observation domains)."""
         worker = self.worker
         return config if worker is None else worker_config(config, worker.index, worker.share)
-
-    def _set_logging(self, config: SensorConfig) -> None:
-        """Installs a new log handler (a reopened file) and level; the old handler is closed."""
-        handler = log_handler(config, self.worker)
-        if self._handler is not None:
-            log.removeHandler(self._handler)
-            self._handler.close()
-        self._handler = handler
-        log.addHandler(handler)
-        log.setLevel(config.log_level.upper())
-        log.propagate = False
-
-
-def run(config_path: str | None, overrides: dict) -> int:
-    """`pyprobe run`: the configuration, then the sensor, in `capture.workers` processes."""
-    config = load_config(config_path, overrides)
-    if config.capture.workers == 1:
-        return Sensor(config, config_path, overrides).run()
-    collectors_of(config, ElementRegistry.default())  # a mistake is told once, not per worker
-    capture = open_capture(config)  # only for its link type, which the share filters depend on
-    capture.close()
-
-    def work(index: int, share: str | None, end_clock: Callable[[int], int]) -> int:
-        return Sensor(config, config_path, overrides, Worker(index, share, end_clock)).run()
-
-    run_sharded(config.capture.workers, capture.linktype, config.capture.bpf, work, live=True,
-                tags_stripped=not capture.is_file)
-    return 0

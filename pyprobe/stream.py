@@ -36,10 +36,19 @@ class MeterStats:
     flows: Counter = field(default_factory=Counter)
     """Expired flows by EndReason."""
     elapsed_s: float = 0.0
+    uninspected_flows: int = 0
+    """New flows nDPI did not see, past its budget of new flows a second (a storm)."""
+    corrupt_records: int = 0
+    """Corrupt stretches of a capture file: where libpcap stopped, and each one skipped."""
+    corrupt_octets: int = 0
+    """The octets of those stretches (without --skip-corrupt: the rest of the file)."""
+    corruption: str = ""
+    """Where the first is and why it is corrupt."""
 
     def __add__(self, other: MeterStats) -> MeterStats:
-        """The stats of two workers that ran side by side: counts add up, the time is the longer."""
-        return MeterStats(*(max(mine, theirs) if name == "elapsed_s" else mine + theirs
+        """The stats of two workers that ran side by side: counts add up; the time is the
+        longer, and the corruption of the file they all read is the same."""
+        return MeterStats(*(max(mine, theirs) if name in SAME_IN_EVERY_WORKER else mine + theirs
                             for name, mine, theirs in zip(vars(self), vars(self).values(),
                                                           vars(other).values())))
 
@@ -59,7 +68,13 @@ class MeterStats:
             "flows": sum(self.flows.values()),
             "flows_by_end_reason": {EndReason(r).name.lower(): n for r, n in sorted(self.flows.items())},
             "elapsed_s": round(self.elapsed_s, 3), "packets_per_s": round(self.packets_per_s),
+            "uninspected_flows": self.uninspected_flows,
+            "corrupt_records": self.corrupt_records, "corrupt_octets": self.corrupt_octets,
+            "corruption": self.corruption,
         }
+
+
+SAME_IN_EVERY_WORKER = ("elapsed_s", "corrupt_records", "corrupt_octets", "corruption")
 
 
 class FlowStream:
@@ -68,8 +83,10 @@ class FlowStream:
     `source` is a pcap/pcapng path, an interface name, or an open `PcapSource`. Timeouts are in
     seconds. `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
     `cache.Plugin`). With `dpi`, nDPI labels every flow from its first `n_dissections` packets
-    (`classify`) before the plugins run; with `dpi_report` too, each flow keeps nDPI's whole
-    report (`flow.dpi.metadata`). After iteration, `stats` holds the run's `MeterStats`.
+    (`classify`) before the plugins run, at most `flow_budget` new flows a second of packet time
+    (0: all of them; past it, in a storm of new flows, flows go unlabelled); with `dpi_report`
+    too, each flow keeps nDPI's whole report (`flow.dpi.metadata`). After iteration, `stats`
+    holds the run's `MeterStats`.
     """
 
     def __init__(self, source: str | PcapSource, *,
@@ -77,8 +94,9 @@ class FlowStream:
                  idle_timeout: float = CACHE.idle_timeout, max_flows: int = CACHE.max_flows,
                  bpf_filter: str | None = CAPTURE.bpf, snaplen: int = CAPTURE.snaplen,
                  dpi: bool = DPI.enabled, n_dissections: int = DPI.packet_budget,
+                 flow_budget: int = DPI.flow_budget,
                  dpi_report: bool = DPI.report, decode_tunnels: bool = DPI.decode_tunnels,
-                 close_linger: float = 2,
+                 close_linger: float = 2, skip_corrupt: bool = CAPTURE.skip_corrupt,
                  plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None,
                  end_clock: Callable[[int], int] | None = None) -> None:
@@ -91,12 +109,14 @@ class FlowStream:
         self.dpi = dpi
         self.decode_tunnels = decode_tunnels
         self.close_linger = close_linger
+        self.skip_corrupt = skip_corrupt
         self.plugins = tuple(plugins)
         self.classifier: Plugin | None = None
         """With `dpi`, the NdpiClassifier (its counts: flows, packets, giveups)."""
         if dpi:
             from .classify import NdpiClassifier  # nDPI is needed only here
-            self.classifier = NdpiClassifier(n_dissections, report=dpi_report)
+            self.classifier = NdpiClassifier(n_dissections, report=dpi_report,
+                                             flow_budget=flow_budget)
         self.progress = progress
         self.end_clock = end_clock
         """Called with the clock when the source ends; the (later) clock it returns expires the
@@ -112,12 +132,13 @@ class FlowStream:
             yield from batch
 
     def batches(self) -> Iterator[list[Flow]]:
-        """The expired flows in batches: those one packet (or the end of the source) ended, and
-        an empty batch once `TICK_MS` of packet time passed without one, so callers' timers run
-        while packets keep flows alive."""
+        """The expired flows in batches: once cache.BATCH_FLOWS have expired, or `TICK_MS` of
+        packet time has passed (an empty batch then, so callers' timers run while packets keep
+        flows alive), or a live capture ticks, and at the end of the source."""
         capture = self.capture = (self.source if isinstance(self.source, PcapSource) else
                                   PcapSource(self.source, bpf_filter=self.bpf_filter,
-                                             snaplen=self.snaplen))
+                                             snaplen=self.snaplen,
+                                             skip_corrupt=self.skip_corrupt))
         decoder = (TunnelDecoder if self.decode_tunnels else Decoder)(capture.linktype)
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
@@ -125,7 +146,7 @@ class FlowStream:
         self.cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
-        feed, frames = cache.feeder(decoder), iter(capture)
+        feed, frames = cache.feeder(decoder, capture.time_wrap_ns), iter(capture)
         progress, read = self.progress, 0
         tick_ms = 1  # the clock is 0 until the first packet: no batch before it
         try:
@@ -134,16 +155,18 @@ class FlowStream:
                 read += count
                 if tick is not None:  # a live capture's tick: the timers run on its time
                     cache.expire(tick // 1_000_000)
-                    self._update_stats(stats, read, decoder, started)
+                    self._update_stats(stats, read, decoder, capture, started)
                     yield self._hand_out(cache, stats)
                     continue
-                if cache.expired or cache.now_ms >= tick_ms:
+                if cache.batch_due(tick_ms):
                     tick_ms = cache.now_ms + TICK_MS
                     yield self._hand_out(cache, stats)
-                elif not count:  # the capture ended
-                    break
+                elif not count:  # the capture ended, or libpcap stopped at a corrupt record
+                    frames = capture.read_on()
+                    if frames is None:
+                        break
                 if progress is not None and not read % PROGRESS_EVERY:
-                    self._update_stats(stats, read, decoder, started)
+                    self._update_stats(stats, read, decoder, capture, started)
                     progress(stats)
             if self.end_clock is not None:
                 cache.expire(self.end_clock(cache.now_ms))
@@ -152,7 +175,7 @@ class FlowStream:
                 yield self._hand_out(cache, stats)
         finally:
             capture.close()
-            self._update_stats(stats, read, decoder, started)
+            self._update_stats(stats, read, decoder, capture, started)
 
     def stop(self) -> None:
         """Ends a live iteration soon, or as soon as it starts (safe in a signal handler): live
@@ -168,8 +191,8 @@ class FlowStream:
             stats.flows[flow.end_reason] += 1
         return flows
 
-    @staticmethod
-    def _update_stats(stats: MeterStats, read: int, decoder: Decoder, started: float) -> None:
+    def _update_stats(self, stats: MeterStats, read: int, decoder: Decoder, capture: PcapSource,
+                      started: float) -> None:
         stats.packets_read = read
         stats.skipped = Counter(decoder.skipped)
         stats.skipped_octets = decoder.skipped_octets
@@ -177,3 +200,9 @@ class FlowStream:
             stats.tunnel_fallbacks = Counter(decoder.tunnel_fallbacks)
         stats.packets_decoded = read - stats.packets_skipped
         stats.elapsed_s = time.perf_counter() - started
+        stats.uninspected_flows = getattr(self.classifier, "skipped", 0)
+        corruptions = capture.corruptions
+        if corruptions:
+            stats.corrupt_records = len(corruptions)
+            stats.corrupt_octets = sum(c.skipped for c in corruptions)
+            stats.corruption = str(corruptions[0])

@@ -25,19 +25,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from .elements import IANA_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
 from .fields import (DERIVED, EXPRESSION_GLOBALS, FIELD_EXPRESSIONS, PARAMETERS,
                      reverse_expression)
 from .flow import Flow
+from .yamlfile import read_yaml
 
 if TYPE_CHECKING:
     from .protocol import Protocol
 
-FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML has it
 MIN_TEMPLATE_ID = 256  # RFC 7011 §3.4.1: 0-255 are set ids
+MAX_FIELDS = 512  # fields of a template (ndpi.yaml has 35; what `pyprobe collect` keeps too)
 MATCH_KEYS = {"ip_version": (4, 6)}
 # Struct codes of reduced-size encoding (RFC 7011 §6.2), by signedness and octets.
 REDUCED_CODES = {(False, 1): "B", (False, 2): "H", (False, 4): "I", (False, 8): "Q",
@@ -94,16 +93,21 @@ class TemplateSet:
 class CompiledTemplate:
     """A template's wire fields and its record encoder, fixed for one protocol."""
 
-    __slots__ = ("template", "fields", "record_length", "encode", "_parts")
+    __slots__ = ("template", "fields", "record_length", "min_length", "encode", "_parts",
+                 "_values")
 
     def __init__(self, template: Template, fields: tuple[TemplateField, ...]) -> None:
         self.template = template
         self.fields = fields
-        # Parts: (struct, first, end) packs values[first:end] of a run of fixed-width fields;
-        # (None, i, i + 1) is a lone variable-length field.
+        # Parts: (struct, first, end) packs values[first:end] of a run of fixed-width fields,
+        # all of nDPI's labels or none (`labels_only`); (None, i, i + 1) is a lone
+        # variable-length field.
         parts: list[tuple[struct.Struct | None, int, int]] = []
         codes: list[str] = []
         for index, field in enumerate(fields):
+            if codes and labels_only(field) != labels_only(fields[index - 1]):
+                parts.append((struct.Struct("!" + "".join(codes)), index - len(codes), index))
+                codes = []
             if field.length == VARLEN:
                 if codes:
                     parts.append((struct.Struct("!" + "".join(codes)), index - len(codes), index))
@@ -115,8 +119,11 @@ class CompiledTemplate:
             parts.append((struct.Struct("!" + "".join(codes)), len(fields) - len(codes), len(fields)))
         self._parts = tuple(parts)
         self.record_length = sum(s.size for s, _, _ in parts if s is not None)  # fixed part only
+        self.min_length = self.record_length + sum(s is None for s, _, _ in parts)
+        """The shortest record: every variable-length value empty, its length prefix alone."""
         self.encode: Callable[..., bytes] = self.encode_values
         """encode(flow, this, other, ends) -> bytes: one data record of a flow direction."""
+        self._values: Callable[..., tuple] | None = None  # made on first use by `fitted`
         if all(f.expression is not None for f in fields):
             self.encode = _compile_encoder(fields, self._parts)
 
@@ -134,38 +141,136 @@ class CompiledTemplate:
                 out.append(packer.pack(*[_utf8(v) for v in values[first:end]]))
         return b"".join(out)
 
+    def fitted(self, flow: Flow, this: Any, other: Any, ends: tuple, room: int
+               ) -> tuple[bytes, bool, bool]:
+        """The record `encode` could not make (a value beyond its field's width) or made longer
+        than `room` octets: integers clamped to their fields' widths, then variable-length
+        values cut, the longest first and text on a character boundary, until it fits; with
+        whether values were clamped and whether values were cut."""
+        if self._values is None:
+            self._values = _compile_function("values", self.fields, [
+                "(" + "".join(f"{f.expression}, " for f in self.fields) + ")"])
+        values = list(self._values(flow, this, other, ends))
+        clamped = False
+        for index, field in enumerate(self.fields):
+            bounds = field_bounds(field)
+            if bounds is not None and not bounds[0] <= values[index] <= bounds[1]:
+                values[index] = min(max(values[index], bounds[0]), bounds[1])
+                clamped = True
+        varlen = [i for packer, i, _ in self._parts if packer is None]
+        texts = {i: _utf8(values[i]) for i in varlen}
+        cap = _varlen_cap([len(texts[i]) for i in varlen], room - self.record_length)
+        cut = False
+        for i in varlen:
+            if len(texts[i]) > cap:
+                value = texts[i][:cap]
+                if self.fields[i].element.data_type.name == "string":
+                    value = value.decode("utf-8", "ignore").encode()
+                values[i], cut = value, True
+        return self.encode_values(values), clamped, cut
+
+
+def field_bounds(field: TemplateField) -> tuple[int, int] | None:
+    """The integers a fixed-width field can carry (reduced-size encoding included); None for
+    the others."""
+    if field.length == VARLEN:
+        return None
+    code = struct_code(field.element, field.length)
+    if code not in REDUCED_CODES.values():
+        return None
+    bits = 8 * struct.calcsize(code)
+    return (-(1 << bits - 1), (1 << bits - 1) - 1) if code.islower() else (0, (1 << bits) - 1)
+
+
+def _varlen_cap(lengths: list[int], budget: int) -> int:
+    """The longest value length that fits variable-length values of `lengths` octets, each cut
+    to it, with their prefixes (RFC 7011 §7), in `budget` octets."""
+    def size(cap: int) -> int:
+        return sum(n + (1 if n < 255 else 3) for n in (min(length, cap) for length in lengths))
+    low, high = 0, max(lengths, default=0)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if size(middle) <= budget else (low, middle - 1)
+    return low
+
 
 def _utf8(value: object) -> object:
     return value.encode() if isinstance(value, str) else value
+
+
+def _compile_function(name: str, fields: Sequence[TemplateField], body: list[str],
+                      namespace: dict[str, Any] | None = None) -> Callable:
+    """A function `name`(flow, this, other, ends) of the fields' expressions: the derived names
+    they use, then `body` (its last line the value returned)."""
+    namespace = {**EXPRESSION_GLOBALS, **(namespace or {})}
+    used = {name for f in fields for name in names_in(f.expression)}
+    lines = [f"{derived} = {expression}" for derived, expression in DERIVED.items()
+             if derived in used]
+    source = "\n    ".join([f"def {name}({', '.join(PARAMETERS)}):", *lines, *body[:-1],
+                            f"return {body[-1]}"])
+    exec(source, namespace)  # noqa: S102 - expressions come from fields.py, not from input
+    return namespace[name]
+
+
+def labels_only(field: TemplateField) -> bool:
+    """Whether a field's value depends on the flow's nDPI labels (`dpi`) alone."""
+    names = names_in(field.expression) if field.expression is not None else frozenset("?")
+    return "dpi" in names and names <= LABEL_NAMES
+
+
+LABEL_NAMES = frozenset(("dpi", *EXPRESSION_GLOBALS))
 
 
 def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[..., bytes]:
     """One function that encodes a record: the fields' expressions inlined into its struct calls.
 
     A variable-length field's value is computed first, as bytes, then given its length prefix.
+    A run of parts that reads only nDPI's labels is encoded once for the last labels seen (a
+    flow's two records share them; the flows nDPI did not see all have NO_DPI's).
     """
-    namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8,
-                                 **EXPRESSION_GLOBALS}
-    used = {name for f in fields for name in names_in(f.expression)}
-    body = [f"{name} = {expression}" for name, expression in DERIVED.items() if name in used]
-    pieces = []
+    namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8}
+    body: list[str] = []
+    pieces: list[str] = []
+    run: tuple[list[str], list[str]] = ([], [])  # the lines and pieces of a run of labels
+
+    def end_run() -> None:
+        lines, run_pieces = run
+        if not run_pieces:
+            return
+        memo, joined = f"_memo{len(pieces)}", f"m{len(pieces)}"
+        namespace[memo] = [None, b""]  # the labels last encoded, and their bytes
+        body.extend([f"if dpi is {memo}[0]: {joined} = {memo}[1]", "else:",
+                     *(f"    {line}" for line in lines),
+                     f"    {joined} = {memo}[1] = b''.join(({', '.join(run_pieces)},))",
+                     f"    {memo}[0] = dpi"])
+        pieces.append(joined)
+        lines.clear()
+        run_pieces.clear()
+
     for packer, first, end in parts:
+        lines, part = [], []
         if packer is None:
             value, head = f"v{first}", f"h{first}"
-            body += [f"{value} = {fields[first].expression}",
+            lines = [f"{value} = {fields[first].expression}",
                      f"if {value}.__class__ is str: {value} = {value}.encode()",
                      f"if len({value}) < 255: {head} = _SHORT[len({value})]",
                      f"else: {head}, {value} = _long({value})"]
-            pieces += [head, value]
+            part = [head, value]
         else:
             namespace[f"_pack{first}"] = packer.pack
             values = (f"_utf8({f.expression})" if f.element.data_type.variable else
                       f"({f.expression})" for f in fields[first:end])
-            pieces.append(f"_pack{first}({', '.join(values)})")
+            part = [f"_pack{first}({', '.join(values)})"]
+        if labels_only(fields[first]):
+            run[0].extend(lines)
+            run[1].extend(part)
+        else:
+            end_run()
+            body.extend(lines)
+            pieces.extend(part)
+    end_run()
     result = pieces[0] if len(pieces) == 1 else f"b''.join(({', '.join(pieces)},))"
-    source = "\n    ".join([f"def encode({', '.join(PARAMETERS)}):", *body, f"return {result}"])
-    exec(source, namespace)  # noqa: S102 - expressions come from fields.py, not from input
-    return namespace["encode"]
+    return _compile_function("encode", fields, [*body, result], namespace)
 
 
 @lru_cache(maxsize=None)
@@ -205,13 +310,7 @@ def struct_code(element: InformationElement, length: int) -> str:
 def load_templates(path: str | Path, registry: ElementRegistry) -> TemplateSet:
     """Reads and checks a template file; every mistake is a TemplateError naming where it is."""
     path = str(path)
-    try:
-        with open(path, encoding="utf-8") as stream:
-            document = yaml.load(stream, Loader=FAST_LOADER)
-    except OSError as error:
-        raise TemplateError(f"{path}: cannot read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise TemplateError(f"{path}: not valid YAML: {error}") from None
+    document = read_yaml(path, TemplateError)
     if not isinstance(document, dict):
         raise TemplateError(f"{path}: expected a mapping with a 'templates' list")
     unknown = set(document) - {"templates", "biflow"}
@@ -252,6 +351,8 @@ def _template(entry: Any, where: str, registry: ElementRegistry) -> Template:
     fields = entry.get("fields")
     if not isinstance(fields, list) or not fields:
         raise TemplateError(f"{where}: fields: expected a list of element names, {_got(entry, 'fields')}")
+    if len(fields) > MAX_FIELDS:
+        raise TemplateError(f"{where}: fields: got {len(fields)}, expected at most {MAX_FIELDS}")
     return Template(template_id, str(entry.get("name", f"template_{template_id}")),
                     match.get("ip_version"),
                     tuple(_field(item, f"{where}.fields[{i}]", registry) for i, item in enumerate(fields)),

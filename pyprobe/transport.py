@@ -15,7 +15,7 @@ from .errors import PyprobeError
 log = logging.getLogger(__name__)
 
 
-def parse_address(text: str, default_port: int = 2055) -> tuple[str, int]:
+def parse_address(text: str, default_port: int | None = 2055) -> tuple[str, int | None]:
     """HOST:PORT, [IPv6]:PORT or a bare host, into (host, port)."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")

@@ -1,8 +1,11 @@
 """Running the meter in N processes, each on its own share of the flows (`--workers N`).
 
-Packets are shared out by a hash of their two IP addresses that is the same both ways, so both
-directions of a flow, and every fragment of a datagram, go to one worker. libpcap computes it: each
-worker opens the capture with a BPF filter, so a worker's Python code sees only its own packets.
+A live capture on Linux is shared by the kernel: each worker's packet socket joins one fanout
+group (`capture.PcapSource.share_by_fanout`), which hands every packet to one worker by a
+symmetric hash of its addresses and ports. Elsewhere (capture files, other systems) packets are
+shared out by a hash of their two IP addresses that is the same both ways, so both directions of
+a flow, and every fragment of a datagram, go to one worker. libpcap computes it: each worker
+opens the capture with a BPF filter, so a worker's Python code sees only its own packets.
 Worker k > 0 takes the packets whose hash is k; worker 0 takes every other frame (hash 0, non-IP,
 or shaped so the filter cannot find its addresses). A frame too short to hold its IP addresses
 (undecodable anyway) is seen by no worker: libpcap rejects it for every filter, so it is missing
@@ -23,12 +26,12 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import PyprobeError
 
 R = TypeVar("R")
-Work = Callable[[int, "str | None", Callable[[int], int]], R]
+Work = Callable[[int, "str | None", "Rendezvous"], R]
 
 ETHERNET = 1
 # Keywords after which libpcap reads the rest of an expression further into the frame.
@@ -75,37 +78,77 @@ def worker_filters(count: int, linktype: int, bpf_filter: str | None = None, *,
     return [f"({bpf_filter}) and ({share})" if bpf_filter else share for share in shares]
 
 
-def run_sharded(count: int, linktype: int, bpf_filter: str | None, work: Work, *,
-                live: bool = False, tags_stripped: bool = False) -> list[R]:
-    """`work(index, share_filter, end_clock)` in `count` forked processes; their results, in order.
+class Rendezvous:
+    """Where a worker meets the others: at the end of a capture file, and to join a group."""
 
-    `end_clock(clock)` waits until every worker has called it and returns the latest clock, so
-    that all of them end the capture at the same time. A worker's failure is raised here, as a
-    PyprobeError naming the worker, once all have ended.
+    __slots__ = ("index", "_clocks", "_barrier", "_turn")
+
+    def __init__(self, index: int, clocks: Any, barrier: Any, turn: Any) -> None:
+        self.index = index
+        self._clocks, self._barrier, self._turn = clocks, barrier, turn
+
+    def end_clock(self, clock: int) -> int:
+        """Waits until every worker has called it, and returns the latest clock, so that all of
+        them end the capture at the same time."""
+        self._clocks[self.index] = clock
+        self._barrier.wait()
+        return max(self._clocks)
+
+    def together(self, action: Callable[[], None]) -> None:
+        """Runs `action` while no other worker runs its own, then waits until all have."""
+        with self._turn:
+            action()
+        self._barrier.wait()
+
+    def leave(self) -> None:
+        """Tells the others not to wait for this worker (they stop: one has failed)."""
+        self._barrier.abort()
+
+
+class Supervisor(Protocol):
+    """What a live run's parent does besides waiting for its workers."""
+
+    def signalled(self, signum: int) -> None:
+        """A signal the workers were sent (in the parent's signal handler)."""
+
+    def tick(self) -> None:
+        """About once a second while the workers run."""
+
+
+def run_sharded(count: int, linktype: int, bpf_filter: str | None, work: Work, *,
+                live: bool = False, tags_stripped: bool = False, shares: bool = True,
+                supervisor: Supervisor | None = None) -> list[R]:
+    """`work(index, share_filter, rendezvous)` in `count` forked processes; their results, in
+    order. With `shares`, each worker's filter is its share of `bpf_filter` (`worker_filters`),
+    else it is `bpf_filter` (the workers share the packets otherwise: a fanout group). A
+    worker's failure is raised here, as a PyprobeError naming the worker, once all have ended.
 
     `live` workers run until told to stop: SIGTERM, SIGINT and SIGHUP sent to the parent are
-    passed on to each, and when one fails the others get SIGTERM. They start with these signals
-    blocked, so that none is lost or kills a worker before it can handle them: the work unblocks
-    them once its handlers are in place. `tags_stripped`: as for `worker_filters`.
+    passed on to each (and to the `supervisor`), and when one fails the others get SIGTERM. They
+    start with these signals blocked, so that none is lost or kills a worker before it can
+    handle them: the work unblocks them once its handlers are in place. `tags_stripped`: as
+    for `worker_filters`.
     """
-    filters = worker_filters(count, linktype, bpf_filter, tags_stripped=tags_stripped)
+    filters = (worker_filters(count, linktype, bpf_filter, tags_stripped=tags_stripped)
+               if shares else [bpf_filter] * count)
     context = multiprocessing.get_context("fork")  # the work may be a closure: nothing is pickled
     clocks = context.Array("q", count, lock=False)
-    barrier = context.Barrier(count)
+    barrier, turn = context.Barrier(count), context.Lock()
     running: dict[Connection, tuple[int, Any]] = {}
     relayed = RELAYED if live else ()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, relayed)
     try:
         for index, share in enumerate(filters):
             receiver, sender = context.Pipe(duplex=False)
+            rendezvous = Rendezvous(index, clocks, barrier, turn)
             process = context.Process(target=_worker, name=f"pyprobe-worker-{index}",
-                                      args=(sender, work, index, share, clocks, barrier))
+                                      args=(sender, work, index, share, rendezvous))
             process.start()
             sender.close()
             running[receiver] = index, process
-        with _passed_on(relayed, running):
+        with _passed_on(relayed, running, supervisor):
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # those held meanwhile pass on now
-            outcomes = _outcomes(running, barrier, live)
+            outcomes = _outcomes(running, barrier, live, supervisor)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     failures = [f"worker {i}: {detail}" for i, (ok, detail) in sorted(outcomes.items()) if not ok]
@@ -114,12 +157,15 @@ def run_sharded(count: int, linktype: int, bpf_filter: str | None, work: Work, *
     return [result for _, (_, result) in sorted(outcomes.items())]
 
 
-def _outcomes(running: dict[Connection, tuple[int, Any]], barrier: Any, live: bool
-              ) -> dict[int, tuple[bool, Any]]:
+def _outcomes(running: dict[Connection, tuple[int, Any]], barrier: Any, live: bool,
+              supervisor: Supervisor | None) -> dict[int, tuple[bool, Any]]:
     """Each worker's (ok, result or error), as they end; a failure stops the others."""
     outcomes = {}
     while running:
-        for receiver in wait(list(running)):
+        ended = wait(list(running), None if supervisor is None else 1)
+        if supervisor is not None:
+            supervisor.tick()
+        for receiver in ended:
             index, process = running.pop(receiver)  # before join: its pid may then be reused
             try:
                 outcome = receiver.recv()
@@ -142,12 +188,14 @@ def _death(exitcode: int) -> str:
 
 
 @contextlib.contextmanager
-def _passed_on(signals: tuple[signal.Signals, ...],
-               running: dict[Connection, tuple[int, Any]]) -> Iterator[None]:
+def _passed_on(signals: tuple[signal.Signals, ...], running: dict[Connection, tuple[int, Any]],
+               supervisor: Supervisor | None) -> Iterator[None]:
     """While inside, `signals` received here are sent on to every running worker."""
     def pass_on(signum: int, frame: object) -> None:
         for _, process in running.values():
             os.kill(process.pid, signum)
+        if supervisor is not None:
+            supervisor.signalled(signum)
 
     previous = {signum: signal.signal(signum, pass_on) for signum in signals}
     try:
@@ -157,15 +205,10 @@ def _passed_on(signals: tuple[signal.Signals, ...],
             signal.signal(signum, handler)
 
 
-def _worker(sender: Connection, work: Work, index: int, share: str | None, clocks: Any,
-            barrier: Any) -> None:
-    def end_clock(clock: int) -> int:
-        clocks[index] = clock
-        barrier.wait()
-        return max(clocks)
-
+def _worker(sender: Connection, work: Work, index: int, share: str | None,
+            rendezvous: Rendezvous) -> None:
     try:
-        outcome = (True, work(index, share, end_clock))
+        outcome = (True, work(index, share, rendezvous))
     except threading.BrokenBarrierError:
         outcome = (False, "stopped: another worker failed")
     except PyprobeError as error:
@@ -173,6 +216,31 @@ def _worker(sender: Connection, work: Work, index: int, share: str | None, clock
     except Exception as error:  # noqa: BLE001 - reported to the parent, which decides
         outcome = (False, f"{type(error).__name__}: {error}")
     if not outcome[0]:
-        barrier.abort()  # the others must not wait for this one's clock
+        rendezvous.leave()
     sender.send(outcome)
     sender.close()
+
+
+class Board:
+    """A row of counters per worker, which that worker posts and the parent adds up (shared
+    memory made before the fork; a row may be read while its worker writes it)."""
+
+    def __init__(self, count: int, width: int) -> None:
+        self.count, self.width = count, width
+        self._rows = multiprocessing.get_context("fork").Array("q", count * (width + 1),
+                                                               lock=False)
+
+    def post(self, index: int, values: tuple[int, ...]) -> None:
+        start = index * (self.width + 1)
+        self._rows[start + 1:start + 1 + self.width] = values
+        self._rows[start] = 1
+
+    def posted(self) -> bool:
+        """Whether every worker has posted its row."""
+        return all(self._rows[index * (self.width + 1)] for index in range(self.count))
+
+    def total(self) -> list[int]:
+        """Each counter summed over the workers."""
+        rows = self._rows[:]
+        return [sum(rows[index * (self.width + 1) + 1 + column] for index in range(self.count))
+                for column in range(self.width)]

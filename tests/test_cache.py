@@ -21,6 +21,7 @@ from builders import (  # noqa: E402
 )
 from pyprobe import EndReason, Flow, FlowStream, Packet  # noqa: E402
 from pyprobe.cache import FlowCache  # noqa: E402
+from pyprobe.decode import Decoder  # noqa: E402
 
 IDLE, ACTIVE, END, FORCED, LRU = (EndReason.IDLE_TIMEOUT, EndReason.ACTIVE_TIMEOUT,
                                   EndReason.END_OF_FLOW, EndReason.FORCED_END,
@@ -394,3 +395,43 @@ def test_sums_of_squares_stop_at_int64() -> None:
     assert (flow.sum_sq_piat_ms, flow.src2dst.sum_sq_piat_ms, flow.src2dst.max_piat_ms,
             flow.src2dst.min_piat_ms, flow.src2dst.sum_sq_ps, flow.src2dst.packets) == (
         (1 << 63) - 1, (1 << 63) - 1, (1 << 60) - 2 * largest - 1, largest, 4_000_000, 4)
+
+
+def test_closing_flows_count_against_max_flows() -> None:
+    """A storm of closing flows at one timestamp: the flows evicted while they linger leave the
+    linger queue, so the cache holds at most `max_flows` flows however long the clock stands
+    still (issue 16: 1 M RSTs held every flow until the clock moved 2 s)."""
+    cache = FlowCache(max_flows=100)
+    add = cache.add
+    for index in range(2_000):
+        client = (0x0A000000 + index).to_bytes(4, "big")
+        add(make_packet(1000, True, SYN, client=client))
+        add(make_packet(1000, False, RST | ACK, client=client))  # a later packet closes it
+        add(make_packet(1000, True, RST, client=client, port=41000))  # a new flow closes it
+        assert len(cache) <= 100 and len(cache._closing) <= len(cache)
+    assert [len(cache), len(cache._closing)] == [100, 100]
+    cache.expire(2999)
+    assert len(cache) == 100
+    cache.expire(3000)  # the linger of the last ones is over
+    assert [len(cache), len(cache._closing)] == [0, 0]
+    ends = Counter(flow.end_reason for flow in cache.expired)
+    assert ends == {LRU: 3_900, END: 100}
+    assert sum(flow.bidirectional_packets for flow in cache.expired) == 6_000
+
+
+def test_flows_evicted_in_a_storm_are_handed_out_in_batches() -> None:
+    """A flood of new flows past max_flows evicts one flow per packet: the meter loop returns
+    once BATCH_FLOWS (256) have expired, not after every packet (issue 16: one record per
+    message)."""
+    frames = [(1_000_000_000 + i, frame_of(make_packet(1_000, True, SYN, port=1_000 + i)))
+              for i in range(1_000)]
+    cache = FlowCache(max_flows=100)
+    feed, pairs = cache.feeder(Decoder(1)), iter(frames)
+    steps, ports = [], []
+    while (step := feed(pairs, 1 << 60, 1 << 20))[0]:
+        steps.append((step, len(cache.expired), cache.batch_due(1 << 60)))
+        ports += (flow.src_port for flow in cache.expired)
+        cache.expired = []
+    assert steps == [((356, None), 256, True), ((256, None), 256, True),
+                     ((256, None), 256, True), ((132, None), 132, False)]
+    assert ports == list(range(1_000, 1_900))  # the least recently used first

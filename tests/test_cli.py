@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +91,78 @@ def test_collector_mistakes_are_refused_before_metering(collector: str, message:
     assert result.returncode == 2
     assert message in result.stderr.splitlines()[-1]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--interface", "nosuch0"], r"nosuch0: no such interface \(there are (\S+, )*lo(, \S+)*\)"),
+    (["--interface", "lo,nosuch0"], r"nosuch0: no such interface \(there are .*\)"),
+    (["--interface", "lo", "--bpf", "tcp and and"],
+     r"lo: bad BPF filter 'tcp and and' for link type EN10MB: can't parse filter expression: "
+     r"syntax error"),
+    (["--interface", "any", "--bpf", "vlan and tcp"],
+     r"any: bad BPF filter 'vlan and tcp' for link type LINUX_SLL: no VLAN support for Linux "
+     r"cooked v1"),
+    (["--interface", "lo", "--collector", "nosuch.invalid:2055"],
+     r"collector nosuch\.invalid:2055: cannot resolve 'nosuch\.invalid': .*"),
+])
+def test_check_refuses_what_run_would(flags: list[str], error: str) -> None:
+    """One line, exit 2: an interface that does not exist (naming those that do), a filter
+    that does not compile for the interface's link type, a collector that does not resolve."""
+    result = pyprobe("check", "--collector", "127.0.0.1:2055", *flags)
+    assert result.returncode == 2, result.stdout
+    assert re.fullmatch(f"pyprobe: error: {error}\n", result.stderr), result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv (util-linux) to take a capability away")
+def test_check_captures_nothing() -> None:
+    """`check` opens no capture: without CAP_NET_RAW, where `run` cannot capture, it checks the
+    interface and the filter (the exclusion of the exports compiled into it)."""
+    command = ["setpriv", "--bounding-set=-net_raw", sys.executable, "-m", "pyprobe"]
+    flags = ["--interface", "lo", "--bpf", "tcp", "--collector", "127.0.0.1:2055"]
+    run = subprocess.run([*command, "run", "--workers", "1", *flags], capture_output=True,
+                         text=True, timeout=60)
+    assert (run.returncode, run.stderr) == (2, "pyprobe: error: lo: cannot capture: socket: "
+                                               "Operation not permitted\n")
+    check = subprocess.run([*command, "check", *flags], capture_output=True, text=True,
+                           timeout=60)
+    assert (check.returncode, check.stderr) == (0, "")
+
+
+def test_ntopng_endpoint_mistakes_are_one_line_errors() -> None:
+    """A name that does not resolve is refused before metering; a port another socket holds,
+    when the probe binds it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for endpoint, message in ((f"tcp://no.such.host.invalid:{port}",
+                                   f"pyprobe: error: collector no.such.host.invalid:{port}: "
+                                   "cannot resolve 'no.such.host.invalid': "),
+                                  (f"tcp://127.0.0.1:{port}",
+                                   f"pyprobe: error: ntopng tcp://127.0.0.1:{port}: cannot bind: "
+                                   "Address already in use\n")):
+            result = pyprobe("replay", str(SAMPLE), "--no-dpi", "--zmq", endpoint)
+            assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+            assert result.stderr.startswith(message), result.stderr
+
+
+@pytest.mark.parametrize("args", [["--json"], []])
+def test_output_that_cannot_be_written_is_one_line_and_exit_2(args: list[str]) -> None:
+    """stdout on a full device (/dev/full): one line, exit 2, no traceback (issue 16)."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "pyprobe", "replay", str(SAMPLE), *args],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        2, "pyprobe: error: cannot write the output: No space left on device"), result.stderr
+    assert "Traceback" not in result.stderr and "Exception" not in result.stderr
+
+
+@pytest.mark.parametrize("speed", ["1e-300", "0", "nan", "inf", "-2"])
+def test_replay_speed_is_checked(speed: str) -> None:
+    """--speed 1e-300 slept past what time.sleep takes, with a traceback."""
+    result = pyprobe("replay", str(SAMPLE), "--speed", speed)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"pyprobe replay: error: argument --speed: got {speed!r}, expected a number from 0.001 "
+        f"to 1000000")

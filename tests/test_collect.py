@@ -4,6 +4,7 @@ the sans-IO `Collector` on malformed, early and withdrawn input.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -196,3 +197,86 @@ def test_record_as_dict_lists_repeated_names() -> None:
         "exporter": "[2001:db8::1]:4739", "version": 9, "domain": 1, "template_id": 256,
         "sequence": 7, "export_time": 1_700_000_000, "sys_uptime": 3000, "scope_count": 0,
         "fields": {"a": [1, 3, 4], "b": 2}}
+
+
+# What a hostile sender can make the collector hold (issue 16).
+
+def ipfix_message(*sets: tuple[int, bytes]) -> bytes:
+    """An IPFIX message of observation domain 1 holding these (set id, body) sets."""
+    body = b"".join(struct.pack("!HH", set_id, 4 + len(data)) + data for set_id, data in sets)
+    return struct.pack("!HHIII", 10, 16 + len(body), 1_700_000_000, 0, 1) + body
+
+
+def template_set(template_id: int, fields: list[tuple[int, int]]) -> tuple[int, bytes]:
+    """A template set of one template: (element id, length) fields."""
+    return 2, struct.pack(f"!HH{2 * len(fields)}H", template_id, len(fields),
+                          *(n for field in fields for n in field))
+
+
+def test_a_template_of_too_many_fields_is_refused_and_counted() -> None:
+    """The 64 KB template of one 1-octet field and 15,999 empty ones, then 8 KB of data: 128 M
+    values before (130 MB/s until MemoryError); now the template is refused, the data skipped."""
+    collector = Collector(REGISTRY)
+    fields = [(4, 1)] + [(210, 0)] * 15_999  # protocolIdentifier, then paddingOctets of 0
+    assert collector.feed(ipfix_message(template_set(300, fields)), SOURCE) == []
+    assert collector.feed(ipfix_message((300, bytes(8000))), SOURCE) == []
+    assert (collector.templates, collector.missing_template, dict(collector.refused)) == (
+        {}, 1, {"template sets with a template of more than 512 fields": 1})
+
+
+def test_values_per_message_are_bounded() -> None:
+    """512 fields of which 511 are empty: every octet of data is a record of 512 values. Past
+    65,536 values the message is refused, counted; the template stays."""
+    collector = Collector(REGISTRY)
+    fields = [(4, 1)] + [(210, 0)] * 511
+    collector.feed(ipfix_message(template_set(300, fields)), SOURCE)
+    assert len(collector.feed(ipfix_message((300, bytes(128))), SOURCE)) == 128  # 65,536 values
+    with pytest.raises(CollectError) as error:
+        collector.feed(ipfix_message((300, bytes(129))), SOURCE)
+    assert str(error.value) == "refused: messages past 65536 values"
+    assert (len(collector.templates), collector.records, dict(collector.refused)) == (
+        1, 128, {"messages past 65536 values": 1})
+
+
+def test_templates_kept_are_bounded() -> None:
+    """1,024 templates are kept; more are refused and counted, while known ones still update."""
+    collector = Collector(REGISTRY)
+    for template_id in range(256, 256 + 1_100):
+        collector.feed(ipfix_message(template_set(template_id, [(4, 1)])), SOURCE)
+    collector.feed(ipfix_message(template_set(256, [(4, 1), (7, 2)])), SOURCE)
+    [record] = collector.feed(ipfix_message((256, b"\x06\x00\x50")), SOURCE)
+    assert record.fields == [("protocolIdentifier", 6), ("sourceTransportPort", 80)]
+    assert (len(collector.templates), dict(collector.refused)) == (
+        1_024, {"templates past the 1024 kept": 76})
+
+
+def test_json_has_no_nan_and_text_escapes_control_characters() -> None:
+    """float64 NaN and infinities are not JSON numbers: they go as strings. Text a sender
+    chose cannot drive the terminal: control characters print escaped."""
+    collector = Collector(REGISTRY)
+    collector.feed(ipfix_message(template_set(300, [(320, 8), (320, 8), (96, 0xFFFF)])), SOURCE)
+    # absoluteError (float64) twice, applicationName
+    [record] = collector.feed(ipfix_message((300, struct.pack("!dd", math.nan, -math.inf)
+                                                  + b"\x0c\x1b[2J\xc2\x9b\x07evil\n")), SOURCE)
+    assert json.loads(json.dumps(record.as_dict(), allow_nan=False))["fields"] == {
+        "absoluteError": ["nan", "-inf"], "applicationName": "\x1b[2J\x9b\x07evil\n"}
+    assert str(record).endswith(
+        "template 300: absoluteError=nan absoluteError=-inf "
+        "applicationName=\\x1b[2J\\x9b\\x07evil\\x0a")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "argument --port: got '70000', expected an integer from 0 to 65535"),
+    (["--port", "-1"], "argument --port: got '-1', expected an integer from 0 to 65535"),
+    (["--port", "0", "--timeout", "-1"],
+     "argument --timeout: got '-1', expected a number from 0.001 to 1000000"),
+    (["--port", "0", "--timeout", "inf"],
+     "argument --timeout: got 'inf', expected a number from 0.001 to 1000000"),
+    (["--port", "0", "--count", "0"], "argument --count: got '0', expected an integer of at least 1"),
+    (["--port", "0", "--host", "no.such.host.invalid"],
+     "pyprobe: error: cannot listen on 'no.such.host.invalid': "),
+])
+def test_collect_flags_are_checked(args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pyprobe", "collect", *args],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and message in result.stderr.splitlines()[-1], result.stderr

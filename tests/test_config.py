@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyprobe.config import (SECTIONS, CollectorConfig, SensorConfig, load_config, to_yaml)
+from pyprobe.cli import build_parser
+from pyprobe.config import (SECTIONS, CollectorConfig, SensorConfig, load_config, overrides_of,
+                            to_yaml)
 from pyprobe.errors import ConfigError
+from pyprobe.sensor import worker_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -31,8 +34,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("capture: {interface: eth0\n", "line 2, column 1: not valid YAML: expected ',' or '}', "
-                                    "but got '<stream end>'"),
+    ("capture: {interface: eth0\n", "line 2, column 1: not valid YAML: did not find expected "
+                                    "',' or '}'"),
     ("- eth0\n", "got a list, expected a mapping of instance, log_level, log_file, "
                  "statistics_interval, user, group, capture, cache, dpi, collectors"),
     (VALID + "cache: {idle_timout: 5}\n",
@@ -42,25 +45,27 @@ def write(tmp_path: Path, text: str) -> Path:
                                 "instance, log_level, log_file, statistics_interval, user, "
                                 "group, capture, cache, dpi, collectors)"),
     (VALID + "dpi: {xyz: 1}\n", "dpi.xyz: unknown key (expected one of enabled, packet_budget, "
-                                "report, decode_tunnels)"),
+                                "flow_budget, report, decode_tunnels)"),
     ("capture: {interface: eth0}\ncollectors: [{host: a}, {host: b, port: 70000}]\n",
      "collectors[1].port: got 70000, expected an integer from 1 to 65535"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, port: '2055'}]\n",
      "collectors[0].port: got '2055', expected an integer from 1 to 65535"),
     (VALID + "cache: {idle_timeout: -1}\n",
-     "cache.idle_timeout: got -1, expected a number of seconds of at least 0.001"),
-    (VALID + "cache: {max_flows: true}\n", "cache.max_flows: got True, expected an integer of "
-                                           "at least 1"),
+     "cache.idle_timeout: got -1, expected a number of seconds from 0.001 to 1000000000"),
+    (VALID + "cache: {max_flows: true}\n", "cache.max_flows: got True, expected an integer "
+                                           "from 1 to 2147483647"),
     (VALID + "capture: {interface: eth0, promiscuous: 'yes'}\n",
      "capture.promiscuous: got 'yes', expected true or false"),
     (VALID + "capture: eth0\n", "capture: got 'eth0', expected a mapping of interface, file, bpf, "
-                                "snaplen, promiscuous, buffer_size, workers"),
+                                "snaplen, promiscuous, buffer_size, exclude_exports, workers, "
+                                "skip_corrupt"),
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
-     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9"),
+     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9, zmq"),
     ("capture: {interface: eth0}\ncollectors: [{port: 2055}]\n",
-     "collectors[0].host: missing, expected collector's name or address (IPv4 or IPv6)"),
+     "collectors[0].host: missing, expected collector's name or address (IPv4 or IPv6; zmq: `*` "
+     "binds every local address)"),
     ("capture: {interface: eth0}\ncollectors: {host: a}\n",
      "collectors: got a mapping, expected a list of at least one entry"),
     ("capture: {interface: eth0}\n", "collectors: missing, expected a list of at least one "
@@ -84,10 +89,10 @@ def test_file_errors_name_file_key_value_and_expectation(tmp_path: Path, text: s
     ({"collectors.mtu": 100},
      "command line: --mtu: got 100, expected an integer from 256 to 65507"),
     ({"cache.idle_timeout": 0.0}, "command line: --idle-timeout: got 0.0, expected a number of "
-                                  "seconds of at least 0.001"),
+                                  "seconds from 0.001 to 1000000000"),
     ({"collectors": [{"host": "a", "port": 0}]},
      "command line: --collector[0].port: got 0, expected an integer from 1 to 65535"),
-    ({"capture.workers": 0}, "command line: --workers: got 0, expected an integer of at least 1"),
+    ({"capture.workers": 0}, "command line: --workers: got 0, expected an integer from 1 to 1024"),
 ])
 def test_flag_errors_name_the_flag(tmp_path: Path, overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError) as error:
@@ -133,13 +138,16 @@ def test_the_example_lists_every_key_with_its_default() -> None:
     assert example["collectors"] == [{**collector, "host": "127.0.0.1"}]
 
 
-@pytest.mark.parametrize(("name", "workers"), [("sensor.yaml", len(os.sched_getaffinity(0))),
-                                               ("replay.yaml", 1)])
-def test_examples_pass_check(name: str, workers: int) -> None:
-    """`check` prints the effective configuration: the worker count it would run."""
-    result = pyprobe("check", "-c", str(CONF / name))
+@pytest.mark.parametrize(("name", "overrides", "workers"), [
+    ("sensor.yaml", {"capture.interface": "lo"}, len(os.sched_getaffinity(0))),
+    ("replay.yaml", {}, 1)])
+def test_examples_pass_check(name: str, overrides: dict, workers: int) -> None:
+    """`check` prints the effective configuration: the worker count it would run. (The sensor's
+    example captures on eth0, which check finds missing where there is none.)"""
+    flags = [f"--{key.split('.')[1]}={value}" for key, value in overrides.items()]
+    result = pyprobe("check", "-c", str(CONF / name), *flags)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == to_yaml(load_config(CONF / name))
+    assert result.stdout == to_yaml(load_config(CONF / name, overrides))
     assert yaml.safe_load(result.stdout)["capture"]["workers"] == workers
 
 
@@ -150,7 +158,8 @@ def test_workers_default_to_the_usable_cpus_live_and_to_one_for_a_file(tmp_path:
     assert load_config(path, {"capture.workers": 3}).capture.workers == 3
     assert load_config(path, {"capture.file": "x.pcap", "capture.workers": 2}).capture.workers == 2
     pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "pyprobe", "check", "-c",
-                             str(path)], capture_output=True, text=True, timeout=60, check=True)
+                             str(path), "--interface", "lo"], capture_output=True, text=True,
+                            timeout=60, check=True)
     assert yaml.safe_load(pinned.stdout)["capture"]["workers"] == 1  # the CPUs it may use
 
 
@@ -162,3 +171,128 @@ def test_check_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1
     result = pyprobe("check", "-c", str(path), "--protocol", "sflow")
     assert result.returncode == 2 and "invalid choice: 'sflow'" in result.stderr
+
+
+def test_ntopng_collectors_from_the_file_and_from_nprobes_flags(tmp_path: Path) -> None:
+    """protocol zmq: port 5556 unless given; --zmq takes nProbe's endpoints, beside --collector;
+    --zmq-probe-mode and --zmq-compress apply to every collector (IPFIX ones ignore them)."""
+    path = write(tmp_path, "capture: {interface: eth0}\ncollectors: [{host: a}, {host: '*', "
+                           "protocol: zmq, zmq_queue: 1048576}, {host: b, port: 6000, "
+                           "protocol: zmq, zmq_probe_mode: true, zmq_linger: 0}]\n")
+    config = load_config(path)
+    assert [(c.host, c.port, c.protocol, c.zmq_probe_mode, c.zmq_queue, c.zmq_linger)
+            for c in config.collectors] == [("a", 2055, "ipfix", False, 64 << 20, 10.0),
+                                            ("*", 5556, "zmq", False, 1 << 20, 10.0),
+                                            ("b", 6000, "zmq", True, 64 << 20, 0.0)]
+    args = build_parser().parse_args(["run", "--zmq", "tcp://*:5556", "--zmq", "ntopng:7000",
+                                      "--zmq", "tcp://[::1]", "--collector", "c,zmq",
+                                      "--collector", "d:4739", "--zmq-probe-mode",
+                                      "--zmq-compress"])
+    flagged = load_config(write(tmp_path, "capture: {interface: eth0}\n"), overrides_of(args))
+    assert [(c.host, c.port, c.protocol, c.zmq_probe_mode, c.zmq_compress)
+            for c in flagged.collectors] == [("*", 5556, "zmq", True, True),
+                                             ("ntopng", 7000, "zmq", True, True),
+                                             ("::1", 5556, "zmq", True, True),
+                                             ("c", 5556, "zmq", True, True),
+                                             ("d", 4739, "ipfix", True, True)]
+    with pytest.raises(ConfigError, match=r"collectors\[0\].zmq_queue: got 1000, expected an "
+                                          r"integer from 131072 to 2147483647"):
+        load_config(write(tmp_path, VALID.replace("}]", ", protocol: zmq, zmq_queue: 1000}]")))
+
+
+@pytest.mark.parametrize(("endpoint", "message"), [
+    ("ipc:///tmp/x", "ipc:///tmp/x: expected a tcp:// endpoint"),
+    ("tcp://::1:5556", "'::1:5556': write an IPv6 address in brackets, [ADDRESS]:PORT"),
+])
+def test_bad_zmq_endpoints_are_one_line_errors(endpoint: str, message: str) -> None:
+    result = pyprobe("check", "--interface", "eth0", "--zmq", endpoint)
+    assert result.returncode == 2 and message in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_workers_bind_ntopng_endpoints_one_port_each() -> None:
+    """Each worker is its own ntopng source (observation domain + index); binding, each its own
+    port (ntopng -i tcp://probe:5556,tcp://probe:5557 reads both); connecting, the same one."""
+    config = load_config(None, {"capture.interface": "eth0", "collectors": [
+        {"host": "*", "protocol": "zmq"}, {"host": "n", "protocol": "zmq",
+                                           "zmq_probe_mode": True}, {"host": "c"}]})
+    mine = worker_config(config, 2, None)
+    assert [(c.port, c.observation_domain) for c in mine.collectors] == [
+        (5558, 3), (5556, 3), (2055, 3)]
+
+
+SAMPLE_RUN = (f"capture: {{file: {ROOT / 'pyprobe' / 'data' / 'sample.pcap'}}}\n"
+              "collectors: [{host: 127.0.0.1, port: 9%s}]\n")
+HOSTILE = {  # issue 16: each gave a traceback, or passed `check` and crashed `run`, or hung
+    "nan": (SAMPLE_RUN % "" + "cache: {idle_timeout: .nan}\n",
+            "cache.idle_timeout: got nan, expected a number of seconds from 0.001 to 1000000000"),
+    "infinity": (SAMPLE_RUN % ", template_refresh: .inf",
+                 "collectors[0].template_refresh: got inf, expected a number of seconds from "
+                 "0.001 to 1000000000"),
+    "buffer past a C int": (SAMPLE_RUN % "" + "capture: {buffer_size: 2147483648}\n",
+                            "capture.buffer_size: got 2147483648, expected an integer from 0 to "
+                            "2147483647"),
+    "budget past int64": (SAMPLE_RUN % "" + "dpi: {packet_budget: 9223372036854775808}\n",
+                          "dpi.packet_budget: got 9223372036854775808, expected an integer from "
+                          "1 to 2147483647"),
+    "template of 600 fields": (SAMPLE_RUN % ", template: wide.yaml",
+                               "{dir}/wide.yaml: templates[0]: fields: got 600, expected at most "
+                               "512"),
+    "invalid UTF-8": (SAMPLE_RUN % "" + "instance: \udcff\n",
+                      f"octet {len(SAMPLE_RUN % '') + 10}: not text (invalid leading UTF-8 "
+                      "octet)"),
+    "UTF-16 cut in a surrogate pair": ("\ufeff" + SAMPLE_RUN % "" + "instance: \ud800",
+                                       f"octet {2 * len(SAMPLE_RUN % '') + 22}: not text "
+                                       "(incomplete UTF-16 surrogate pair)"),
+    "nested 1,000 deep": (SAMPLE_RUN % "" + "instance: " + "[" * 1000 + "]" * 1000 + "\n",
+                          "line 3, column 1010: not valid YAML: exceeded maximum nesting depth"),
+    **{f"log_file {name}": (SAMPLE_RUN % "" + f"log_file: {path}\n",
+                            f"log_file: got '{shown}', expected a file this user can write, or "
+                            f"a new one in a folder it can write")
+       for name, path, shown in (("unwritable", "/sys/kernel/uevent_seqnum",
+                                  "/sys/kernel/uevent_seqnum"),
+                                 ("in no folder", "no/such/folder/x.log",
+                                  "{dir}/no/such/folder/x.log"))},
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_check_refuses_what_run_refuses_in_one_line(tmp_path: Path, case: str) -> None:
+    text, message = HOSTILE[case]
+    (tmp_path / "wide.yaml").write_text(
+        "templates:\n  - id: 300\n    fields: [" + ", ".join(["protocolIdentifier"] * 600) + "]\n")
+    path = tmp_path / "sensor.yaml"
+    encoding = "utf-16-le" if text.startswith("\ufeff") else "utf-8"
+    path.write_bytes(text.encode(encoding, "surrogateescape" if encoding == "utf-8" else
+                                 "surrogatepass"))
+    message = message.format(dir=tmp_path)
+    for command in ("check", "run"):
+        result = pyprobe(command, "-c", str(path))
+        assert (result.returncode, result.stderr) == (2, f"pyprobe: error: {path}: {message}\n"
+                                                      if not message.startswith("/") else
+                                                      f"pyprobe: error: {message}\n"), command
+
+
+@pytest.mark.parametrize("source", ["fifo", "/dev/zero"])
+def test_a_fifo_or_a_device_is_no_configuration_file(tmp_path: Path, source: str) -> None:
+    """`-c` on a FIFO blocked forever, `-c /dev/zero` read until memory ran out."""
+    path = str(tmp_path / source) if source == "fifo" else source
+    if source == "fifo":
+        os.mkfifo(path)
+    for command in ("check", "run"):
+        result = pyprobe(command, "-c", path)
+        assert (result.returncode, result.stderr) == (2, f"pyprobe: error: {path}: not a regular "
+                                                         f"file\n")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--idle-timeout", "nan", "--idle-timeout: got nan, expected a number of seconds from 0.001 "
+                              "to 1000000000"),
+    ("--active-timeout", "inf", "--active-timeout: got inf, expected a number of seconds from "
+                                "0.001 to 1000000000"),
+    ("--buffer-size", "99999999999", "--buffer-size: got 99999999999, expected an integer from 0 "
+                                     "to 2147483647"),
+])
+def test_flags_refuse_non_finite_and_out_of_range_numbers(flag: str, value: str,
+                                                           message: str) -> None:
+    result = pyprobe("check", "--interface", "lo", "--collector", "127.0.0.1:9", flag, value)
+    assert (result.returncode, result.stderr) == (2, f"pyprobe: error: command line: {message}\n")

@@ -282,7 +282,7 @@ TEMPLATE_ERRORS = [  # (file text, the message after "FILE: ")
     ("templatez: []\n", "unknown key 'templatez' (expected 'templates', 'biflow')"),
     ("- 256\n", "expected a mapping with a 'templates' list"),
     ("biflow: yes please\ntemplates: []\n", "biflow: expected true or false, got 'yes please'"),
-    ("templates: [\n", "not valid YAML: while parsing a flow node"),
+    ("templates: [\n", "line 2, column 1: not valid YAML: did not find expected node content"),
 ]
 
 
@@ -417,21 +417,68 @@ def test_netflow9_strings_are_fixed_width_nul_padded_and_truncated(tmp_path: Pat
 
 
 
-def test_a_record_longer_than_any_message_is_counted_as_not_sent(tmp_path: Path) -> None:
-    """An IPFIX string can outgrow the mtu: that flow is not sent, and the statistics say so."""
-    flows = named_flows()
-    with_name(flows[1], "w" * 1400)
-    export = exporter(string_template(tmp_path, "applicationName"))
+def test_strings_longer_than_a_message_are_cut_to_fit(tmp_path: Path) -> None:
+    """An IPFIX record whose strings outgrow the mtu is sent with the longest strings cut, text
+    on a character boundary, and counted (issue 16: it was dropped, the summary saying sent)."""
+    path = tmp_path / "two.yaml"
+    path.write_text("templates:\n  - id: 300\n    fields: [sourceIPv4Address, applicationName, "
+                    "HTTP_URL, HTTP_USER_AGENT]\n")
+    flows = named_flows()[:2]
+    flows[1].dpi = dataclasses.replace(flows[1].dpi, http_url="/" + "u" * 1299,
+                                       user_agent="é" * 200)
+    export = exporter(load_templates(path, REGISTRY), mtu_bytes=700)
     messages = export.export(flows, T0 + 1000) + export.flush(T0 + 2000)
+    assert max(map(len, messages)) <= 700
+    records = [dict(r.fields) for r in flow_records(decode(messages))]
+    # 700 - 16 (header) - 4 (set header) - 4 (address) = 676 octets: HTTP.Google (1 + 11),
+    # then twice 3 + 329; the user agent's 329th octet is half an é.
+    assert [(r["applicationName"], r["HTTP_URL"], r["HTTP_USER_AGENT"]) for r in records] == [
+        ("DNS", "", ""), ("HTTP.Google", "/" + "u" * 328, "é" * 164)]
+    assert export.problems == {"records with strings cut to fit the mtu": 1}
+    assert export.stats.flow_records == 2 and export.stats.not_sent_flows == 0
+
+
+def test_values_beyond_their_fields_width_are_clamped(tmp_path: Path) -> None:
+    """A counter past a reduced-size field (RFC 7011 §6.2) goes out as the field's largest value,
+    counted, instead of stopping the export."""
+    path = tmp_path / "reduced.yaml"
+    path.write_text("templates:\n  - id: 300\n    fields: [sourceIPv4Address, "
+                    "{name: octetDeltaCount, length: 4}, {name: packetDeltaCount, length: 2}]\n")
+    flows = udp_flows(2, replies=False)
+    flows[1].src2dst.bytes, flows[1].src2dst.packets = 2**32 + 5, 70_000
+    export = exporter(load_templates(path, REGISTRY))
+    decoded = decode(export.export(flows, T0 + 1000) + export.flush(T0 + 2000))
+    assert [(r["octetDeltaCount"], r["packetDeltaCount"])
+            for r in map(dict, (r.fields for r in flow_records(decoded)))] == [
+        (100, 1), (2**32 - 1, 2**16 - 1)]
+    assert export.problems == {"records with values clamped to their field's width": 1}
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+def test_times_past_2106(protocol: str) -> None:
+    """Both headers carry the export time in 32-bit seconds: past 2106-02-07 06:28:15 it is
+    clamped and counted. IPFIX flow times are 64-bit ms and go out exact; NFv9 tells flow times
+    from the header's seconds, so it cannot send such flows: they are counted as not sent."""
+    last = 2**32 * 1000 - 1  # 2106-02-07 06:28:15.999
+    late = last + 5_000
+    flows = udp_flows(2, start_ms=last, replies=False)  # at the last ms, and one after it
+    export = Exporter(protocol, templates("default"), REGISTRY, boot_ms=last - 10_999)
+    messages = export.export(flows, late) + export.flush(late)
     decoded = decode(messages)
-    assert [dict(r.fields)["applicationName"] for r in flow_records(decoded)] == [
-        NAMES[0], *NAMES[2:]]
-    assert all(set_ids(m) for m in messages)  # no empty message either
-    assert export.stats.flow_records == 4
-    statistics = final_statistics(decoded)
-    assert [statistics[k] for k in ("exportedFlowRecordTotalCount", "notSentFlowTotalCount",
-                                    "notSentPacketTotalCount", "notSentOctetTotalCount")] == [
-        4, 1, 1, 100]
+    times = [dict(r.fields).get("flowStartMilliseconds", r.sys_uptime) for r in
+             flow_records(decoded)]
+    assert {r.export_time for records in decoded for r in records} == {2**32 - 1}
+    if protocol == "ipfix":
+        assert times == [last, last + 1]
+        assert export.problems == {
+            "messages with the export time clamped to 2106-02-07": len(messages)}
+    else:
+        assert [absolute_times(r)["flowStartMilliseconds"] for r in flow_records(decoded)] == [
+            last]
+        assert export.problems == {
+            "flows not sent: times past what the protocol carries": 1,
+            "messages with the export time clamped to 2106-02-07": len(messages)}
+        assert export.stats.not_sent_flows == 1
 
 
 # The MTU.
@@ -653,3 +700,19 @@ def test_one_template_and_one_record_byte_for_byte(tmp_path: Path, protocol: Any
                                              (flow.src_addr, flow.dst_addr, 40000, 80)), True)
     message = builder.finish(now_ms=T0 + 1500, boot_ms=BOOT_MS, sequence=7, domain=1)
     assert message.hex() == "".join(hex_text for hex_text, _ in annotated).replace(" ", "")
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+def test_the_labels_encoded_once_are_each_flows_own(protocol: str) -> None:
+    """The encoder keeps the bytes of the last labels it encoded (a flow's two records share
+    them; flows nDPI did not see all have NO_DPI's): alternating labels still come out right."""
+    flows = udp_flows(6)
+    shared = with_name(flows[0], "TLS.YouTube").dpi
+    for flow, dpi in zip(flows, [shared, None, shared, shared, None, None]):
+        flow.dpi = dpi
+    with_name(flows[4], "DNS")
+    export = exporter("ndpi", protocol)
+    decoded = decode(export.export(flows, T0 + 1000) + export.flush(T0 + 1000))
+    assert [dict(r.fields)["L7_PROTO_NAME"] for r in flow_records(decoded)] == [
+        "TLS.YouTube", "TLS.YouTube", "Unknown", "TLS.YouTube", "TLS.YouTube", "TLS.YouTube",
+        "DNS", "DNS", "Unknown"]  # the even flows are answered: two records each

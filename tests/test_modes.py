@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from builders import (  # noqa: E402
     ACK, AH, DEST_OPTS, ECE, ETH_8021AD, ETH_8021Q, ETH_ARP, ETH_IPV6, ETH_MPLS, ETH_PPPOE, FIN,
     FRAGMENT, HOP_BY_HOP, ICMP, ICMPV6, PPP_IPV6, PSH, ROUTING, RST, SCTP, SYN, TCP, UDP, ether,
-    ethertype_of, icmp, ipv4, ipv6, link, mpls, pppoe, sctp, tcp, udp, write_pcap,
+    ethertype_of, icmp, ipv4, ipv6, link, mpls, pppoe, sctp, tcp, udp, write_pcap, write_pcapng,
 )
 from flowdump import meter  # noqa: E402
 
@@ -105,16 +105,33 @@ def frame(rng: random.Random) -> bytes:
     return whole + bytes(rng.choice((0, 0, 0, 6)))  # link padding, sometimes
 
 
-def capture(path: Path, seed: int) -> Path:
-    """`FRAMES` random frames with a clock that mostly steps ms, sometimes seconds, sometimes
-    past the timeouts, and sometimes back."""
-    rng, time_ms, records = random.Random(seed), 1_700_000_000_000, []
+def capture(path: Path, seed: int, start_ms: int = 1_700_000_000_000, pcapng: bool = False
+            ) -> Path:
+    """`FRAMES` random frames from `start_ms` with a clock that mostly steps ms, sometimes
+    seconds, sometimes past the timeouts, and sometimes back."""
+    rng, time_ms, records = random.Random(seed), start_ms, []
     for _ in range(FRAMES):
         step = rng.random()
         time_ms += (rng.randrange(5) if step < 0.9 else rng.randrange(5_000) if step < 0.97
                     else rng.randrange(20_000, 200_000) if step < 0.995 else -rng.randrange(3_000))
         records.append((time_ms, frame(rng)))
+    if pcapng:
+        return write_pcapng(path / f"random_{seed}.pcapng", records)
     return write_pcap(path / f"random_{seed}.pcap", records)
+
+
+def storm(path: Path) -> Path:
+    """A storm of new flows at one millisecond, most closed at once (a SYN, then an RST both
+    ways, or an RST alone), then a few seconds of it: evictions, closing flows evicted, batches."""
+    records = []
+    for index in range(3_000):
+        time_ms = 1_700_000_000_000 + index // 1_000 * 1_000
+        client, server = (0x0A000000 + index).to_bytes(4, "big"), bytes([10, 1, 0, index % 7])
+        records += [(time_ms, link(1, ipv4(tcp(40000, 80, SYN), TCP, src=client, dst=server))),
+                    (time_ms, link(1, ipv4(tcp(80, 40000, RST | ACK), TCP, src=server,
+                                           dst=client))),
+                    (time_ms, link(1, ipv4(tcp(41000, 80, RST), TCP, src=client, dst=server)))]
+    return write_pcap(path / "storm.pcap", records)
 
 
 def meter_both(specs: list[dict]) -> list[tuple[dict, dict]]:
@@ -165,12 +182,24 @@ def cut_capture(path: Path) -> Path:
     return write_pcap(path / "cuts.pcap", enumerate(cuts, 1_700_000_000_000))
 
 
+WRAP_2038_MS = 2**31 * 1000  # where libpcap reads a pcap's seconds as negative
+WRAP_2262_MS = 2**63 // 1_000_000  # where pypcap's nanoseconds of a pcapng time wrap
+
+
 def test_random_captures_meter_the_same_both_ways(tmp_path: Path) -> None:
-    """Every flow of every random capture, and of every cut frame, is the same compiled and
-    pure; every end reason occurs."""
+    """Every flow of every random capture, of every cut frame and of a storm is the same
+    compiled and pure, past the times libpcap cannot report too; every end reason occurs."""
     specs = [{"path": str(capture(tmp_path, seed)), "options": options}
              for seed, options in zip(SEEDS, OPTIONS)]
-    specs.append({"path": str(cut_capture(tmp_path)), "options": {"dpi": True}})
+    specs += [
+        {"path": str(cut_capture(tmp_path)), "options": {"dpi": True}},
+        {"path": str(storm(tmp_path)), "options": {"dpi": True, "max_flows": 100,
+                                                  "flow_budget": 300}},
+        {"path": str(capture(tmp_path, 6, WRAP_2038_MS - 60_000)),
+         "options": {"dpi": True, "flow_budget": 20, "max_flows": 30}},
+        {"path": str(capture(tmp_path, 7, WRAP_2262_MS - 60_000, pcapng=True)),
+         "options": {"dpi": False, "idle_timeout": 5}},
+    ]
     results = meter_both(specs)
     for spec, (compiled, pure) in zip(specs, results):
         assert compiled["stats"] == pure["stats"], spec
@@ -180,3 +209,11 @@ def test_random_captures_meter_the_same_both_ways(tmp_path: Path) -> None:
             assert mine == theirs, spec
     assert {flow["end_reason"][1] for compiled, _ in results for flow in compiled["flows"]} == {
         1, 2, 3, 4, 5}
+    storm_run, wrap_2038, wrap_2262 = (compiled for compiled, _ in results[-3:])
+    assert (storm_run["stats"]["flows"], storm_run["stats"]["uninspected_flows"],
+            storm_run["stats"]["flows_by_end_reason"]) == (
+        6_000, 5_100, {"end_of_flow": 100, "lack_of_resources": 5_900})
+    assert wrap_2038["stats"]["uninspected_flows"] > 0
+    for run, wrap_ms in ((wrap_2038, WRAP_2038_MS), (wrap_2262, WRAP_2262_MS)):
+        times = [flow["first_seen_ms"][1] for flow in run["flows"]]
+        assert min(times) < wrap_ms < max(times) < wrap_ms + 10**9, times

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import BENCH_PCAP, NDPI_PCAPS, require
 from pyprobe import FlowStream, Streamer
-from pyprobe.classify import NdpiClassifier, shared_ndpi
+from pyprobe.classify import NdpiClassifier
 from pyprobe.flow import DPI_LABELS
 from pyprobe.ndpi import NDPI, NDPIConfidence, NDPIFlow, State, ffi, live_flows
 from tests.builders import A4, B4, ETH_IP, ether, ipv4, tcp, udp, write_pcap
@@ -40,12 +40,12 @@ def dns_message(query_id: int, name: str, answer: bytes | None = None) -> bytes:
 
 
 def test_binding_is_the_nfstream_library() -> None:
-    ndpi = shared_ndpi()
+    ndpi = NDPI()
     assert (ndpi.revision, ndpi.api_version) == ("5.0.0-1-375f99e", 15)
 
 
 def test_process_packet_follows_a_dns_exchange() -> None:
-    ndpi, flow, live = shared_ndpi(), NDPIFlow(), live_flows()
+    ndpi, flow, live = NDPI(), NDPIFlow(), live_flows()
     query = ipv4(udp(40000, 53, dns_message(7, "www.example.com")), 17)
     first = ndpi.process_packet(flow, query, 1_700_000_000_000)
     assert (ndpi.protocol_name(first), first.state, first.confidence) == ("DNS", State.PARTIAL, DPI)
@@ -227,3 +227,16 @@ def test_replay_no_dpi() -> None:
         return [json.loads(line)["application_name"] for line in done.stdout.splitlines()]
     assert names("--no-dpi") == ["Unknown"] * 6
     assert names() == ["HTTP", "TLS", "DNS", "RTP", "ICMP", "NTP"]
+
+
+def test_each_flow_stream_has_its_own_ndpi_state() -> None:
+    """nDPI's caches learn from the flows a module sees: with one module per process, a second
+    pass over selfsigned.pcap found its TLS certificate in the cache (confidence DPI_CACHE, not
+    DPI). Each FlowStream has a module of its own, so both passes label alike (issue 16)."""
+    path = str(require(NDPI_PCAPS / "selfsigned.pcap"))
+    passes = [[(f.application_name, f.application_confidence, f.requested_server_name)
+               for f in FlowStream(path)] for _ in range(2)]
+    assert passes[0] == passes[1]
+    assert passes[0][0] == ("TLS.ntop", 6, "localhost")
+    first, second = FlowStream(path), FlowStream(path)
+    assert first.classifier.ndpi is not second.classifier.ndpi

@@ -20,20 +20,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
+from dataclasses import replace
+from datetime import datetime
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import BENCH_PCAP, GEN_SYNTH, require  # noqa: E402
 from reference import count  # noqa: E402
-from tinypcap import CLIENT, EPOCH_MS, RESOLVER, SERVER, tcp, udp, write_pcap  # noqa: E402
+from tinypcap import CLIENT, RESOLVER, SERVER, tcp, udp, write_pcap  # noqa: E402
 
-from pyprobe.capture import PcapSource  # noqa: E402
 from pyprobe.collect import Collector  # noqa: E402
+from pyprobe.config import load_config  # noqa: E402
+from pyprobe.sensor import capture_filter, check_capture, exports_filter  # noqa: E402
 from pyprobe.flow import TH_ACK, TH_FIN, TH_PSH, TH_SYN  # noqa: E402
-from pyprobe.workers import worker_filters  # noqa: E402
 
 PYPROBE = [sys.executable, "-m", "pyprobe"]
 NFDUMP_FORMAT = "fmt:%sa|%da|%sp|%dp|%pr|%pkt|%byt"
@@ -62,8 +64,10 @@ class Namespace:
     def udp_bound(self, port: int) -> bool:
         return bool(self.run("ss", "-Huln", f"sport = :{port}").strip())
 
-    def replay(self, pcap: Path, interface: str = "vb") -> None:
-        self.run("tcpreplay", "--pps", "500", "-i", interface, str(pcap))
+    def replay(self, pcap: Path, interface: str = "vb", pps: int = 500) -> None:
+        """Sends the capture's frames at `pps` (from 1000 up, in bursts each millisecond)."""
+        self.run("tcpreplay", "--preload-pcap", "--timer=nano", "--pps", str(pps),
+                 "--pps-multi", str(max(1, pps // 1000)), "-i", interface, str(pcap))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +85,8 @@ def netns() -> Iterator[Namespace]:
     try:
         namespace.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
                       "net.ipv6.conf.default.disable_ipv6=1")
-        namespace.run("ip", "link", "add", "va", "type", "veth", "peer", "name", "vb")
+        namespace.run("ip", "link", "add", "va", "mtu", "9000", "type", "veth", "peer", "name",
+                      "vb", "mtu", "9000")  # the captures' largest frames pass
         namespace.run("ip", "link", "add", "vc", "type", "veth", "peer", "name", "vd")
         for link in ("lo", "va", "vb", "vc", "vd"):
             namespace.run("ip", "link", "set", link, "up")
@@ -97,14 +102,21 @@ def until(condition, what: str, timeout_s: float = 10) -> None:
         time.sleep(0.05)
 
 
+def port(text: str) -> int:
+    """A destination port as nfdump prints it; ICMP's type.code as type * 256 + code."""
+    icmp_type, dot, icmp_code = text.partition(".")
+    return int(icmp_type) * 256 + int(icmp_code) if dot else int(text)
+
+
 class Nfcapd:
     """nfcapd on the namespace's 127.0.0.1:port, writing into `directory`."""
 
     def __init__(self, netns: Namespace, port: int, directory: Path) -> None:
         directory.mkdir()
         self.netns, self.port, self.directory = netns, port, directory
-        self.process = netns.popen("nfcapd", "-b", "127.0.0.1", "-p", str(port), "-w",
-                                   str(directory), log=directory.with_suffix(".log"))
+        self.process = netns.popen("nfcapd", "-B", str(8 << 20), "-b", "127.0.0.1", "-p",
+                                   str(port), "-w", str(directory),
+                                   log=directory.with_suffix(".log"))
         until(lambda: netns.udp_bound(port), f"nfcapd did not bind port {port}")
 
     def stop(self) -> dict[Key, tuple[int, int]]:
@@ -114,37 +126,45 @@ class Nfcapd:
         self.process.send_signal(signal.SIGTERM)
         assert self.process.wait(timeout=10) == 0
         totals: dict[Key, tuple[int, int]] = {}
-        out = subprocess.run(["nfdump", "-R", str(self.directory), "-q", "-N", "-o", NFDUMP_FORMAT],
+        out = subprocess.run(["nfdump", "-R", str(self.directory), "-q", "-N", "-6", "-o", NFDUMP_FORMAT],
                              check=True, capture_output=True, text=True).stdout
         for line in out.splitlines():
+            if line == "No matching flows":
+                break
             assert line.count("|") == 6, out
             src, dst, sport, dport, proto, packets, size = (f.strip() for f in line.split("|"))
-            key = (src, dst, int(sport), int(dport), int(proto))
+            key = (src, dst, int(sport), port(dport), int(proto))
             before = totals.get(key, (0, 0))
             totals[key] = (before[0] + int(packets), before[1] + int(size))
         return totals
 
-    def domains(self) -> Counter:
-        """Flow records filed per observation domain, as `nfdump -E` counts them (once stopped)."""
-        flows: Counter = Counter()
-        for path in self.directory.glob("nfcapd.*"):
-            out = subprocess.run(["nfdump", "-E", str(path)], check=True, capture_output=True,
-                                 text=True).stdout
-            for domain, filed in re.findall(r"\bID:\s+(\d+), .* flows: (\d+)", out):
-                flows[int(domain)] += int(filed)
-        return flows
+    def exporters(self) -> dict[Key, set[int]]:
+        """The exporters (nfcapd's ids of an address and observation domain) that sent each
+        flow's records, a flow keyed by the lesser of its two 5-tuples (once stopped)."""
+        out = subprocess.run(["nfdump", "-R", str(self.directory), "-q", "-N", "-6", "-o",
+                              "fmt:%exp|%sa|%da|%sp|%dp|%pr"], check=True, capture_output=True,
+                             text=True).stdout
+        exporters: dict[Key, set[int]] = {}
+        for line in out.splitlines():
+            exporter, src, dst, sport, dport, proto = (f.strip() for f in line.split("|"))
+            key = min((src, dst, int(sport), port(dport), int(proto)),
+                      (dst, src, port(dport), int(sport), int(proto)))
+            exporters.setdefault(key, set()).add(int(exporter))
+        return exporters
 
 
 class Probe:
-    """`pyprobe run` in the namespace, its output in a file; its log there too, or in `log`."""
+    """`pyprobe run` in the namespace, its output in a file; its log there too, or in `log`.
+    Without nDPI and in one process unless told (`workers` None: the default, one per CPU)."""
 
     def __init__(self, netns: Namespace, output: Path, *args: str, log: Path | None = None,
-                 interface: str = "va", workers: int = 1) -> None:
+                 interface: str = "va", workers: int | None = 1, dpi: bool = False) -> None:
         self.log = log or output
-        self.process = netns.popen(*PYPROBE, "run", "--interface", interface, "--no-dpi",
-                                   "--workers", str(workers), *args, log=output)
-        for index in range(workers):
-            self.wait_for("INFO started: " if workers == 1 else f"/{index} INFO started: ")
+        options = ([] if dpi else ["--no-dpi"]) + ([] if workers is None else
+                                                   ["--workers", str(workers)])
+        self.process = netns.popen(*PYPROBE, "run", "--interface", interface, *options, *args,
+                                   log=output)
+        self.wait_for("INFO started: ")  # with workers, the parent's once all have started
 
     def text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -195,9 +215,10 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def many_flows(path: Path) -> Path:
+def many_flows(path: Path, clients: bool | None = None) -> Path:
     """20 IPv4, 20 IPv6 and 20 VLAN-tagged IPv4 pairs, each with a TCP and a UDP exchange left
-    open: 120 flows in 360 frames, all live until SIGTERM."""
+    open: 120 flows in 360 frames, all live until SIGTERM; `clients` True or False: only the
+    frames the clients send, or the servers."""
     frames = []
     for i in range(20):
         for client, server, vlan in ((f"10.1.{i}.1", f"192.0.2.{i % 5 + 1}", 0),
@@ -210,19 +231,8 @@ def many_flows(path: Path) -> Path:
                        tcp(3, server, 443, client, port, TH_PSH | TH_ACK, b"s" * (100 + i), vlan),
                        udp(4, client, port, server, 53, b"q" * (20 + i), vlan),
                        udp(5, server, 53, client, port, b"r" * (40 + i), vlan)]
-    write_pcap(path, frames)
+    write_pcap(path, frames if clients is None else frames[1 - clients::2])  # client first
     return path
-
-
-def shares(pcap: Path, count: int) -> list[dict[Key, tuple[int, int]]]:
-    """`expected` of each worker's share: the frames its filter passes."""
-    truths = []
-    for index, share in enumerate(worker_filters(count, 1)):
-        path = pcap.with_suffix(f".{index}.pcap")
-        write_pcap(path, ((ts // 1_000_000 - EPOCH_MS, frame)
-                          for ts, frame in PcapSource(str(pcap), bpf_filter=share)))
-        truths.append(expected(path))
-    return truths
 
 
 def traffic(path: Path, port: int) -> Path:
@@ -314,6 +324,21 @@ def test_sighup_reopens_the_log_and_swaps_collectors_keeping_them_on_a_bad_confi
     config.write_text(settings + "  - {host: 127.0.0.1, port: 70000}\n")
     probe.process.send_signal(signal.SIGHUP)
     probe.wait_for("keeping the running configuration")
+    # Edits that ended the sensor with a traceback (issue 16), each refused in its turn.
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("templates:\n  - id: 300\n    fields: [" + ", ".join(["protocolIdentifier"]
+                                                                     * 600) + "]\n")
+    running = settings + "  - {host: 127.0.0.1, port: 4741, protocol: netflow9}\n"
+    for edit in [running.encode() + b"instance: \xff\n",
+                 running.replace("idle_timeout: 1", "idle_timeout: .nan").encode(),
+                 (running + "instance: " + "[" * 1000 + "]" * 1000 + "\n").encode(),
+                 (settings + f"  - {{host: 127.0.0.1, port: 4741, template: {wide}}}\n").encode()]:
+        count = probe.text().count("keeping the running configuration")
+        config.write_bytes(edit)
+        probe.process.send_signal(signal.SIGHUP)
+        until(lambda: probe.text().count("keeping the running configuration") > count,
+              f"no refusal of {edit[-60:]!r}")
+    assert probe.process.poll() is None, probe.text()
     netns.replay(traffic(tmp_path / "c.pcap", 40003))
     until(lambda: len(flow_records(tmp_path / "4741.json")) == 8, "records lost after a bad reload")
     probe.stop()
@@ -323,6 +348,18 @@ def test_sighup_reopens_the_log_and_swaps_collectors_keeping_them_on_a_bad_confi
 
     assert "ERROR reload: " + f"{config}: collectors[0].port: got 70000, expected an integer " \
            "from 1 to 65535; keeping the running configuration" in log.read_text()
+    assert [line.split("ERROR reload: ")[1] for line in log.read_text().splitlines()
+            if "ERROR reload: " in line][1:] == [
+        f"{config}: octet {len(running.encode() + b'instance: ')}: not text (invalid leading "
+        "UTF-8 octet); keeping the running configuration",
+        f"{config}: cache.idle_timeout: got nan, expected a number of seconds from 0.001 to "
+        "1000000000; keeping the running configuration",
+        f"{config}: line 8, column 1010: not valid YAML: exceeded maximum nesting depth; keeping "
+        "the running configuration",
+        f"{wide}: templates[0]: fields: got 600, expected at most 512; keeping the running "
+        "configuration"]
+    # The last line counts every record sent, to the collector dropped at the reload too.
+    assert re.search(r"INFO stopped: .*; exported 12 records in \d+ messages", log.read_text())
     assert "INFO started: " in (tmp_path / "sensor.log.1").read_text()
     assert "INFO started: " not in log.read_text()
     first = records(tmp_path / "4740.json")
@@ -380,35 +417,57 @@ def test_the_two_ports_of_a_tap_make_one_capture(netns: Namespace, tmp_path: Pat
     assert re.search(r"stopped: captured 26 frames, dropped 0 by the kernel", probe.text())
 
 
-def test_two_workers_meter_their_shares_and_lose_nothing_at_sigterm(netns: Namespace,
-                                                                    tmp_path: Path) -> None:
-    """`--workers 2`: each worker, as `nobody`, exports its share (IPv4, IPv6, VLAN-tagged
-    flows) in its observation domain (1 + index), reloads on the parent's SIGHUP, and on SIGTERM
-    sends every live flow."""
-    pcap = many_flows(tmp_path / "flows.pcap")
-    truths = shares(pcap, 2)
+def test_two_workers_on_the_two_ports_of_a_tap_keep_each_flow_whole(netns: Namespace,
+                                                                     tmp_path: Path) -> None:
+    """Each direction arrives on its own port of the tap (`--interface va,vc`): the fanout
+    group of each port lists the workers in one order, so a flow's two directions meet."""
     nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
     probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055",
-                  "--user", "nobody", workers=2)
+                  interface="va,vc", workers=2)
+    netns.replay(many_flows(tmp_path / "out.pcap", clients=True), "vb")
+    netns.replay(many_flows(tmp_path / "back.pcap", clients=False), "vd")
+    probe.stop()
+    assert nfcapd.stop() == expected(many_flows(tmp_path / "both.pcap"))
+    exporters = nfcapd.exporters()
+    assert len(exporters) == 120 and all(len(seen) == 1 for seen in exporters.values())
+    assert len(set().union(*exporters.values())) == 2
+
+
+def test_two_workers_share_the_flows_by_fanout_and_lose_nothing_at_sigterm(
+        netns: Namespace, tmp_path: Path) -> None:
+    """`--workers 2`: the kernel's fanout hands each flow, both ways, to one worker; each, as
+    `nobody`, exports its flows (IPv4, IPv6, VLAN-tagged) in its observation domain (1 +
+    index), reloads on the parent's SIGHUP, and on SIGTERM sends every live flow. The parent
+    speaks for them: one line for each event, the workers' own at debug level."""
+    pcap = many_flows(tmp_path / "flows.pcap")
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055",
+                  "--user", "nobody", "--log-level", "debug", workers=2)
     workers = children(probe.process.pid)
     assert [uid(pid) for pid in workers] == [pwd.getpwnam("nobody").pw_uid] * 2
-    assert uid(probe.process.pid) == 0  # the parent opens nothing, keeps nothing, and waits
+    assert uid(probe.process.pid) == 0  # the parent opens no capture, keeps nothing, and waits
     netns.replay(pcap)
     probe.process.send_signal(signal.SIGHUP)
+    probe.wait_for(r"pyprobe INFO reloaded: exporting to 127\.0\.0\.1:2055 \(ipfix\)")
     for index in range(2):
-        probe.wait_for(rf"pyprobe/{index} INFO reloaded: exporting to 127\.0\.0\.1:2055 \(ipfix\)")
+        probe.wait_for(rf"pyprobe/{index} DEBUG reloaded: exporting to 127\.0\.0\.1:2055")
     stop_s = probe.stop(group=True)  # each worker gets it twice: from the parent and directly
     assert nfcapd.stop() == expected(pcap)
-    assert nfcapd.domains() == {1: len(truths[0]), 2: len(truths[1])}
+    exporters = nfcapd.exporters()  # domains 1 and 2: two exporters, each flow from one
+    assert len(exporters) == 120 and all(len(seen) == 1 for seen in exporters.values())
+    assert len(set().union(*exporters.values())) == 2
     assert stop_s < 2, stop_s
-    assert probe.text().count("INFO SIGTERM: ending every flow and sending it") == 2
-    assert [{":" in src for src, *_ in truth} for truth in truths] == [{False, True}] * 2
-    for index, truth in enumerate(truths):
-        read = sum(packets for packets, _ in truth.values())
-        assert re.search(rf"pyprobe/{index} INFO stopped: captured {read} frames, dropped 0 by "
-                         rf"the kernel and 0 by the interface; read {read}, skipped 0; flows "
-                         rf"live 0, ended {len(truth) // 2}; exported {len(truth)} records",
-                         probe.text()), probe.text()
+    log = probe.text()
+    assert re.search(r"pyprobe INFO started: 2 workers capturing on va \(kernel fanout\), "
+                     r"exporting to 127\.0\.0\.1:2055 \(ipfix\)\n", log), log
+    assert log.count("INFO SIGTERM: every worker ends its flows and sends them") == 1
+    assert log.count("DEBUG SIGTERM: ending every flow and sending it") == 2
+    assert re.search(r"pyprobe INFO stopped: captured 360 frames, dropped 0 by the kernel and 0 "
+                     r"by the interface; read 360, skipped 0; flows live 0, ended 120; exported "
+                     r"240 records", log), log
+    read = [int(re.search(rf"pyprobe/{index} DEBUG stopped: captured (\d+) frames", log)[1])
+            for index in range(2)]
+    assert sum(read) == 360 and min(read) > 0
 
 
 def test_a_dead_worker_stops_the_others_and_the_sensor_fails_naming_it(netns: Namespace,
@@ -418,4 +477,217 @@ def test_a_dead_worker_stops_the_others_and_the_sensor_fails_naming_it(netns: Na
     assert probe.process.wait(timeout=10) == 2
     error = re.search(r"\npyprobe: error: worker (\d): killed by SIGKILL\n$", probe.text())
     assert error, probe.text()
-    assert f"pyprobe/{1 - int(error[1])} INFO stopped: " in probe.text()
+    assert "pyprobe INFO stopped: captured 0 frames" in probe.text()
+
+
+def test_check_gives_each_interface_the_link_type_a_capture_gets(netns: Namespace) -> None:
+    """`pyprobe check` compiles the filter for the link type it reads from the interface's
+    hardware type: the one libpcap gives a capture of it (Ethernet, loopback, `any`, tun)."""
+    netns.run("ip", "tuntap", "add", "mode", "tun", "name", "tn0")
+    try:
+        netns.run("ip", "link", "set", "tn0", "up")
+        script = ("import sys; from pyprobe.capture import DLT_TO_LINKTYPE, PcapSource, "
+                  "interface_dlt\nfor name in sys.argv[1:]:\n    dlt = interface_dlt(name)\n"
+                  "    print(name, DLT_TO_LINKTYPE.get(dlt, dlt), PcapSource(name).linktype)")
+        out = netns.run(sys.executable, "-c", script, "va", "lo", "any", "tn0")
+    finally:
+        netns.run("ip", "link", "del", "tn0")
+    assert out.split("\n") == ["va 1 1", "lo 1 1", "any 113 113", "tn0 101 101", ""]
+
+
+@pytest.mark.parametrize("excluded", [True, False])
+def test_a_live_capture_leaves_out_the_datagrams_to_the_collectors(
+        netns: Namespace, tmp_path: Path, excluded: bool) -> None:
+    """Capturing the interface it exports through (here loopback), the probe does not meter its
+    own datagrams to nfcapd, but the rest of the traffic to that host; unless told to."""
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055",
+                  "--template-refresh", "0.2", "--idle-timeout", "1",
+                  *(() if excluded else ("--no-exclude-exports",)), interface="lo")
+    netns.run(sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, "
+              "socket.SOCK_DGRAM).sendto(b'x' * 10, ('127.0.0.1', 2056))")
+    time.sleep(2)  # templates and statistics go to nfcapd every 0.2 s or so
+    probe.stop()
+    totals = nfcapd.stop()
+    sport = next(key[2] for key in totals if key[3] == 2056)
+    assert totals[("127.0.0.1", "127.0.0.1", sport, 2056, 17)] == (1, 38)  # this datagram
+    assert totals[("127.0.0.1", "127.0.0.1", 0, 3 * 256 + 3, 1)] == (1, 66)  # port unreachable
+    exports = [packets for key, (packets, _) in totals.items() if key[3:] == (2055, 17)]
+    if excluded:
+        assert exports == [], totals
+    else:
+        assert len(exports) == 1 and exports[0] >= 2, totals  # one socket: one flow
+
+
+def test_one_statistics_line_for_the_workers_and_a_warning_when_packets_drop(
+        netns: Namespace, tmp_path: Path) -> None:
+    """With two workers the parent logs one statistics line for both (theirs at debug level)
+    and, when their rings overflowed (both stopped while traffic comes), a warning with what
+    was dropped since the line before. Each worker's statistics records carry its own
+    exportingProcessId and its drops."""
+    collect = netns.popen(*PYPROBE, "collect", "--port", "4739", "--json", "--timeout", "30",
+                          log=tmp_path / "collect.json")
+    until(lambda: netns.udp_bound(4739), "pyprobe collect did not bind")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:4739",
+                  "--statistics-interval", "1", "--template-refresh", "1",
+                  "--buffer-size", str(1 << 20), "--log-level", "debug", workers=2)
+    workers = children(probe.process.pid)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    netns.replay(many_flows(tmp_path / "flows.pcap"), pps=200)  # 1.8 s: rings of 8 blocks fill
+    for pid in workers:
+        os.kill(pid, signal.SIGCONT)
+    warning = probe.wait_for(r"pyprobe WARNING dropped (\d+) packets since the last statistics: "
+                             r"(\d+) by the kernel \(the capture ring was full: raise "
+                             r"capture\.buffer_size, or capture\.workers\), 0 by the interface\n")
+    time.sleep(1.5)  # one more statistics line, and a template refresh with the records
+    probe.stop()
+    collect.send_signal(signal.SIGINT)
+    assert collect.wait(timeout=10) == 0
+    log = probe.text()
+    dropped = int(warning[1])
+    assert int(warning[2]) == dropped > 0
+    assert not re.search(r"pyprobe/\d INFO statistics", log)
+    lines = re.findall(r"([\d-]+ [\d:]+,\d+) pyprobe INFO statistics: captured (\d+) frames, "
+                       r"dropped (\d+) by the kernel and 0 by the interface; read (\d+),", log)
+    times = [datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f") for stamp, *_ in lines]
+    assert len(lines) >= 3  # and one a second, not one a worker:
+    assert min((b - a).total_seconds() for a, b in zip(times, times[1:])) > 0.9
+    captured, kernel, read = map(int, lines[-1][1:])
+    assert (captured, kernel, read) == (360, dropped, 360 - dropped)
+    assert re.search(rf"pyprobe INFO stopped: captured 360 frames, dropped {dropped} by the "
+                     rf"kernel and 0 by the interface; read {360 - dropped}, ", log), log
+    statistics = [r["fields"] for r in records(tmp_path / "collect.json")
+                  if r["template_id"] == 65400]
+    final = {s["exportingProcessId"]: s for s in statistics}  # each process's last record
+    assert sorted(final) == [0, 1]
+    assert sum(s["ignoredLayer2FrameTotalCount"] for s in final.values()) == dropped
+    assert sum(s["layer2FrameTotalCount"] for s in final.values()) == 360
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gen_synth.py's capture of about 100,000 frames in 1,000 flows (3 % of them jumbo
+    frames): the records of the flows live at the end, sent at once, fit in nfcapd's socket
+    (net.core.rmem_max, 208 KiB by default, caps it)."""
+    path = tmp_path_factory.mktemp("synthetic") / "synth.pcap"
+    subprocess.run([sys.executable, str(require(GEN_SYNTH)), "--packets", "100000", "--flows",
+                    "1000", str(path)], check=True, capture_output=True, timeout=300)
+    return path
+
+
+def stopped(log: str) -> dict[str, int]:
+    """The counters of the sensor's last `stopped:` line."""
+    found = re.findall(r"pyprobe INFO stopped: captured (\d+) frames, dropped (\d+) by the "
+                       r"kernel and (\d+) by the interface; read (\d+), skipped (\d+);", log)
+    assert found, log
+    return dict(zip(("captured", "kernel", "interface", "read", "skipped"), map(int, found[-1])))
+
+
+def test_the_default_configuration_loses_nothing_at_20_kpps(netns: Namespace, tmp_path: Path,
+                                                            synthetic: Path) -> None:
+    """`pyprobe run --interface va --collector ...`, nothing else (nDPI, one worker per CPU):
+    the synthetic capture at 20,000 packets/s reaches nfcapd whole, flow by flow."""
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055", workers=None,
+                  dpi=True)
+    netns.replay(synthetic, pps=20_000)
+    probe.stop()
+    frames = sum(packets for packets, _ in expected(synthetic).values())
+    assert stopped(probe.text()) == {"captured": frames, "kernel": 0, "interface": 0,
+                                     "read": frames, "skipped": 0}
+    assert nfcapd.stop() == expected(synthetic)
+
+
+def test_workers_that_start_amid_traffic_meter_each_packet_once(
+        netns: Namespace, tmp_path: Path, synthetic: Path) -> None:
+    """Each worker's socket gets every packet until it joins the fanout group: what came
+    before all had joined is left out, so no packet is metered twice and no flow is split.
+    Stopped while the traffic goes on, they have read every frame they counted."""
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    sender = netns.popen("tcpreplay", "--preload-pcap", "--timer=nano", "--pps", "5000",
+                         "--pps-multi", "5", "-i", "vb", str(synthetic),
+                         log=tmp_path / "tcpreplay.log")
+    time.sleep(1)  # the traffic has begun
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055", workers=2)
+    time.sleep(2)
+    probe.stop()
+    sender.send_signal(signal.SIGINT)
+    sender.wait(timeout=10)
+    counters = stopped(probe.text())
+    totals = nfcapd.stop()
+    truth = expected(synthetic)
+    assert counters["kernel"] == 0 and counters["read"] > 5_000
+    assert counters["captured"] == counters["read"]
+    assert sum(packets for packets, _ in totals.values()) == counters["read"]
+    assert all(totals[key][0] <= truth[key][0] for key in totals)  # none twice
+    exporters = nfcapd.exporters()
+    assert all(len(seen) == 1 for seen in exporters.values())
+
+
+def test_fanout_balances_the_bench_capture_and_keeps_each_flow_whole(
+        netns: Namespace, tmp_path: Path) -> None:
+    """The bench capture played live to two workers: each flow, both ways, is metered by one;
+    flows and packets are shared within 10 % (the hash has no key: its shares are the same on
+    every machine)."""
+    bench = require(BENCH_PCAP)
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    probe = Probe(netns, tmp_path / "probe.log", "--collector", "127.0.0.1:2055",
+                  "--idle-timeout", "1", "--log-level", "debug", workers=2)
+    netns.replay(bench, pps=20_000)
+    time.sleep(2)  # its flows end and go out as the traffic ends, not at once at SIGTERM
+    probe.stop()
+    totals = nfcapd.stop()
+    log = probe.text()
+    counters = stopped(log)
+    assert counters["kernel"] == 0
+    assert sum(packets for packets, _ in totals.values()) == counters["read"] - counters["skipped"]
+    exporters = nfcapd.exporters()
+    assert len(exporters) > 7_000 and all(len(seen) == 1 for seen in exporters.values())
+    ended = [int(re.search(rf"pyprobe/{index} DEBUG stopped: .* ended (\d+);", log)[1])
+             for index in range(2)]
+    assert abs(ended[0] - ended[1]) <= 0.1 * sum(ended) / 2, ended
+    read = [int(re.search(rf"pyprobe/{index} DEBUG stopped: .* read (\d+),", log)[1])
+            for index in range(2)]
+    assert abs(read[0] - read[1]) <= 0.1 * sum(read) / 2, read
+
+
+def test_a_reload_leaves_out_the_datagrams_to_the_new_collectors(netns: Namespace,
+                                                                 tmp_path: Path) -> None:
+    """SIGHUP with a collector added: the capture's filter leaves out its datagrams too."""
+    config = tmp_path / "sensor.yaml"
+    settings = ("capture: {interface: lo}\ndpi: {enabled: false}\ncache: {idle_timeout: 1}\n"
+                "collectors:\n  - {host: 127.0.0.1, port: 2055, template_refresh: 0.2}\n")
+    config.write_text(settings)
+    nfcapd = Nfcapd(netns, 2055, tmp_path / "flows")
+    listener = netns.popen(*PYPROBE, "collect", "--port", "2057", "--timeout", "30",
+                           log=tmp_path / "2057.log")
+    until(lambda: netns.udp_bound(2057), "pyprobe collect did not bind 2057")
+    probe = Probe(netns, tmp_path / "probe.log", "-c", str(config), interface="lo")
+    config.write_text(settings + "  - {host: 127.0.0.1, port: 2057, template_refresh: 0.2}\n")
+    probe.process.send_signal(signal.SIGHUP)
+    probe.wait_for(r"INFO reloaded: exporting to 127\.0\.0\.1:2055 \(ipfix\), "
+                   r"127\.0\.0\.1:2057 \(ipfix\)")
+    time.sleep(2)  # templates and statistics to both, every 0.2 s or so
+    probe.stop()
+    listener.send_signal(signal.SIGINT)
+    assert listener.wait(timeout=10) == 0
+    assert (tmp_path / "2057.log").read_text().count(" template 65400: ") >= 2  # they went out
+    assert nfcapd.stop() == {}  # and none was metered
+    assert re.search(r"INFO stopped: captured 0 frames", probe.text())
+
+
+def test_the_exports_left_out_are_udp_to_collectors_and_tcp_with_ntopng() -> None:
+    """IPFIX and NetFlow v9: datagrams to the collector; ntopng: the connection both ways, to
+    its address (probe mode) or on the ports the workers bind (one each)."""
+    config = load_config(None, {"capture.interface": "lo", "capture.workers": 3, "collectors": [
+        {"host": "127.0.0.1", "port": 2055}, {"host": "::1", "port": 4739, "protocol": "netflow9"},
+        {"host": "127.0.0.1", "port": 5556, "protocol": "zmq", "zmq_probe_mode": True},
+        {"host": "*", "port": 5557, "protocol": "zmq"}]})
+    assert exports_filter(config) == (
+        "(udp and dst host 127.0.0.1 and dst port 2055) or (udp and dst host ::1 and dst port "
+        "4739) or (tcp and host 127.0.0.1 and port 5556) or (tcp and portrange 5557-5559)")
+    assert capture_filter(config, "tcp") == f"not ({exports_filter(config)}) and (tcp)"
+    check_capture(config)  # it compiles
+    assert capture_filter(replace(config, capture=replace(config.capture, exclude_exports=False)),
+                          "tcp") == "tcp"

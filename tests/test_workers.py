@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from nfdump import Nfcapd, summary, uniflows
 from pyprobe import FlowStream
 from pyprobe.capture import PcapSource
 from pyprobe.errors import PyprobeError
-from pyprobe.workers import RELAYED, run_sharded, worker_filters
+from pyprobe.workers import RELAYED, Rendezvous, run_sharded, worker_filters
 
 
 def per_direction(stream: FlowStream) -> Counter:
@@ -92,7 +91,7 @@ def test_filters_that_move_offsets_are_refused() -> None:
 def test_run_sharded_returns_each_workers_result_in_order() -> None:
     path = require(BENCH_PCAP)
 
-    def decoded(index: int, share: str | None, end_clock: object) -> tuple[int, int]:
+    def decoded(index: int, share: str | None, rendezvous: Rendezvous) -> tuple[int, int]:
         stream = FlowStream(str(path), dpi=False, bpf_filter=share)
         return index, sum(flow.bidirectional_packets for flow in stream)
 
@@ -102,10 +101,10 @@ def test_run_sharded_returns_each_workers_result_in_order() -> None:
 
 
 def test_run_sharded_reports_a_failing_worker() -> None:
-    def fails(index: int, share: str | None, end_clock: Callable[[int], int]) -> None:
+    def fails(index: int, share: str | None, rendezvous: Rendezvous) -> None:
         if index == 1:
             raise ValueError("no such thing")
-        end_clock(0)  # the others do not wait for the failed one
+        rendezvous.end_clock(0)  # the others do not wait for the failed one
 
     with pytest.raises(PyprobeError, match="^worker 0: stopped: another worker failed; "
                                            "worker 1: ValueError: no such thing$"):
@@ -113,15 +112,15 @@ def test_run_sharded_reports_a_failing_worker() -> None:
 
 
 def test_workers_end_the_capture_at_the_latest_clock() -> None:
-    def clock(index: int, share: str | None, end_clock: Callable[[int], int]) -> int:
-        return end_clock(1000 + index)
+    def clock(index: int, share: str | None, rendezvous: Rendezvous) -> int:
+        return rendezvous.end_clock(1000 + index)
 
     assert run_sharded(3, 1, None, clock) == [1002, 1002, 1002]
 
 
 def test_live_workers_get_the_signals_of_the_parent() -> None:
     """Worker 1 signals the parent; both workers get each signal (blocked until they wait)."""
-    def signals(index: int, share: str | None, end_clock: object) -> list[str]:
+    def signals(index: int, share: str | None, rendezvous: Rendezvous) -> list[str]:
         received = []
         for signum in (signal.SIGHUP, signal.SIGTERM):
             if index == 1:
@@ -133,7 +132,7 @@ def test_live_workers_get_the_signals_of_the_parent() -> None:
 
 
 def test_a_failed_live_worker_makes_the_parent_stop_the_others() -> None:
-    def fails(index: int, share: str | None, end_clock: object) -> None:
+    def fails(index: int, share: str | None, rendezvous: Rendezvous) -> None:
         if index == 1:
             raise ValueError("no such thing")
         received = signal.sigtimedwait(RELAYED, 10)
