@@ -22,15 +22,20 @@ apt:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py pyprobe/_frame.h pyprobe/_fastdecode.c pyprobe/_fastcache.c
+# The compiled modules: each .pxd and the .py beside it (setup.py compiles those with Cython).
+COMPILED := $(shell find pyprobe -name '*.pxd') $(patsubst %.pxd,%.py,$(shell find pyprobe -name '*.pxd'))
+
+$(VENV)/.installed: pyproject.toml setup.py $(COMPILED)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(NFSTREAM)
 	touch $@
 
+# The suite twice: on the compiled modules, then on the same source run pure (PYPROBE_PURE=1).
 test: setup
 	$(PY) -m pytest -q
+	PYPROBE_PURE=1 $(PY) -m pytest -q
 
 # Replays PCAP into a local nfcapd (IPFIX; PROTOCOL=netflow9 for v9) and prints what it stored.
 run: setup
@@ -56,3 +61,4 @@ live: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+	find pyprobe -name "*.so" -delete

@@ -1,8 +1,25 @@
-"""The compiled decode and flow-cache fast paths; everything else is in pyproject.toml (setuptools
+"""The compiled modules: Cython compiles pyprobe's own Python source (pure-Python mode) wherever
+a module has a .pxd beside it, the file that types it. Without Cython or a C compiler pyprobe
+installs and runs as the same source, pure. Everything else is in pyproject.toml (setuptools
 < 74.1 reads extension modules only from here)."""
+from pathlib import Path
+
 from setuptools import Extension, setup
 
-# optional: without a compiler pyprobe still installs, and decodes and counts in pure Python.
-setup(ext_modules=[Extension(f"pyprobe.{name}", [f"pyprobe/{name}.c"],
-                             depends=["pyprobe/_frame.h"], optional=True)
-                   for name in ("_fastdecode", "_fastcache")])
+DIRECTIVES = {"language_level": 3, "annotation_typing": False}
+"""The .py annotations are documentation: only the .pxd types a compiled module."""
+
+
+def extensions() -> list[Extension]:
+    """One optional extension per pyprobe/**/*.py that has a .pxd beside it."""
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    sources = sorted(pxd.with_suffix(".py") for pxd in Path("pyprobe").rglob("*.pxd"))
+    return cythonize([Extension(".".join(source.with_suffix("").parts), [str(source)],
+                                optional=True) for source in sources],
+                     compiler_directives=DIRECTIVES, build_dir="build/cython", quiet=True)
+
+
+setup(ext_modules=extensions())

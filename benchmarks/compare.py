@@ -1,4 +1,5 @@
-"""Side-by-side replay speed: pyprobe (nDPI on and off) against nfstream 6.6.0 and softflowd.
+"""Side-by-side replay speed: pyprobe (nDPI on and off) against nfstream 6.6.0, ndpiReader and
+softflowd.
 
     .venv/bin/python benchmarks/compare.py [--repeat N] [--synth-packets N] [FILE ...]
 
@@ -11,6 +12,8 @@ each row is the median of `--repeat` runs:
   nfstream's import loads it) to its last datagram;
 - nfstream: `NFStreamer(source=FILE, statistical_analysis=False)` iterated to the end, timed the
   same way, from its own venv (benchmarks/.venv-nfstream, made once with pip);
+- ndpiReader: nDPI's own C reader, one thread (`../shared/tools/ndpiReader -i FILE -n 1`), at
+  the "nDPI throughput" it reports (its reading and classifying, without its start-up);
 - softflowd: `softflowd -r FILE -n 127.0.0.1:PORT -v 10 -d -m 524288` (IPFIX, no DPI), timed
   from outside (a C program's start-up is a few ms).
 
@@ -34,6 +37,7 @@ from typing import NamedTuple
 from replay import SHARED, synthetic_capture
 
 HERE = Path(__file__).resolve().parent
+NDPI_READER = SHARED / "tools" / "ndpiReader"
 ROOT = HERE.parent
 NFSTREAM_VENV = HERE / ".venv-nfstream"
 MAX_FLOWS = 524_288
@@ -105,6 +109,18 @@ def run_tool(tool: str, path: Path, sink: tuple[str, int]) -> Run:
         flows = int(re.search(r"Flows exported: (\d+)", output).group(1))
         packets = sum(int(n) for n in re.findall(r"^\s+\w+ \(\d+\):\s+\d+\s+(\d+)", output, re.M))
         return Run(packets, flows, seconds, usage.ru_maxrss)
+    if tool == "ndpiReader":
+        process = subprocess.Popen([str(NDPI_READER), "-i", str(path), "-n", "1"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        if status:
+            raise RuntimeError(f"ndpiReader failed: {output.strip()[-500:]}")
+        rate, unit = re.search(r"nDPI throughput:\s+([\d.]+) ([KM]?) ?pps", output).groups()
+        packets = int(re.search(r"of (\d+) packets total", output).group(1))
+        flows = int(re.search(r"Unique flows:\s+(\d+)", output).group(1))
+        pps = float(rate) * {"": 1, "K": 1e3, "M": 1e6}[unit]
+        return Run(packets, flows, packets / pps, usage.ru_maxrss)
     if tool == "nfstream":
         command = [str(nfstream_python()), "-c", NFSTREAM_RUNNER, str(path)]
     else:
@@ -123,7 +139,7 @@ def run_tool(tool: str, path: Path, sink: tuple[str, int]) -> Run:
 
 TOOL_FLAGS = {"pyprobe": [], "pyprobe (no DPI)": ["--no-dpi"],
               "pyprobe (2 workers)": ["--workers", "2"]}
-TOOLS = (*TOOL_FLAGS, "nfstream", "softflowd")
+TOOLS = (*TOOL_FLAGS, "nfstream", "ndpiReader", "softflowd")
 
 
 def main() -> None:
@@ -141,7 +157,7 @@ def main() -> None:
     sink_socket.bind(("127.0.0.1", 0))
     sink = sink_socket.getsockname()
     print(f"{'capture':<28} {'tool':<19} {'packets':>9} {'flows':>8} {'packets/s':>10} "
-          f"{'flows/s':>9} {'peak RSS':>9} {'vs nfstream':>11}")
+          f"{'flows/s':>9} {'peak RSS':>9} {'vs nfstream':>11} {'vs ndpiReader':>13}")
     for path in files:
         if not path.exists():
             print(f"{path.name:<28} absent, skipped")
@@ -154,10 +170,12 @@ def main() -> None:
                  for tool, rs in runs.items()}
         for tool, rs in runs.items():
             seconds = statistics.median(r.seconds for r in rs)
-            ratio = f"{rates[tool] / rates['nfstream']:.2f}x" if "nfstream" in rates else "-"
+            ratios = [f"{rates[tool] / rates[other]:.2f}x" if other in rates else "-"
+                      for other in ("nfstream", "ndpiReader")]
             print(f"{path.name:<28} {tool:<19} {rs[0].packets:>9} {rs[0].flows:>8} "
                   f"{rates[tool]:>10,.0f} {rs[0].flows / seconds:>9,.0f} "
-                  f"{max(r.peak_rss_kib for r in rs) / 1024:>6.0f} MiB {ratio:>11}", flush=True)
+                  f"{max(r.peak_rss_kib for r in rs) / 1024:>6.0f} MiB {ratios[0]:>11} "
+                  f"{ratios[1]:>13}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,11 @@ head and stops at the first live flow (bounded work). Rules, with IANA flowEndRe
 Expired flows are appended to `expired`, which the caller empties or replaces.
 
 A classifier (nDPI) sees a flow's packets only while its `classifier_state` is set; plugins see
-every packet. `add` and `count` are the reference. Where `_fastcache.c` was built at install,
-`count` has a compiled form, and so has `add` for most packets (`adder()`): a later packet of a
-live flow that no deadline ends, or the first of a new flow, is metered in C, then handed to the
-classifier and plugins, if any, as `add` does; without plugins, nDPI gets them from C too
-(`NdpiClassifier.inspector`). The scan for idle flows a packet makes due runs first, in Python.
-`frame_meter()` also parses such a packet's Ethernet frame in C, making no Packet unless a
-classifier or plugin needs it, and `feeder()` runs the loop around it in C. `compiled=False`
-keeps them all in Python.
+every packet. `feed` is the meter loop: it decodes a capture's frames and adds their packets until
+its caller has a batch of expired flows to hand out (BATCH_FLOWS of them, or a second of packet
+time: a storm of new flows evicts one a packet). Closing flows count against `max_flows`. Where
+pyprobe was compiled (cache.pxd), all of this runs as C, with the flows' counters as C integers
+(flow.py says within which bounds; times past LAST_MS are read as LAST_MS).
 
 >>> from pyprobe.flow import Packet
 >>> cache = FlowCache(idle_timeout_s=30)
@@ -37,40 +34,38 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from .flow import FLAG_INCREMENT, NO_MINIMUM, TH_FIN, TH_RST, Direction, EndReason, Flow, Packet
+from .flow import TH_FIN, TH_RST, Direction, EndReason, Flow, Packet, add_square, count_flags
 
 if TYPE_CHECKING:
     from .decode import Decoder
-
-try:
-    from . import _fastcache
-except ImportError:  # built at install only where a C compiler is (setup.py: optional)
-    _fastcache = None
-COMPILED = _fastcache is not None
-"""Whether the compiled per-packet path (_fastcache.c) is built."""
 
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
 BATCH_FLOWS = 256
 """Expired flows that make a batch due before the clock does: handed out together, they fill
 export messages and cost the caller's loop one pass (a storm evicts a flow per packet)."""
 CLOSE_FLAGS = TH_FIN | TH_RST  # a packet with one of these may start the close linger
-KEY_TAIL = struct.Struct("!HHBH").pack
-"""The flow key after its two addresses (lower first): ports (in the same order), protocol,
-VLAN id. One bytes object hashes and compares faster than a tuple of six."""
+KEYS = {size: struct.Struct(f"!{size}s{size}sHHBH").pack for size in (4, 16)}
+"""The flow key by address size: the two addresses (lower first), ports (in the same order),
+protocol, VLAN id. One bytes object hashes and compares faster than a tuple of six."""
 IDLE_TIMEOUT = EndReason.IDLE_TIMEOUT
 ACTIVE_TIMEOUT = EndReason.ACTIVE_TIMEOUT
 END_OF_FLOW = EndReason.END_OF_FLOW
 FORCED_END = EndReason.FORCED_END
 LACK_OF_RESOURCES = EndReason.LACK_OF_RESOURCES
+NS_PER_MS = 1_000_000
+LAST_MS = 1 << 62  # the latest time the meter keeps (146 million years): later times are this
+LAST_NS = LAST_MS * NS_PER_MS
+MAX_TIMEOUT_MS = 1 << 61  # longer timeouts are this (66 million years): deadlines stay in int64
 
 
 def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, flags: int) -> bool:
     """Counts a flow's later packet; False, with only the flow counted, for the first reply."""
     piat = time_ms - flow.last_seen_ms
     flow.last_seen_ms = time_ms
-    flow.sum_sq_piat_ms += piat * piat
+    flow.sum_sq_piat_ms = add_square(flow.sum_sq_piat_ms, piat)
     if piat < flow.low_piat_ms:
         flow.low_piat_ms = piat
     if piat > flow.max_piat_ms:
@@ -80,14 +75,14 @@ def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, fla
         return False
     direction.packets += 1
     direction.bytes += size
-    direction.sum_sq_ps += size * size
+    direction.sum_sq_ps = add_square(direction.sum_sq_ps, size)
     if size < direction.min_ps:
         direction.min_ps = size
     elif size > direction.max_ps:
         direction.max_ps = size
     piat = time_ms - direction.last_seen_ms
     direction.last_seen_ms = time_ms
-    direction.sum_sq_piat_ms += piat * piat
+    direction.sum_sq_piat_ms = add_square(direction.sum_sq_piat_ms, piat)
     if piat < direction.low_piat_ms:
         direction.low_piat_ms = piat
     if piat > direction.max_piat_ms:
@@ -97,14 +92,14 @@ def count(flow: Flow, src_is_first: bool, time_ms: int, size: int, ttl: int, fla
     elif ttl > direction.max_ttl:
         direction.max_ttl = ttl
     if flags:
-        direction.tcp_flags |= flags
-        direction.flag_counts += FLAG_INCREMENT[flags]
+        count_flags(direction, flags)
     return True
 
 
-compiled_count = (_fastcache.counter(Flow, Direction, FLAG_INCREMENT, NO_MINIMUM, count)
-                  if COMPILED else None)
-"""`count` compiled for Flow and Direction; past int64 it hands the packet to `count`."""
+def wrapped_ms(ts_ns: int, time_wrap_ns: int) -> int:
+    """The millisecond of a capture's odd `ts_ns`: a negative one is ts_ns + `time_wrap_ns`,
+    the time libpcap could not report; the result is kept within 0 .. LAST_MS."""
+    return min(max((ts_ns + time_wrap_ns if ts_ns < 0 else ts_ns) // NS_PER_MS, 0), LAST_MS)
 
 
 class Plugin(Protocol):
@@ -125,15 +120,14 @@ class FlowCache:
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
                  "classifier", "plugins", "now_ms", "started_ms", "expired", "flows_created",
-                 "_flows", "_closing", "_next_scan_ms", "compiled", "_count", "_hooks")
+                 "_flows", "_closing", "_next_scan_ms", "_hooks")
 
     def __init__(self, *, idle_timeout_s: float = 30, active_timeout_s: float = 120,
                  max_flows: int = 524_288, close_linger_s: float = 2,
-                 classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = (),
-                 compiled: bool = True) -> None:
-        self.idle_timeout_ms = round(idle_timeout_s * 1000)
-        self.active_timeout_ms = round(active_timeout_s * 1000)
-        self.close_linger_ms = round(close_linger_s * 1000)
+                 classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = ()) -> None:
+        self.idle_timeout_ms = min(round(idle_timeout_s * 1000), MAX_TIMEOUT_MS)
+        self.active_timeout_ms = min(round(active_timeout_s * 1000), MAX_TIMEOUT_MS)
+        self.close_linger_ms = min(round(close_linger_s * 1000), MAX_TIMEOUT_MS)
         self.max_flows = max_flows
         self.classifier = classifier
         """Runs before the plugins; its on_update and on_expire only while the flow's
@@ -149,61 +143,67 @@ class FlowCache:
         """The live flows that are closing, by key, in end_by_ms order (the linger is constant):
         a flow that ends otherwise leaves it, so it never holds more than the live flows."""
         self._next_scan_ms = 0
-        self.compiled = compiled and COMPILED
-        """Whether packets are counted by the compiled `count` (`compiled=False`: pure Python)."""
-        self._count = compiled_count if self.compiled else count
 
     def __len__(self) -> int:
         return len(self._flows)
 
-    def adder(self) -> Callable[[Packet], None]:
-        """`add` for hot loops: compiled for the common packet when it is built, else `add`."""
-        if not self.compiled:
-            return self.add
-        inspector = getattr(self.classifier, "inspector", None)  # nDPI's: called from C
-        return _fastcache.adder(self, compiled_count, self.add, self._update, self._started,
-                                self._scan, self._evict, inspector and inspector())
-
-    def frame_meter(self, decoder: Decoder) -> Callable[[int, bytes], None]:
-        """meter(time_ms, frame): `decoder.decode`, then `add` the packet if there is one. With
-        both compiled, the common Ethernet frame is metered in C without making its Packet."""
-        add, decode = self.adder(), decoder.decode
-        if self.compiled and decoder.compiled:
-            return _fastcache.frame_meter(add, decode)
-
-        def meter(time_ms: int, frame: bytes) -> None:
-            packet = decode(time_ms, frame)
-            if packet is not None:
-                add(packet)
-        return meter
-
     def feeder(self, decoder: Decoder, time_wrap_ns: int = 0
                ) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
-        """feed(frames, tick_ms, limit) -> (read, tick): the meter loop. Meters the (ts_ns, frame)
-        pairs of the iterator `frames` (frame_meter()) until a batch is due (BATCH_FLOWS flows
-        expired, or the clock at `tick_ms`), `limit` frames are read, or `frames` ends; a live capture's
-        tick, (ts_ns, None), stops it too, its ts_ns returned. A negative ts_ns is read as
-        ts_ns + `time_wrap_ns` (the capture's: PcapSource.time_wrap_ns). In C where the meter is."""
-        meter = self.frame_meter(decoder)
-        if self.compiled and decoder.compiled:
-            return _fastcache.feeder(meter, time_wrap_ns, BATCH_FLOWS)
+        """feed(frames, tick_ms, limit) with `decoder` and `time_wrap_ns` bound: the meter loop
+        of one capture."""
+        return partial(self.feed, decoder, time_wrap_ns)
 
-        def feed(frames: Iterator, tick_ms: int, limit: int) -> tuple[int, int | None]:
-            read = 0
-            for ts_ns, frame in frames:
-                if frame is None:
-                    return read, ts_ns
-                read += 1
-                meter((ts_ns + time_wrap_ns if ts_ns < 0 else ts_ns) // 1_000_000, frame)
-                if read >= limit or len(self.expired) >= BATCH_FLOWS or self.now_ms >= tick_ms:
-                    break
-            return read, None
-        return feed
+    def feed(self, decoder: Decoder, time_wrap_ns: int, frames: Iterator, tick_ms: int,
+             limit: int) -> tuple[int, int | None]:
+        """Decodes the (ts_ns, frame) pairs of the iterator `frames` and adds their packets until
+        a batch is due (BATCH_FLOWS flows expired, or the clock at `tick_ms`), `limit` frames
+        are read, or `frames` ends; a live capture's tick, (ts_ns, None), stops it too. Returns
+        (frames read, the tick's ts_ns or None). A negative ts_ns is read as ts_ns +
+        `time_wrap_ns` (the capture's: PcapSource.time_wrap_ns). The frames `decoder.parse`
+        reads are metered from its fields, their Packet made only for a classifier or plugin."""
+        read = 0
+        for stamp, frame in frames:
+            if frame is None:
+                return read, stamp
+            read += 1
+            if 0 <= stamp < LAST_NS:
+                time_ms = stamp // NS_PER_MS
+            else:
+                time_ms = wrapped_ms(stamp, time_wrap_ns)
+            if decoder.parse(frame):
+                # compiled, `octets` is the frame as a C pointer: a slice of it is one bytes
+                octets, at, size = frame, decoder.src_at, decoder.address_size
+                self._meter(time_ms, octets[at:at + size], octets[at + size:at + 2 * size],
+                            decoder.src_port, decoder.dst_port, decoder.protocol,
+                            decoder.vlan_id, decoder.size, decoder.ttl, decoder.tos,
+                            decoder.flags, 0, 0, None, decoder, frame)
+            else:
+                packet = decoder.decode(time_ms, frame)
+                if packet is not None:
+                    self.add(packet)
+            if read >= limit or self.batch_due(tick_ms):
+                break
+        return read, None
+
+    def batch_due(self, tick_ms: int) -> bool:
+        """Whether the caller has a batch to hand out: BATCH_FLOWS flows expired, or the clock
+        at `tick_ms`."""
+        return len(self.expired) >= BATCH_FLOWS or self.now_ms >= tick_ms
 
     def add(self, packet: Packet) -> None:
         """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
         (time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos, flags,
          icmp_type_code, tunnel_id, _, _) = packet
+        self._meter(time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos,
+                    flags, icmp_type_code, tunnel_id, packet, None, None)
+
+    def _meter(self, time_ms: int, src: bytes, dst: bytes, src_port: int, dst_port: int,
+               protocol: int, vlan_id: int, size: int, ttl: int, tos: int, flags: int,
+               icmp_type_code: int, tunnel_id: int, packet: Packet | None,
+               decoder: Decoder | None, frame: bytes | None) -> None:
+        """`add`, from a packet's values. A packet of None stands for the frame `decoder`
+        parsed: its Packet is made only for a hook."""
+        packet_ms = time_ms  # the time of a Packet made below: its own, not the clock's
         if time_ms > self.now_ms:
             self.now_ms = time_ms
             if time_ms >= self._next_scan_ms:
@@ -211,10 +211,10 @@ class FlowCache:
         else:
             time_ms = self.now_ms
         if src < dst or (src == dst and src_port <= dst_port):
-            key = src + dst + KEY_TAIL(src_port, dst_port, protocol, vlan_id)
+            key = KEYS[len(src)](src, dst, src_port, dst_port, protocol, vlan_id)
             src_is_first = True
         else:
-            key = dst + src + KEY_TAIL(dst_port, src_port, protocol, vlan_id)
+            key = KEYS[len(src)](dst, src, dst_port, src_port, protocol, vlan_id)
             src_is_first = False
         flows = self._flows
         flow = flows.get(key)
@@ -222,24 +222,30 @@ class FlowCache:
             if time_ms - flow.last_seen_ms >= self.idle_timeout_ms or time_ms >= flow.end_by_ms:
                 self._end(flow, self._due_reason(flow))
             else:
-                if not self._count(flow, src_is_first, time_ms, size, ttl, flags):
+                if not count(flow, src_is_first, time_ms, size, ttl, flags):
                     flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
                                              tunnel_id)  # the first reply
                 if flags & CLOSE_FLAGS and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)
                 if flow.classifier_state is not None or self.plugins:
+                    if packet is None:
+                        packet = decoder.packet(packet_ms, frame)
                     self._update(packet, flow)
                 return
         if len(flows) >= self.max_flows:
             self._evict(time_ms)
         self.flows_created += 1
-        flow = Flow(self.flows_created, key, src_is_first, packet, time_ms,
+        flow = Flow(self.flows_created, key, src_is_first,
+                    (src, dst, src_port, dst_port, protocol, vlan_id),
+                    Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id),
                     time_ms + self.active_timeout_ms)
         flows[key] = flow
         if flags & CLOSE_FLAGS:
             self._check_close(flow, flags, time_ms)
         if self._hooks:
+            if packet is None:
+                packet = decoder.packet(packet_ms, frame)
             self._started(packet, flow)
 
     def _scan(self, time_ms: int) -> None:

@@ -7,19 +7,17 @@ guess; a flow that ends before either gets that guess too. Then the labels are s
 `DpiInfo`) and the buffer is freed at once, so only flows still under inspection hold nDPI state.
 
 As `FlowCache(classifier=...)` (what `FlowStream(dpi=True)` makes) it is handed a flow's packets
-only while the flow holds that buffer (by the compiled meter, from C: see `inspector`); it works
-as a plain plugin too, seeing every packet. Each classifier makes a detection module of its own
-(about 10 MiB and 60 ms) unless it is given one: nDPI's caches learn from the flows a module
-sees, so two FlowStreams over one capture give the same labels only with modules of their own.
+only while the flow holds that buffer; it works as a plain plugin too, seeing every packet. Each
+classifier makes a detection module of its own (about 10 MiB and 60 ms) unless it is given one:
+nDPI's caches learn from the flows a module sees, so two FlowStreams over one capture give the
+same labels only with modules of their own.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from .flow import DPI_JSON, DpiInfo, Flow, Packet
-from .ndpi import (ADDRESS, NDPI, PROTOCOL_OFFSETS, PROTOCOL_SIZE, Confidence, NDPIFlow, State,
-                   ffi, protocol_id)
+from .ndpi import NDPI, Confidence, NDPIFlow, State, protocol_id
 
 N_DISSECTIONS = 20  # nfstream's default budget of packets per flow
 GUESSED = frozenset((Confidence.MATCH_BY_PORT, Confidence.MATCH_BY_IP))
@@ -58,22 +56,6 @@ SERVER_NAME_SOURCES = (("tls", ("tls", "quic")), ("http", ("http",)), ("dns", ("
 """Which protocol's name the hostname is, by the first dpi2json block the flow has."""
 
 
-class Inspector(NamedTuple):
-    """What the compiled meter (_fastcache.c) needs to hand an inspected flow's packets to nDPI
-    itself, as NdpiClassifier.on_update does; the fields in the C side's order."""
-
-    process_packet: int  # where ndpi_detection_process_packet is
-    module: int  # where the detection module is
-    protocol: int  # where an ndpi_protocol is, for the last result before `finish`
-    protocol_size: int
-    state_offset: int  # of ndpi_protocol.state
-    classified: int  # NDPI_STATE_CLASSIFIED
-    budget: int  # n_dissections
-    state_type: type  # NDPIFlow
-    start: Callable[[Flow], NDPIFlow | None]  # a new flow's state (None: not inspected)
-    finish: Callable[[Flow, NDPIFlow], None]  # once nDPI has classified or the budget is spent
-
-
 NO_METADATA: dict[str, Any] = {}
 """The metadata of a flow without any (shared, never written)."""
 
@@ -87,8 +69,7 @@ class NdpiClassifier:
     """
 
     __slots__ = ("n_dissections", "report", "ndpi", "flow_budget", "flows", "packets",
-                 "giveups", "skipped", "_dissect", "_labels", "_protocol", "_tokens",
-                 "_tokens_ms")
+                 "giveups", "skipped", "_dissect", "_labels", "_tokens", "_tokens_ms")
 
     def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None,
                  report: bool = False, flow_budget: int = 0) -> None:
@@ -106,7 +87,6 @@ class NdpiClassifier:
         self._dissect = self.ndpi.dissect
         self._labels: dict[tuple[int, int, int, int], tuple] = {}
         """DpiInfo's first fields, by (master, app, category, confidence): few values recur."""
-        self._protocol = ffi.new("ndpi_protocol *")  # the Inspector's
 
     def on_init(self, packet: Packet, flow: Flow) -> None:
         """Starts nDPI on the flow with its first packet, within the budget of new flows."""
@@ -118,25 +98,14 @@ class NdpiClassifier:
         metered it (the flow's last time: never before the clock, so never negative)."""
         state = flow.classifier_state
         if state is not None:
-            offset = packet.ip_offset
-            protocol = self._dissect(state, packet.frame[offset:offset + packet.ip_size],
-                                     flow.last_seen_ms)
+            frame, offset = packet.frame, packet.ip_offset
+            octets = frame  # compiled (classify.pxd), a C pointer: its slice is one bytes
+            end = min(offset + packet.ip_size, len(frame))  # never past the captured octets
+            protocol = self._dissect(state, octets[offset:end], flow.last_seen_ms)
             if protocol.state == CLASSIFIED:
                 self._label(flow, state, protocol)
             elif state.packets >= self.n_dissections:
                 self._give_up(flow, state)
-
-    def inspector(self) -> Inspector | None:
-        """How the compiled meter hands packets to nDPI for this classifier, with its module and
-        budget as they are now; None for a subclass with its own on_init or on_update, which
-        then see every packet."""
-        kind = type(self)
-        if (kind.on_init, kind.on_update) != (NdpiClassifier.on_init, NdpiClassifier.on_update):
-            return None
-        process_packet, module = self.ndpi.addresses
-        return Inspector(process_packet, module, int(ffi.cast(ADDRESS, self._protocol)),
-                         PROTOCOL_SIZE, PROTOCOL_OFFSETS["state"], int(CLASSIFIED),
-                         self.n_dissections, NDPIFlow, self._start, self._finish)
 
     def _start(self, flow: Flow) -> NDPIFlow | None:
         """The nDPI state of a new flow, set as its `classifier_state`; None (the flow counted
@@ -153,14 +122,6 @@ class NdpiClassifier:
             self._tokens = tokens - 1
         state = flow.classifier_state = NDPIFlow()
         return state
-
-    def _finish(self, flow: Flow, state: NDPIFlow) -> None:
-        """Labels a flow once the compiled meter has seen nDPI classify it or spend its budget."""
-        protocol = self._protocol[0]
-        if protocol.state == CLASSIFIED:
-            self._label(flow, state, protocol)
-        else:
-            self._give_up(flow, state)
 
     def on_expire(self, flow: Flow) -> None:
         """Takes nDPI's guess for a flow that ends under inspection."""

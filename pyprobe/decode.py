@@ -12,8 +12,8 @@ portless packet of its own flow (ports 0). A remembered datagram is forgotten af
 
 Tunnels are metered as their outer packet here; `tunnel.TunnelDecoder` opens them.
 
-Ethernet frames of the common shapes take a compiled fast path (`_fastdecode.c`) when it was built
-at install; this module's Python is its reference, forced with `Decoder(linktype, compiled=False)`.
+Ethernet frames of the common shapes take a fast path that reads them in one go; where pyprobe
+was compiled (decode.pxd), it reads the frame's octets in place.
 
 >>> import dpkt
 >>> frame = bytes(dpkt.ethernet.Ethernet(type=0x0800, data=dpkt.ip.IP(src=bytes([10, 0, 0, 1]),
@@ -29,13 +29,6 @@ from collections import Counter, OrderedDict
 
 from .errors import CaptureError
 from .flow import Packet
-
-try:
-    from . import _fastdecode
-except ImportError:  # built at install only where a C compiler is (setup.py: optional)
-    _fastdecode = None
-COMPILED = _fastdecode is not None
-"""Whether the compiled Ethernet fast path (_fastdecode.c) is built."""
 
 # Link-layer types (LINKTYPE_* / DLT_* numbers) this decoder reads.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family, host byte order
@@ -92,8 +85,6 @@ IPV6_FRAGMENT = struct.Struct("!B1xHI").unpack_from  # next header, offset/flags
 PORTS = struct.Struct("!HH").unpack_from  # source port, destination port
 TCP_PORTS_FLAGS = struct.Struct("!HH9xB").unpack_from  # ports, (seq, ack, offset), flags
 ICMP_TYPE_CODE = struct.Struct("!H").unpack_from  # type, code
-# The common frame in one read: Ethernet type and an IPv4 header right behind it.
-ETHERNET_IPV4 = struct.Struct("!12xHBBHHHBB2x4s4s").unpack_from
 
 FRAGMENT_TIMEOUT_MS = 30_000
 FRAGMENT_TABLE_SIZE = 65_536
@@ -109,11 +100,17 @@ TRUNCATED_TRANSPORT = "truncated transport header"
 
 
 class Decoder:
-    """Turns captured frames of one link type into `Packet`s, counting what it skips."""
+    """Turns captured frames of one link type into `Packet`s, counting what it skips.
 
-    __slots__ = ("linktype", "compiled", "decode", "skipped", "skipped_octets", "_fragments")
+    `parse(frame)` reads the frames of the common shapes into the decoder's own fields (`size`
+    to `address_size`) without making a Packet: the flow cache meters them from there.
+    """
 
-    def __init__(self, linktype: int, compiled: bool = True) -> None:
+    __slots__ = ("linktype", "decode", "skipped", "skipped_octets", "_fragments", "ethernet",
+                 "size", "protocol", "vlan_id", "ttl", "tos", "flags", "src_port", "dst_port",
+                 "ip_offset", "src_at", "address_size")
+
+    def __init__(self, linktype: int) -> None:
         link = {
             LINKTYPE_ETHERNET: self._ethernet, LINKTYPE_LINUX_SLL: self._linux_sll,
             LINKTYPE_LINUX_SLL2: self._linux_sll2, LINKTYPE_RAW: self._raw_ip,
@@ -123,16 +120,14 @@ class Decoder:
         if link is None:
             raise CaptureError(f"unsupported link type {linktype}")
         self.linktype = linktype
-        # The compiled path stands in for Decoder._ethernet only: a subclass's own is kept.
-        self.compiled = (compiled and COMPILED and linktype == LINKTYPE_ETHERNET
-                         and type(self)._ethernet is Decoder._ethernet)
-        """Whether `decode` is the compiled Ethernet fast path (`compiled=False`: pure Python)."""
-        self.decode = (_fastdecode.ethernet_decoder(Packet, self._ethernet_general)
-                       if self.compiled else link)
+        self.decode = link
         """decode(time_ms, frame) -> Packet | None"""
         self.skipped: Counter[str] = Counter()
         self.skipped_octets = 0
         self._fragments: OrderedDict[tuple, tuple[int, int, int, int]] = OrderedDict()
+        self.ethernet = linktype == LINKTYPE_ETHERNET
+        self.size = self.protocol = self.vlan_id = self.ttl = self.tos = self.flags = 0
+        self.src_port = self.dst_port = self.ip_offset = self.src_at = self.address_size = 0
 
     def _skip(self, reason: str, frame: bytes) -> None:
         self.skipped[reason] += 1
@@ -140,41 +135,68 @@ class Decoder:
 
     # Link layers: each finds the network header and hands it to _ethertype or _ip.
 
+    def parse(self, frame: bytes) -> bool:
+        """Reads an Ethernet frame of the fast paths' shapes into the fields: untagged or with
+        one VLAN tag, IPv4 without options or fragments or IPv6 without extension headers,
+        carrying TCP or UDP; False for any other frame, which `decode` takes the general way
+        (decoding these the same). Its addresses are `address_size` octets at `src_at`, then
+        the destination's; its IP header starts at `ip_offset`."""
+        # Read octet by octet, the constants spelt out: compiled, a module-level name would be
+        # read from the module and compared as an object.
+        if not self.ethernet or len(frame) < 54:  # room for Ethernet + IPv4 + TCP flags
+            return False
+        ethertype = frame[12] << 8 | frame[13]
+        ip = 14
+        vlan_id = 0
+        if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:  # VLAN_TPIDS
+            vlan_id = (frame[14] << 8 | frame[15]) & 0x0FFF
+            ethertype = frame[16] << 8 | frame[17]
+            ip = 18
+        if ethertype == 0x0800:  # ETH_P_IP
+            size = frame[ip + 2] << 8 | frame[ip + 3]
+            protocol = frame[ip + 9]
+            tcp = protocol == 6  # IPPROTO_TCP
+            if len(frame) < ip + 40 or frame[ip] != 0x45 or (
+                    frame[ip + 6] << 8 | frame[ip + 7]) & 0x3FFF or not (
+                    tcp and size >= 34 or protocol == 17 and size >= 24):  # 17: IPPROTO_UDP
+                return False
+            self.ttl, self.tos = frame[ip + 8], frame[ip + 1]
+            self.src_at, self.address_size = ip + 12, 4
+            l4 = ip + 20
+        elif ethertype == 0x86DD and frame[ip] >> 4 == 6:  # ETH_P_IPV6
+            payload = frame[ip + 4] << 8 | frame[ip + 5]
+            protocol = frame[ip + 6]
+            tcp = protocol == 6
+            if not (tcp and payload >= 14 and len(frame) >= ip + 54
+                    or protocol == 17 and payload >= 4 and len(frame) >= ip + 44):
+                return False
+            size = payload + 40
+            self.ttl, self.tos = frame[ip + 7], (frame[ip] & 0x0F) << 4 | frame[ip + 1] >> 4
+            self.src_at, self.address_size = ip + 8, 16
+            l4 = ip + 40
+        else:
+            return False
+        self.size, self.protocol, self.vlan_id, self.ip_offset = size, protocol, vlan_id, ip
+        self.src_port = frame[l4] << 8 | frame[l4 + 1]
+        self.dst_port = frame[l4 + 2] << 8 | frame[l4 + 3]
+        self.flags = frame[l4 + 13] if tcp else 0
+        return True
+
+    def packet(self, time_ms: int, frame: bytes) -> Packet:
+        """The Packet of the frame `parse` last read."""
+        octets, src_at, size = frame, self.src_at, self.address_size  # compiled: a C pointer
+        return _new_packet(Packet, (
+            time_ms, octets[src_at:src_at + size], octets[src_at + size:src_at + 2 * size],
+            self.src_port, self.dst_port, self.protocol, self.vlan_id, self.size, self.ttl,
+            self.tos, self.flags, 0, 0, frame, self.ip_offset))
+
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
-        # Fast paths for untagged IPv4 without options or fragments, and IPv6 without extension
-        # headers, carrying TCP or UDP; every other frame takes the general path below, which
-        # decodes these the same way.
-        if len(frame) >= 54:  # room for Ethernet + IPv4 + TCP ports and flags
-            (ethertype, ver_ihl, tos, size, _, fragment, ttl, protocol, src,
-             dst) = ETHERNET_IPV4(frame)
-            if ethertype == ETH_P_IP:
-                if ver_ihl == 0x45 and not fragment & 0x3FFF:
-                    if protocol == IPPROTO_TCP and size >= 34:
-                        src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, 34)
-                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                    0, size, ttl, tos, flags, 0, 0, frame, 14))
-                    if protocol == IPPROTO_UDP and size >= 24:
-                        src_port, dst_port = PORTS(frame, 34)
-                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                    0, size, ttl, tos, 0, 0, 0, frame, 14))
-            elif ethertype == ETH_P_IPV6:
-                ver_class_label, payload, protocol, hop_limit, src, dst = IPV6_HEADER(frame, 14)
-                if ver_class_label >> 28 == 6 and payload:
-                    tos = ver_class_label >> 20 & 0xFF
-                    if protocol == IPPROTO_TCP and payload >= 14 and len(frame) >= 68:
-                        src_port, dst_port, flags = TCP_PORTS_FLAGS(frame, 54)
-                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                    0, payload + 40, hop_limit, tos, flags, 0, 0,
-                                                    frame, 14))
-                    if protocol == IPPROTO_UDP and payload >= 4 and len(frame) >= 58:
-                        src_port, dst_port = PORTS(frame, 54)
-                        return _new_packet(Packet, (time_ms, src, dst, src_port, dst_port, protocol,
-                                                    0, payload + 40, hop_limit, tos, 0, 0, 0, frame,
-                                                    14))
+        if self.parse(frame):
+            return self.packet(time_ms, frame)
         return self._ethernet_general(time_ms, frame)
 
     def _ethernet_general(self, time_ms: int, frame: bytes) -> Packet | None:
-        """Any Ethernet frame: those the fast paths (Python or compiled) leave come here."""
+        """Any Ethernet frame: those the fast paths leave come here."""
         if len(frame) < 14:
             return self._skip(TRUNCATED_LINK, frame)
         return self._ethertype(time_ms, frame, 14, ETHERNET_TYPE(frame)[0])

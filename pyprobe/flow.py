@@ -3,9 +3,14 @@
 A `Flow` keeps, per direction, the counters a collector needs (packets, IP bytes, first/last
 time, TCP flags) and the running sums that give nfstream's statistics exactly: packet sizes and
 inter-arrival times are integers (bytes, milliseconds), so their count, sum and sum of squares are
-kept as exact Python ints and the mean and sample standard deviation are computed once, when read.
-That is the numerical safety Welford's update buys floats, at a third of its per-packet cost.
-The sums of inter-arrival times need no counter at all: they telescope to last - first.
+kept as integers and the mean and sample standard deviation are computed once, when read. That is
+the numerical safety Welford's update buys floats, at a third of its per-packet cost. The sums of
+inter-arrival times need no counter at all: they telescope to last - first.
+
+Where the meter is compiled (flow.pxd), every counter is a signed 64-bit integer, and the pure
+Python source keeps to the same bounds: times are milliseconds within ±2^62, packet sizes below
+2^31, and a sum of squares stops at INT64_MAX (`add_square`) rather than wrap. The other sums grow
+by at most a packet's size, so no capture reaches 2^63 with them.
 """
 from __future__ import annotations
 
@@ -38,14 +43,17 @@ TH_ECE = 0x40  # ECN-echo
 TH_CWR = 0x80  # congestion window reduced
 
 FLAG_NAMES = ("fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr")  # bit 0 .. bit 7
-_FLAG_FIELD_BITS = 48  # per-flag counter width inside Direction.flag_counts
-_FLAG_FIELD_MASK = (1 << _FLAG_FIELD_BITS) - 1
-# FLAG_INCREMENT[flags] adds one to the counter of every flag set in `flags`: eight counters
-# packed in one int, so counting flags costs one addition per packet.
-FLAG_INCREMENT = tuple(
-    sum(1 << (_FLAG_FIELD_BITS * bit) for bit in range(8) if flags >> bit & 1) for flags in range(256)
-)
+FLAG_COUNTERS = tuple(f"{name}_packets" for name in FLAG_NAMES)
+"""The Direction counter of each flag bit: packets with that flag set."""
 NO_MINIMUM = 1 << 62  # larger than any size or interval; read back as 0
+INT64_MAX = (1 << 63) - 1
+LARGEST_SQUARED = 3_037_000_499  # the largest value whose square is at most INT64_MAX
+
+
+def add_square(total: int, value: int) -> int:
+    """total + value², stopping at INT64_MAX (a sum of squared intervals of years would pass it)."""
+    square = value * value if value <= LARGEST_SQUARED else INT64_MAX
+    return total + square if square <= INT64_MAX - total else INT64_MAX
 
 
 class Packet(NamedTuple):
@@ -87,18 +95,21 @@ class Direction:
 
     __slots__ = ("packets", "bytes", "first_seen_ms", "last_seen_ms", "min_ps", "max_ps",
                  "sum_sq_ps", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "tcp_flags",
-                 "flag_counts", "min_ttl", "max_ttl", "tos", "icmp_type_code", "tunnel_id")
+                 *FLAG_COUNTERS, "min_ttl", "max_ttl", "tos", "icmp_type_code", "tunnel_id")
 
     def __init__(self, time_ms: int, size: int, ttl: int, tos: int, tcp_flags: int,
                  icmp_type_code: int, tunnel_id: int) -> None:
         self.packets = 1
         self.bytes = self.min_ps = self.max_ps = size
-        self.sum_sq_ps = size * size
+        self.sum_sq_ps = add_square(0, size)
         self.first_seen_ms = self.last_seen_ms = time_ms
         self.low_piat_ms = NO_MINIMUM  # the minimum interval, once there is one
         self.max_piat_ms = self.sum_sq_piat_ms = 0
-        self.tcp_flags = tcp_flags
-        self.flag_counts = FLAG_INCREMENT[tcp_flags]
+        self.tcp_flags = 0
+        self.fin_packets = self.syn_packets = self.rst_packets = self.psh_packets = 0
+        self.ack_packets = self.urg_packets = self.ece_packets = self.cwr_packets = 0
+        if tcp_flags:
+            count_flags(self, tcp_flags)
         self.min_ttl = self.max_ttl = ttl
         self.tos = tos  # of the first packet
         self.icmp_type_code = icmp_type_code  # of the first packet
@@ -130,10 +141,26 @@ class Direction:
 
     def flag_count(self, bit: int) -> int:
         """Packets of this direction with TCP flag `bit` (0 = FIN .. 7 = CWR) set."""
-        return self.flag_counts >> (_FLAG_FIELD_BITS * bit) & _FLAG_FIELD_MASK
+        return getattr(self, FLAG_COUNTERS[bit])
 
     def __repr__(self) -> str:
         return f"<Direction {self.packets} pkts {self.bytes} bytes {self.first_seen_ms}-{self.last_seen_ms}>"
+
+
+def count_flags(direction: Direction, flags: int) -> None:
+    """ORs a packet's TCP flags (a byte) into the direction's and counts each one set: bit n
+    into the counter of FLAG_NAMES[n]."""
+    direction.tcp_flags |= flags
+    if flags & 0x10:  # TH_ACK, alone on most packets (spelt out: compiled, a C constant)
+        direction.ack_packets += 1
+    if flags & 0xEF:  # any other
+        direction.fin_packets += flags & 1
+        direction.syn_packets += flags >> 1 & 1
+        direction.rst_packets += flags >> 2 & 1
+        direction.psh_packets += flags >> 3 & 1
+        direction.urg_packets += flags >> 5 & 1
+        direction.ece_packets += flags >> 6 & 1
+        direction.cwr_packets += flags >> 7
 
 
 def _sample_stddev(count: int, total: int, sum_sq: int) -> float:
@@ -147,7 +174,7 @@ class _Empty:
     """Stands in for a direction that has seen no packet: every counter reads 0."""
 
     packets = bytes = first_seen_ms = last_seen_ms = min_ps = max_ps = sum_sq_ps = 0
-    min_piat_ms = low_piat_ms = max_piat_ms = sum_sq_piat_ms = tcp_flags = flag_counts = 0
+    min_piat_ms = low_piat_ms = max_piat_ms = sum_sq_piat_ms = tcp_flags = 0
     min_ttl = max_ttl = tos = icmp_type_code = tunnel_id = duration_ms = 0
     mean_ps = stddev_ps = mean_piat_ms = stddev_piat_ms = 0.0
 
@@ -158,28 +185,28 @@ class _Empty:
 EMPTY_DIRECTION: Any = _Empty()
 
 
-class Flow:
-    """A bidirectional flow: its key, both directions' counters, its labels and why it ended.
-
-    The source is the sender of the first packet. `src2dst` always exists; `dst2src` is None
-    until the first reply (read it through the `dst2src_*` properties, which give 0 then).
-    """
+class FlowCore:
+    """What the meter keeps of a flow: its key and ends, both directions' counters, its
+    deadline, labels and end reason; `Flow` reads them in nfstream's vocabulary."""
 
     __slots__ = ("id", "key", "src_addr", "dst_addr", "src_port", "dst_port", "protocol",
                  "vlan_id", "tunnel_id", "src2dst", "dst2src", "src_is_first", "first_seen_ms",
                  "last_seen_ms", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "end_by_ms",
                  "closing", "end_reason", "dpi", "classifier_state", "_udps")
 
-    def __init__(self, flow_id: int, key: bytes, src_is_first: bool, packet: Packet,
-                 time_ms: int, end_by_ms: int) -> None:
-        (_, self.src_addr, self.dst_addr, self.src_port, self.dst_port, self.protocol,
-         self.vlan_id, size, ttl, tos, tcp_flags, icmp_type_code, self.tunnel_id, _, _) = packet
+    def __init__(self, flow_id: int, key: bytes, src_is_first: bool, ends: tuple,
+                 first: Direction, end_by_ms: int) -> None:
+        """`ends`: (source address, destination address, source port, destination port,
+        protocol, VLAN id); `first`: the source's direction, of the first packet."""
+        (self.src_addr, self.dst_addr, self.src_port, self.dst_port, self.protocol,
+         self.vlan_id) = ends
         self.id = flow_id
         self.key = key
         self.src_is_first = src_is_first  # the source is the key's first address
-        self.src2dst = Direction(time_ms, size, ttl, tos, tcp_flags, icmp_type_code, self.tunnel_id)
+        self.tunnel_id = first.tunnel_id
+        self.src2dst = first
         self.dst2src: Direction | None = None
-        self.first_seen_ms = self.last_seen_ms = time_ms
+        self.first_seen_ms = self.last_seen_ms = first.first_seen_ms
         self.low_piat_ms = NO_MINIMUM
         self.max_piat_ms = self.sum_sq_piat_ms = 0
         self.end_by_ms = end_by_ms  # active timeout, or the end of the close linger
@@ -188,6 +215,16 @@ class Flow:
         self.dpi: DpiInfo | None = None  # set by the nDPI classifier; read through DPI_LABELS
         self.classifier_state: Any = None
         self._udps: Udps | None = None
+
+
+class Flow(FlowCore):
+    """A bidirectional flow: its key, both directions' counters, its labels and why it ended.
+
+    The source is the sender of the first packet. `src2dst` always exists; `dst2src` is None
+    until the first reply (read it through the `dst2src_*` properties, which give 0 then).
+    """
+
+    __slots__ = ()
 
     @property
     def udps(self) -> Udps:

@@ -210,7 +210,6 @@ def _flow_struct() -> str:
 
 ffi.cdef(_flow_struct())
 FLOW_POINTER = ffi.typeof("struct ndpi_flow_struct *")
-ADDRESS = ffi.typeof("intptr_t")
 _buffers = [0, 0]  # flow buffers made, freed (a class attribute written per flow would be slower)
 
 
@@ -223,15 +222,13 @@ def live_flows() -> int:
 class NDPIFlow:
     """nDPI's state of one flow: a zeroed buffer of the library's flow size until `free()`.
 
-    `C` is the buffer, a `struct ndpi_flow_struct *` that reads FLOW_FIELDS in place, and
-    `address` its address (0 once freed), for compiled callers.
+    `C` is the buffer, a `struct ndpi_flow_struct *` that reads FLOW_FIELDS in place.
     """
 
-    __slots__ = ("C", "address", "packets")
+    __slots__ = ("C", "packets")
 
     def __init__(self) -> None:
         self.C = ffi.new(FLOW_POINTER)
-        self.address: int = int(ffi.cast(ADDRESS, self.C))
         self.packets = 0
         """Packets handed to nDPI."""
         _buffers[0] += 1
@@ -256,7 +253,7 @@ class NDPIFlow:
         """Frees what nDPI allocated for the flow, then the buffer; later calls do nothing."""
         buffer = self.C
         if buffer is not None:
-            self.C, self.address = None, 0
+            self.C = None
             lib.ndpi_free_flow_data(buffer)
             ffi.release(buffer)
             _buffers[1] += 1
@@ -300,12 +297,6 @@ class NDPI:
     def revision(self) -> str:
         """The library's git revision, e.g. "5.0.0-1-375f99e"."""
         return ffi.string(lib.ndpi_revision()).decode()
-
-    @property
-    def addresses(self) -> tuple[int, int]:
-        """Where ndpi_detection_process_packet and this module are, for compiled callers."""
-        return (int(ffi.cast(ADDRESS, lib.ndpi_detection_process_packet)),
-                int(ffi.cast(ADDRESS, self._module)))
 
     @property
     def api_version(self) -> int:

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .cache import BATCH_FLOWS, FlowCache, Plugin
+from .cache import FlowCache, Plugin
 from .capture import PcapSource
 from .config import DEFAULTS
 from .decode import Decoder
@@ -132,9 +132,9 @@ class FlowStream:
             yield from batch
 
     def batches(self) -> Iterator[list[Flow]]:
-        """The expired flows in batches: once BATCH_FLOWS have expired, or `TICK_MS` of packet
-        time has passed (an empty batch then, so callers' timers run while packets keep flows
-        alive), or a live capture ticks, and at the end of the source."""
+        """The expired flows in batches: once cache.BATCH_FLOWS have expired, or `TICK_MS` of
+        packet time has passed (an empty batch then, so callers' timers run while packets keep
+        flows alive), or a live capture ticks, and at the end of the source."""
         capture = self.capture = (self.source if isinstance(self.source, PcapSource) else
                                   PcapSource(self.source, bpf_filter=self.bpf_filter,
                                              snaplen=self.snaplen,
@@ -158,7 +158,7 @@ class FlowStream:
                     self._update_stats(stats, read, decoder, capture, started)
                     yield self._hand_out(cache, stats)
                     continue
-                if len(cache.expired) >= BATCH_FLOWS or cache.now_ms >= tick_ms:
+                if cache.batch_due(tick_ms):
                     tick_ms = cache.now_ms + TICK_MS
                     yield self._hand_out(cache, stats)
                 elif not count:  # the capture ended, or libpcap stopped at a corrupt record

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .decode import (
-    ETH_P_IP, ETH_P_IPV6, ETHERNET_TYPE, IPPROTO_UDP, LINKTYPE_RAW, PORTS, PPP_TO_ETHERTYPE,
+    ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, LINKTYPE_RAW, PORTS, PPP_TO_ETHERTYPE,
     U16, Decoder,
 )
 from .flow import Packet
@@ -46,9 +46,6 @@ IPPROTO_GRE = 47
 ETH_P_TEB = 0x6558  # transparent Ethernet bridging: an Ethernet frame in GRE
 ETH_P_PPP = 0x880B  # PPP, in PPTP's enhanced GRE
 IP_VERSION_TO_ETHERTYPE = {4: ETH_P_IP, 6: ETH_P_IPV6}
-# Decoder's Ethernet fast paths: the shortest frame they take, where they read the IP protocol.
-FAST_PATH_MIN_FRAME = 54
-FAST_PATH_PROTOCOL_AT = {ETH_P_IP: 14 + 9, ETH_P_IPV6: 14 + 6}
 
 GTP_HEADER = struct.Struct("!BBHI").unpack_from  # flags, message type, length, TEID
 GTP_T_PDU = 255  # a user packet; echo, error indication and end marker carry none
@@ -212,15 +209,10 @@ class TunnelDecoder(Decoder):
         """Tunnelled packets metered as the outer packet, by "tunnel: reason"."""
         self._inner = _InnerDecoder(LINKTYPE_RAW)
 
-    def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
+    def parse(self, frame: bytes) -> bool:
         # Decoder's fast paths would meter a UDP tunnel's outer packet: the UDP they could take
         # goes the general way, where tunnels are opened; other frames may take them.
-        if len(frame) >= FAST_PATH_MIN_FRAME:
-            ethertype = ETHERNET_TYPE(frame)[0]
-            at = FAST_PATH_PROTOCOL_AT.get(ethertype)
-            if at is not None and frame[at] == IPPROTO_UDP:
-                return self._ethertype(time_ms, frame, 14, ethertype)
-        return Decoder._ethernet(self, time_ms, frame)
+        return Decoder.parse(self, frame) and self.protocol != IPPROTO_UDP
 
     def _transport(self, time_ms: int, frame: bytes, offset: int, l4: int, vlan_id: int,
                    src: bytes, dst: bytes, protocol: int, size: int, ttl: int,

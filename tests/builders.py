@@ -155,3 +155,16 @@ def write_pcap(path: Path, records: Iterable[tuple[int, bytes]], linktype: int =
         for time_ms, frame in records:
             writer.writepkt_time(frame, Fraction(time_ms, 1000))  # exact: no float rounding
     return path
+
+
+def write_pcapng(path: Path, records: Iterable[tuple[int, bytes]], linktype: int = 1) -> Path:
+    """Writes (time in ms, frame) records as a microsecond pcapng of `linktype` (times to 2^64
+    us, exact); returns `path`."""
+    with open(path, "wb") as file:
+        dpkt.pcapng.Writer(file, snaplen=65535, linktype=linktype)  # the section and interface
+        for time_ms, frame in records:
+            us = time_ms * 1000
+            file.write(bytes(dpkt.pcapng.EnhancedPacketBlockLE(
+                ts_high=us >> 32, ts_low=us & 0xFFFFFFFF, caplen=len(frame), pkt_len=len(frame),
+                pkt_data=frame)))
+    return path

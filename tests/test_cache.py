@@ -21,6 +21,7 @@ from builders import (  # noqa: E402
 )
 from pyprobe import EndReason, Flow, FlowStream, Packet  # noqa: E402
 from pyprobe.cache import FlowCache  # noqa: E402
+from pyprobe.decode import Decoder  # noqa: E402
 
 IDLE, ACTIVE, END, FORCED, LRU = (EndReason.IDLE_TIMEOUT, EndReason.ACTIVE_TIMEOUT,
                                   EndReason.END_OF_FLOW, EndReason.FORCED_END,
@@ -314,13 +315,94 @@ def test_plugins(tmp_path: Path, via: str, case: str) -> None:
     assert recorder.expired == expired == [(f.end_reason, f.bidirectional_packets) for f in flows]
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_closing_flows_count_against_max_flows(compiled: bool) -> None:
+# An exchange of replies, FINs and RSTs, with a packet stamped before the clock.
+
+A, B, C = b"\x0a\0\0\1", b"\x0a\0\0\2", b"\x0a\0\0\3"
+TH = {"F": FIN, "S": SYN, "R": RST, "P": PSH, "A": ACK}
+
+
+def exchange_packet(time_ms: int, src: bytes, dst: bytes, flags: str, size: int = 60) -> Packet:
+    sport, dport = (40000, 443) if src < dst else (443, 40000)
+    return Packet(time_ms, src, dst, sport, dport, TCP, 0, size, 64, 0,
+                  sum(TH[flag] for flag in flags), 0, 7, b"", 0)
+
+
+EXCHANGE = [
+    exchange_packet(1_000, A, B, "S"), exchange_packet(1_001, B, A, "SA"),
+    exchange_packet(1_002, A, B, "A", 500),
+    exchange_packet(1_001, B, A, "PA", 1_400),  # stamped before the clock: metered at 1_002
+    exchange_packet(1_003, A, B, "FA"), exchange_packet(1_004, B, A, "FA"),  # FIN both ways
+    exchange_packet(1_005, A, B, "A"), exchange_packet(1_006, B, C, "S"),
+    exchange_packet(1_007, C, B, "RA"),  # RST on the first reply
+    exchange_packet(1_008, A, C, "F"), exchange_packet(1_009, A, C, "A"),  # a lone FIN: no close
+    exchange_packet(1_500, A, B, "A"), exchange_packet(4_000, A, C, "A"),  # the scan ends the lingers
+]
+
+
+def test_replies_fins_and_resets_start_and_end_flows() -> None:
+    """New flows, first replies, FIN both ways and RST: the lingers start and the flows end as
+    the rules say, and the clock never runs back."""
+    cache = FlowCache()
+    for index, packet in enumerate(EXCHANGE):
+        cache.add(packet)
+        assert cache.now_ms == max(p.time_ms for p in EXCHANGE[:index + 1])
+    cache.drain()
+    assert [(flow.src_addr, flow.dst_addr, flow.src2dst.packets, flow.reverse.packets,
+             flow.src2dst.bytes, flow.reverse.bytes, flow.src2dst.tcp_flags,
+             flow.reverse.tcp_flags, flow.last_seen_ms, flow.end_by_ms, int(flow.end_reason))
+            for flow in cache.expired] == [
+        (A, B, 5, 3, 740, 1_520, 0x13, 0x1B, 1_500, 3_004, 3),
+        (B, C, 1, 1, 60, 60, 0x02, 0x14, 1_007, 3_007, 3),
+        (A, C, 3, 0, 180, 0, 0x11, 0x00, 4_000, 121_008, 4),
+    ]
+
+
+class ClockMover:
+    """A plugin whose on_expire moves the cache's clock on: the scan's hooks run any code."""
+
+    def __init__(self, cache: FlowCache | None = None) -> None:
+        self.cache = cache
+
+    def on_init(self, packet: Packet, flow: Flow) -> None:
+        pass
+
+    def on_update(self, packet: Packet, flow: Flow) -> None:
+        pass
+
+    def on_expire(self, flow: Flow) -> None:
+        self.cache.now_ms = 100_000
+
+
+def test_a_clock_the_scans_hook_moves_on_stands() -> None:
+    """A clock a scan's hook moved on stays there, and the packet is metered at its own time."""
+    mover = ClockMover()
+    cache = mover.cache = FlowCache(idle_timeout_s=1, plugins=(mover,))
+    for packet in (exchange_packet(1_000, A, B, "S"), exchange_packet(5_000, A, C, "S")):
+        cache.add(packet)
+    assert (cache.now_ms, [(f.last_seen_ms, int(f.end_reason)) for f in cache.expired],
+            [f.last_seen_ms for f in cache._flows.values()]) == (100_000, [(1_000, 1)], [5_000])
+
+
+def test_sums_of_squares_stop_at_int64() -> None:
+    """Intervals whose squares pass 2^63 (a flow kept for years) leave the sum at INT64_MAX, in
+    both modes alike; the other statistics stay exact."""
+    largest = 3_037_000_499  # the largest interval whose square fits
+    cache = FlowCache(idle_timeout_s=2e15, active_timeout_s=2e15)
+    for time_ms in (0, largest, 2 * largest + 1, 1 << 60):
+        cache.add(make_packet(time_ms, True, size=1_000))
+    cache.drain()
+    flow, = cache.expired
+    assert (flow.sum_sq_piat_ms, flow.src2dst.sum_sq_piat_ms, flow.src2dst.max_piat_ms,
+            flow.src2dst.min_piat_ms, flow.src2dst.sum_sq_ps, flow.src2dst.packets) == (
+        (1 << 63) - 1, (1 << 63) - 1, (1 << 60) - 2 * largest - 1, largest, 4_000_000, 4)
+
+
+def test_closing_flows_count_against_max_flows() -> None:
     """A storm of closing flows at one timestamp: the flows evicted while they linger leave the
     linger queue, so the cache holds at most `max_flows` flows however long the clock stands
     still (issue 16: 1 M RSTs held every flow until the clock moved 2 s)."""
-    cache = FlowCache(max_flows=100, compiled=compiled)
-    add = cache.adder()
+    cache = FlowCache(max_flows=100)
+    add = cache.add
     for index in range(2_000):
         client = (0x0A000000 + index).to_bytes(4, "big")
         add(make_packet(1000, True, SYN, client=client))
@@ -335,3 +417,21 @@ def test_closing_flows_count_against_max_flows(compiled: bool) -> None:
     ends = Counter(flow.end_reason for flow in cache.expired)
     assert ends == {LRU: 3_900, END: 100}
     assert sum(flow.bidirectional_packets for flow in cache.expired) == 6_000
+
+
+def test_flows_evicted_in_a_storm_are_handed_out_in_batches() -> None:
+    """A flood of new flows past max_flows evicts one flow per packet: the meter loop returns
+    once BATCH_FLOWS (256) have expired, not after every packet (issue 16: one record per
+    message)."""
+    frames = [(1_000_000_000 + i, frame_of(make_packet(1_000, True, SYN, port=1_000 + i)))
+              for i in range(1_000)]
+    cache = FlowCache(max_flows=100)
+    feed, pairs = cache.feeder(Decoder(1)), iter(frames)
+    steps, ports = [], []
+    while (step := feed(pairs, 1 << 60, 1 << 20))[0]:
+        steps.append((step, len(cache.expired), cache.batch_due(1 << 60)))
+        ports += (flow.src_port for flow in cache.expired)
+        cache.expired = []
+    assert steps == [((356, None), 256, True), ((256, None), 256, True),
+                     ((256, None), 256, True), ((132, None), 132, False)]
+    assert ports == list(range(1_000, 1_900))  # the least recently used first

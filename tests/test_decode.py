@@ -6,7 +6,6 @@ Frames are built with tests/builders.py; captures are written to tmp_path and re
 from __future__ import annotations
 
 import struct
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from builders import (  # noqa: E402
-    A4, A6, ACK, AH, B4, B6, CWR, DEST_OPTS, ECE, ETH_8021AD, ETH_8021Q, ETH_ARP, ETH_IP, ETH_IPV6,
+    A4, A6, ACK, AH, B4, B6, CWR, DEST_OPTS, ECE, ETH_8021AD, ETH_8021Q, ETH_ARP, ETH_IP,
     ETH_MPLS, ETH_PPPOE, FIN, FRAGMENT, HOP_BY_HOP, ICMP, ICMPV6, PPP_IP, PPP_IPV6, PPP_LCP, PSH,
     ROUTING, SCTP, SYN, TCP, UDP, URG, ether, ethertype_of, icmp, ipv4, ipv6, link, mpls, pppoe,
     sctp, tcp, udp, write_pcap,
@@ -25,13 +24,11 @@ from builders import (  # noqa: E402
 from pyprobe import FlowStream, Packet  # noqa: E402
 from pyprobe import decode as decode_module  # noqa: E402
 from pyprobe.cache import FlowCache  # noqa: E402
-from pyprobe.capture import PcapSource  # noqa: E402
 from pyprobe.decode import (  # noqa: E402
     BAD_IP_HEADER, BAD_IP_LENGTH, BAD_IP_VERSION, NOT_IP, TRUNCATED_IP, TRUNCATED_LINK,
     TRUNCATED_TRANSPORT, Decoder,
 )
 from pyprobe.errors import CaptureError  # noqa: E402
-from pyprobe.tunnel import TunnelDecoder  # noqa: E402
 
 # The reference packets: UDP 5353 -> 53 with 3 bytes of data, TTL 57, DSCP/ECN 0x28.
 UDP4 = ipv4(udp(5353, 53, b"abc"), UDP, ttl=57, tos=0x28)
@@ -449,108 +446,3 @@ def test_transport_header_in_link_padding_is_truncated() -> None:
     frame = link(1, ip) + b"\xaa" * 36
     assert decoder.decode(1_000, frame) is None
     assert decoder.skipped == Counter({"truncated transport header": 1})
-
-
-# The compiled Ethernet fast path (_fastdecode.c) against the Python reference.
-
-SHARED_PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
-GEN_SYNTH = SHARED_PCAPS.parent / "tools" / "gen_synth.py"
-CAPTURES = sorted(path for pattern in ("ndpi/*.pcap", "ndpi/*.pcapng", "bench/*.pcap")
-                  for path in SHARED_PCAPS.glob(pattern))
-needs_compiled = pytest.mark.skipif(not decode_module.COMPILED, reason="_fastdecode is not built")
-
-
-def test_compiled_path_is_built() -> None:
-    """`make setup` builds _fastdecode and Ethernet decoders use it (a failed build shows here);
-    a subclass with its own Ethernet decoding (tunnels) keeps it."""
-    assert decode_module.COMPILED
-    assert [Decoder(linktype).compiled for linktype in (1, 113, 101)] == [True, False, False]
-    assert (Decoder(1, compiled=False).compiled, TunnelDecoder(1).compiled) == (False, False)
-
-
-def read_frames(path: Path) -> tuple[int, list[tuple[int, bytes]]]:
-    """The link type and the (time in ms, frame) records of a capture."""
-    source = PcapSource(str(path))
-    frames = [(ts_ns // 1_000_000, frame) for ts_ns, frame in source]
-    source.close()
-    return source.linktype, frames
-
-
-def decode_both(linktype: int, frames: list[tuple[int, bytes]]) -> Decoder:
-    """The Python decoder after it and the compiled one decoded `frames`, with equal outputs."""
-    compiled, python = Decoder(linktype), Decoder(linktype, compiled=False)
-    for time_ms, frame in frames:
-        packet, reference = compiled.decode(time_ms, frame), python.decode(time_ms, frame)
-        assert packet == reference and type(packet) is type(reference), frame.hex()
-    assert (compiled.skipped, compiled.skipped_octets) == (python.skipped, python.skipped_octets)
-    return python
-
-
-def ethernet_only(time_ms: int, frame: bytes) -> Packet | None:
-    """What the compiled path alone makes of an Ethernet frame (None: it leaves it to Python)."""
-    return decode_module._fastdecode.ethernet_decoder(Packet, lambda time_ms, frame: None)(
-        time_ms, frame)
-
-
-@needs_compiled
-@pytest.mark.skipif(not CAPTURES, reason=f"no shared captures under {SHARED_PCAPS}")
-@pytest.mark.parametrize("path", CAPTURES, ids=[path.name for path in CAPTURES])
-def test_compiled_equals_python_on_captures(path: Path) -> None:
-    """Every packet and skip of the shared captures is the same both ways."""
-    decode_both(*read_frames(path))
-
-
-@needs_compiled
-@pytest.mark.skipif(not GEN_SYNTH.exists(), reason=f"no {GEN_SYNTH}")
-def test_compiled_equals_python_on_synthetic_capture(tmp_path: Path) -> None:
-    """A gen_synth capture (VLAN tags, IPv6, TCP and UDP) is the same both ways, and every
-    frame of it, tagged ones too, takes the compiled path."""
-    path = tmp_path / "synth.pcap"
-    subprocess.run([sys.executable, str(GEN_SYNTH), "--packets", "3000", "--flows", "300",
-                    str(path)], check=True, stdout=subprocess.DEVNULL)
-    linktype, frames = read_frames(path)
-    decode_both(linktype, frames)
-    assert (len(frames), sum(frame[12:14] == b"\x81\x00" for _, frame in frames),
-            sum(ethernet_only(*record) is not None for record in frames)) == (2549, 272, 2549)
-
-
-COMPILED_CASES = [  # id, frame, whether the compiled path takes it whole
-    ("ipv4-tcp", link(1, ipv4(tcp(1234, 80, SYN | ECE, b"hello"), TCP, tos=0xB8)), True),
-    ("ipv4-udp-padding", link(1, ipv4(udp(5353, 53), UDP)) + bytes(18), True),
-    ("ipv4-sctp", link(1, ipv4(sctp(9, 10, bytes(4)), SCTP)), True),
-    ("ipv4-icmp", link(1, ipv4(icmp(8, 0, bytes(8)), ICMP)), True),
-    ("ipv4-gre", link(1, ipv4(bytes(8), 47)), True),
-    ("ipv4-options-tcp", link(1, ipv4(tcp(1, 2, ACK), TCP, options=bytes([7, 7, 4]) + bytes(5))),
-     True),
-    ("ipv4-total-length-0", link(1, ipv4(udp(1, 2, bytes(10)), UDP, total_length=0)), True),
-    ("ipv4-bad-ihl", link(1, ipv4(udp(1, 2), UDP, ver_ihl=0x44)), False),
-    ("ipv4-total-length-19", link(1, ipv4(udp(1, 2), UDP, total_length=19)), False),
-    ("ipv4-first-fragment", link(1, ipv4(udp(1, 2, bytes(8)), UDP, frag=0x2000)), False),
-    ("ipv4-df", link(1, ipv4(udp(1, 2), UDP, frag=0x4000)), True),
-    ("802.1q-ipv4-tcp", link(1, ipv4(tcp(1, 2, FIN), TCP), tags=((ETH_8021Q, 0x2064),)), True),
-    ("802.1ad-ipv6-udp", link(1, ipv6(udp(1, 2), UDP), tags=((ETH_8021AD, 7),)), True),
-    ("qinq-ipv4-udp", link(1, ipv4(udp(1, 2), UDP), tags=((ETH_8021AD, 100), (ETH_8021Q, 200))),
-     False),
-    ("ipv6-tcp", link(1, ipv6(tcp(443, 50000, PSH | ACK, bytes(9)), TCP, tclass=0x2E,
-                              flow_label=0xABCDE)), True),
-    ("ipv6-icmpv6", link(1, ipv6(icmp(128, 0), ICMPV6)), True),
-    ("ipv6-payload-length-0", link(1, ipv6(udp(1, 2, bytes(10)), UDP, payload_length=0)), True),
-    ("ipv6-hop-by-hop-udp", link(1, ipv6(udp(1, 2), UDP, ext=((HOP_BY_HOP, 8),))), False),
-    ("ipv6-version-4", link(1, b"\x46" + ipv6(udp(1, 2), UDP)[1:], ETH_IPV6), False),
-    ("mpls-ipv4", ether(mpls([16], ipv4(udp(1, 2), UDP)), ETH_MPLS), False),
-    ("arp", ether(bytes(28), ETH_ARP), False),
-]
-
-
-@needs_compiled
-@pytest.mark.parametrize(("frame", "taken"), [case[1:] for case in COMPILED_CASES],
-                         ids=[case[0] for case in COMPILED_CASES])
-def test_compiled_equals_python_at_every_cut(frame: bytes, taken: bool) -> None:
-    """Each frame cut at every length decodes (or is skipped) the same both ways; the compiled
-    path takes exactly the cuts Python decodes, of the shapes it knows."""
-    cuts = [(1_000 + size, frame[:size]) for size in range(len(frame) + 1)]
-    python = decode_both(1, cuts)
-    reference = [Decoder(1, compiled=False).decode(time_ms, cut) for time_ms, cut in cuts]
-    assert [ethernet_only(time_ms, cut) for time_ms, cut in cuts] == [
-        packet if taken else None for packet in reference]
-    assert python.skipped.total() == sum(packet is None for packet in reference)

@@ -232,7 +232,9 @@ def test_tshark_decodes_the_stream_with_no_expert_warning(netns: Namespace,
     pcap = tmp_path / "tcp.pcapng"
     dumpcap = netns.popen("dumpcap", "-q", "-i", "lo", "-f", f"tcp port {port}", "-w", str(pcap),
                           log=tmp_path / "dumpcap.log")
-    until(lambda: pcap.exists() and pcap.stat().st_size > 0, "dumpcap did not start")
+    until(lambda: "Capturing on" in (tmp_path / "dumpcap.log").read_text(),
+          "dumpcap did not start")
+    time.sleep(0.5)  # it says so as it opens the capture
     collect = netns.popen(*PYPROBE, "collect", "--tcp", "--port", str(port), "--json",
                           log=tmp_path / "collect.log")
     until(lambda: "listening on" in (tmp_path / "collect.log").read_text(),

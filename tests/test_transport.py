@@ -109,9 +109,11 @@ def sent(hosts: Hosts, tmp_path: Path, collector: str, *flags: str, tcp: bool = 
                            str(PORT), *(["--tcp"] if tcp else []), log=tmp_path / "collect.log")
     try:
         for _ in range(200):
-            if pcap.exists() and "listening on" in (tmp_path / "collect.log").read_text():
+            if all(ready in (tmp_path / log).read_text() for log, ready in (
+                    ("dumpcap.log", "Capturing on"), ("collect.log", "listening on"))):
                 break
             time.sleep(0.05)
+        time.sleep(0.5)  # dumpcap says so as it opens the capture
         done = hosts.run(hosts.probe, *PYPROBE, "replay", str(SAMPLE), "--no-dpi",
                          "--collector", collector, *flags)
         assert done.returncode == 0 and done.stdout.endswith(" 0 send errors\n"), done.stderr

@@ -1,0 +1,1 @@
+# Cython compiles export.py (pure-Python mode) as it is: the exporter's loops, compiled.
