@@ -244,6 +244,10 @@ def test_tshark_decodes_the_stream_with_no_expert_warning(netns: Namespace,
     messages = int(re.search(r" in (\d+) messages", done)[1])
     until(lambda: "closed" in (tmp_path / "collect.log").read_text(),
           "the connection did not close")
+    # dumpcap has every packet once it has the closing FINs (libpcap hands frames over in blocks)
+    until(lambda: subprocess.run(["tshark", "-r", str(pcap), "-Y", "tcp.flags.fin == 1"],
+                                 capture_output=True, text=True).stdout.count("\n") == 2,
+          "dumpcap did not get the connection's end")
     for process in (collect, dumpcap):
         process.send_signal(signal.SIGINT)
         process.wait(timeout=10)

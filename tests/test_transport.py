@@ -120,7 +120,7 @@ def sent(hosts: Hosts, tmp_path: Path, collector: str, *flags: str, tcp: bool = 
     finally:
         listener.terminate()
         listener.wait(timeout=10)
-        time.sleep(0.5)
+        time.sleep(1.5)  # libpcap hands dumpcap its frames in blocks, at most a second late
         dumpcap.terminate()
         dumpcap.wait(timeout=10)
     fields = subprocess.run(
