@@ -277,7 +277,7 @@ def reread(config_path: str | None, overrides: dict | None, running: SensorConfi
     except Exception:  # a mistake not foreseen must not end a live sensor
         log.exception("reload failed; keeping the running configuration")
         return running
-    changed = [key for key in ("capture", "cache", "dpi", "user", "group")
+    changed = [key for key in ("capture", "cache", "dpi", "metrics", "user", "group")
                if getattr(config, key) != getattr(running, key)]
     if changed:
         warning("reload: %s changed; they take effect at the next start", ", ".join(changed))

@@ -80,11 +80,13 @@ class TcpTransport:
 
     @property
     def held(self) -> int:
-        """Messages waiting to be written or acknowledged."""
+        """Messages waiting to be written or acknowledged, as of now."""
+        self._acknowledged()
         return len(self._backlog) + len(self._unacked)
 
     @property
     def held_octets(self) -> int:
+        self._acknowledged()
         return self._backlog.octets + sum(len(message) for message, _ in self._unacked)
 
     def send(self, messages: Iterable[bytes]) -> None:
@@ -93,9 +95,9 @@ class TcpTransport:
         self._pump()
 
     def _pump(self) -> None:
-        """Connects when due, then writes while the socket takes it (nothing to write: the
+        """Connects when due, then writes while the socket takes it (nothing held: the
         connection is looked at next time)."""
-        if not self._backlog and not self._preface:
+        if not self._backlog and not self._preface and not self.held:
             return
         if self._socket is None:
             if time.monotonic() < self._retry_at:
@@ -194,7 +196,7 @@ class TcpTransport:
     def _acknowledged(self) -> None:
         """Forgets the messages the collector's system has acknowledged."""
         unacked = self._unacked
-        if not unacked:
+        if not unacked or self._socket is None:
             return
         try:
             queued = OUTQ.unpack(fcntl.ioctl(self._socket, termios.TIOCOUTQ, bytes(OUTQ.size)))[0]
@@ -233,9 +235,7 @@ class TcpTransport:
             time.sleep(seconds)
 
     def _done(self) -> bool:
-        if self._socket is not None:
-            self._acknowledged()
-        return not self._backlog and not self._unacked
+        return not self.held
 
     def close(self) -> None:
         """Waits up to `linger_s` for the collector to acknowledge what is held, then closes."""
