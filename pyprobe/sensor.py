@@ -12,7 +12,8 @@ its collectors (`capture.exclude_exports`). Signals:
 
 Every `statistics_interval` the capture's and the exporters' counters are logged on one line and
 copied into the exporting-process statistics that the next template refresh sends; a warning
-follows whenever the kernel or the interface dropped packets since the line before.
+follows whenever the kernel or the interface dropped packets since the line before. Every
+second of the clock they are posted, as `metrics` samples, where `metrics.listen` serves them.
 
 With `capture.workers` N > 1 the parent checks the configuration and forks N workers (see
 `workers`): on Linux they share a live capture through the kernel's fanout, elsewhere each reads
