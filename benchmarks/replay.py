@@ -37,9 +37,9 @@ import dpkt
 
 from pyprobe import FlowStream
 from pyprobe.flow import EndReason
-from pyprobe.elements import ElementRegistry
+from pyprobe.export.elements import ElementRegistry
 from pyprobe.probe import Collector, Probe
-from pyprobe.template import load_templates
+from pyprobe.export.template import TEMPLATES, load_templates
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -77,7 +77,7 @@ def syn_storm_capture(flows: int) -> Path:
 def run_once(path: Path, sink: tuple[str, int] | None, dpi: bool = False,
              template: str | None = "default.yaml") -> tuple[int, int, float, FlowStream]:
     """(packets, flows, seconds, the stream) of one full replay, exported to `sink` when given:
-    IPFIX with templates/`template`, or with no template, to ntopng (zmq: sink is the endpoint
+    IPFIX with the built-in template `template`, or with no template, to ntopng (zmq: sink is the endpoint
     the probe binds, which nobody subscribes to: the messages are encoded and held)."""
     stream = FlowStream(str(path), dpi=dpi)
     started = time.perf_counter()
@@ -85,7 +85,7 @@ def run_once(path: Path, sink: tuple[str, int] | None, dpi: bool = False,
         flows = sum(1 for _ in stream)
     else:
         registry = ElementRegistry.default()
-        collector = (Collector(*sink, "ipfix", load_templates(ROOT / "templates" / template,
+        collector = (Collector(*sink, "ipfix", load_templates(TEMPLATES / template,
                                                               registry))
                      if template else Collector(*sink, "zmq", None, zmq_linger=0))
         flows = Probe(stream, [collector], registry).run().flows

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from . import __version__
 from .config import (BIFLOW_TEMPLATE, SensorConfig, add_arguments, flags, load_config,
                      overrides_of, to_yaml)
-from .elements import ElementRegistry
+from .export.elements import ElementRegistry
 from .errors import CaptureError, PyprobeError
 from .flow import Flow
 from .probe import ExportSummary, Probe

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import COLLECTOR_DEFAULTS
-from .elements import ElementRegistry
-from .export import Exporter
-from .ntopng import Message, NtopngExporter
+from .export.elements import ElementRegistry
+from .export.exporter import Exporter
+from .export.ntopng import Message, NtopngExporter
 from .stream import TICK_MS, FlowStream
-from .template import TemplateSet
-from .transport import UdpTransport
+from .export.template import TemplateSet
+from .export.transport import UdpTransport
 
 if TYPE_CHECKING:
-    from .zmqtransport import ZmqTransport
+    from .export.zmqtransport import ZmqTransport
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Collector:
 
     def transport(self) -> UdpTransport | ZmqTransport:
         if self.protocol == "zmq":
-            from .zmqtransport import ZmqTransport  # pyzmq loads only when ntopng is a collector
+            from .export.zmqtransport import ZmqTransport  # pyzmq loads only when ntopng is a collector
             return ZmqTransport(self.host, self.port, probe_mode=self.zmq_probe_mode,
                                 queue_octets=self.zmq_queue, linger_s=self.zmq_linger)
         return UdpTransport(self.host, self.port)

@@ -36,12 +36,12 @@ from typing import Any, NamedTuple
 
 from .capture import PcapSource, check_interfaces
 from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
-from .elements import ElementRegistry
+from .export.elements import ElementRegistry
 from .errors import ConfigError, PyprobeError
 from .probe import Collector, Probe
 from .stream import FlowStream
-from .template import TemplateSet, load_templates
-from .transport import resolve
+from .export.template import TemplateSet, load_templates
+from .export.transport import resolve
 from .workers import Board, Rendezvous
 
 log = logging.getLogger("pyprobe")

@@ -10,10 +10,10 @@ IPFIX the options travel in messages of observation domain 0. The clock is whate
 the caller passes: packet time in a replay. When the templates send applicationId, the first
 flow of each application after every timed refresh is preceded by its names record.
 
->>> from pyprobe.elements import ElementRegistry
->>> from pyprobe.template import load_templates
+>>> from pyprobe.export.elements import ElementRegistry
+>>> from pyprobe.export.template import TEMPLATES, load_templates
 >>> registry = ElementRegistry.default()
->>> exporter = Exporter("ipfix", load_templates("templates/default.yaml", registry), registry)
+>>> exporter = Exporter("ipfix", load_templates(TEMPLATES / "default.yaml", registry), registry)
 >>> exporter.flush(now_ms=1_700_000_000_000)[0][:2].hex()   # templates and options only
 '000a'
 """
@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 from .elements import ElementRegistry
 from .fields import application_id, application_name
-from .flow import EMPTY_DIRECTION, NO_DPI, DpiInfo, Flow
+from ..flow import EMPTY_DIRECTION, NO_DPI, DpiInfo, Flow
 from .ipfix import IPFIX
 from .message import LAST_EXPORT_S, MessageBuilder, Protocol
 from .netflow9 import NETFLOW9, UPTIME_WINDOW_MS

@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 
-from .errors import PyprobeError
+from ..errors import PyprobeError
 
 log = logging.getLogger(__name__)
 
