@@ -42,9 +42,9 @@ import dpkt
 from pyprobe import FlowStream
 from pyprobe.flow import EndReason
 from pyprobe.config import CollectorConfig
-from pyprobe.elements import ElementRegistry
+from pyprobe.export.elements import ElementRegistry
 from pyprobe.probe import Collector, Probe
-from pyprobe.template import load_templates
+from pyprobe.export.template import TEMPLATES, load_templates
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -82,7 +82,7 @@ def syn_storm_capture(flows: int) -> Path:
 def run_once(path: Path, sink: CollectorConfig | None, dpi: bool = False,
              template: str | None = "default.yaml") -> tuple[int, int, float, FlowStream]:
     """(packets, flows, seconds, the stream) of one full replay, exported to `sink` when given:
-    IPFIX or NetFlow v9 with templates/`template`; to ntopng (zmq: sink is the endpoint the
+    IPFIX or NetFlow v9 with the built-in template `template`; to ntopng (zmq: sink is the endpoint the
     probe binds, which nobody subscribes to: the messages are encoded and held), or JSON lines,
     with none."""
     stream = FlowStream(str(path), dpi=dpi)
@@ -91,7 +91,7 @@ def run_once(path: Path, sink: CollectorConfig | None, dpi: bool = False,
         flows = sum(1 for _ in stream)
     else:
         registry = ElementRegistry.default()
-        templates = (load_templates(ROOT / "templates" / template, registry)
+        templates = (load_templates(TEMPLATES / template, registry)
                      if sink.protocol in ("ipfix", "netflow9") else None)
         flows = Probe(stream, [Collector(sink, templates)], registry).run().flows
     return stream.stats.packets_read, flows, time.perf_counter() - started, stream

@@ -18,11 +18,11 @@ from typing import Any, TextIO
 from . import __version__
 from .config import (BIFLOW_TEMPLATE, SensorConfig, add_arguments, flags, load_config,
                      overrides_of, to_yaml)
-from .elements import ElementRegistry
+from .export.elements import ElementRegistry
+from .export.filetransport import STDOUT
+from .export.jsonlines import json_line
 from .errors import CaptureError, PyprobeError
-from .filetransport import STDOUT
 from .flow import Flow
-from .jsonlines import json_line
 from .probe import ExportSummary, Probe
 from .crew import run
 from .metrics import add_up, details, status

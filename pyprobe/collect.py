@@ -10,10 +10,10 @@ per message; what goes past a bound is refused and counted (`refused`).
 connection a session), or reads an IPFIX file (`ipfix_messages`), and prints every record, as
 JSON or as text with control characters escaped.
 
->>> from pyprobe.export import Exporter
->>> from pyprobe.template import load_templates
+>>> from pyprobe.export.exporter import Exporter
+>>> from pyprobe.export.template import TEMPLATES, load_templates
 >>> registry = ElementRegistry.default()
->>> exporter = Exporter("ipfix", load_templates("templates/default.yaml", registry), registry)
+>>> exporter = Exporter("ipfix", load_templates(TEMPLATES / "default.yaml", registry), registry)
 >>> collector = Collector(registry)
 >>> [record] = collector.feed(exporter.flush(now_ms=1_700_000_000_000)[0], ("192.0.2.1", 4739))
 >>> record.exporter, record.version, record.template_id, record.fields[:2]
@@ -38,10 +38,10 @@ from typing import Any, BinaryIO
 
 from construct import ConstructError
 
-from . import ipfix, netflow9
-from .elements import NTOP_PEN, NTOP_V9_BASE, VARLEN, ElementRegistry, InformationElement
+from .export import ipfix, netflow9
+from .export.elements import NTOP_PEN, NTOP_V9_BASE, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
-from .template import MAX_FIELDS  # fields of one template (a message could hold 16k)
+from .export.template import MAX_FIELDS  # fields of one template (a message could hold 16k)
 
 Decode = Callable[[bytes], Any]
 # NFv9 options scope field types (RFC 3954 §6.1): a namespace of their own, not element ids.

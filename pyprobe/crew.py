@@ -16,7 +16,7 @@ import time
 
 from .capture import LINUX
 from .config import SensorConfig, load_config
-from .elements import ElementRegistry
+from .export.elements import ElementRegistry
 from .probe import Collector
 from .sensor import (Counters, Sensor, Worker, check_capture, collectors_of, describe,
                      open_capture, reread, set_logging)

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .errors import PyprobeError
 from .flow import EndReason
-from .transport import parse_address
+from .export.transport import parse_address
 
 log = logging.getLogger(__name__)
 

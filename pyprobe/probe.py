@@ -22,18 +22,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 from .config import CollectorConfig
-from .elements import ElementRegistry
-from .export import Exporter
-from .filetransport import FileTransport
-from .jsonlines import JsonLinesExporter
-from .ntopng import Message, NtopngExporter
+from .export.elements import ElementRegistry
+from .export.exporter import Exporter
+from .export.filetransport import FileTransport
+from .export.jsonlines import JsonLinesExporter
+from .export.ntopng import Message, NtopngExporter
+from .export.tcptransport import TcpTransport
+from .export.template import TemplateSet
+from .export.transport import SocketOptions, UdpTransport
 from .stream import TICK_MS, FlowStream
-from .tcptransport import TcpTransport
-from .template import TemplateSet
-from .transport import SocketOptions, UdpTransport
 
 if TYPE_CHECKING:
-    from .zmqtransport import ZmqTransport
+    from .export.zmqtransport import ZmqTransport
 
 
 AnyExporter: TypeAlias = "Exporter | NtopngExporter | JsonLinesExporter"
@@ -71,7 +71,7 @@ class Collector:
             return FileTransport(config.file, rotate_interval_s=config.rotate_interval,
                                  rotate_size=config.rotate_size)
         if config.protocol == "zmq":
-            from .zmqtransport import ZmqTransport  # pyzmq loads only when ntopng is a collector
+            from .export.zmqtransport import ZmqTransport  # pyzmq loads only for ntopng
             return ZmqTransport(config.host, config.port, probe_mode=config.zmq_probe_mode,
                                 queue_octets=config.queue, linger_s=config.linger)
         options = SocketOptions(config.source, config.dscp, config.ttl, config.send_buffer)

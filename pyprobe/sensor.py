@@ -38,13 +38,13 @@ from typing import Any, NamedTuple
 from .capture import PcapSource, check_interfaces
 from .config import (BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, CollectorConfig,
                      SensorConfig, load_config)
-from .elements import ElementRegistry
+from .export.elements import ElementRegistry
 from .errors import ConfigError, PyprobeError
 from .metrics import REASONS, Board, MetricsServer, Sample, add_up
 from .probe import Collector, Probe
 from .stream import FlowStream
-from .template import TemplateSet, load_templates
-from .transport import SocketOptions, export_socket, parse_address, resolve
+from .export.template import TemplateSet, load_templates
+from .export.transport import SocketOptions, export_socket, parse_address, resolve
 from .workers import Rendezvous
 
 log = logging.getLogger("pyprobe")

@@ -62,7 +62,7 @@ def ms(value: str) -> int:
 
 
 def dumped_rows(records: Iterable[tuple[int, dict[str, str]]]) -> Counter[Row]:
-    """The flow records (of templates/ndpi.yaml) as rows."""
+    """The flow records (of the built-in ndpi.yaml) as rows."""
     rows: Counter[Row] = Counter()
     for template, fields in records:
         if template not in FLOW_TEMPLATES:

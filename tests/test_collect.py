@@ -18,13 +18,12 @@ from tinypcap import EPOCH_MS, session, write_pcap
 from pyprobe import Packet
 from pyprobe.cache import FlowCache
 from pyprobe.collect import Collector, CollectError, Record
-from pyprobe.elements import ElementRegistry
-from pyprobe.export import Exporter
-from pyprobe.ipfix import IPFIX
-from pyprobe.message import MessageBuilder
-from pyprobe.template import load_templates
+from pyprobe.export.elements import ElementRegistry
+from pyprobe.export.exporter import Exporter
+from pyprobe.export.ipfix import IPFIX
+from pyprobe.export.message import MessageBuilder
+from pyprobe.export.template import TEMPLATES, load_templates
 
-ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = ElementRegistry.default()
 SOURCE = ("192.0.2.1", 4739)
 ARP = ether(bytes(28), ETH_ARP)  # 42 octets the meter skips
@@ -100,7 +99,7 @@ def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, proto
 # The sans-IO collector.
 
 def exporter(protocol: str = "ipfix", **options) -> Exporter:
-    return Exporter(protocol, load_templates(ROOT / "templates" / "default.yaml", REGISTRY),
+    return Exporter(protocol, load_templates(TEMPLATES / "default.yaml", REGISTRY),
                     REGISTRY, **options)
 
 

@@ -8,7 +8,7 @@ from importlib import resources
 
 import pytest
 
-from pyprobe.elements import (
+from pyprobe.export.elements import (
     DATA_TYPES, NTOP_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement,
     UnknownElementError, element_from_row, reverse_name)
 from pyprobe.errors import PyprobeError
@@ -20,7 +20,7 @@ def registry() -> ElementRegistry:
 
 
 def data_rows(name: str) -> list[dict[str, str]]:
-    text = (resources.files("pyprobe") / "data" / name).read_text(encoding="utf-8")
+    text = (resources.files("pyprobe.export") / "data" / name).read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
 
 

@@ -20,16 +20,15 @@ from builders import (
 from pyprobe import FlowStream, Packet
 from pyprobe.cache import FlowCache
 from pyprobe.collect import Collector, Record
-from pyprobe.elements import ElementRegistry
-from pyprobe.export import Exporter
+from pyprobe.export.elements import ElementRegistry
+from pyprobe.export.exporter import Exporter
 from pyprobe.flow import EMPTY_DIRECTION, DpiInfo, Flow
-from pyprobe.ipfix import IPFIX
-from pyprobe.message import MessageBuilder
-from pyprobe.netflow9 import NETFLOW9
-from pyprobe.options import enterprise_elements
-from pyprobe.template import TemplateError, TemplateSet, load_templates
+from pyprobe.export.ipfix import IPFIX
+from pyprobe.export.message import MessageBuilder
+from pyprobe.export.netflow9 import NETFLOW9
+from pyprobe.export.options import enterprise_elements
+from pyprobe.export.template import TEMPLATES, TemplateError, TemplateSet, load_templates
 
-ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = ElementRegistry.default()
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 BOOT_MS = T0 - 1000  # the NFv9 boot time the probe picks: a whole second before the first packet
@@ -125,7 +124,7 @@ def flows(tmp_path_factory: pytest.TempPathFactory) -> list[Flow]:
 
 
 def templates(name: str) -> TemplateSet:
-    return load_templates(ROOT / "templates" / f"{name}.yaml", REGISTRY)
+    return load_templates(TEMPLATES / f"{name}.yaml", REGISTRY)
 
 
 def exporter(template: str | TemplateSet = "default", protocol: str = "ipfix",
@@ -228,7 +227,7 @@ def test_biflow_needs_ipfix() -> None:
     with pytest.raises(TemplateError) as error:
         exporter("biflow", "netflow9")
     assert str(error.value) == (
-        f"{ROOT / 'templates' / 'biflow.yaml'}: biflow templates need IPFIX (RFC 5103 reverse "
+        f"{TEMPLATES / 'biflow.yaml'}: biflow templates need IPFIX (RFC 5103 reverse "
         "elements have no NetFlow v9 field types)")
 
 
@@ -530,7 +529,7 @@ def test_mtu_too_small_for_one_record_is_refused(protocol: str) -> None:
 # Template refresh and options data.
 
 OPTIONS = [3, STATISTICS]  # default.yaml over IPFIX: no enterprise element; in domain 0
-TEMPLATES = [2]  # the data templates, in the flows' domain
+TEMPLATE_SETS = [2]  # the data templates, in the flows' domain
 
 
 def test_templates_and_options_open_the_first_message_and_every_nth() -> None:
@@ -538,9 +537,9 @@ def test_templates_and_options_open_the_first_message_and_every_nth() -> None:
     messages = export.export(udp_flows(200), T0 + 1000) + export.flush(T0 + 1000)
     data = data_domain(messages)
     assert len(data) == 15
-    assert [set_ids(m)[:1] == TEMPLATES for m in data] == [
+    assert [set_ids(m)[:1] == TEMPLATE_SETS for m in data] == [
         i % 3 == 0 or i == len(data) - 1 for i in range(len(data))]
-    assert set_ids(data[0]) == TEMPLATES + [256]
+    assert set_ids(data[0]) == TEMPLATE_SETS + [256]
     assert set_ids(data[1]) == [256]
     # Each refresh sends the options too, in a domain-0 message just before that data message.
     assert [i for i, m in enumerate(messages) if m not in data] == [0, 4, 8, 12, 16, 19]
@@ -556,12 +555,12 @@ def test_templates_refresh_after_template_refresh_s_of_packet_time_even_without_
             export.tick(T0 + 20_999), export.tick(T0 + 21_000), export.tick(T0 + 30_999),
             export.export(batches[3], T0 + 31_000), export.flush(T0 + 31_000)]
     assert [[set_ids(m) for m in messages] for messages in sent] == [
-        [], [], [OPTIONS, TEMPLATES + [256]],  # opened at 1000, held 1 s: the flush interval
+        [], [], [OPTIONS, TEMPLATE_SETS + [256]],  # opened at 1000, held 1 s: the flush interval
         [], [[256]],
-        [], [OPTIONS, TEMPLATES + [256]],  # 10 s after the templates of 1000
-        [], [OPTIONS, TEMPLATES],  # no data: the timer sends them alone, 10 s after 11 000
+        [], [OPTIONS, TEMPLATE_SETS + [256]],  # 10 s after the templates of 1000
+        [], [OPTIONS, TEMPLATE_SETS],  # no data: the timer sends them alone, 10 s after 11 000
         [], [],
-        [OPTIONS, TEMPLATES + [256], OPTIONS, TEMPLATES]]  # due at 31 000; flush: statistics
+        [OPTIONS, TEMPLATE_SETS + [256], OPTIONS, TEMPLATE_SETS]]  # due at 31 000; flush: statistics
 
 
 def statistics_of(records: list[Record]) -> dict[str, Any]:

@@ -30,14 +30,13 @@ from pyprobe.classify import NdpiClassifier
 from pyprobe.collect import Collector, CollectError
 from pyprobe.config import load_config
 from pyprobe.decode import Decoder
-from pyprobe.elements import ElementRegistry
+from pyprobe.export.elements import ElementRegistry
 from pyprobe.errors import ConfigError
-from pyprobe.export import Exporter
+from pyprobe.export.exporter import Exporter
 from pyprobe.flow import DpiInfo, Flow, Packet
 from pyprobe.ndpi import NDPI
-from pyprobe.template import load_templates
+from pyprobe.export.template import TEMPLATES, load_templates
 
-ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = ElementRegistry.default()
 EXAMPLES = int(os.environ.get("PYPROBE_FUZZ_EXAMPLES", 0))
 
@@ -123,7 +122,7 @@ def test_cache(packets: list[Packet], max_flows: int, idle: float, linger: float
 # The exporter: flows with extreme counters, times and labels.
 
 TEXT = st.one_of(st.just(""), st.text(st.characters(codec="utf-8"), max_size=400))
-TEMPLATES = {name: load_templates(ROOT / "templates" / f"{name}.yaml", REGISTRY)
+TEMPLATE_SETS = {name: load_templates(TEMPLATES / f"{name}.yaml", REGISTRY)
              for name in ("default", "ndpi", "biflow")}
 
 
@@ -147,13 +146,13 @@ def flows(draw: st.DrawFn) -> list[Flow]:
 
 
 @fuzz(400)
-@given(batch=flows(), template=st.sampled_from(sorted(TEMPLATES)),
+@given(batch=flows(), template=st.sampled_from(sorted(TEMPLATE_SETS)),
        protocol=st.sampled_from(("ipfix", "netflow9")), mtu=st.sampled_from((1400, 2000, 9000)))
 def test_export(batch: list[Flow], template: str, protocol: str, mtu: int) -> None:
     """Every message fits the mtu and decodes whole; every flow is sent or counted not sent."""
     if template == "biflow" and protocol == "netflow9":
         return
-    exporter = Exporter(protocol, TEMPLATES[template], REGISTRY, mtu_bytes=mtu,
+    exporter = Exporter(protocol, TEMPLATE_SETS[template], REGISTRY, mtu_bytes=mtu,
                         boot_ms=1_700_000_000_000 - 1000)
     messages = exporter.export(batch, 2**32 * 1000 + 5) + exporter.flush(2**32 * 1000 + 5)
     assert max(map(len, messages)) <= mtu
@@ -170,7 +169,7 @@ def test_export(batch: list[Flow], template: str, protocol: str, mtu: int) -> No
 def sound_messages() -> list[bytes]:
     out = []
     for protocol in ("ipfix", "netflow9"):
-        exporter = Exporter(protocol, TEMPLATES["ndpi"], REGISTRY, mtu_bytes=1400)
+        exporter = Exporter(protocol, TEMPLATE_SETS["ndpi"], REGISTRY, mtu_bytes=1400)
         out += exporter.flush(1_700_000_000_000)
     return out
 

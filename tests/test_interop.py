@@ -30,19 +30,19 @@ from test_export import set_ids  # noqa: E402
 
 from pyprobe.collect import Collector as Decoder, Record  # noqa: E402
 from pyprobe.config import CollectorConfig  # noqa: E402
-from pyprobe.elements import ElementRegistry  # noqa: E402
+from pyprobe.export.elements import ElementRegistry  # noqa: E402
 from pyprobe.flow import Flow, format_addr  # noqa: E402
 from pyprobe.probe import Collector, ExportSummary, Probe  # noqa: E402
 from pyprobe.stream import FlowStream  # noqa: E402
-from pyprobe.template import TemplateSet, load_templates  # noqa: E402
+from pyprobe.export.template import TEMPLATES, TemplateSet, load_templates  # noqa: E402
 
 PROTOCOLS = ("ipfix", "netflow9")
 TCP_UDP = (6, 17)
 ICMPV6 = 58
 REGISTRY = ElementRegistry.default()
-DEFAULT_TEMPLATES = load_templates(ROOT / "templates" / "default.yaml", REGISTRY)
-BIFLOW_TEMPLATES = load_templates(ROOT / "templates" / "biflow.yaml", REGISTRY)
-NDPI_TEMPLATES = load_templates(ROOT / "templates" / "ndpi.yaml", REGISTRY)
+DEFAULT_TEMPLATES = load_templates(TEMPLATES / "default.yaml", REGISTRY)
+BIFLOW_TEMPLATES = load_templates(TEMPLATES / "biflow.yaml", REGISTRY)
+NDPI_TEMPLATES = load_templates(TEMPLATES / "ndpi.yaml", REGISTRY)
 TEMPLATE_SETS = {"ipfix": (2, 3), "netflow9": (0, 1)}  # template and options template set ids
 
 

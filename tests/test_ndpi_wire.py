@@ -1,4 +1,4 @@
-"""nDPI's labels on the wire (templates/ndpi.yaml): what nfdump and Wireshark read back.
+"""nDPI's labels on the wire (pyprobe/export/templates/ndpi.yaml): what nfdump and Wireshark read back.
 
 Flows of three shared captures (DNS, HTTP, TLS) are exported in IPFIX and NetFlow v9 to a real
 nfcapd, whose files nfdump prints with the application-name fields, and the same datagrams
@@ -18,10 +18,10 @@ import dpkt
 import pytest
 
 from pyprobe import FlowStream
-from pyprobe.elements import ElementRegistry
-from pyprobe.export import Exporter
-from pyprobe.fields import application_name, l7_proto, server_name
-from pyprobe.template import load_templates
+from pyprobe.export.elements import ElementRegistry
+from pyprobe.export.exporter import Exporter
+from pyprobe.export.fields import application_name, l7_proto, server_name
+from pyprobe.export.template import TEMPLATES, load_templates
 
 from .conftest import NDPI_PCAPS, ROOT, require
 
@@ -43,7 +43,7 @@ def flows() -> list:
 def export(flows: list, protocol: str) -> list[bytes]:
     """Every message the exporter sends for the flows, final flush included."""
     registry = ElementRegistry.default()
-    exporter = Exporter(protocol, load_templates(ROOT / "templates" / "ndpi.yaml", registry),
+    exporter = Exporter(protocol, load_templates(TEMPLATES / "ndpi.yaml", registry),
                         registry, boot_ms=min(f.first_seen_ms for f in flows) // 1000 * 1000 - 1000)
     messages = [m for flow in flows for m in exporter.export([flow], flow.last_seen_ms)]
     return messages + exporter.flush(max(flow.last_seen_ms for flow in flows))

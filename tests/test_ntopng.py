@@ -10,7 +10,7 @@ import pytest
 
 from pyprobe import FlowStream
 from pyprobe.flow import Flow
-from pyprobe.ntopng import (FLAG_COMPRESSED, FLAG_TLV, HEADER, MAX_PAYLOAD, MAX_RECORDS,
+from pyprobe.export.ntopng import (FLAG_COMPRESSED, FLAG_TLV, HEADER, MAX_PAYLOAD, MAX_RECORDS,
                             Message, NtopngExporter, flow_record, tls_version)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,7 @@ STRING, END_OF_RECORD = 11, 1
 
 
 def decode(payload: bytes) -> list[dict[int, int | str]]:
-    """The records of a TLV payload, read independently of pyprobe.tlv."""
+    """The records of a TLV payload, read independently of pyprobe.export.tlv."""
     assert payload[:2] == b"\x01\x01"
     out: list[dict[int, int | str]] = []
     record: dict[int, int | str] = {}

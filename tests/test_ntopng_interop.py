@@ -22,9 +22,9 @@ from ntopng import Ntopng, until, why_not
 from test_sensor import Namespace, Nfcapd, Probe, expected, netns, traffic  # noqa: F401
 
 from pyprobe.flow import TH_SYN, Flow
-from pyprobe.ntopng import NtopngExporter
+from pyprobe.export.ntopng import NtopngExporter
 from pyprobe.stream import FlowStream
-from pyprobe.zmqtransport import ZmqTransport
+from pyprobe.export.zmqtransport import ZmqTransport
 
 PYPROBE = [sys.executable, "-m", "pyprobe"]
 TCP, UDP = 6, 17

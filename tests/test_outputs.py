@@ -19,7 +19,7 @@ from tinypcap import EPOCH_MS, tcp, udp, write_pcap
 
 from pyprobe.collect import Collector as Decoder, ipfix_messages
 from pyprobe.config import CollectorConfig
-from pyprobe.filetransport import FileTransport
+from pyprobe.export.filetransport import FileTransport
 from pyprobe.flow import TH_ACK, TH_SYN, Flow
 from pyprobe.probe import Collector, ExportSummary, Probe
 from pyprobe.stream import FlowStream

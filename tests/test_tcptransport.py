@@ -22,10 +22,10 @@ from test_interop import DEFAULT_TEMPLATES, REGISTRY
 from test_sensor import PYPROBE, Namespace, many_flows, netns  # noqa: F401 - the fixture
 from test_sensor import Probe as SensorProbe
 
-from pyprobe.export import Exporter
+from pyprobe.export.exporter import Exporter
 from pyprobe.flow import Flow
 from pyprobe.stream import FlowStream
-from pyprobe.tcptransport import TcpTransport
+from pyprobe.export.tcptransport import TcpTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from cffi import FFI
 
-from pyprobe.tlv import END_OF_RECORD, HEADER, ItemType, item_encoder
+from pyprobe.export.tlv import END_OF_RECORD, HEADER, ItemType, item_encoder
 
 _lib_engine = pytest.importorskip("_lib_engine", reason="the nDPI library (nfstream wheel) is "
                                                         "not installed")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pyprobe.transport import SocketOptions, TransportError, export_socket
+from pyprobe.export.transport import SocketOptions, TransportError, export_socket
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROBE = [sys.executable, "-m", "pyprobe"]

@@ -34,9 +34,9 @@ from pyprobe import FlowStream  # noqa: E402
 from pyprobe.capture import PcapSource  # noqa: E402
 from pyprobe.collect import Collector  # noqa: E402
 from pyprobe.decode import Decoder  # noqa: E402
-from pyprobe.elements import ElementRegistry  # noqa: E402
-from pyprobe.export import Exporter  # noqa: E402
-from pyprobe.template import load_templates  # noqa: E402
+from pyprobe.export.elements import ElementRegistry  # noqa: E402
+from pyprobe.export.exporter import Exporter  # noqa: E402
+from pyprobe.export.template import TEMPLATES, load_templates  # noqa: E402
 from pyprobe.tunnel import TunnelDecoder  # noqa: E402
 
 C4, D4 = bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2])  # the tunnel endpoints
@@ -337,9 +337,9 @@ def test_flow_stream_meters_inner_flows(tmp_path: Path) -> None:
         ("192.0.2.1", 33333, "192.0.2.2", 2152, UDP, 0, 1, 46, 0, 0)]
     assert (flows[0].src2dst.tunnel_id, flows[0].reverse.tunnel_id) == (0x100, 0x200)
     assert on.stats.to_dict()["tunnel_fallbacks"] == {"GTP-U: truncated IP header": 1}
-    # On the wire (templates/ndpi.yaml), each record carries both ends' TEIDs.
+    # On the wire (pyprobe/export/templates/ndpi.yaml), each record carries both ends' TEIDs.
     registry = ElementRegistry.default()
-    exporter = Exporter("ipfix", load_templates(ROOT / "templates" / "ndpi.yaml", registry), registry)
+    exporter = Exporter("ipfix", load_templates(TEMPLATES / "ndpi.yaml", registry), registry)
     messages = exporter.export(flows[:1], 2_000) + exporter.flush(2_000)
     records = [r.as_dict()["fields"] for m in messages
                for r in Collector(registry).feed(m, ("192.0.2.9", 4739)) if r.template_id == 260]

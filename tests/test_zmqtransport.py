@@ -13,9 +13,9 @@ from ntopng import free_tcp_port, until
 from test_ntopng import SAMPLE, decode
 
 from pyprobe import FlowStream
-from pyprobe.ntopng import HEADER, Message, NtopngExporter
-from pyprobe.transport import TransportError
-from pyprobe.zmqtransport import ZmqTransport
+from pyprobe.export.ntopng import HEADER, Message, NtopngExporter
+from pyprobe.export.transport import TransportError
+from pyprobe.export.zmqtransport import ZmqTransport
 
 TOPICS = (b"flow", b"event", b"counter", b"template", b"option", b"hello", b"listening-ports",
           b"snmp-ifaces", b"message")  # what ntopng subscribes to

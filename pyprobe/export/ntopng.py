@@ -44,9 +44,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from . import __version__
+from .. import __version__
 from .fields import server_name
-from .flow import EMPTY_DIRECTION, Flow
+from ..flow import EMPTY_DIRECTION, Flow
 from .options import ExportStats
 from .tlv import END_OF_RECORD, HEADER as TLV_HEADER, item_encoder
 

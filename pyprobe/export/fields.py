@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 from functools import lru_cache
 
-from .flow import NO_DPI, DpiInfo
+from ..flow import NO_DPI, DpiInfo
 
 NDPI_ENGINE = 22  # RFC 6759 classification engine id of ntop nDPI
 

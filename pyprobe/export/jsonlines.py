@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 
-from .flow import Flow
+from ..flow import Flow
 from .options import ExportStats
 
 

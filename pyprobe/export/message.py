@@ -6,7 +6,7 @@ puts records into sets and sets into one message, never past `mtu_bytes` and nev
 record: `add()` returns False when the record does not fit, and the caller sends `finish()` and
 starts a new message.
 
->>> from pyprobe.ipfix import IPFIX
+>>> from pyprobe.export.ipfix import IPFIX
 >>> builder = MessageBuilder(IPFIX, mtu_bytes=40)
 >>> builder.add(256, b"x" * 20, True), builder.add(256, b"y" * 20, True)
 (True, False)

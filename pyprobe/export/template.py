@@ -1,15 +1,16 @@
 """Templates: which Information Elements go in a record, loaded from YAML and compiled per protocol.
 
-A template file (templates/*.yaml) lists templates; each names its elements in wire order. Loading
+A template file lists templates; each names its elements in wire order (the built-in ones are in
+`TEMPLATES`, this package's `templates/`: default.yaml, ndpi.yaml, biflow.yaml). Loading
 resolves every name in the `ElementRegistry`, checks the length against the element's type and
 that `fields.py` knows how to read it, and reports the file, the entry and what was expected.
 `Template.compile(protocol)` then fixes the wire layout once: the fields' expressions (fields.py)
 become one function that returns a record's values, runs of fixed-width fields one precompiled
 `struct.Struct`, and IPFIX variable-length strings are encoded between them.
 
->>> from pyprobe.elements import ElementRegistry
->>> from pyprobe.ipfix import IPFIX
->>> templates = load_templates("templates/default.yaml", ElementRegistry.default())
+>>> from pyprobe.export.elements import ElementRegistry
+>>> from pyprobe.export.ipfix import IPFIX
+>>> templates = load_templates(TEMPLATES / "default.yaml", ElementRegistry.default())
 >>> [(t.id, t.name, t.ip_version, len(t.fields)) for t in templates.templates]
 [(256, 'ipv4_flow', 4, 18), (257, 'ipv6_flow', 6, 18)]
 >>> templates.templates[0].compile(IPFIX).record_length
@@ -26,15 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .elements import IANA_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement
-from .errors import PyprobeError
+from ..errors import PyprobeError
 from .fields import (DERIVED, EXPRESSION_GLOBALS, FIELD_EXPRESSIONS, PARAMETERS,
                      reverse_expression)
-from .flow import Flow
-from .yamlfile import read_yaml
+from ..flow import Flow
+from ..yamlfile import read_yaml
 
 if TYPE_CHECKING:
-    from .protocol import Protocol
+    from .message import Protocol
 
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # the built-in template files
 MIN_TEMPLATE_ID = 256  # RFC 7011 §3.4.1: 0-255 are set ids
 MAX_FIELDS = 512  # fields of a template (ndpi.yaml has 35; what `pyprobe collect` keeps too)
 MATCH_KEYS = {"ip_version": (4, 6)}

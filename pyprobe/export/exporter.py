@@ -16,10 +16,10 @@ the start of each file; the data messages carry only the options data (statistic
 types), at the start and every `template_refresh_s`. `cut()` ends a session (a file): the
 next message carries the options data again, and each application's names before its flows.
 
->>> from pyprobe.elements import ElementRegistry
->>> from pyprobe.template import load_templates
+>>> from pyprobe.export.elements import ElementRegistry
+>>> from pyprobe.export.template import TEMPLATES, load_templates
 >>> registry = ElementRegistry.default()
->>> exporter = Exporter("ipfix", load_templates("templates/default.yaml", registry), registry)
+>>> exporter = Exporter("ipfix", load_templates(TEMPLATES / "default.yaml", registry), registry)
 >>> exporter.flush(now_ms=1_700_000_000_000)[0][:2].hex()   # templates and options only
 '000a'
 """
@@ -31,7 +31,7 @@ from collections.abc import Iterable
 
 from .elements import ElementRegistry
 from .fields import application_id, application_name
-from .flow import EMPTY_DIRECTION, NO_DPI, DpiInfo, Flow
+from ..flow import EMPTY_DIRECTION, NO_DPI, DpiInfo, Flow
 from .ipfix import IPFIX
 from .message import LAST_EXPORT_S, MessageBuilder, Protocol
 from .netflow9 import NETFLOW9, UPTIME_WINDOW_MS

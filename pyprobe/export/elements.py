@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from importlib import resources
 
-from .errors import PyprobeError
+from ..errors import PyprobeError
 
 IANA_PEN = 0
 REVERSE_PEN = 29305  # RFC 5103 §6.1: reverse direction of an IANA element, same element id

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import PyprobeError
+from ..errors import PyprobeError
 
 log = logging.getLogger(__name__)
 
