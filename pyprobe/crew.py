@@ -78,6 +78,8 @@ class Crew:
 
     def stopped(self) -> None:
         log.info("stopped: %s", Counters.of(self.board.total()))
+        if self.server is not None:
+            self.server.close()
 
 
 def run(config_path: str | None, overrides: dict) -> int:

@@ -208,6 +208,7 @@ class MetricsServer:
             raise PyprobeError(f"metrics.listen {listen}: cannot listen: "
                                f"{error.strerror or error}") from None
         self.listen = listen
+        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -215,10 +216,17 @@ class MetricsServer:
         return self._httpd.server_address[1]
 
     def start(self) -> None:
-        threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True).start()
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics",
+                                        daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        """Stops serving (a started server), and closes the socket (a forked worker's copy)."""
+        """Stops serving (a started server: its thread ends), and closes the socket (a forked
+        worker's copy too)."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
         self._httpd.server_close()
 
 
