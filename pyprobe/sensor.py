@@ -337,7 +337,7 @@ class Sensor:
         stream = probe.stream
         meter, sent = stream.stats, probe.sent()  # what a reload dropped included
         return Counters(*self.capture.stats(), meter.packets_read, meter.packets_skipped,
-                        len(stream.cache or ()), sum(meter.flows.values()), sent.records,
+                        stream.live_flows, sum(meter.flows.values()), sent.records,
                         sent.messages, sent.send_errors)
 
     def reload(self, now_ms: int) -> None:

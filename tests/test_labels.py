@@ -22,6 +22,7 @@ from pyprobe import FlowStream
 from pyprobe.classify import METADATA, SERVER_NAME_SOURCES, NdpiClassifier
 from pyprobe.flow import DpiInfo, dpi_metadata
 from pyprobe.ndpi import NDPI
+from pyprobe.stream import N_DISSECTIONS
 
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(DpiInfo)}
 THRESHOLD = 0.95  # nfstream 6.6.0 over the same library: 97 %
@@ -140,7 +141,8 @@ def comparison() -> dict[str, tuple[int, list[Mismatch], Counter, list[str]]]:
     captures = [c for c in ndpi_captures() if (NDPI_PCAPS / "expected" / f"{c.name}.out").exists()]
     if not captures:
         pytest.skip(f"{NDPI_PCAPS} is absent (the shared captures live beside the repository)")
-    plain, reporting = NdpiClassifier(ndpi=NDPI()), NdpiClassifier(ndpi=NDPI(), report=True)
+    plain, reporting = NdpiClassifier(N_DISSECTIONS, ndpi=NDPI()), NdpiClassifier(
+        N_DISSECTIONS, ndpi=NDPI(), report=True)
     return {capture.name: compare(capture, plain, reporting) for capture in captures}
 
 
