@@ -4,7 +4,7 @@ An expected flow is matched to a flow of ours by protocol and the unordered pair
 (ndpiReader prints either direction). VLAN is left out of the match: ndpiReader keys QinQ frames
 by the inner tag, the probe by the outer one; flows that share a 5-tuple in several VLANs are
 paired label by label. The expected files come from a late-2024 nDPI, the library is 5.0: the
-differences that remain are listed, with their reasons, in KNOWN_DIFFERENCES and README.md.
+differences that remain are listed, with their reasons, in KNOWN_DIFFERENCES and docs/ndpi.md.
 """
 from __future__ import annotations
 
