@@ -14,6 +14,9 @@ of `pyprobe replay` (nDPI on with its default budget of new flows, IPFIX export 
 template) on the storm beside its normal rate, the same on ndpi_merged_bench.pcap, median of
 --repeat runs, alternated.
 
+With --outputs, a table of packets/s with each kind of output (nDPI off, the default template):
+UDP as above, IPFIX over TCP to a local reader, an IPFIX file and a JSON lines file.
+
 With --dpi, a second table: the meter with nDPI on (packets/s, and as a share of the meter
 alone), packets handed to nDPI per flow, flows that took nDPI's guess, and resident memory per
 active flow with nDPI on and off: the growth of RSS from before a run to the moment the last
@@ -30,6 +33,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +41,7 @@ import dpkt
 
 from pyprobe import FlowStream
 from pyprobe.flow import EndReason
+from pyprobe.config import CollectorConfig
 from pyprobe.export.elements import ElementRegistry
 from pyprobe.probe import Collector, Probe
 from pyprobe.export.template import TEMPLATES, load_templates
@@ -74,22 +79,61 @@ def syn_storm_capture(flows: int) -> Path:
     return path
 
 
-def run_once(path: Path, sink: tuple[str, int] | None, dpi: bool = False,
+def run_once(path: Path, sink: CollectorConfig | None, dpi: bool = False,
              template: str | None = "default.yaml") -> tuple[int, int, float, FlowStream]:
     """(packets, flows, seconds, the stream) of one full replay, exported to `sink` when given:
-    IPFIX with the built-in template `template`, or with no template, to ntopng (zmq: sink is the endpoint
-    the probe binds, which nobody subscribes to: the messages are encoded and held)."""
+    IPFIX or NetFlow v9 with the built-in template `template`; to ntopng (zmq: sink is the endpoint the
+    probe binds, which nobody subscribes to: the messages are encoded and held), or JSON lines,
+    with none."""
     stream = FlowStream(str(path), dpi=dpi)
     started = time.perf_counter()
     if sink is None:
         flows = sum(1 for _ in stream)
     else:
         registry = ElementRegistry.default()
-        collector = (Collector(*sink, "ipfix", load_templates(TEMPLATES / template,
-                                                              registry))
-                     if template else Collector(*sink, "zmq", None, zmq_linger=0))
-        flows = Probe(stream, [collector], registry).run().flows
+        templates = (load_templates(TEMPLATES / template, registry)
+                     if sink.protocol in ("ipfix", "netflow9") else None)
+        flows = Probe(stream, [Collector(sink, templates)], registry).run().flows
     return stream.stats.packets_read, flows, time.perf_counter() - started, stream
+
+
+READER = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+while True:
+    connection, _ = server.accept()
+    while connection.recv(1 << 20):
+        pass
+    connection.close()
+"""
+
+
+def tcp_sink() -> subprocess.Popen:
+    """A process that reads and discards the connections to its port (its first line)."""
+    return subprocess.Popen([sys.executable, "-c", READER], stdout=subprocess.PIPE, text=True)
+
+
+def outputs_rows(path: Path, sink: tuple[str, int], repeat: int) -> list[str]:
+    """The --outputs table's rows for one capture: packets/s of the meter (nDPI off) exporting
+    the default template over UDP (to a socket never read), over TCP (to a reader process), into an
+    IPFIX file, and as JSON lines, median of `repeat` runs, alternated."""
+    reader = tcp_sink()
+    port = int(reader.stdout.readline())
+    with tempfile.TemporaryDirectory(prefix="pyprobe-bench-") as folder:
+        outputs = {"UDP": CollectorConfig(*sink),
+                   "TCP": CollectorConfig("127.0.0.1", port, transport="tcp"),
+                   "IPFIX file": CollectorConfig(file=f"{folder}/flows.ipfix"),
+                   "JSON lines file": CollectorConfig(file=f"{folder}/flows.jsonl")}
+        seconds: dict[str, list[float]] = {name: [] for name in outputs}
+        for _ in range(repeat):
+            for name, config in outputs.items():
+                packets, _, took, _ = run_once(path, config)
+                seconds[name].append(took)
+    reader.kill()
+    udp = statistics.median(seconds["UDP"])
+    return [f"{path.name:<28} {name:<16} {packets / statistics.median(times):>12,.0f} "
+            f"{udp / statistics.median(times):>7.0%}" for name, times in seconds.items()]
 
 
 def resident_kib() -> int:
@@ -193,6 +237,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--synth-packets", type=int, default=1_000_000)
     parser.add_argument("--dpi", action="store_true", help="also measure the meter with nDPI on")
+    parser.add_argument("--outputs", action="store_true",
+                        help="also measure each kind of output: UDP, TCP, IPFIX and JSON files")
     parser.add_argument("--syn-storm", type=int, metavar="N",
                         help="also measure memory per flow over N single-SYN flows, and the "
                              "probe's rate on them beside its normal one")
@@ -204,7 +250,7 @@ def main() -> None:
     sink = sink_socket.getsockname()
     print(f"{'capture':<28} {'packets':>9} {'flows':>8} {'meter pkt/s':>12} {'+IPFIX pkt/s':>13} "
           f"{'export cost':>11} {'flows/s':>8}")
-    dpi_rows = []
+    dpi_rows, output_rows = [], []
     for path in files:
         if not path.exists():
             print(f"{path.name:<28} absent, skipped")
@@ -212,7 +258,7 @@ def main() -> None:
         meter, export, dpi = [], [], []
         for _ in range(args.repeat):  # alternate, so all see the same machine load
             meter.append(run_once(path, None))
-            export.append(run_once(path, sink))
+            export.append(run_once(path, CollectorConfig(*sink)))
             if args.dpi:
                 dpi.append(run_once(path, None, dpi=True))
         packets, flows, _, _ = meter[0]
@@ -222,10 +268,15 @@ def main() -> None:
               f"{packets / export_s:>13,.0f} {export_s / meter_s - 1:>11.1%} {flows / meter_s:>8,.0f}")
         if args.dpi:
             dpi_rows.append(dpi_row(path, dpi, meter_s))
+        if args.outputs:
+            output_rows += outputs_rows(path, sink, args.repeat)
     if dpi_rows:
         print(f"\n{'capture':<28} {'nDPI pkt/s':>12} {'of meter':>8} {'nDPI pkt/flow':>10} "
               f"{'giveups':>8} {'KiB/flow on':>10} {'KiB/flow off':>11}")
         print("\n".join(dpi_rows))
+    if output_rows:
+        print(f"\n{'capture':<28} {'output':<16} {'pkt/s':>12} {'of UDP':>7}")
+        print("\n".join(output_rows))
     if args.syn_storm:
         print(f"\n{storm_row(args.syn_storm)}")
         print(storm_rate_row(args.syn_storm, sink, args.repeat))

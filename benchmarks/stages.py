@@ -28,6 +28,7 @@ from pathlib import Path
 from replay import SHARED, run_once, synthetic_capture
 
 from pyprobe.capture import PcapSource
+from pyprobe.config import CollectorConfig
 from pyprobe.decode import Decoder
 
 
@@ -52,14 +53,14 @@ def meter(dpi: bool) -> Callable[[Path], None]:
 def export(path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:  # never read
         sink.bind(("127.0.0.1", 0))
-        run_once(path, sink.getsockname(), dpi=True, template="ndpi.yaml")
+        run_once(path, CollectorConfig(*sink.getsockname()), dpi=True, template="ndpi.yaml")
 
 
 def export_to_ntopng(path: Path) -> None:
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    run_once(path, ("127.0.0.1", port), dpi=True, template=None)
+    run_once(path, CollectorConfig("127.0.0.1", port, protocol="zmq", linger=0), dpi=True)
 
 
 # (name, what it runs, the row whose stages it adds one to: None for the previous row)

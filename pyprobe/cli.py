@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import errno
 import gc
-import json
 import logging
 import math
 import os
@@ -20,11 +19,14 @@ from . import __version__
 from .config import (BIFLOW_TEMPLATE, SensorConfig, add_arguments, flags, load_config,
                      overrides_of, to_yaml)
 from .export.elements import ElementRegistry
+from .export.filetransport import STDOUT
+from .export.jsonlines import json_line
 from .errors import CaptureError, PyprobeError
 from .flow import Flow
 from .probe import ExportSummary, Probe
 from .crew import run
-from .sensor import check_capture, collectors_of, stream_of, worker_config
+from .metrics import add_up, details, status
+from .sensor import Counters, check_capture, collectors_of, stream_of, worker_config
 from .capture import PcapSource
 from .stream import FlowStream, MeterStats
 from .workers import Rendezvous, run_sharded
@@ -129,9 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
         add_arguments(command)
-    collect = commands.add_parser("collect", help="decode IPFIX / NetFlow v9 arriving on a UDP port")
-    collect.add_argument("--port", type=bounded(int, 0, 65535), required=True,
-                         help="UDP port to listen on (0: a free one, which it prints)")
+    commands.choices["run"].add_argument(
+        "--status", action="store_true",
+        help="print the counters of the sensor running with this configuration (read from its "
+             "metrics.listen, or --metrics), worker by worker, and exit")
+    collect = commands.add_parser("collect", help="decode IPFIX / NetFlow v9 arriving on a UDP "
+                                                  "port (or IPFIX on a TCP port, or in a file)")
+    source = collect.add_mutually_exclusive_group(required=True)
+    source.add_argument("--port", type=bounded(int, 0, 65535),
+                        help="UDP port to listen on (0: a free one, which it prints)")
+    source.add_argument("--file", metavar="FILE",
+                        help="read the IPFIX messages of FILE (RFC 5655; -: stdin) instead")
+    collect.add_argument("--tcp", action="store_true",
+                         help="listen on TCP instead (IPFIX over TCP, RFC 7011 10.4)")
     collect.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     collect.add_argument("--json", action="store_true", help="one JSON object per record")
     collect.add_argument("--count", type=bounded(int, 1), metavar="N",
@@ -159,7 +171,7 @@ def meter(args: argparse.Namespace, config: SensorConfig, stream: FlowStream, ou
                      speed=args.speed or (1.0 if args.pace else None)).run()
     for count, flow in enumerate(stream):
         if args.json:
-            out.write(json.dumps(flow.to_dict()) + "\n")
+            out.write(json_line(flow))
             continue
         if header and not count:
             out.write(TABLE_HEADER + "\n")
@@ -207,9 +219,12 @@ def replay(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
         stats = stream.stats
-    print(format_summary(stats), file=sys.stderr if args.json and summary is None else sys.stdout)
+    # stdout is the flows' when they go there (--json, --output -): then the summary is not
+    out = (sys.stderr if (args.json and summary is None)
+           or any(c.file == STDOUT for c in config.collectors) else sys.stdout)
+    print(format_summary(stats), file=out)
     if summary is not None:
-        print(format_export_summary(summary))
+        print(format_export_summary(summary), file=out)
     if stats.corrupt_records and not config.capture.skip_corrupt:
         raise CaptureError(corrupt_capture(args.file, stats))
     return 0
@@ -231,6 +246,25 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_status(args: argparse.Namespace) -> int:
+    """`pyprobe run --status`: a running sensor's counters, from its metrics endpoint: its
+    statistics line, then each worker's, with what the line adds up."""
+    overrides = overrides_of(args)
+    listen = overrides.get("metrics.listen")
+    if listen is None and args.config is not None:
+        listen = load_config(args.config, overrides).metrics.listen
+    if listen is None:
+        raise PyprobeError("--status reads the sensor's metrics endpoint: give the -c FILE "
+                           "that sets metrics.listen, or --metrics HOST:PORT")
+    workers = status(listen)
+    print(f"sensor at {listen}: {Counters.of(add_up(workers.values()))}")
+    for index, samples in workers.items():
+        print(f"worker {index}: {Counters.of(add_up([samples]))}")
+        for line in details(samples):
+            print(f"  {line}")
+    return 0
+
+
 def quiet_collector() -> None:
     """The meter's objects (flows, their directions, keys, packets) hold no reference cycles, so
     the cyclic garbage collector would mostly walk the live flows: it runs rarely, and never over
@@ -244,6 +278,8 @@ def command(args: argparse.Namespace) -> int:
     if args.command == "collect":
         from .collect import run as collect
         return collect(args)
+    if args.command == "run" and args.status:
+        return show_status(args)
     if args.command == "run":
         return run(args.config, overrides_of(args))
     if args.command == "check":

@@ -6,8 +6,9 @@ Headers, sets and template records are parsed with the construct formats of `ipf
 `netflow9.py`; values are decoded by the element's data type in the `ElementRegistry`.
 What a sender can make it hold is bounded: templates kept, fields per template, values decoded
 per message; what goes past a bound is refused and counted (`refused`).
-`run(args)` is `pyprobe collect`: it listens on a UDP port and prints every record, as JSON or
-as text with control characters escaped.
+`run(args)` is `pyprobe collect`: it listens on a UDP port, or a TCP port (IPFIX over TCP, each
+connection a session), or reads an IPFIX file (`ipfix_messages`), and prints every record, as
+JSON or as text with control characters escaped.
 
 >>> from pyprobe.export.exporter import Exporter
 >>> from pyprobe.export.template import TEMPLATES, load_templates
@@ -26,13 +27,14 @@ import argparse
 import ipaddress
 import json
 import math
+import selectors
 import socket
 import struct
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from construct import ConstructError
 
@@ -350,44 +352,167 @@ def _data_records(body: bytes, template: _Template, set_id: int,
 
 
 def _endpoint(source: tuple) -> str:
+    """host:port, [IPv6]:port; a file's name (its port None)."""
     host, port = source[0], source[1]
+    if port is None:
+        return str(host)
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+def ipfix_messages(read: Callable[[int], bytes]) -> Iterator[bytes]:
+    """The IPFIX messages of a stream (a file, RFC 5655; a TCP connection, RFC 7011 §10.4): each
+    message's length is in its header. A CollectError tells where a stream is not IPFIX or
+    ends within a message."""
+    offset = 0
+    while header := read(IPFIX_HEADER_LENGTH):
+        version, length = struct.unpack_from("!HH", header.ljust(4, b"\0"))
+        if version != ipfix.IPFIX_VERSION or length < IPFIX_HEADER_LENGTH:
+            raise CollectError(f"octet {offset}: not an IPFIX message (version {version}, length "
+                               f"{length}); a stream holds IPFIX only")
+        message = header + read(length - len(header))
+        if len(message) < length:
+            raise CollectError(f"octet {offset}: the stream ends within a message of {length} "
+                               f"octets")
+        yield message
+        offset += length
+
+
+IPFIX_HEADER_LENGTH = ipfix.HEADER.sizeof()
+
+
+def _reader(stream: BinaryIO) -> Callable[[int], bytes]:
+    """read(n): n octets, fewer only at the end of the stream."""
+    def read(size: int) -> bytes:
+        parts, left = [], size
+        while left and (part := stream.read(left)):
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+    return read
+
+
+class _Output:
+    """Where `pyprobe collect` prints what it decodes, and when it stops."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.collector = Collector()
+        self.json, self.count = args.json, args.count
+
+    @property
+    def done(self) -> bool:
+        return self.count is not None and self.collector.messages >= self.count
+
+    def feed(self, data: bytes, source: tuple) -> None:
+        try:
+            records = self.collector.feed(data, source)
+        except CollectError as error:  # reported; it still counts toward --count
+            print(f"pyprobe collect: {_endpoint(source)}: {error}", file=sys.stderr)
+            return
+        for record in records:
+            print(json.dumps(record.as_dict()) if self.json else record)
+        sys.stdout.flush()
+
+    def summary(self) -> None:
+        collector = self.collector
+        print(f"{collector.messages} messages, {collector.records} records, "
+              f"{collector.missing_template} data sets without a template", file=sys.stderr)
+        for reason, count in sorted(collector.refused.items()):
+            print(f"  refused: {reason}: {count}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    """`pyprobe collect`: prints the records arriving on UDP (host, port) until --count or --timeout."""
-    collector = Collector()
+    """`pyprobe collect`: prints the records arriving on UDP or TCP (host, port) until --count
+    or --timeout, or those of an IPFIX file."""
+    output = _Output(args)
+    try:
+        if args.file is not None:
+            _read_file(args.file, output)
+        else:
+            (_serve_tcp if args.tcp else _serve_udp)(args, output)
+    except KeyboardInterrupt:
+        pass
+    output.summary()
+    return 0
+
+
+def _read_file(path: str, output: _Output) -> None:
+    """The messages of an IPFIX file (`-`: stdin), its name as their exporter."""
+    try:
+        stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    except OSError as error:
+        raise CollectError(f"cannot read {path}: {error.strerror}") from None
+    with stream:
+        try:
+            for message in ipfix_messages(_reader(stream)):
+                output.feed(message, (path, None))
+                if output.done:
+                    return
+        except CollectError as error:
+            raise CollectError(f"{path}: {error}") from None
+
+
+def _listening(args: argparse.Namespace, kind: int) -> socket.socket:
+    """A socket bound to --host and --port; the line a script (or a test) waits for before it
+    sends says where."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            args.host, args.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)[0]
+            args.host, args.port, type=kind, flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as error:
         raise CollectError(f"cannot listen on {args.host!r}: {error.strerror}") from None
-    with socket.socket(family, kind, proto) as sock:
-        try:
-            sock.bind(address)
-        except OSError as error:
-            raise CollectError(f"cannot listen on {_endpoint(address)}: {error.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise CollectError(f"cannot listen on {_endpoint(address)}: {error.strerror}") from None
+    print(f"listening on {_endpoint(sock.getsockname())}", file=sys.stderr, flush=True)
+    return sock
+
+
+def _serve_udp(args: argparse.Namespace, output: _Output) -> None:
+    with _listening(args, socket.SOCK_DGRAM) as sock:
         sock.settimeout(args.timeout)
-        # The line a script (or a test) waits for before it sends: the port is bound from here on.
-        print(f"listening on {_endpoint(sock.getsockname())}", file=sys.stderr, flush=True)
-        try:
-            while args.count is None or collector.messages < args.count:
-                try:
-                    data, source = sock.recvfrom(65535)
-                except socket.timeout:
-                    break
-                try:
-                    records = collector.feed(data, source)
-                except CollectError as error:  # reported; it still counts toward --count
-                    print(f"pyprobe collect: {_endpoint(source)}: {error}", file=sys.stderr)
+        while not output.done:
+            try:
+                data, source = sock.recvfrom(65535)
+            except socket.timeout:
+                return
+            output.feed(data, source)
+
+
+def _serve_tcp(args: argparse.Namespace, output: _Output) -> None:
+    """IPFIX over TCP: every connection a session of its own (its templates, from its address
+    and port), read as messages come."""
+    with _listening(args, socket.SOCK_STREAM) as server, selectors.DefaultSelector() as sessions:
+        server.listen()
+        sessions.register(server, selectors.EVENT_READ)
+        buffers: dict[socket.socket, bytearray] = {}
+        while not output.done:
+            ready = sessions.select(args.timeout)
+            if not ready:
+                return
+            for key, _ in ready:
+                if key.fileobj is server:
+                    connection, source = server.accept()
+                    print(f"connection from {_endpoint(source)}", file=sys.stderr, flush=True)
+                    sessions.register(connection, selectors.EVENT_READ, source)
+                    buffers[connection] = bytearray()
                     continue
-                for record in records:
-                    print(json.dumps(record.as_dict()) if args.json else record)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            pass
-    print(f"{collector.messages} messages, {collector.records} records, "
-          f"{collector.missing_template} data sets without a template", file=sys.stderr)
-    for reason, count in sorted(collector.refused.items()):
-        print(f"  refused: {reason}: {count}", file=sys.stderr)
-    return 0
+                connection, source, buffer = key.fileobj, key.data, buffers[key.fileobj]
+                try:
+                    data = connection.recv(65536)
+                except ConnectionError:
+                    data = b""
+                buffer += data
+                while len(buffer) >= 4 and len(buffer) >= (size := max(
+                        IPFIX_HEADER_LENGTH, int.from_bytes(buffer[2:4], "big"))):
+                    message, buffer[:size] = bytes(buffer[:size]), b""
+                    output.feed(message, source)
+                if not data:
+                    left = f", {len(buffer)} octets of a message cut off" if buffer else ""
+                    print(f"connection from {_endpoint(source)} closed{left}", file=sys.stderr,
+                          flush=True)
+                    sessions.unregister(connection)
+                    connection.close()
+                    del buffers[connection]

@@ -26,6 +26,7 @@ import grp
 import os
 import pwd
 import stat
+import time
 import types
 from collections.abc import Collection
 from dataclasses import MISSING, dataclass, field, fields
@@ -45,7 +46,10 @@ from .yamlfile import read_yaml
 DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
 NDPI_TEMPLATE = TEMPLATES / "ndpi.yaml"
 BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
-PROTOCOL_NAMES = ("ipfix", "netflow9", "zmq")  # zmq: ntopng's flow stream, as nProbe's --zmq
+PROTOCOL_NAMES = ("ipfix", "netflow9", "zmq", "json")  # zmq: ntopng's, as nProbe's --zmq feeds it
+FILE_PROTOCOLS = ("ipfix", "json")  # what a file holds: IPFIX (RFC 5655), JSON lines
+JSON_SUFFIXES = (".jsonl", ".json")  # a file named so holds JSON lines unless told otherwise
+TRANSPORTS = ("udp", "tcp")
 DEFAULT_PORTS = {"zmq": 5556}  # a collector's port when none is given; else 2055
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NO_FLAG = ""  # a field without a command-line flag
@@ -117,35 +121,75 @@ class DpiConfig:
 
 @dataclass(frozen=True)
 class CollectorConfig:
-    """One collector and how to export to it."""
+    """One collector and how to export to it: a host, or a file."""
 
-    host: str = setting(MISSING, "collector's name or address (IPv4 or IPv6; zmq: `*` binds "
-                                 "every local address)", flag=NO_FLAG)
+    host: str | None = setting(None, "collector's name or address (IPv4 or IPv6; zmq: `*` binds "
+                                     "every local address); or `file`", flag=NO_FLAG)
     port: int | None = setting(None, "collector's port (null: 2055; zmq: 5556)", minimum=1,
                                maximum=65535, flag=NO_FLAG)
-    protocol: str = setting("ipfix", "export protocol (zmq: to ntopng)", choices=PROTOCOL_NAMES)
+    file: str | None = setting(None, "file to write instead of a host (`-`: stdout); strftime "
+                                     "fields (%Y%m%d%H%M, UTC) name each rotated file",
+                               flag=NO_FLAG, path=True)
+    protocol: str | None = setting(None, "export protocol (null: ipfix, or json for a file named "
+                                         ".jsonl or .json); zmq: to ntopng; json: JSON lines, "
+                                         "files only", choices=PROTOCOL_NAMES)
+    transport: str = setting("udp", "udp, or tcp (IPFIX, RFC 7011 10.4: templates once per "
+                                    "connection, messages held while the collector is away)",
+                             choices=TRANSPORTS)
     template: str | None = setting(None, f"template file (null: {NDPI_TEMPLATE.name}, or "
                                          f"{DEFAULT_TEMPLATE.name} without DPI)", path=True)
     mtu: int = setting(1400, "largest message, octets of UDP payload", minimum=256,
                        maximum=65507)
     observation_domain: int = setting(1, "IPFIX observation domain / NFv9 source id", minimum=0,
                                       maximum=2**32 - 1)
-    template_refresh: float = setting(60.0, "resend templates every this many seconds",
-                                      minimum=0.001)
-    template_refresh_packets: int = setting(20, "and every this many messages", minimum=1)
+    template_refresh: float = setting(60.0, "resend templates every this many seconds (tcp, "
+                                            "files: the statistics only)", minimum=0.001)
+    template_refresh_packets: int = setting(20, "and every this many messages (udp)", minimum=1)
+    source: str | None = setting(None, "address or interface the export socket sends from "
+                                       "(null: as the routes say)")
+    dscp: int = setting(0, "DSCP of the export packets", maximum=63)
+    ttl: int | None = setting(None, "IP TTL / IPv6 hop limit of the export packets (null: the "
+                                    "system's)", minimum=1, maximum=255)
+    send_buffer: int | None = setting(None, "export socket's send buffer, octets, at most "
+                                            "net.core.wmem_max (null: the system's)",
+                                      minimum=1024)
+    queue: int = setting(64 << 20, "tcp, zmq: octets of messages held while the collector is "
+                                   "away or reads slower; beyond, the oldest are dropped",
+                         minimum=1 << 17)
+    linger: float = setting(10.0, "tcp, zmq: seconds the end of a run waits for the collector "
+                                  "to take the messages held", minimum=0)
     zmq_probe_mode: bool = setting(False, "zmq: connect to ntopng's collector-mode endpoint "
                                           "(ntopng -i tcp://*:5556c) instead of binding host:port "
                                           "for ntopng to connect to")
     zmq_compress: bool = setting(False, "zmq: compress messages with zlib")
-    zmq_queue: int = setting(64 << 20, "zmq: octets of messages held while ntopng does not "
-                                       "listen or reads slower; beyond, the oldest are dropped",
-                             minimum=1 << 17)
-    zmq_linger: float = setting(10.0, "zmq: seconds the end of a run waits for ntopng to take "
-                                      "the messages held", minimum=0)
+    rotate_interval: float | None = setting(None, "files: start a new file at every multiple of "
+                                                  "this many seconds of flow time (null: never)",
+                                            minimum=1)
+    rotate_size: int | None = setting(None, "files: start a new file once one holds this many "
+                                            "octets (null: never)", minimum=4096)
 
     def __post_init__(self) -> None:
+        if self.protocol is None:  # a file's by its name, else IPFIX
+            json = self.file is not None and self.file.endswith(JSON_SUFFIXES)
+            object.__setattr__(self, "protocol", "json" if json else "ipfix")
         if self.port is None:  # the protocol's usual port
             object.__setattr__(self, "port", DEFAULT_PORTS.get(self.protocol, 2055))
+
+    @property
+    def name(self) -> str:
+        """How the log and the metrics name it: host:port, or the file."""
+        if self.file is not None:
+            return self.file
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where the sensor's counters can be read."""
+
+    listen: str | None = setting(None, "serve the counters in Prometheus' format over HTTP at "
+                                       "HOST:PORT, e.g. 127.0.0.1:9400 (null: not served)",
+                                 flag="metrics")
 
 
 @dataclass(frozen=True)
@@ -162,11 +206,13 @@ class SensorConfig:
     capture: CaptureConfig = setting(CaptureConfig(), "where packets come from")
     cache: CacheConfig = setting(CacheConfig(), "how packets become flows")
     dpi: DpiConfig = setting(DpiConfig(), "application labels and tunnels")
+    metrics: MetricsConfig = setting(MetricsConfig(), "where the counters can be read")
     collectors: tuple[CollectorConfig, ...] = setting((), "where flows go (at least one)",
                                                       flag=NO_FLAG)
 
 
-SECTIONS = {"capture": CaptureConfig, "cache": CacheConfig, "dpi": DpiConfig}
+SECTIONS = {"capture": CaptureConfig, "cache": CacheConfig, "dpi": DpiConfig,
+            "metrics": MetricsConfig}
 COLLECTOR_DEFAULTS = {f.name: f.default for f in fields(CollectorConfig)}
 
 
@@ -238,7 +284,7 @@ def _check(kind: Any, value: Any, key: str, meta: dict, base: Path | None) -> An
         raise _Problem(key, f"got {_describe(value)}, expected {meta['doc']}")
     if meta["choices"] and value not in meta["choices"]:
         raise _Problem(key, f"got {value!r}, expected one of {', '.join(meta['choices'])}")
-    if meta["path"] and base is not None:
+    if meta["path"] and base is not None and value != "-":  # -: stdout
         return str(base / value)
     return value
 
@@ -251,9 +297,18 @@ def _check_whole(config: SensorConfig, need_collectors: bool) -> None:
                                   + ("both" if capture.interface else "neither"))
     if need_collectors and not config.collectors:
         raise _Problem("collectors", "missing, expected a list of at least one collector")
+    for index, collector in enumerate(config.collectors):
+        _check_collector(f"collectors[{index}]", collector, _worker_count(capture))
     if config.log_file is not None and not _appendable(config.log_file):
-        raise _Problem("log_file", f"got {config.log_file!r}, expected a file this user can "
-                                   f"write, or a new one in a folder it can write")
+        raise _Problem("log_file", _unwritable(config.log_file))
+    if config.metrics.listen is not None:
+        try:
+            host, port = parse_address(config.metrics.listen, default_port=None)
+        except ValueError:
+            host, port = "", None
+        if not host or port is None or not 0 < port < 65536:
+            raise _Problem("metrics.listen", f"got {config.metrics.listen!r}, expected "
+                                             f"HOST:PORT, e.g. 127.0.0.1:9400")
     for key, value, lookup in (("user", config.user, pwd.getpwnam),
                                ("group", config.group, grp.getgrnam)):
         if value is not None:
@@ -261,6 +316,39 @@ def _check_whole(config: SensorConfig, need_collectors: bool) -> None:
                 lookup(value)
             except KeyError:
                 raise _Problem(key, f"got {value!r}, expected a {key} of this system") from None
+
+
+def _check_collector(key: str, collector: CollectorConfig, workers: int) -> None:
+    """What a collector's fields cannot tell alone: a host or a file, and what each takes."""
+    if (collector.host is None) == (collector.file is None):
+        raise _Problem(key, "expected one of host or file, got "
+                            + ("both" if collector.host else "neither"))
+    protocol, path = collector.protocol, collector.file
+    if path is None:
+        if protocol == "json":
+            raise _Problem(f"{key}.protocol", "got 'json', expected one of ipfix, netflow9, zmq "
+                                              "for a host (json: files only)")
+        if collector.transport == "tcp" and protocol == "netflow9":
+            raise _Problem(f"{key}.transport", "got 'tcp', expected udp for protocol netflow9 "
+                                               "(IPFIX alone runs over TCP)")
+        return
+    if protocol not in FILE_PROTOCOLS:
+        raise _Problem(f"{key}.protocol", f"got {protocol!r}, expected one of "
+                                          f"{', '.join(FILE_PROTOCOLS)} for a file")
+    if path != "-":
+        if not _appendable(time.strftime(path, time.gmtime())):
+            raise _Problem(f"{key}.file", _unwritable(path))
+        return
+    if workers > 1:
+        raise _Problem(f"{key}.file", f"got '-', expected a file: {workers} workers cannot share "
+                                      f"stdout")
+    for name in ("rotate_interval", "rotate_size"):
+        if getattr(collector, name) is not None:
+            raise _Problem(f"{key}.{name}", "got a value for stdout (`-`), which is not rotated")
+
+
+def _unwritable(path: str) -> str:
+    return f"got {path!r}, expected a file this user can write, or a new one in a folder it can write"
 
 
 def _appendable(path: str) -> bool:
@@ -373,17 +461,36 @@ def flags() -> tuple[tuple[str, str, dataclasses.Field, Any], ...]:
 
 
 def _collector_argument(text: str) -> dict[str, Any]:
-    """HOST[:PORT][,PROTOCOL] as a collector's raw settings."""
-    address, _, protocol = text.partition(",")
-    if protocol and protocol not in PROTOCOL_NAMES:
-        raise argparse.ArgumentTypeError(f"{text}: protocol must be one of "
-                                         f"{', '.join(PROTOCOL_NAMES)}")
+    """HOST[:PORT][,PROTOCOL][,TRANSPORT] as a collector's raw settings."""
+    address, *words = text.split(",")
     try:
         host, port = parse_address(address, default_port=None)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return ({"host": host} | ({"port": port} if port is not None else {})
-            | ({"protocol": protocol} if protocol else {}))
+            | _words(text, words))
+
+
+def _output_argument(text: str) -> dict[str, Any]:
+    """FILE[,PROTOCOL] as a file collector's raw settings (the protocol: by the file's name)."""
+    path, _, protocol = text.rpartition(",")
+    if protocol not in FILE_PROTOCOLS:  # a comma of the file's name, if any
+        path, protocol = text, "json" if text.endswith(JSON_SUFFIXES) else "ipfix"
+    return {"file": path, "protocol": protocol}  # named: --protocol is the hosts'
+
+
+
+def _words(text: str, words: list[str]) -> dict[str, str]:
+    """The protocol and the transport named after a collector's address."""
+    settings: dict[str, str] = {}
+    for word in words:
+        key = "protocol" if word in PROTOCOL_NAMES else "transport" if word in TRANSPORTS else ""
+        if not key or key in settings:
+            raise argparse.ArgumentTypeError(
+                f"{text}: expected a protocol ({', '.join(PROTOCOL_NAMES)}) and a transport "
+                f"({', '.join(TRANSPORTS)}) after the address, got {word!r}")
+        settings[key] = word
+    return settings
 
 
 def _zmq_argument(text: str) -> dict[str, Any]:
@@ -398,11 +505,16 @@ def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None 
     """`--collector` and a flag per setting (of `keys` only, when given), from the schema. The
     flags have no defaults: unset flags leave the file's values."""
     parser.add_argument("--collector", action="append", dest="collectors",
-                        metavar="HOST:PORT[,PROTO]", type=_collector_argument,
+                        metavar="HOST:PORT[,PROTO][,tcp]", type=_collector_argument,
                         default=argparse.SUPPRESS,
                         help="send flows there (repeatable; [v6addr]:port for IPv6; the "
-                             "protocol, default --protocol, ipfix or netflow9; replaces a "
-                             "file's collectors)")
+                             "protocol, default --protocol, ipfix or netflow9; the transport, "
+                             "default udp, or tcp; replaces a file's collectors)")
+    parser.add_argument("--output", action="append", dest="collectors",
+                        metavar="FILE[,PROTO]", type=_output_argument, default=argparse.SUPPRESS,
+                        help="write flows to FILE (repeatable; `-`: stdout): IPFIX (RFC 5655), "
+                             "or JSON lines for a name ending .jsonl or .json or with ,json; "
+                             "with --collector and --zmq, replaces a file's collectors")
     parser.add_argument("--zmq", action="append", dest="collectors", metavar="ENDPOINT",
                         type=_zmq_argument, default=argparse.SUPPRESS,
                         help="publish flows to ntopng as nProbe does: bind ENDPOINT, "

@@ -3,7 +3,7 @@
 The parent checks the configuration, forks the workers (`workers.run_sharded`), each a
 `sensor.Sensor` on its share of the packets, and speaks for them (`Crew`): they log at debug
 level, and it logs the start once all have started, one statistics line of their counters added
-up (posted to a shared `workers.Board`), the drop warning, the signals, the outcome of a reload
+up (posted to a shared `metrics.Board`, which its metrics endpoint serves), the drop warning, the signals, the outcome of a reload
 and the stop. A live capture on Linux is shared out by the kernel's fanout, elsewhere by the
 workers' address-hash filters.
 """
@@ -20,7 +20,8 @@ from .export.elements import ElementRegistry
 from .probe import Collector
 from .sensor import (Counters, Sensor, Worker, check_capture, collectors_of, describe,
                      open_capture, reread, set_logging)
-from .workers import Board, Rendezvous, run_sharded
+from .metrics import Board, MetricsServer
+from .workers import Rendezvous, run_sharded
 
 log = logging.getLogger("pyprobe")
 
@@ -31,9 +32,9 @@ class Crew:
     the outcome of a reload (reopening its own log), and the stop."""
 
     def __init__(self, config: SensorConfig, config_path: str | None, overrides: dict,
-                 board: Board, sharing: str) -> None:
+                 board: Board, sharing: str, server: MetricsServer | None) -> None:
         self.config, self.config_path, self.overrides = config, config_path, overrides
-        self.board, self.sharing = board, sharing
+        self.board, self.sharing, self.server = board, sharing, server
         set_logging(config)
         self._signals: list[int] = []
         self._started = False
@@ -53,13 +54,15 @@ class Crew:
                          signal.Signals(signum).name)
         if not self._started and self.board.posted():
             self._started = True
+            if self.server is not None:
+                self.server.start()
             config = self.config
             log.info("started: %d workers capturing on %s (%s), exporting to %s",
                      config.capture.workers, config.capture.interface or config.capture.file,
                      self.sharing, describe(collectors_of(config, ElementRegistry.default())))
         if time.monotonic() >= self._next_statistics:
             self._next_statistics += self.config.statistics_interval
-            counters = Counters(*self.board.total())
+            counters = Counters.of(self.board.total())
             log.info("statistics: %s", counters)
             counters.warn_of_drops(self._last)
             self._last = counters
@@ -74,7 +77,9 @@ class Crew:
         self.config = reread(self.config_path, self.overrides, self.config, apply, loud=True)
 
     def stopped(self) -> None:
-        log.info("stopped: %s", Counters(*self.board.total()))
+        log.info("stopped: %s", Counters.of(self.board.total()))
+        if self.server is not None:
+            self.server.close()
 
 
 def run(config_path: str | None, overrides: dict) -> int:
@@ -89,11 +94,15 @@ def run(config_path: str | None, overrides: dict) -> int:
     capture.close()
     fanout = not capture.is_file and LINUX
     group = os.getpid() & 0xFFFF if fanout else None  # one group per sensor running
-    board = Board(config.capture.workers, len(Counters._fields))
+    board = Board(config.capture.workers)
+    listen = config.metrics.listen  # bound before the fork, served once the workers run
+    server = MetricsServer(listen, board) if listen is not None else None
     crew = Crew(config, config_path, overrides, board,
-                "kernel fanout" if fanout else "address-hash filters")
+                "kernel fanout" if fanout else "address-hash filters", server)
 
     def work(index: int, share: str | None, rendezvous: Rendezvous) -> int:
+        if server is not None:
+            server.close()  # the parent's
         worker = Worker(index, share, rendezvous, group, board)
         return Sensor(config, config_path, overrides, worker).run()
 

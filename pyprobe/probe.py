@@ -1,7 +1,9 @@
 """The probe: meters a capture and sends every expired flow to every collector.
 
 The only module that joins all the stages: FlowStream (capture → decode → cache) feeds one
-`Exporter` per collector, whose messages go out through that collector's `UdpTransport`; or, for
+`Exporter` per collector, whose messages go out through that collector's `UdpTransport` or
+`TcpTransport`, or into its `FileTransport` (IPFIX files, and JSON lines from a
+`JsonLinesExporter`), whose files the probe rotates between two exporter sessions; or, for
 ntopng (protocol zmq), an `NtopngExporter` and a `ZmqTransport`, which also send the probe's
 event (identity, timeouts, counters) with every statistics update and to each new listener.
 Export times follow the packet clock; with `speed` set, exports are paced to the capture's own
@@ -17,58 +19,66 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
-from .config import COLLECTOR_DEFAULTS
+from .config import CollectorConfig
 from .export.elements import ElementRegistry
 from .export.exporter import Exporter
+from .export.filetransport import FileTransport
+from .export.jsonlines import JsonLinesExporter
 from .export.ntopng import Message, NtopngExporter
-from .stream import TICK_MS, FlowStream
+from .export.tcptransport import TcpTransport
 from .export.template import TemplateSet
-from .export.transport import UdpTransport
+from .export.transport import SocketOptions, UdpTransport
+from .stream import TICK_MS, FlowStream
 
 if TYPE_CHECKING:
     from .export.zmqtransport import ZmqTransport
 
 
+AnyExporter: TypeAlias = "Exporter | NtopngExporter | JsonLinesExporter"
+AnyTransport: TypeAlias = "UdpTransport | TcpTransport | FileTransport | ZmqTransport"
+Link: TypeAlias = "tuple[AnyExporter, AnyTransport]"
+
+
 @dataclass(frozen=True)
 class Collector:
-    """Where to send, in which protocol, with which templates, and the exporter's settings.
+    """Where flows go (a host, or a file: `config`) and the templates they are encoded with
+    (None for ntopng and JSON lines)."""
 
-    For ntopng (protocol zmq) there are no templates; the observation domain is the source id.
-    """
-
-    host: str
-    port: int
-    protocol: str
+    config: CollectorConfig
     templates: TemplateSet | None
-    observation_domain: int = COLLECTOR_DEFAULTS["observation_domain"]
-    mtu_bytes: int = COLLECTOR_DEFAULTS["mtu"]
-    template_refresh_s: float = COLLECTOR_DEFAULTS["template_refresh"]
-    template_refresh_packets: int = COLLECTOR_DEFAULTS["template_refresh_packets"]
-    zmq_probe_mode: bool = COLLECTOR_DEFAULTS["zmq_probe_mode"]
-    zmq_compress: bool = COLLECTOR_DEFAULTS["zmq_compress"]
-    zmq_queue: int = COLLECTOR_DEFAULTS["zmq_queue"]
-    zmq_linger: float = COLLECTOR_DEFAULTS["zmq_linger"]
 
     def exporter(self, registry: ElementRegistry, boot_ms: int = 0, process_id: int = 0
-                 ) -> Exporter | NtopngExporter:
+                 ) -> AnyExporter:
         """Its exporter; `process_id` is the exportingProcessId of its statistics (IPFIX, NFv9:
         ntopng gets no statistics records)."""
-        if self.protocol == "zmq":
-            return NtopngExporter(self.observation_domain, compress=self.zmq_compress)
-        return Exporter(self.protocol, self.templates, registry, boot_ms=boot_ms,
-                        observation_domain=self.observation_domain, mtu_bytes=self.mtu_bytes,
-                        template_refresh_s=self.template_refresh_s,
-                        template_refresh_packets=self.template_refresh_packets,
-                        process_id=process_id)
+        config = self.config
+        if config.protocol == "zmq":
+            return NtopngExporter(config.observation_domain, compress=config.zmq_compress)
+        if config.protocol == "json":
+            return JsonLinesExporter()
+        return Exporter(config.protocol, self.templates, registry, boot_ms=boot_ms,
+                        observation_domain=config.observation_domain, mtu_bytes=config.mtu,
+                        template_refresh_s=config.template_refresh,
+                        template_refresh_packets=config.template_refresh_packets,
+                        process_id=process_id,
+                        session=config.file is not None or config.transport == "tcp")
 
-    def transport(self) -> UdpTransport | ZmqTransport:
-        if self.protocol == "zmq":
-            from .export.zmqtransport import ZmqTransport  # pyzmq loads only when ntopng is a collector
-            return ZmqTransport(self.host, self.port, probe_mode=self.zmq_probe_mode,
-                                queue_octets=self.zmq_queue, linger_s=self.zmq_linger)
-        return UdpTransport(self.host, self.port)
+    def transport(self) -> AnyTransport:
+        config = self.config
+        if config.file is not None:
+            return FileTransport(config.file, rotate_interval_s=config.rotate_interval,
+                                 rotate_size=config.rotate_size)
+        if config.protocol == "zmq":
+            from .export.zmqtransport import ZmqTransport  # pyzmq loads only for ntopng
+            return ZmqTransport(config.host, config.port, probe_mode=config.zmq_probe_mode,
+                                queue_octets=config.queue, linger_s=config.linger)
+        options = SocketOptions(config.source, config.dscp, config.ttl, config.send_buffer)
+        if config.transport == "tcp":
+            return TcpTransport(config.host, config.port, options, queue_octets=config.queue,
+                                linger_s=config.linger)
+        return UdpTransport(config.host, config.port, options)
 
 
 @dataclass
@@ -102,8 +112,10 @@ class Probe:
         self.process_id = process_id
         """The exportingProcessId of its statistics (a worker's index)."""
         self.summary = ExportSummary()
-        self.links: list[tuple[Exporter | NtopngExporter, UdpTransport | ZmqTransport]] = []
+        self.links: list[Link] = []
         self.boot_ms: int | None = None
+        self.now_ms = 0
+        """The export clock, as of the last batch."""
         for collector in collectors:  # fail on a bad template or protocol before any packet
             collector.exporter(registry)
 
@@ -111,13 +123,22 @@ class Probe:
         self.boot_ms = boot_ms
         self.links = [self._link(c) for c in self.collectors]
 
-    def _link(self, collector: Collector) -> tuple[Exporter | NtopngExporter,
-                                                   UdpTransport | ZmqTransport]:
+    def _link(self, collector: Collector) -> Link:
         exporter = collector.exporter(self.registry, self.boot_ms, self.process_id)
         transport = collector.transport()
         if isinstance(exporter, NtopngExporter):
             transport.greeting = lambda: self._event(exporter, transport)
+        elif isinstance(transport, TcpTransport):  # a connection's templates
+            transport.greeting = lambda: exporter.template_messages(self.now_ms)
+        elif isinstance(transport, FileTransport):  # a file's
+            transport.greeting = exporter.template_messages
         return exporter, transport
+
+    def _rotate(self, now_ms: int) -> None:
+        """Starts the files that are due: each ends its exporter's session first."""
+        for exporter, transport in self.links:
+            if isinstance(transport, FileTransport) and transport.due(now_ms):
+                transport.rotate(exporter.cut(now_ms), now_ms)
 
     def set_collectors(self, collectors: list[Collector], now_ms: int) -> None:
         """Keeps unchanged collectors' links; flushes and drops the others; adds new ones."""
@@ -167,8 +188,7 @@ class Probe:
         return total
 
     @staticmethod
-    def _count(summary: ExportSummary, exporter: Exporter | NtopngExporter,
-               transport: UdpTransport | ZmqTransport) -> None:
+    def _count(summary: ExportSummary, exporter: AnyExporter, transport: AnyTransport) -> None:
         """Adds a link's counts to `summary`."""
         summary.records += exporter.stats.flow_records
         summary.messages += exporter.stats.messages
@@ -176,11 +196,12 @@ class Probe:
         summary.send_errors += transport.errors
         summary.problems += exporter.problems
 
-    def _close(self, exporter: Exporter | NtopngExporter, transport: UdpTransport | ZmqTransport,
-               now_ms: int) -> None:
+    def _close(self, exporter: AnyExporter, transport: AnyTransport, now_ms: int) -> None:
+        if isinstance(transport, FileTransport) and transport.due(now_ms):
+            transport.rotate(exporter.cut(now_ms), now_ms)
         transport.send(exporter.flush(now_ms))
+        transport.close()  # what it could not deliver within its linger counts as errors
         self._count(self.summary, exporter, transport)
-        transport.close()
 
     def run(self) -> ExportSummary:
         """Meters the whole source, exports every flow, flushes, and returns the summary."""
@@ -188,6 +209,7 @@ class Probe:
         wall_start = clock_start = None
         next_tick_ms = now_ms = 0
         for now_ms, flows in stream.batches():
+            self.now_ms = now_ms
             if clock_start is None:  # the first packet's time (or a live capture's first tick)
                 clock_start, wall_start = now_ms, time.monotonic()
                 # NFv9 boot time: a whole second before the first packet. FIRST_SWITCHED 0
@@ -198,6 +220,7 @@ class Probe:
                 if delay > 0:
                     time.sleep(delay)
             summary.flows += len(flows)
+            self._rotate(now_ms)
             for exporter, transport in self.links:
                 messages = exporter.export(flows, now_ms)
                 if messages:
@@ -210,6 +233,7 @@ class Probe:
                     timer(now_ms)
         if clock_start is None:  # nothing metered: still announce the templates
             self._start(0)
+        self.now_ms = now_ms
         self.update_statistics()
         for link in self.links:
             self._close(*link, now_ms)

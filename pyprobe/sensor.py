@@ -12,7 +12,8 @@ its collectors (`capture.exclude_exports`). Signals:
 
 Every `statistics_interval` the capture's and the exporters' counters are logged on one line and
 copied into the exporting-process statistics that the next template refresh sends; a warning
-follows whenever the kernel or the interface dropped packets since the line before.
+follows whenever the kernel or the interface dropped packets since the line before. Every
+second of the clock they are posted, as `metrics` samples, where `metrics.listen` serves them.
 
 With `capture.workers` N > 1 the parent checks the configuration and forks N workers (see
 `workers`): on Linux they share a live capture through the kernel's fanout, elsewhere each reads
@@ -35,14 +36,16 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from .capture import PcapSource, check_interfaces
-from .config import BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, SensorConfig, load_config
+from .config import (BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, CollectorConfig,
+                     SensorConfig, load_config)
 from .export.elements import ElementRegistry
 from .errors import ConfigError, PyprobeError
+from .metrics import REASONS, Board, MetricsServer, Sample, add_up
 from .probe import Collector, Probe
 from .stream import FlowStream
 from .export.template import TemplateSet, load_templates
-from .export.transport import resolve
-from .workers import Board, Rendezvous
+from .export.transport import SocketOptions, export_socket, parse_address, resolve
+from .workers import Rendezvous
 
 log = logging.getLogger("pyprobe")
 LOG_FORMAT = "%(asctime)s {instance} %(levelname)s %(message)s"
@@ -74,6 +77,20 @@ class Counters(NamedTuple):
     messages: int
     send_errors: int
 
+    @classmethod
+    def of(cls, total: dict[tuple[str, tuple[str, ...]], int]) -> Counters:
+        """The counters of samples added up (`metrics.add_up`)."""
+        def one(name: str, *labels: str) -> int:
+            return total.get((f"pyprobe_{name}", labels), 0)
+
+        def every(name: str) -> int:
+            return sum(value for (metric, _), value in total.items()
+                       if metric == f"pyprobe_{name}")
+        return cls(one("capture_frames"), one("capture_dropped_frames", "kernel"),
+                   one("capture_dropped_frames", "interface"), one("packets_read"),
+                   every("packets_skipped"), one("flows_live"), every("flows_ended"),
+                   one("export_records"), one("export_messages"), one("export_errors"))
+
     def __str__(self) -> str:
         return (f"captured {self.captured} frames, dropped {self.kernel_dropped} by the kernel "
                 f"and {self.interface_dropped} by the interface; read {self.read}, skipped "
@@ -93,19 +110,26 @@ class Counters(NamedTuple):
 
 def worker_config(config: SensorConfig, index: int, share: str | None) -> SensorConfig:
     """Worker `index`'s view of `config`: its share filter, its collectors' domains + `index`
-    (and the ports + `index` of the ntopng endpoints it binds: one socket each)."""
-    return replace(config, capture=replace(config.capture, bpf=share), collectors=tuple(
-        replace(c, observation_domain=c.observation_domain + index,
-                port=c.port + index if c.protocol == "zmq" and not c.zmq_probe_mode else c.port)
-        for c in config.collectors))
+    (and the ports + `index` of the ntopng endpoints it binds: one socket each; and files of
+    its own, `.index` before the suffix, when there are several workers)."""
+    def own(c: CollectorConfig) -> CollectorConfig:
+        bound = c.protocol == "zmq" and not c.zmq_probe_mode
+        own_file = c.file is not None and config.capture.workers > 1
+        return replace(c, observation_domain=c.observation_domain + index,
+                       port=c.port + index if bound else c.port,
+                       file="{0}.{2}{1}".format(*os.path.splitext(c.file), index) if own_file
+                       else c.file)
+    return replace(config, capture=replace(config.capture, bpf=share),
+                   collectors=tuple(map(own, config.collectors)))
 
 
 def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
                   biflow: bool = False) -> list[Collector]:
-    """The configured collectors, their template files read and checked (each file once).
+    """The configured collectors, their template files read and checked (each file once), and
+    their hosts and sockets too.
 
     A collector without a template file gets the biflow, nDPI or default one, in that order;
-    ntopng (protocol zmq) takes no templates.
+    ntopng (protocol zmq) and JSON lines take no templates.
     """
     templates: dict[str, TemplateSet] = {}
     default = (BIFLOW_TEMPLATE if biflow else NDPI_TEMPLATE if config.dpi.enabled
@@ -113,27 +137,30 @@ def collectors_of(config: SensorConfig, registry: ElementRegistry, *,
     collectors = []
     for entry in config.collectors:
         path = entry.template or str(default)
-        if path not in templates and entry.protocol != "zmq":
+        if path not in templates and entry.protocol in ("ipfix", "netflow9"):
             templates[path] = load_templates(path, registry)
-        collectors.append(Collector(entry.host, entry.port, entry.protocol, templates.get(path),
-                                    observation_domain=entry.observation_domain,
-                                    mtu_bytes=entry.mtu, template_refresh_s=entry.template_refresh,
-                                    template_refresh_packets=entry.template_refresh_packets,
-                                    zmq_probe_mode=entry.zmq_probe_mode,
-                                    zmq_compress=entry.zmq_compress, zmq_queue=entry.zmq_queue,
-                                    zmq_linger=entry.zmq_linger))
+        collectors.append(Collector(entry, templates.get(path)))
     for collector in collectors:  # a bad protocol/template pairing, MTU or host fails here too
         collector.exporter(registry)
-        if collector.host != "*":  # ntopng's: every local address
-            resolve(collector.host, collector.port)
+        entry = collector.config
+        if entry.host is not None and entry.host != "*":  # ntopng's: every local address
+            family, kind, proto, _ = resolve(entry.host, entry.port)
+            if entry.protocol != "zmq":  # a source address, interface or option it cannot take
+                export_socket(entry.name, family, kind, proto, SocketOptions(
+                    entry.source, entry.dscp, entry.ttl, entry.send_buffer)).close()
     return collectors
 
 
 def describe(collectors: list[Collector]) -> str:
-    def one(c: Collector) -> str:
-        mode = "" if c.protocol != "zmq" else ", probe mode" if c.zmq_probe_mode else ", bound"
-        return f"{c.host}:{c.port} ({c.protocol}{mode})"
-    return ", ".join(map(one, collectors))
+    return ", ".join(map(name_of, collectors))
+
+
+def name_of(collector: Collector) -> str:
+    """How the log and the metrics name a collector: where, in which protocol, and how."""
+    c = collector.config
+    how = ("file" if c.file is not None else "probe mode" if c.zmq_probe_mode else "bound"
+           if c.protocol == "zmq" else "tcp" if c.transport == "tcp" else "")
+    return f"{c.name} ({c.protocol}, {how})" if how else f"{c.name} ({c.protocol})"
 
 
 def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:
@@ -150,18 +177,26 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
 
 def exports_filter(config: SensorConfig) -> str:
     """The probe's own export traffic, as a BPF expression, from the sensor's configuration:
-    the UDP datagrams to each IPFIX and NetFlow v9 collector; ntopng's TCP connections, both
-    ways (probe mode: with its address and port; bound: on the ports its workers bind)."""
+    the UDP datagrams to each IPFIX and NetFlow v9 collector; the TCP connections to IPFIX
+    collectors and ntopng, both ways (ntopng bound: on the ports its workers bind), and those
+    to its metrics endpoint."""
     clauses = []
     for collector in config.collectors:
+        if collector.file is not None:
+            continue
         if collector.protocol == "zmq" and not collector.zmq_probe_mode:
             last = collector.port + config.capture.workers - 1  # one a worker
             local = "" if collector.host == "*" else f" and host {collector.host}"
             clauses.append(f"(tcp{local} and portrange {collector.port}-{last})")
             continue
         address, port = resolve(collector.host, collector.port)[3][:2]
-        clauses.append(f"(tcp and host {address} and port {port})" if collector.protocol == "zmq"
+        clauses.append(f"(tcp and host {address} and port {port})"
+                       if collector.protocol == "zmq" or collector.transport == "tcp"
                        else f"(udp and dst host {address} and dst port {port})")
+    if config.metrics.listen is not None:  # the scrapes of its metrics endpoint
+        host, port = parse_address(config.metrics.listen)
+        local = "" if host in ("0.0.0.0", "::") else f" and host {host}"
+        clauses.append(f"(tcp{local} and port {port})")
     return " or ".join(dict.fromkeys(clauses))
 
 
@@ -170,9 +205,10 @@ def capture_filter(config: SensorConfig, bpf_filter: str | None) -> str | None:
     traffic (`exports_filter`), for a live capture unless `capture.exclude_exports` is off. The
     clause comes first: a `vlan` in the other moves the offsets of what follows it."""
     capture = config.capture
-    if capture.interface is None or not capture.exclude_exports or not config.collectors:
+    exports = exports_filter(config) if capture.interface and capture.exclude_exports else ""
+    if not exports:  # a capture file, or only files written
         return bpf_filter
-    return f"not ({exports_filter(config)})" + (f" and ({bpf_filter})" if bpf_filter else "")
+    return f"not ({exports})" + (f" and ({bpf_filter})" if bpf_filter else "")
 
 
 def open_capture(config: SensorConfig, bpf_filter: str | None) -> PcapSource:
@@ -242,7 +278,7 @@ def reread(config_path: str | None, overrides: dict | None, running: SensorConfi
     except Exception:  # a mistake not foreseen must not end a live sensor
         log.exception("reload failed; keeping the running configuration")
         return running
-    changed = [key for key in ("capture", "cache", "dpi", "user", "group")
+    changed = [key for key in ("capture", "cache", "dpi", "metrics", "user", "group")
                if getattr(config, key) != getattr(running, key)]
     if changed:
         warning("reload: %s changed; they take effect at the next start", ", ".join(changed))
@@ -263,6 +299,8 @@ class Sensor:
         self.probe: Probe | None = None
         self.capture: PcapSource | None = None
         self._index = None if worker is None else worker.index
+        self.board: Board | None = None if worker is None else worker.board
+        """Where its samples go for the metrics endpoint (a worker's: the parent's board)."""
         self._stopping = False
         self._reload_requested = False
         self._next_statistics_ms = 0
@@ -281,6 +319,9 @@ class Sensor:
         end_clock = worker.rendezvous.end_clock if worker is not None and capture.is_file else None
         # nDPI loads here, while its files are readable
         stream = stream_of(config, capture, end_clock=end_clock)
+        if worker is None and config.metrics.listen is not None:  # bound while privileged
+            self.board = Board(1)
+            MetricsServer(config.metrics.listen, self.board).start()
         drop_privileges(config.user, config.group)
         probe = self.probe = Probe(stream, collectors, self.registry, timer=self._timer,
                                    process_id=worker.index if worker is not None else 0)
@@ -317,28 +358,65 @@ class Sensor:
         if self._reload_requested:
             self._reload_requested = False
             self.reload(now_ms)
-        self._post()
         if now_ms >= self._next_statistics_ms:
             self._next_statistics_ms = now_ms + round(self.config.statistics_interval * 1000)
             self.probe.update_statistics()
-            counters = self.counters()
+            counters = Counters.of(add_up([self._post()]))  # what the endpoint shows
             self._tell("statistics: %s", counters)
             if self.worker is None:
                 counters.warn_of_drops(self._last)
             self._last = counters
+        else:
+            self._post()
 
-    def _post(self) -> None:
-        """A worker's counters, where the parent reads them."""
-        if self.worker is not None:
-            self.worker.board.post(self.worker.index, self.counters())
+    def _post(self) -> list[Sample]:
+        """Its samples, posted where the metrics endpoint reads them."""
+        samples = self.samples()
+        if self.board is not None:
+            self.board.post(self._index or 0, samples)
+        return samples
 
     def counters(self) -> Counters:
+        return Counters.of(add_up([self.samples()]))
+
+    def samples(self) -> list[Sample]:
+        """Its counters as metrics samples (`metrics.METRICS`): the capture's, the meter's, each
+        collector's and nDPI's."""
         probe = self.probe
         stream = probe.stream
         meter, sent = stream.stats, probe.sent()  # what a reload dropped included
-        return Counters(*self.capture.stats(), meter.packets_read, meter.packets_skipped,
-                        stream.live_flows, sum(meter.flows.values()), sent.records,
-                        sent.messages, sent.send_errors)
+        received, kernel, interface = self.capture.stats()
+        samples: list[Sample] = [
+            ("pyprobe_capture_frames", (), received),
+            ("pyprobe_capture_dropped_frames", ("kernel",), kernel),
+            ("pyprobe_capture_dropped_frames", ("interface",), interface),
+            ("pyprobe_packets_read", (), meter.packets_read),
+            *(("pyprobe_packets_skipped", (reason,), count)
+              for reason, count in sorted(meter.skipped.items())),
+            ("pyprobe_flows_live", (), stream.live_flows),
+            *(("pyprobe_flows_ended", (name,), meter.flows[reason])
+              for reason, name in REASONS.items()),
+            ("pyprobe_export_records", (), sent.records),
+            ("pyprobe_export_messages", (), sent.messages),
+            ("pyprobe_export_errors", (), sent.send_errors)]
+        for collector, (exporter, transport) in zip(probe.collectors, probe.links):
+            name = (name_of(collector),)
+            stats = exporter.stats
+            samples += [("pyprobe_collector_records", name, stats.flow_records),
+                        ("pyprobe_collector_messages", name, stats.messages),
+                        ("pyprobe_collector_octets", name, stats.octets),
+                        ("pyprobe_collector_errors", name, transport.errors)]
+            held = getattr(transport, "held", None)  # what a TCP or ZeroMQ queue holds
+            if held is not None:
+                samples.append(("pyprobe_collector_held_messages", name, held))
+        classifier = stream.classifier
+        if classifier is not None:
+            samples += [("pyprobe_ndpi_flows", ("classified",),
+                         classifier.flows - classifier.giveups),
+                        ("pyprobe_ndpi_flows", ("given_up",), classifier.giveups),
+                        ("pyprobe_ndpi_packets", (), classifier.packets),
+                        ("pyprobe_ndpi_uninspected_flows", (), classifier.skipped)]
+        return samples
 
     def reload(self, now_ms: int) -> None:
         """Reopens the log and swaps in the collectors of the configuration as it now reads (and

@@ -219,28 +219,3 @@ def _worker(sender: Connection, work: Work, index: int, share: str | None,
         rendezvous.leave()
     sender.send(outcome)
     sender.close()
-
-
-class Board:
-    """A row of counters per worker, which that worker posts and the parent adds up (shared
-    memory made before the fork; a row may be read while its worker writes it)."""
-
-    def __init__(self, count: int, width: int) -> None:
-        self.count, self.width = count, width
-        self._rows = multiprocessing.get_context("fork").Array("q", count * (width + 1),
-                                                               lock=False)
-
-    def post(self, index: int, values: tuple[int, ...]) -> None:
-        start = index * (self.width + 1)
-        self._rows[start + 1:start + 1 + self.width] = values
-        self._rows[start] = 1
-
-    def posted(self) -> bool:
-        """Whether every worker has posted its row."""
-        return all(self._rows[index * (self.width + 1)] for index in range(self.count))
-
-    def total(self) -> list[int]:
-        """Each counter summed over the workers."""
-        rows = self._rows[:]
-        return [sum(rows[index * (self.width + 1) + 1 + column] for index in range(self.count))
-                for column in range(self.width)]

@@ -37,13 +37,13 @@ def write(tmp_path: Path, text: str) -> Path:
     ("capture: {interface: eth0\n", "line 2, column 1: not valid YAML: did not find expected "
                                     "',' or '}'"),
     ("- eth0\n", "got a list, expected a mapping of instance, log_level, log_file, "
-                 "statistics_interval, user, group, capture, cache, dpi, collectors"),
+                 "statistics_interval, user, group, capture, cache, dpi, metrics, collectors"),
     (VALID + "cache: {idle_timout: 5}\n",
      "cache.idle_timout: unknown key (did you mean idle_timeout? expected one of idle_timeout, "
      "active_timeout, max_flows)"),
     (VALID + "colectors: []\n", "colectors: unknown key (did you mean collectors? expected one of "
                                 "instance, log_level, log_file, statistics_interval, user, "
-                                "group, capture, cache, dpi, collectors)"),
+                                "group, capture, cache, dpi, metrics, collectors)"),
     (VALID + "dpi: {xyz: 1}\n", "dpi.xyz: unknown key (expected one of enabled, packet_budget, "
                                 "flow_budget, report, decode_tunnels)"),
     ("capture: {interface: eth0}\ncollectors: [{host: a}, {host: b, port: 70000}]\n",
@@ -62,10 +62,35 @@ def write(tmp_path: Path, text: str) -> Path:
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
-     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9, zmq"),
+     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9, zmq, json"),
     ("capture: {interface: eth0}\ncollectors: [{port: 2055}]\n",
-     "collectors[0].host: missing, expected collector's name or address (IPv4 or IPv6; zmq: `*` "
-     "binds every local address)"),
+     "collectors[0]: expected one of host or file, got neither"),
+    ("capture: {interface: eth0}\ncollectors: [{host: a, file: f.ipfix}]\n",
+     "collectors[0]: expected one of host or file, got both"),
+    ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: json}]\n",
+     "collectors[0].protocol: got 'json', expected one of ipfix, netflow9, zmq for a host "
+     "(json: files only)"),
+    ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: netflow9, transport: tcp}]\n",
+     "collectors[0].transport: got 'tcp', expected udp for protocol netflow9 (IPFIX alone runs "
+     "over TCP)"),
+    ("capture: {interface: eth0}\ncollectors: [{host: a, transport: sctp}]\n",
+     "collectors[0].transport: got 'sctp', expected one of udp, tcp"),
+    ("capture: {interface: eth0}\ncollectors: [{file: f.ipfix, protocol: netflow9}]\n",
+     "collectors[0].protocol: got 'netflow9', expected one of ipfix, json for a file"),
+    ("capture: {interface: eth0}\ncollectors: [{file: /nonexistent/f.ipfix}]\n",
+     "collectors[0].file: got '/nonexistent/f.ipfix', expected a file this user can write, or a "
+     "new one in a folder it can write"),
+    ("capture: {interface: eth0, workers: 2}\ncollectors: [{file: '-'}]\n",
+     "collectors[0].file: got '-', expected a file: 2 workers cannot share stdout"),
+    ("capture: {interface: eth0, workers: 1}\ncollectors: [{file: '-', rotate_size: 10000}]\n",
+     "collectors[0].rotate_size: got a value for stdout (`-`), which is not rotated"),
+    ("capture: {interface: eth0}\ncollectors: [{host: a, dscp: 64}]\n",
+     "collectors[0].dscp: got 64, expected an integer from 0 to 63"),
+    (VALID + "metrics: {listen: 9400}\n",
+     "metrics.listen: got 9400, expected serve the counters in Prometheus' format over HTTP at "
+     "HOST:PORT, e.g. 127.0.0.1:9400 (null: not served)"),
+    (VALID + "metrics: {listen: localhost}\n",
+     "metrics.listen: got 'localhost', expected HOST:PORT, e.g. 127.0.0.1:9400"),
     ("capture: {interface: eth0}\ncollectors: {host: a}\n",
      "collectors: got a mapping, expected a list of at least one entry"),
     ("capture: {interface: eth0}\n", "collectors: missing, expected a list of at least one "
@@ -177,10 +202,10 @@ def test_ntopng_collectors_from_the_file_and_from_nprobes_flags(tmp_path: Path) 
     """protocol zmq: port 5556 unless given; --zmq takes nProbe's endpoints, beside --collector;
     --zmq-probe-mode and --zmq-compress apply to every collector (IPFIX ones ignore them)."""
     path = write(tmp_path, "capture: {interface: eth0}\ncollectors: [{host: a}, {host: '*', "
-                           "protocol: zmq, zmq_queue: 1048576}, {host: b, port: 6000, "
-                           "protocol: zmq, zmq_probe_mode: true, zmq_linger: 0}]\n")
+                           "protocol: zmq, queue: 1048576}, {host: b, port: 6000, "
+                           "protocol: zmq, zmq_probe_mode: true, linger: 0}]\n")
     config = load_config(path)
-    assert [(c.host, c.port, c.protocol, c.zmq_probe_mode, c.zmq_queue, c.zmq_linger)
+    assert [(c.host, c.port, c.protocol, c.zmq_probe_mode, c.queue, c.linger)
             for c in config.collectors] == [("a", 2055, "ipfix", False, 64 << 20, 10.0),
                                             ("*", 5556, "zmq", False, 1 << 20, 10.0),
                                             ("b", 6000, "zmq", True, 64 << 20, 0.0)]
@@ -195,9 +220,9 @@ def test_ntopng_collectors_from_the_file_and_from_nprobes_flags(tmp_path: Path) 
                                              ("::1", 5556, "zmq", True, True),
                                              ("c", 5556, "zmq", True, True),
                                              ("d", 4739, "ipfix", True, True)]
-    with pytest.raises(ConfigError, match=r"collectors\[0\].zmq_queue: got 1000, expected an "
+    with pytest.raises(ConfigError, match=r"collectors\[0\].queue: got 1000, expected an "
                                           r"integer from 131072 to 2147483647"):
-        load_config(write(tmp_path, VALID.replace("}]", ", protocol: zmq, zmq_queue: 1000}]")))
+        load_config(write(tmp_path, VALID.replace("}]", ", protocol: zmq, queue: 1000}]")))
 
 
 @pytest.mark.parametrize(("endpoint", "message"), [

@@ -29,6 +29,7 @@ from test_captures import differences  # noqa: E402
 from test_export import set_ids  # noqa: E402
 
 from pyprobe.collect import Collector as Decoder, Record  # noqa: E402
+from pyprobe.config import CollectorConfig  # noqa: E402
 from pyprobe.export.elements import ElementRegistry  # noqa: E402
 from pyprobe.flow import Flow, format_addr  # noqa: E402
 from pyprobe.probe import Collector, ExportSummary, Probe  # noqa: E402
@@ -69,9 +70,10 @@ def export(source: Path, protocol: str, ports: list[int], templates: TemplateSet
     flows and the summary (its records and messages summed over the collectors)."""
     recorder = Recorder()
     stream = FlowStream(str(source), dpi=dpi, plugins=[recorder])
-    collectors = [Collector(HOST, port, protocol, templates, observation_domain=1,
-                            mtu_bytes=mtu_bytes, template_refresh_s=template_refresh_s,
-                            template_refresh_packets=template_refresh_packets) for port in ports]
+    collectors = [Collector(CollectorConfig(HOST, port, protocol=protocol, mtu=mtu_bytes,
+                                            template_refresh=template_refresh_s,
+                                            template_refresh_packets=template_refresh_packets),
+                            templates) for port in ports]
     return recorder.flows, Probe(stream, collectors, REGISTRY, speed=speed).run()
 
 

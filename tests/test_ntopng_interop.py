@@ -173,7 +173,7 @@ def test_ntopng_started_after_the_probe_gets_every_flow(ntopng: Ntopng) -> None:
     ntopng.kill()
     probe = subprocess.Popen([*PYPROBE, "replay", str(capture), "--zmq",
                               f"tcp://127.0.0.1:{ntopng.collector_ports[1]}", "--zmq-probe-mode",
-                              "--zmq-linger", "120", "--observation-domain", "41"],
+                              "--linger", "120", "--observation-domain", "41"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     lines: list[str] = []
     until(lambda: lines.append(probe.stderr.readline()) or "waiting up to 120 s" in lines[-1],

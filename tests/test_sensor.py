@@ -678,15 +678,19 @@ def test_a_reload_leaves_out_the_datagrams_to_the_new_collectors(netns: Namespac
 
 
 def test_the_exports_left_out_are_udp_to_collectors_and_tcp_with_ntopng() -> None:
-    """IPFIX and NetFlow v9: datagrams to the collector; ntopng: the connection both ways, to
-    its address (probe mode) or on the ports the workers bind (one each)."""
+    """IPFIX and NetFlow v9: datagrams to the collector; IPFIX over TCP and ntopng: the
+    connection both ways, to its address (ntopng's probe mode) or on the ports the workers
+    bind (one each); the metrics endpoint's connections; nothing for a file."""
     config = load_config(None, {"capture.interface": "lo", "capture.workers": 3, "collectors": [
         {"host": "127.0.0.1", "port": 2055}, {"host": "::1", "port": 4739, "protocol": "netflow9"},
         {"host": "127.0.0.1", "port": 5556, "protocol": "zmq", "zmq_probe_mode": True},
-        {"host": "*", "port": 5557, "protocol": "zmq"}]})
+        {"host": "*", "port": 5557, "protocol": "zmq"},
+        {"host": "127.0.0.1", "port": 4739, "transport": "tcp"}, {"file": "/dev/null"}],
+        "metrics.listen": "127.0.0.1:9400"})
     assert exports_filter(config) == (
         "(udp and dst host 127.0.0.1 and dst port 2055) or (udp and dst host ::1 and dst port "
-        "4739) or (tcp and host 127.0.0.1 and port 5556) or (tcp and portrange 5557-5559)")
+        "4739) or (tcp and host 127.0.0.1 and port 5556) or (tcp and portrange 5557-5559) or "
+        "(tcp and host 127.0.0.1 and port 4739) or (tcp and host 127.0.0.1 and port 9400)")
     assert capture_filter(config, "tcp") == f"not ({exports_filter(config)}) and (tcp)"
     check_capture(config)  # it compiles
     assert capture_filter(replace(config, capture=replace(config.capture, exclude_exports=False)),

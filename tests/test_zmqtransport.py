@@ -119,7 +119,7 @@ def test_a_full_queue_drops_the_oldest_counts_and_logs_once(caplog: pytest.LogCa
     messages = flows(40)
     size = len(messages[0].header) + len(messages[0].payload)
     transport = ZmqTransport(HOST, port, queue_octets=10 * size, linger_s=0)
-    with caplog.at_level(logging.WARNING, logger="pyprobe.export.zmqtransport"):
+    with caplog.at_level(logging.WARNING, logger="pyprobe"):
         started = time.monotonic()
         for message in messages:
             transport.send([message])
@@ -163,7 +163,7 @@ def test_close_gives_up_after_the_linger_and_counts_what_it_held(
     transport = ZmqTransport(HOST, free_tcp_port(), probe_mode=True, linger_s=0.3)
     transport.send(flows(4))
     started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="pyprobe.export.zmqtransport"):
+    with caplog.at_level(logging.INFO, logger="pyprobe"):
         transport.close()
     assert 0.3 <= time.monotonic() - started < 2
     assert (transport.errors, transport.dropped_flows, transport.sent_messages) == (4, 4, 0)

@@ -10,6 +10,12 @@ IPFIX the options travel in messages of observation domain 0. The clock is whate
 the caller passes: packet time in a replay. When the templates send applicationId, the first
 flow of each application after every timed refresh is preceded by its names record.
 
+A `session` exporter (IPFIX over TCP, an IPFIX file) sends its templates once per session, in
+the messages `template_messages()` makes, which the transport sends first on each connection and at
+the start of each file; the data messages carry only the options data (statistics, RFC 5610
+types), at the start and every `template_refresh_s`. `cut()` ends a session (a file): the
+next message carries the options data again, and each application's names before its flows.
+
 >>> from pyprobe.export.elements import ElementRegistry
 >>> from pyprobe.export.template import TEMPLATES, load_templates
 >>> registry = ElementRegistry.default()
@@ -49,7 +55,8 @@ class Exporter:
     def __init__(self, protocol: str, templates: TemplateSet, registry: ElementRegistry, *,
                  observation_domain: int = 1, mtu_bytes: int = 1400,
                  template_refresh_s: float = 60, template_refresh_packets: int = 20,
-                 flush_interval_ms: int = 1000, boot_ms: int = 0, process_id: int = 0) -> None:
+                 flush_interval_ms: int = 1000, boot_ms: int = 0, process_id: int = 0,
+                 session: bool = False) -> None:
         if protocol not in PROTOCOLS:
             raise TemplateError(f"unknown protocol {protocol!r} (expected ipfix or netflow9)")
         self.protocol = PROTOCOLS[protocol]
@@ -58,6 +65,7 @@ class Exporter:
                                 f"elements have no NetFlow v9 field types)")
         self.templates = templates
         self.registry = registry
+        self.session = session
         self.observation_domain = observation_domain
         self.mtu_bytes = mtu_bytes
         self.template_refresh_ms = round(template_refresh_s * 1000)
@@ -227,22 +235,45 @@ class Exporter:
         self._message_started_ms = now_ms
         by_time = (self._templates_sent_ms is None
                    or now_ms - self._templates_sent_ms >= self.template_refresh_ms)
-        if by_time or self._messages_since_templates >= self.template_refresh_packets:
+        if by_time or (self._messages_since_templates >= self.template_refresh_packets
+                       and not self.session):
             self._templates_sent_ms = now_ms
             if by_time:
                 self._named.clear()  # names go out again, each before its next flow
-            for set_id, record, data in self._template_records:
+            for set_id, record, data in () if self.session else self._template_records:
                 self._put(self._data_channel, set_id, record, data, now_ms, out)
-            for set_id, record, data in self._options_records():
+            for set_id, record, data in self._options_records(templates=not self.session):
                 self._put(self._options_channel, set_id, record, data, now_ms, out)
             self._messages_since_templates = 0  # counted from the message the refresh ends in
 
-    def _options_records(self) -> list[tuple[int, bytes, bool]]:
+    def _options_records(self, templates: bool = True) -> list[tuple[int, bytes, bool]]:
         """Options templates, then options data: statistics as of now, and the type records."""
         statistics = self._options[0]
-        return [*self._options_template_records,
+        return [*(self._options_template_records if templates else ()),
                 (statistics.id, statistics.encode_values(statistics_values(self.stats)), True),
                 *self._type_records]
+
+    def template_messages(self, now_ms: int) -> list[bytes]:
+        """A session's first messages: every template record (data, application names,
+        options), in messages of their own, which hold no data record."""
+        out: list[bytes] = []
+        for channel, records in ((self._data_channel, self._template_records),
+                                 (self._options_channel, self._options_template_records)):
+            preface = _Channel(MessageBuilder(self.protocol, self.mtu_bytes), channel.domain)
+            preface.sequence = channel.sequence
+            for set_id, record, data in records:
+                self._put(preface, set_id, record, data, now_ms, out)
+            if preface.builder.records:
+                out.append(self._finish(preface, now_ms))
+        return out
+
+    def cut(self, now_ms: int) -> list[bytes]:
+        """Ends a session: the messages being filled, finished; the next message carries the
+        options data again, and each application's names before its next flow."""
+        out: list[bytes] = []
+        self._send(now_ms, out)
+        self._templates_sent_ms = None
+        return out
 
     def _finish(self, channel: _Channel, now_ms: int) -> bytes:
         """The channel's message, numbered; its builder is empty again."""

@@ -1,4 +1,5 @@
-"""UDP transport: sends export messages to collectors; the only module that touches sockets.
+"""UDP transport: sends export messages to collectors; and what every export socket shares: the
+collector's address, and how the socket looks on the network (`SocketOptions`).
 
 A send error (collector down, ICMP port unreachable, no route) is counted and logged at most once
 per `log_interval_s` per collector; it never stops the probe, and the next message is tried as usual.
@@ -6,9 +7,12 @@ The socket is connected so that the kernel reports ICMP port unreachable (ECONNR
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import PyprobeError
 
@@ -35,14 +39,73 @@ class TransportError(PyprobeError):
     """A collector's address cannot be resolved."""
 
 
-def resolve(host: str, port: int) -> tuple:
+def resolve(host: str, port: int, kind: int = socket.SOCK_DGRAM) -> tuple:
     """(family, type, protocol, address) of a collector; a TransportError names what failed."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=kind)[0]
     except (socket.gaierror, UnicodeError) as error:
         raise TransportError(f"collector {host}:{port}: cannot resolve {host!r}: "
                              f"{getattr(error, 'strerror', None) or error}") from None
     return family, kind, proto, address
+
+
+@dataclass(frozen=True)
+class SocketOptions:
+    """How an export socket looks on the network (softflowd -S/-L, pmacct nfprobe_source_ip)."""
+
+    source: str | None = None
+    """Address to send from, or interface to send through (SO_BINDTODEVICE); None: routed."""
+    dscp: int = 0
+    """DSCP of the packets (the top six bits of the IPv4 ToS / IPv6 traffic class)."""
+    ttl: int | None = None
+    """IPv4 TTL / IPv6 hop limit; None: the system's."""
+    send_buffer: int | None = None
+    """SO_SNDBUF, octets (the kernel doubles it and caps it at net.core.wmem_max)."""
+
+
+def export_socket(name: str, family: int, kind: int, proto: int,
+                  options: SocketOptions = SocketOptions()) -> socket.socket:
+    """A socket to collector `name` with `options` applied; a TransportError names what failed."""
+    sock = socket.socket(family, kind, proto)
+    ipv6 = family == socket.AF_INET6
+    settings = [(socket.SOL_SOCKET, socket.SO_SNDBUF, options.send_buffer, "set the send buffer"),
+                (socket.IPPROTO_IPV6 if ipv6 else socket.IPPROTO_IP,
+                 socket.IPV6_TCLASS if ipv6 else socket.IP_TOS,
+                 options.dscp << 2 if options.dscp else None, "set the DSCP"),
+                (socket.IPPROTO_IPV6 if ipv6 else socket.IPPROTO_IP,
+                 socket.IPV6_UNICAST_HOPS if ipv6 else socket.IP_TTL, options.ttl, "set the TTL")]
+    try:
+        for level, option, value, what in settings:
+            if value is not None:
+                _apply(sock, what, lambda: sock.setsockopt(level, option, value))
+        if options.source is not None:
+            _bind(sock, options.source, family)
+    except TransportError as error:
+        sock.close()
+        raise TransportError(f"collector {name}: {error}") from None
+    return sock
+
+
+def _bind(sock: socket.socket, source: str, family: int) -> None:
+    """Binds `sock` to a source address, or to an interface by name."""
+    try:
+        address = ipaddress.ip_address(source.split("%")[0])
+    except ValueError:  # an interface
+        _apply(sock, f"send through {source}", lambda: sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_BINDTODEVICE, source.encode()))
+        return
+    if (address.version == 6) != (family == socket.AF_INET6):
+        raise TransportError(f"cannot send from {source} to an IPv"
+                             f"{10 - address.version} address")
+    _apply(sock, f"send from {source}", lambda: sock.bind(
+        socket.getaddrinfo(source, 0, family, sock.type)[0][4]))
+
+
+def _apply(sock: socket.socket, what: str, action: Callable[[], None]) -> None:
+    try:
+        action()
+    except OSError as error:
+        raise TransportError(f"cannot {what}: {error.strerror or error}") from None
 
 
 class UdpTransport:
@@ -51,10 +114,11 @@ class UdpTransport:
     __slots__ = ("host", "port", "address", "errors", "sent_datagrams", "sent_octets",
                  "log_interval_s", "_socket", "_last_log")
 
-    def __init__(self, host: str, port: int, *, log_interval_s: float = 60) -> None:
+    def __init__(self, host: str, port: int, options: SocketOptions = SocketOptions(), *,
+                 log_interval_s: float = 60) -> None:
         self.host, self.port = host, port
         family, kind, proto, self.address = resolve(host, port)
-        self._socket = socket.socket(family, kind, proto)
+        self._socket = export_socket(f"{host}:{port}", family, kind, proto, options)
         try:  # connected, so ICMP port unreachable comes back as an error on a later send
             self._socket.connect(self.address)
         except OSError as error:

@@ -7,9 +7,9 @@ A message goes out only once ntopng subscribes to its topic: the XPUB socket hea
 subscriptions, so nothing is published into the void before ntopng listens (ZeroMQ's slow
 joiner). Until then, and while ntopng reads slower than the probe sends (ZeroMQ's high-water
 mark, which XPUB_NODROP turns into a refusal rather than a silent drop), messages wait in a
-queue of at most `queue_octets`; beyond, the oldest are dropped, counted (`errors` messages,
-`dropped_flows` flows) and logged at most once per `log_interval_s`. Sending never blocks the
-meter. Messages are numbered (msg_id) as ZeroMQ takes them. Whenever an ntopng subscribes to
+`backlog.Backlog` of at most `queue_octets`; beyond, the oldest are dropped, counted (`errors`
+messages, `dropped_flows` flows) and logged at most once per `log_interval_s`. Sending never
+blocks the meter. Messages are numbered (msg_id) as ZeroMQ takes them. Whenever an ntopng subscribes to
 events (the first, a new one, one that restarted and connected again), the `greeting` message
 goes first (the probe's event). `close` waits up to `linger_s` for ntopng to take what is
 queued, then counts and logs what it could not.
@@ -19,18 +19,17 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 
 import zmq
 
+from .backlog import Backlog
 from .ntopng import EVENT_TOPIC, Message
 from .transport import TransportError, resolve
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE = 1  # first octet of an XPUB subscription message (0: unsubscribe)
-POLL_MS = 50  # how long close() waits at a time for subscriptions
 SEND_HWM = 64  # messages ZeroMQ holds for ntopng (up to 128 KiB each); beyond, ours wait
 
 
@@ -48,9 +47,8 @@ class ZmqTransport:
     """One XPUB socket to one ntopng, with a bounded queue for when ntopng does not listen."""
 
     __slots__ = ("host", "port", "endpoint", "probe_mode", "queue_octets", "linger_s",
-                 "log_interval_s", "greeting", "errors", "dropped_flows", "sent_messages",
-                 "sent_octets", "_context", "_socket", "_topics", "_queue", "_queued_octets",
-                 "_msg_id", "_last_log")
+                 "greeting", "sent_messages", "sent_octets", "_context", "_socket", "_topics",
+                 "_queue", "_msg_id")
 
     def __init__(self, host: str, port: int, *, probe_mode: bool = False,
                  queue_octets: int = 64 << 20, linger_s: float = 10.0,
@@ -58,10 +56,9 @@ class ZmqTransport:
         self.host, self.port, self.probe_mode = host, port, probe_mode
         self.endpoint, ipv6 = endpoint(host, port)
         self.queue_octets, self.linger_s = queue_octets, linger_s
-        self.log_interval_s = log_interval_s
         self.greeting: Callable[[], Message] | None = None
         """Makes the message each new listener gets first."""
-        self.errors = self.dropped_flows = self.sent_messages = self.sent_octets = 0
+        self.sent_messages = self.sent_octets = 0
         self._context = zmq.Context(io_threads=1)  # its own: close() can wait for its queue
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)  # refuse (EAGAIN) rather than drop
@@ -80,10 +77,10 @@ class ZmqTransport:
                                  f"{'connect' if probe_mode else 'bind'}: "
                                  f"{zmq.strerror(error.errno)}") from None
         self._topics: set[bytes] = set()
-        self._queue: deque[Message] = deque()
-        self._queued_octets = 0
+        self._queue: Backlog[Message] = Backlog(
+            f"ntopng {self.endpoint}", queue_octets, size=_size, content=_flows, noun="flows",
+            log_interval_s=log_interval_s)
         self._msg_id = 0
-        self._last_log = -log_interval_s
 
     @property
     def listening(self) -> bool:
@@ -95,15 +92,20 @@ class ZmqTransport:
         """Messages waiting for ntopng."""
         return len(self._queue)
 
+    @property
+    def errors(self) -> int:
+        """Messages dropped: while ntopng did not listen or read slower, and at the end."""
+        return self._queue.dropped
+
+    @property
+    def dropped_flows(self) -> int:
+        """The flows in them."""
+        return self._queue.dropped_content
+
     def send(self, messages: Iterable[Message]) -> None:
         """Queues the messages and sends what ntopng listens to, without waiting."""
         self._listen()
-        queue = self._queue
-        for message in messages:
-            queue.append(message)
-            self._queued_octets += len(message.header) + len(message.payload)
-        while self._queued_octets > self.queue_octets:
-            self._drop(queue.popleft())
+        self._queue.extend(messages, "not listening or too slow")
         self._drain()
 
     def _listen(self) -> None:
@@ -122,15 +124,13 @@ class ZmqTransport:
                 log.info("ntopng %s: %s", self.endpoint, "listening" if topics else
                          f"stopped listening; flows wait, up to {self.queue_octets} octets")
         if greet and self.greeting is not None:
-            message = self.greeting()
-            self._queue.appendleft(message)
-            self._queued_octets += len(message.header) + len(message.payload)
+            self._queue.extendleft([self.greeting()])
 
     def _drain(self) -> None:
         """Sends queued messages in order while ntopng listens to them and ZeroMQ takes them."""
         queue, sock, topics = self._queue, self._socket, self._topics
         while queue:
-            message = queue[0]
+            message = queue.first()
             if not any(message.header.startswith(topic) for topic in topics):
                 return
             try:
@@ -139,41 +139,26 @@ class ZmqTransport:
                 return
             self._msg_id += 1
             queue.popleft()
-            size = len(message.header) + len(message.payload)
-            self._queued_octets -= size
             self.sent_messages += 1
-            self.sent_octets += size
+            self.sent_octets += _size(message)
 
-    def _drop(self, message: Message) -> None:
-        self._queued_octets -= len(message.header) + len(message.payload)
-        self.errors += 1
-        self.dropped_flows += message.flows
-        now = time.monotonic()
-        if now - self._last_log >= self.log_interval_s:
-            self._last_log = now
-            log.warning("ntopng %s: not listening or too slow, queue full (%d octets): "
-                        "%d flows dropped so far", self.endpoint, self.queue_octets,
-                        self.dropped_flows)
+    def _flush(self) -> None:
+        self._listen()
+        self._drain()
 
     def close(self) -> None:
         """Waits up to `linger_s` for ntopng to take the queued messages, then closes."""
-        deadline = time.monotonic() + self.linger_s
-        self._listen()
-        self._drain()
-        if self._queue:
-            log.info("ntopng %s: waiting up to %g s for it to take %d messages", self.endpoint,
-                     self.linger_s, len(self._queue))
-        while self._queue and (left := deadline - time.monotonic()) > 0:
-            self._socket.poll(min(POLL_MS, left * 1000), zmq.POLLIN)
-            self._listen()
-            self._drain()
-        if self._queue:
-            flows = sum(message.flows for message in self._queue)
-            log.warning("ntopng %s: %d flows in %d messages not taken within %g s; dropped",
-                        self.endpoint, flows, len(self._queue), self.linger_s)
-            self.errors += len(self._queue)
-            self.dropped_flows += flows
-            self._queue.clear()
+        deadline = self._queue.linger(
+            self.linger_s, lambda s: self._socket.poll(s * 1000, zmq.POLLIN), self._flush,
+            lambda: not self._queue)
         # ZeroMQ still holds what was handed over: give it the rest of the time to send it.
         self._socket.close(linger=max(0, round((deadline - time.monotonic()) * 1000)))
         self._context.term()
+
+
+def _size(message: Message) -> int:
+    return len(message.header) + len(message.payload)
+
+
+def _flows(message: Message) -> int:
+    return message.flows
