@@ -25,12 +25,15 @@ apt:
 # The compiled modules: each .pxd and the .py beside it (setup.py compiles those with Cython).
 COMPILED := $(shell find pyprobe -name '*.pxd') $(patsubst %.pxd,%.py,$(shell find pyprobe -name '*.pxd'))
 
+# Quiet: one line a step (pip -q says only what goes wrong).
 $(VENV)/.installed: pyproject.toml setup.py $(COMPILED)
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps $(NFSTREAM)
-	touch $@
+	@test -x $(PY) || { echo "venv: $(VENV)"; python3 -m venv $(VENV); }
+	@echo "pip: pip itself"; $(PY) -m pip install -q --upgrade pip
+	@echo "pip: pyprobe (editable) and its test tools; Cython compiles the meter (minutes)"; \
+		$(PY) -m pip install -q -e '.[test]'
+	@echo "pip: nDPI, $(NFSTREAM) without its dependencies (pandas, numpy: pyprobe needs none)"; \
+		$(PY) -m pip install -q --no-deps $(NFSTREAM)
+	@touch $@
 
 # The suite twice: on the compiled modules, then on the same source run pure (PYPROBE_PURE=1).
 test: setup

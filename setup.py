@@ -1,7 +1,8 @@
 """The compiled modules: Cython compiles pyprobe's own Python source (pure-Python mode) wherever
-a module has a .pxd beside it, the file that types it. Without Cython or a C compiler pyprobe
-installs and runs as the same source, pure. Everything else is in pyproject.toml (setuptools
-< 74.1 reads extension modules only from here)."""
+a module has a .pxd beside it, the file that types it. Without a C compiler, or with
+PYPROBE_PURE=1 in the build's environment, pyprobe installs and runs as the same source, pure.
+Everything else is in pyproject.toml (cythonize needs code)."""
+import os
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -12,6 +13,8 @@ DIRECTIVES = {"language_level": 3, "annotation_typing": False}
 
 def extensions() -> list[Extension]:
     """One optional extension per pyprobe/**/*.py that has a .pxd beside it."""
+    if os.environ.get("PYPROBE_PURE", "") not in ("", "0"):
+        return []
     try:
         from Cython.Build import cythonize
     except ImportError:

@@ -154,7 +154,7 @@ class FirstExpiry:
 
     def on_expire(self, flow: object) -> None:
         if not self.kib:
-            self.kib, self.flows = resident_kib(), len(self.stream.cache) + 1
+            self.kib, self.flows = resident_kib(), self.stream.live_flows + 1
 
 
 def kib_per_flow(path: Path, dpi: bool) -> float:
@@ -176,7 +176,7 @@ class MostLive(FirstExpiry):
     """A plugin that notes the most flows live at once, as each one expires."""
 
     def on_expire(self, flow: object) -> None:
-        self.flows = max(self.flows, len(self.stream.cache) + 1)
+        self.flows = max(self.flows, self.stream.live_flows + 1)
 
 
 def storm_row(flows: int) -> str:

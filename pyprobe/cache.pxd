@@ -17,7 +17,7 @@ cdef bint count(FlowCore flow, bint src_is_first, long long time_ms, long long s
 cdef class FlowCache:
     cdef public long long idle_timeout_ms, active_timeout_ms, close_linger_ms, max_flows
     cdef public object classifier, plugins, _hooks
-    cdef public long long now_ms, started_ms, flows_created, _next_scan_ms
+    cdef public long long now_ms, flows_created, _next_scan_ms
     cdef public list expired
     cdef public object _flows, _closing
 
@@ -36,8 +36,6 @@ cdef class FlowCache:
                 long long dst_port, long long protocol, long long vlan_id, long long size,
                 long long ttl, long long tos, long long flags, long long icmp_type_code,
                 long long tunnel_id, packet, Decoder decoder, bytes frame)
-
-    cpdef _scan(self, long long time_ms)
 
     @cython.locals(lru=FlowCore)
     cpdef _evict(self, long long time_ms)

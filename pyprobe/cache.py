@@ -42,6 +42,10 @@ from .flow import TH_FIN, TH_RST, Direction, EndReason, Flow, Packet, add_square
 if TYPE_CHECKING:
     from .decode import Decoder
 
+IDLE_TIMEOUT_S = 30.0  # the defaults: nProbe's timeouts and cache size, a 2 s close linger
+ACTIVE_TIMEOUT_S = 120.0
+MAX_FLOWS = 524_288
+CLOSE_LINGER_S = 2.0
 SCAN_INTERVAL_MS = 1_000  # how often, in packet time, idle and closed flows are looked for
 BATCH_FLOWS = 256
 """Expired flows that make a batch due before the clock does: handed out together, they fill
@@ -119,11 +123,12 @@ class FlowCache:
     """Live flows keyed by a direction-free key, and the ones that expired."""
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
-                 "classifier", "plugins", "now_ms", "started_ms", "expired", "flows_created",
+                 "classifier", "plugins", "now_ms", "expired", "flows_created",
                  "_flows", "_closing", "_next_scan_ms", "_hooks")
 
-    def __init__(self, *, idle_timeout_s: float = 30, active_timeout_s: float = 120,
-                 max_flows: int = 524_288, close_linger_s: float = 2,
+    def __init__(self, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 active_timeout_s: float = ACTIVE_TIMEOUT_S, max_flows: int = MAX_FLOWS,
+                 close_linger_s: float = CLOSE_LINGER_S,
                  classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = ()) -> None:
         self.idle_timeout_ms = min(round(idle_timeout_s * 1000), MAX_TIMEOUT_MS)
         self.active_timeout_ms = min(round(active_timeout_s * 1000), MAX_TIMEOUT_MS)
@@ -135,7 +140,6 @@ class FlowCache:
         self.plugins = tuple(plugins)
         self._hooks = (classifier, *self.plugins) if classifier else self.plugins
         self.now_ms = 0
-        self.started_ms = 0  # the first packet's time
         self.expired: list[Flow] = []
         self.flows_created = 0
         self._flows: OrderedDict[bytes, Flow] = OrderedDict()
@@ -207,7 +211,7 @@ class FlowCache:
         if time_ms > self.now_ms:
             self.now_ms = time_ms
             if time_ms >= self._next_scan_ms:
-                self._scan(time_ms)
+                self.expire(time_ms)
         else:
             time_ms = self.now_ms
         if src < dst or (src == dst and src_port <= dst_port):
@@ -247,12 +251,6 @@ class FlowCache:
             if packet is None:
                 packet = decoder.packet(packet_ms, frame)
             self._started(packet, flow)
-
-    def _scan(self, time_ms: int) -> None:
-        """The scan a packet's time makes due: its time is the first clock if none was, then
-        `expire`."""
-        self.started_ms = self.started_ms or time_ms
-        self.expire(time_ms)
 
     def _evict(self, time_ms: int) -> None:
         """Makes room for a new flow: the least recently used one ends, for the deadline it is

@@ -47,6 +47,7 @@ PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"  # a pcapng file's first block type
 # negative), and pcapng times past 2^63 ns (year 2262) wrap in pypcap's 64-bit product.
 PCAP_WRAP_NS = 2**32 * 10**9
 PCAPNG_WRAP_NS = 2**64
+SNAPLEN = 65535  # octets kept of a frame by default: all of any frame but a jumbo one
 TICK_S = 0.2  # a live capture's tick interval, and so how soon stop() takes effect
 # A ring block is handed over this long after its first frame (if not full before: 128 KiB,
 # 2.6 ms of 100k packets/s of 500 octets)... At low rates each block holds this long's frames:
@@ -68,7 +69,7 @@ class PcapSource:
                  "corruptions", "bpf_filter", "_handles", "_names", "_final_stats", "_baseline",
                  "_ended")
 
-    def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = 65535,
+    def __init__(self, source: str, *, bpf_filter: str | None = None, snaplen: int = SNAPLEN,
                  promiscuous: bool = True, buffer_size: int = 0,
                  skip_corrupt: bool = False) -> None:
         self.source = source

@@ -19,7 +19,6 @@ from typing import Any
 from .flow import DPI_JSON, DpiInfo, Flow, Packet
 from .ndpi import NDPI, Confidence, NDPIFlow, State, protocol_id
 
-N_DISSECTIONS = 20  # nfstream's default budget of packets per flow
 GUESSED = frozenset((Confidence.MATCH_BY_PORT, Confidence.MATCH_BY_IP))
 CLASSIFIED = State.CLASSIFIED
 METADATA = (  # DpiInfo field, the dpi2json block it is in, its key there
@@ -71,7 +70,7 @@ class NdpiClassifier:
     __slots__ = ("n_dissections", "report", "ndpi", "flow_budget", "flows", "packets",
                  "giveups", "skipped", "_dissect", "_labels", "_tokens", "_tokens_ms")
 
-    def __init__(self, n_dissections: int = N_DISSECTIONS, ndpi: NDPI | None = None,
+    def __init__(self, n_dissections: int, ndpi: NDPI | None = None,
                  report: bool = False, flow_budget: int = 0) -> None:
         if n_dissections < 1:
             raise ValueError(f"n_dissections must be at least 1, not {n_dissections}")

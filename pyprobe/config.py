@@ -1,7 +1,8 @@
-"""The sensor's configuration: one schema of dataclasses, the single source of every default.
+"""The sensor's configuration: one schema of dataclasses, the single source of every setting.
 
 Each field is declared with `setting(default, doc, ...)`: its default, a one-line description and
-its bounds. `load_config` reads a YAML file (`yaml.safe_load` only) and checks it against the
+its bounds. The meter's defaults are its own (cache, capture and stream constants): the schema
+takes them from there. `load_config` reads a YAML file (`yaml.safe_load` only) and checks it against the
 schema; `add_arguments` turns the same fields into command-line flags, whose values override the
 file's. Every mistake is a `ConfigError` naming the file (or the flag), the dotted key
 (`collectors[1].port`), the bad value and what was expected; unknown keys get a did-you-mean.
@@ -34,9 +35,12 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .cache import ACTIVE_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_FLOWS
+from .capture import SNAPLEN
 from .errors import ConfigError
 from .export.template import TEMPLATES
 from .export.transport import parse_address
+from .stream import FLOW_BUDGET, N_DISSECTIONS
 from .yamlfile import read_yaml
 
 DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
@@ -74,7 +78,7 @@ class CaptureConfig:
     file: str | None = setting(None, "pcap/pcapng file to meter instead of an interface",
                                path=True)
     bpf: str | None = setting(None, "BPF filter applied before metering (tcpdump syntax)")
-    snaplen: int = setting(65535, "octets kept of each frame", minimum=64, maximum=262144)
+    snaplen: int = setting(SNAPLEN, "octets kept of each frame", minimum=64, maximum=262144)
     promiscuous: bool = setting(True, "put the interface in promiscuous mode")
     buffer_size: int = setting(64 * 2**20, "kernel capture ring of each worker, octets (0: "
                                            "libpcap's, 2 MiB)", minimum=0)
@@ -92,11 +96,11 @@ class CaptureConfig:
 class CacheConfig:
     """How packets become flows, and when flows end."""
 
-    idle_timeout: float = setting(30.0, "end a flow after this many seconds without packets",
-                                  minimum=0.001)
-    active_timeout: float = setting(120.0, "end a flow this many seconds after it began",
-                                    minimum=0.001)
-    max_flows: int = setting(524_288, "flows kept at once; beyond, the least recent ends",
+    idle_timeout: float = setting(IDLE_TIMEOUT_S, "end a flow after this many seconds without "
+                                                  "packets", minimum=0.001)
+    active_timeout: float = setting(ACTIVE_TIMEOUT_S, "end a flow this many seconds after it "
+                                                      "began", minimum=0.001)
+    max_flows: int = setting(MAX_FLOWS, "flows kept at once; beyond, the least recent ends",
                              minimum=1)
 
 
@@ -105,10 +109,10 @@ class DpiConfig:
     """What is looked at beyond the flow key."""
 
     enabled: bool = setting(True, "label flows with nDPI", flag="dpi")
-    packet_budget: int = setting(20, "packets per flow nDPI sees at most", minimum=1)
-    flow_budget: int = setting(10_000, "new flows a second (of packet time) nDPI inspects at "
-                                       "most; past it (a storm of new flows) flows go "
-                                       "unlabelled, counted (0: every flow)")
+    packet_budget: int = setting(N_DISSECTIONS, "packets per flow nDPI sees at most", minimum=1)
+    flow_budget: int = setting(FLOW_BUDGET, "new flows a second (of packet time) nDPI inspects "
+                                            "at most; past it (a storm of new flows) flows go "
+                                            "unlabelled, counted (0: every flow)")
     report: bool = setting(False, "keep nDPI's whole report of each flow (ndpi_dpi2json: "
                                   "flow.metadata, --json's metadata)", flag="dpi-report")
     decode_tunnels: bool = setting(False, "meter the inner packets of GTP, GRE, VXLAN, Teredo, "
@@ -209,7 +213,6 @@ class SensorConfig:
 
 SECTIONS = {"capture": CaptureConfig, "cache": CacheConfig, "dpi": DpiConfig,
             "metrics": MetricsConfig}
-DEFAULTS = SensorConfig()
 COLLECTOR_DEFAULTS = {f.name: f.default for f in fields(CollectorConfig)}
 
 

@@ -159,8 +159,7 @@ class Probe:
         """Copies the meter's and the capture's counters into every exporter's statistics, and
         sends ntopng the probe's event."""
         stream = self.stream
-        received, dropped, interface_dropped = (stream.capture.stats() if stream.capture is not None
-                                                else (0, 0, 0))
+        received, dropped, interface_dropped = stream.capture_stats()
         for exporter, transport in self.links:
             stats = exporter.stats
             stats.ignored_packets = stream.stats.packets_skipped
@@ -174,9 +173,8 @@ class Probe:
     def _event(self, exporter: NtopngExporter, transport: ZmqTransport) -> Message:
         """The probe's event for ntopng, at the wall clock's time (ntopng compares it with its
         own); a capture file is named without its folder (ntopng shows 31 characters)."""
-        stream, capture = self.stream, self.stream.capture
-        source = capture.source if capture is not None else str(stream.source)
-        return exporter.event(round(time.time()), interface=os.path.basename(source),
+        stream = self.stream
+        return exporter.event(round(time.time()), interface=os.path.basename(stream.source_name),
                               idle_timeout_s=stream.idle_timeout,
                               active_timeout_s=stream.active_timeout,
                               dropped_flows=transport.dropped_flows)
@@ -209,12 +207,11 @@ class Probe:
         """Meters the whole source, exports every flow, flushes, and returns the summary."""
         stream, summary, timer = self.stream, self.summary, self.timer
         wall_start = clock_start = None
-        next_tick_ms = 0
-        for flows in stream.batches():
-            now_ms = self.now_ms = stream.cache.now_ms
-            if clock_start is None:
-                clock_start = stream.cache.started_ms or now_ms
-                wall_start = time.monotonic()
+        next_tick_ms = now_ms = 0
+        for now_ms, flows in stream.batches():
+            self.now_ms = now_ms
+            if clock_start is None:  # the first packet's time (or a live capture's first tick)
+                clock_start, wall_start = now_ms, time.monotonic()
                 # NFv9 boot time: a whole second before the first packet. FIRST_SWITCHED 0
                 # would read as "no time" in nfdump, so it is never 0.
                 self._start(clock_start // 1000 * 1000 - 1000)
@@ -236,7 +233,7 @@ class Probe:
                     timer(now_ms)
         if clock_start is None:  # nothing metered: still announce the templates
             self._start(0)
-        now_ms = self.now_ms = stream.cache.now_ms if stream.cache is not None else 0
+        self.now_ms = now_ms
         self.update_statistics()
         for link in self.links:
             self._close(*link, now_ms)

@@ -393,7 +393,7 @@ class Sensor:
             ("pyprobe_packets_read", (), meter.packets_read),
             *(("pyprobe_packets_skipped", (reason,), count)
               for reason, count in sorted(meter.skipped.items())),
-            ("pyprobe_flows_live", (), len(stream.cache or ())),
+            ("pyprobe_flows_live", (), stream.live_flows),
             *(("pyprobe_flows_ended", (name,), meter.flows[reason])
               for reason, name in REASONS.items()),
             ("pyprobe_export_records", (), sent.records),

@@ -10,16 +10,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .cache import FlowCache, Plugin
-from .capture import PcapSource
-from .config import DEFAULTS
+from .cache import ACTIVE_TIMEOUT_S, CLOSE_LINGER_S, IDLE_TIMEOUT_S, MAX_FLOWS, FlowCache, Plugin
+from .capture import SNAPLEN, PcapSource
 from .decode import Decoder
 from .tunnel import TunnelDecoder
 from .flow import EndReason, Flow
 
 TICK_MS = 1000  # the longest stretch of packet time without a batch (callers' timer step)
 PROGRESS_EVERY = 1 << 16  # packets between two progress callbacks
-CAPTURE, CACHE, DPI = DEFAULTS.capture, DEFAULTS.cache, DEFAULTS.dpi  # the schema's defaults
+N_DISSECTIONS = 20  # packets per flow nDPI sees at most: nfstream's default
+FLOW_BUDGET = 10_000  # new flows a second (of packet time) nDPI inspects at most, by default
 
 
 @dataclass
@@ -90,13 +90,12 @@ class FlowStream:
     """
 
     def __init__(self, source: str | PcapSource, *,
-                 active_timeout: float = CACHE.active_timeout,
-                 idle_timeout: float = CACHE.idle_timeout, max_flows: int = CACHE.max_flows,
-                 bpf_filter: str | None = CAPTURE.bpf, snaplen: int = CAPTURE.snaplen,
-                 dpi: bool = DPI.enabled, n_dissections: int = DPI.packet_budget,
-                 flow_budget: int = DPI.flow_budget,
-                 dpi_report: bool = DPI.report, decode_tunnels: bool = DPI.decode_tunnels,
-                 close_linger: float = 2, skip_corrupt: bool = CAPTURE.skip_corrupt,
+                 active_timeout: float = ACTIVE_TIMEOUT_S, idle_timeout: float = IDLE_TIMEOUT_S,
+                 max_flows: int = MAX_FLOWS, bpf_filter: str | None = None,
+                 snaplen: int = SNAPLEN, dpi: bool = True, n_dissections: int = N_DISSECTIONS,
+                 flow_budget: int = FLOW_BUDGET, dpi_report: bool = False,
+                 decode_tunnels: bool = False, close_linger: float = CLOSE_LINGER_S,
+                 skip_corrupt: bool = False,
                  plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None,
                  end_clock: Callable[[int], int] | None = None) -> None:
@@ -122,28 +121,28 @@ class FlowStream:
         """Called with the clock when the source ends; the (later) clock it returns expires the
         flows idle by then before the rest end (a worker's: the latest of all workers)."""
         self.stats = MeterStats()
-        self.cache: FlowCache | None = None
-        """The flow cache of the iteration under way (its clock: `cache.now_ms`)."""
-        self.capture: PcapSource | None = None
-        """The capture of the iteration under way (live: its `stats()`)."""
+        self._cache: FlowCache | None = None  # the iteration's
+        self._capture: PcapSource | None = None
 
     def __iter__(self) -> Iterator[Flow]:
-        for batch in self.batches():
-            yield from batch
+        for _, flows in self.batches():
+            yield from flows
 
-    def batches(self) -> Iterator[list[Flow]]:
-        """The expired flows in batches: once cache.BATCH_FLOWS have expired, or `TICK_MS` of
-        packet time has passed (an empty batch then, so callers' timers run while packets keep
-        flows alive), or a live capture ticks, and at the end of the source."""
-        capture = self.capture = (self.source if isinstance(self.source, PcapSource) else
-                                  PcapSource(self.source, bpf_filter=self.bpf_filter,
-                                             snaplen=self.snaplen,
-                                             skip_corrupt=self.skip_corrupt))
+    def batches(self) -> Iterator[tuple[int, list[Flow]]]:
+        """(clock, expired flows) in batches: once cache.BATCH_FLOWS have expired, or `TICK_MS`
+        of packet time has passed (no flows then, so callers' timers run while packets keep
+        flows alive), or a live capture ticks, and at the end of the source (its last clock,
+        with the flows that end there). The clock is the meter's: packet time in ms, or a live
+        capture's tick."""
+        capture = self._capture = (self.source if isinstance(self.source, PcapSource) else
+                                   PcapSource(self.source, bpf_filter=self.bpf_filter,
+                                              snaplen=self.snaplen,
+                                              skip_corrupt=self.skip_corrupt))
         decoder = (TunnelDecoder if self.decode_tunnels else Decoder)(capture.linktype)
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
                           classifier=self.classifier, plugins=self.plugins)
-        self.cache = cache
+        self._cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
         feed, frames = cache.feeder(decoder, capture.time_wrap_ns), iter(capture)
@@ -156,11 +155,11 @@ class FlowStream:
                 if tick is not None:  # a live capture's tick: the timers run on its time
                     cache.expire(tick // 1_000_000)
                     self._update_stats(stats, read, decoder, capture, started)
-                    yield self._hand_out(cache, stats)
+                    yield cache.now_ms, self._hand_out(cache, stats)
                     continue
                 if cache.batch_due(tick_ms):
                     tick_ms = cache.now_ms + TICK_MS
-                    yield self._hand_out(cache, stats)
+                    yield cache.now_ms, self._hand_out(cache, stats)
                 elif not count:  # the capture ended, or libpcap stopped at a corrupt record
                     frames = capture.read_on()
                     if frames is None:
@@ -171,8 +170,8 @@ class FlowStream:
             if self.end_clock is not None:
                 cache.expire(self.end_clock(cache.now_ms))
             cache.drain()
-            if cache.expired:
-                yield self._hand_out(cache, stats)
+            if cache.expired or cache.now_ms:  # a source without packets has neither
+                yield cache.now_ms, self._hand_out(cache, stats)
         finally:
             capture.close()
             self._update_stats(stats, read, decoder, capture, started)
@@ -180,9 +179,24 @@ class FlowStream:
     def stop(self) -> None:
         """Ends a live iteration soon, or as soon as it starts (safe in a signal handler): live
         flows expire as forced end."""
-        capture = self.capture or self.source
+        capture = self._capture or self.source
         if isinstance(capture, PcapSource):
             capture.stop()
+
+    @property
+    def source_name(self) -> str:
+        """The capture file's path or the interfaces, as given."""
+        return self.source.source if isinstance(self.source, PcapSource) else self.source
+
+    @property
+    def live_flows(self) -> int:
+        """The flows the meter holds now (0 before an iteration starts)."""
+        return len(self._cache) if self._cache is not None else 0
+
+    def capture_stats(self) -> tuple[int, int, int]:
+        """The capture's (received, dropped, dropped by the interface) frames, libpcap's counts
+        (0 for a file, and before the iteration starts)."""
+        return self._capture.stats() if self._capture is not None else (0, 0, 0)
 
     @staticmethod
     def _hand_out(cache: FlowCache, stats: MeterStats) -> list[Flow]:

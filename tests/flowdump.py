@@ -38,10 +38,11 @@ def flow_values(flow: Flow) -> dict[str, Any]:
 
 def meter(spec: dict[str, Any]) -> dict[str, Any]:
     """The flows, skips and clock of one capture metered with `spec`'s FlowStream options."""
-    stream = FlowStream(spec["path"], **spec["options"])
-    flows = [flow_values(flow) for flow in stream]
+    stream, flows, clock = FlowStream(spec["path"], **spec["options"]), [], None
+    for clock, batch in stream.batches():
+        flows += map(flow_values, batch)
     return {"flows": flows, "stats": stream.stats.to_dict() | {"elapsed_s": 0, "packets_per_s": 0},
-            "clock": stream.cache.now_ms}
+            "clock": clock}
 
 
 if __name__ == "__main__":

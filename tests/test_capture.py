@@ -21,6 +21,7 @@ from pyprobe.capture import PcapSource
 from pyprobe.classify import NdpiClassifier
 from pyprobe.decode import Decoder
 from pyprobe.flow import Flow
+from pyprobe.stream import N_DISSECTIONS
 
 
 def write(path: Path, frames: list[tuple[int, bytes]], first_s: int) -> str:
@@ -37,7 +38,7 @@ def write(path: Path, frames: list[tuple[int, bytes]], first_s: int) -> str:
 def meter(path: str) -> list[Flow]:
     """The flows of a capture, nDPI on, through one meter loop to the end of the capture."""
     capture = PcapSource(path)
-    cache = FlowCache(classifier=NdpiClassifier())
+    cache = FlowCache(classifier=NdpiClassifier(N_DISSECTIONS))
     feed, frames = cache.feeder(Decoder(capture.linktype), capture.time_wrap_ns), iter(capture)
     while feed(frames, 1 << 62, 1 << 20)[0]:
         pass

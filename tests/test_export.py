@@ -404,7 +404,7 @@ def test_ipfix_strings_are_variable_length(tmp_path: Path) -> None:
 
 def test_netflow9_strings_are_fixed_width_nul_padded_and_truncated(tmp_path: Path) -> None:
     template = string_template(tmp_path, "{name: applicationName, length: 8}")
-    compiled = template.templates[0].compile(NETFLOW9, boot_ms=BOOT_MS)
+    compiled = template.templates[0].compile(NETFLOW9, boot_ms=BOOT_MS, registry=REGISTRY)
     records = [compiled.encode(f, f.src2dst, EMPTY_DIRECTION, (f.src_addr, f.dst_addr, 0, 0))
                for f in named_flows()]
     assert records == [A4 + b"DNS\0\0\0\0\0", A4 + b"HTTP.Goo", A4 + b"x" * 8, A4 + b"y" * 8,
@@ -688,7 +688,8 @@ def test_one_template_and_one_record_byte_for_byte(tmp_path: Path, protocol: Any
     """A template set and one data record, against the hex worked out by hand above."""
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_TEMPLATE)
-    compiled = load_templates(path, REGISTRY).templates[0].compile(protocol, boot_ms=BOOT_MS)
+    compiled = load_templates(path, REGISTRY).templates[0].compile(
+        protocol, boot_ms=BOOT_MS, registry=REGISTRY)
     cache = FlowCache()
     cache.add(Packet(T0 + 250, A4, B4, 40000, 80, TCP, 0, 100, 64, 0x10, SYN, 0, 0, b"", 0))
     cache.drain()

@@ -30,12 +30,13 @@ from pyprobe.classify import NdpiClassifier
 from pyprobe.collect import Collector, CollectError
 from pyprobe.config import load_config
 from pyprobe.decode import Decoder
-from pyprobe.export.elements import ElementRegistry
 from pyprobe.errors import ConfigError
+from pyprobe.export.elements import ElementRegistry
 from pyprobe.export.exporter import Exporter
+from pyprobe.export.template import TEMPLATES, load_templates
 from pyprobe.flow import DpiInfo, Flow, Packet
 from pyprobe.ndpi import NDPI
-from pyprobe.export.template import TEMPLATES, load_templates
+from pyprobe.stream import N_DISSECTIONS
 
 REGISTRY = ElementRegistry.default()
 EXAMPLES = int(os.environ.get("PYPROBE_FUZZ_EXAMPLES", 0))
@@ -210,7 +211,7 @@ CAPTURES = {kind: capture_bytes(kind) for kind in ("pcap", "pcapng")}
 @pytest.fixture(scope="module")
 def classifier() -> NdpiClassifier:
     """One nDPI module for every example (making one takes 60 ms)."""
-    return NdpiClassifier(ndpi=NDPI())
+    return NdpiClassifier(N_DISSECTIONS, ndpi=NDPI())
 
 
 @fuzz(1200)

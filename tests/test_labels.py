@@ -4,7 +4,7 @@ An expected flow is matched to a flow of ours by protocol and the unordered pair
 (ndpiReader prints either direction). VLAN is left out of the match: ndpiReader keys QinQ frames
 by the inner tag, the probe by the outer one; flows that share a 5-tuple in several VLANs are
 paired label by label. The expected files come from a late-2024 nDPI, the library is 5.0: the
-differences that remain are listed, with their reasons, in KNOWN_DIFFERENCES and README.md.
+differences that remain are listed, with their reasons, in KNOWN_DIFFERENCES and docs/ndpi.md.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pyprobe import FlowStream
 from pyprobe.classify import METADATA, SERVER_NAME_SOURCES, NdpiClassifier
 from pyprobe.flow import DpiInfo, dpi_metadata
 from pyprobe.ndpi import NDPI
+from pyprobe.stream import N_DISSECTIONS
 
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(DpiInfo)}
 THRESHOLD = 0.95  # nfstream 6.6.0 over the same library: 97 %
@@ -140,7 +141,8 @@ def comparison() -> dict[str, tuple[int, list[Mismatch], Counter, list[str]]]:
     captures = [c for c in ndpi_captures() if (NDPI_PCAPS / "expected" / f"{c.name}.out").exists()]
     if not captures:
         pytest.skip(f"{NDPI_PCAPS} is absent (the shared captures live beside the repository)")
-    plain, reporting = NdpiClassifier(ndpi=NDPI()), NdpiClassifier(ndpi=NDPI(), report=True)
+    plain, reporting = NdpiClassifier(N_DISSECTIONS, ndpi=NDPI()), NdpiClassifier(
+        N_DISSECTIONS, ndpi=NDPI(), report=True)
     return {capture.name: compare(capture, plain, reporting) for capture in captures}
 
 

@@ -16,6 +16,7 @@ from pyprobe import FlowStream, Streamer
 from pyprobe.classify import NdpiClassifier
 from pyprobe.flow import DPI_LABELS
 from pyprobe.ndpi import NDPI, NDPIConfidence, NDPIFlow, State, ffi, live_flows
+from pyprobe.stream import N_DISSECTIONS
 from tests.builders import A4, B4, ETH_IP, ether, ipv4, tcp, udp, write_pcap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +142,7 @@ def test_truncated_frames_hand_only_captured_bytes(tmp_path: Path) -> None:
     path = write_pcap(tmp_path / "snap.pcap", [(1_000 + i, ether(p, ETH_IP)[:snaplen])
                                                for i, p in enumerate(packets)])
     ndpi = RecordingNDPI()
-    [flow] = FlowStream(str(path), dpi=False, plugins=[NdpiClassifier(ndpi=ndpi)])
+    [flow] = FlowStream(str(path), dpi=False, plugins=[NdpiClassifier(N_DISSECTIONS, ndpi=ndpi)])
     assert ndpi.lengths == [snaplen - 14, snaplen - 14]  # not the IP total lengths
     assert (flow.bidirectional_bytes, flow.application_name, flow.requested_server_name,
             flow.user_agent) == (sum(map(len, packets)), "HTTP", "www.example.com", "probe")
@@ -178,7 +179,7 @@ class LiveBuffers:
         self.on_update(packet, flow)
 
     def on_update(self, packet: Any, flow: Any) -> None:
-        assert live_flows() <= len(self.stream.cache)
+        assert live_flows() <= self.stream.live_flows
         self.most = max(self.most, live_flows())
 
     def on_expire(self, flow: Any) -> None:

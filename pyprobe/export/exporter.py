@@ -64,6 +64,7 @@ class Exporter:
             raise TemplateError(f"{templates.path}: biflow templates need IPFIX (RFC 5103 reverse "
                                 f"elements have no NetFlow v9 field types)")
         self.templates = templates
+        self.registry = registry
         self.session = session
         self.observation_domain = observation_domain
         self.mtu_bytes = mtu_bytes
@@ -81,7 +82,8 @@ class Exporter:
         # counts flow records (and application names), which is what nfcapd checks it against.
         self._options_channel = (_Channel(MessageBuilder(self.protocol, mtu_bytes), 0)
                                  if self.protocol.sequence_counts_records else self._data_channel)
-        compile_ = lambda t: t.compile(self.protocol, boot_ms=boot_ms)  # noqa: E731
+        context = {"boot_ms": boot_ms, "registry": registry}
+        compile_ = lambda t: t.compile(self.protocol, **context)  # noqa: E731
         self._compile_data()
         self._enterprise = enterprise_elements(templates.templates)
         types = ([compile_(type_information_template(registry))]
@@ -113,7 +115,8 @@ class Exporter:
 
     def _compile_data(self) -> None:
         """The data templates compiled for `boot_ms`, and the flow times they can carry."""
-        self._data = {t.ip_version: t.compile(self.protocol, boot_ms=self.boot_ms)
+        self._data = {t.ip_version: t.compile(self.protocol, boot_ms=self.boot_ms,
+                                              registry=self.registry)
                       for t in reversed(self.templates.templates)}
         self._by_version: dict[int, CompiledTemplate | None] = {
             length: self._data.get(version) or self._data.get(None)

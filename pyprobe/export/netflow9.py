@@ -13,7 +13,7 @@ from typing import Any
 
 from construct import Array, Const, Int16ub, Int32ub, Struct, this
 
-from .elements import VARLEN, ElementRegistry
+from .elements import VARLEN
 from .message import LAST_EXPORT_S, Protocol, packer
 from .template import TemplateError, TemplateField
 
@@ -54,7 +54,6 @@ OPTIONS_TEMPLATE_RECORD = Struct(
     "options" / Array(this.option_length // 4, FIELD_SPECIFIER),
 )
 _HEADER = packer(HEADER)
-_REGISTRY = ElementRegistry.default()
 
 
 class Netflow9(Protocol):
@@ -82,7 +81,7 @@ class Netflow9(Protocol):
             raise TemplateError(f"{where}: {element.name} needs a length in NetFlow v9, which "
                                 f"has no variable-length fields: write {{name: {element.name}, length: N}}")
         if element.name in SYSUPTIME_ELEMENTS:
-            return TemplateField(_REGISTRY[SYSUPTIME_ELEMENTS[element.name]], 4,
+            return TemplateField(context["registry"][SYSUPTIME_ELEMENTS[element.name]], 4,
                                  f"(({field.expression}) - {context['boot_ms']}) & 0xFFFFFFFF")
         return field
 

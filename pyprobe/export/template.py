@@ -70,7 +70,8 @@ class Template:
     scope_count: int = 0  # options templates: the first fields are the scope
 
     def compile(self, protocol: Protocol, **context: Any) -> CompiledTemplate:
-        """The wire layout of this template in `protocol` (context: e.g. boot_ms for NFv9)."""
+        """The wire layout of this template in `protocol` (context: NFv9's boot_ms, and the
+        registry its sysUpTime elements come from)."""
         return CompiledTemplate(self, tuple(protocol.adapt(f, f"{self.where}.fields[{i}]", context)
                                             for i, f in enumerate(self.fields)))
 
