@@ -75,19 +75,29 @@ dpi:
   flow_budget: 10000
   report: false
   decode_tunnels: false
+metrics:
+  listen: null
 collectors:
 - host: 127.0.0.1
   port: 2055
+  file: null
   protocol: ipfix
+  transport: udp
   template: null
   mtu: 1400
   observation_domain: 1
   template_refresh: 60.0
   template_refresh_packets: 20
+  source: null
+  dscp: 0
+  ttl: null
+  send_buffer: null
+  queue: 67108864
+  linger: 10.0
   zmq_probe_mode: false
   zmq_compress: false
-  zmq_queue: 67108864
-  zmq_linger: 10.0
+  rotate_interval: null
+  rotate_size: null
 """
 
 
