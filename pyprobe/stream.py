@@ -81,7 +81,7 @@ class FlowStream:
     """Iterates the flows of a capture file or interface as they expire.
 
     `source` is a pcap/pcapng path, an interface name, or an open `PcapSource`. Timeouts are in
-    seconds. `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
+    seconds; `timeouts` sets those of some protocols and lingers apart (`cache.TIMEOUT_NAMES`). `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
     `cache.Plugin`). With `dpi`, nDPI labels every flow from its first `n_dissections` packets
     (`classify`) before the plugins run, at most `flow_budget` new flows a second of packet time
     (0: all of them; past it, in a storm of new flows, flows go unlabelled); with `dpi_report`
@@ -95,6 +95,7 @@ class FlowStream:
                  snaplen: int = SNAPLEN, dpi: bool = True, n_dissections: int = N_DISSECTIONS,
                  flow_budget: int = FLOW_BUDGET, dpi_report: bool = False,
                  decode_tunnels: bool = False, close_linger: float = CLOSE_LINGER_S,
+                 timeouts: dict[str, float] | None = None,
                  skip_corrupt: bool = False,
                  plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None,
@@ -108,6 +109,7 @@ class FlowStream:
         self.dpi = dpi
         self.decode_tunnels = decode_tunnels
         self.close_linger = close_linger
+        self.timeouts = timeouts
         self.skip_corrupt = skip_corrupt
         self.plugins = tuple(plugins)
         self.classifier: Plugin | None = None
@@ -141,6 +143,7 @@ class FlowStream:
         decoder = (TunnelDecoder if self.decode_tunnels else Decoder)(capture.linktype)
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
+                          timeouts=self.timeouts,
                           classifier=self.classifier, plugins=self.plugins)
         self._cache = cache
         stats = self.stats = MeterStats()

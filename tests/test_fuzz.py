@@ -113,7 +113,7 @@ def test_cache(packets: list[Packet], max_flows: int, idle: float, linger: float
     cache = FlowCache(idle_timeout_s=idle, max_flows=max_flows, close_linger_s=linger)
     for packet in packets:
         cache.add(packet)
-        assert len(cache._closing) <= len(cache) <= max_flows
+        assert cache.closing <= len(cache) <= max_flows
     cache.drain()
     flows = cache.expired
     assert sum(f.bidirectional_packets for f in flows) == len(packets)
