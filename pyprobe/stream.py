@@ -196,6 +196,10 @@ class FlowStream:
         """The flows the meter holds now (0 before an iteration starts)."""
         return len(self._cache) if self._cache is not None else 0
 
+    def position(self) -> tuple[int, int]:
+        """The capture file's (octets read, size) as it is read (PcapSource.position)."""
+        return self._capture.position() if self._capture is not None else (0, 0)
+
     def capture_stats(self) -> tuple[int, int, int]:
         """The capture's (received, dropped, dropped by the interface) frames, libpcap's counts
         (0 for a file, and before the iteration starts)."""
