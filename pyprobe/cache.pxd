@@ -25,7 +25,7 @@ cdef class FlowCache:
     cdef public long long now_ms, flows_created, live, _next_scan_ms
     cdef public list expired
     cdef public tuple _by_protocol, _idle, _lingers
-    cdef public TimeoutQueue _resets, _fins
+    cdef public TimeoutQueue _resets, _fins, _only
 
     @cython.locals(read=cython.longlong, time_ms=cython.longlong,
                    octets="const unsigned char *", at=cython.Py_ssize_t, size=cython.Py_ssize_t)
@@ -47,12 +47,13 @@ cdef class FlowCache:
     cpdef _evict(self, long long time_ms)
     cpdef _started(self, packet, FlowCore flow)
     cpdef _update(self, packet, FlowCore flow)
+    @cython.locals(queue=TimeoutQueue)
     cpdef _due_reason(self, FlowCore flow)
 
     @cython.locals(reverse=Direction, linger=TimeoutQueue)
     cpdef _check_close(self, FlowCore flow, long long flags, long long time_ms)
 
-    @cython.locals(linger=TimeoutQueue)
+    @cython.locals(linger=TimeoutQueue, queue=TimeoutQueue)
     cpdef _end(self, FlowCore flow, reason)
 
     @cython.locals(flow=FlowCore, lru=FlowCore, queue=TimeoutQueue)

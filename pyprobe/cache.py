@@ -154,7 +154,7 @@ class FlowCache:
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
                  "classifier", "plugins", "now_ms", "expired", "flows_created", "live",
-                 "_by_protocol", "_idle", "_resets", "_fins", "_lingers", "_next_scan_ms",
+                 "_by_protocol", "_idle", "_only", "_resets", "_fins", "_lingers", "_next_scan_ms",
                  "_hooks")
 
     def __init__(self, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -178,6 +178,8 @@ class FlowCache:
                                   for protocol in range(256))
         """The idle queue of each IP protocol."""
         self._idle = tuple(dict.fromkeys(idle.values()))
+        self._only = self._idle[0] if len(self._idle) == 1 else None
+        """The idle queue of every protocol, when they have one timeout (no lookup a packet)."""
         lingers = queues({name: timeout_ms(timeouts[name]) if timeouts.get(name) is not None
                           else self.close_linger_ms for name in LINGERS})
         self._resets, self._fins = lingers["tcp_rst"], lingers["tcp_fin"]
@@ -273,7 +275,9 @@ class FlowCache:
         else:
             key = KEYS[len(src)](dst, src, dst_port, src_port, protocol, vlan_id)
             src_is_first = False
-        queue = self._by_protocol[protocol]
+        queue = self._only
+        if queue is None:
+            queue = self._by_protocol[protocol]
         flows = queue.flows
         flow = flows.get(key)
         if flow is not None:
@@ -339,7 +343,8 @@ class FlowCache:
         """Why a flow past one of its deadlines ends: closed, else idle, else active (softflowd's order)."""
         if flow.closing:
             return END_OF_FLOW
-        if self.now_ms - flow.last_seen_ms >= self._by_protocol[flow.protocol].timeout_ms:
+        queue = self._by_protocol[flow.protocol]
+        if self.now_ms - flow.last_seen_ms >= queue.timeout_ms:
             return IDLE_TIMEOUT
         return ACTIVE_TIMEOUT
 
@@ -358,7 +363,8 @@ class FlowCache:
 
     def _end(self, flow: Flow, reason: EndReason) -> None:
         flow.end_reason = reason
-        del self._by_protocol[flow.protocol].flows[flow.key]
+        queue = self._by_protocol[flow.protocol]
+        del queue.flows[flow.key]
         self.live -= 1
         if flow.closing:
             for linger in self._lingers:
