@@ -132,7 +132,10 @@ def bounded(kind: type, low: float, high: float | None = None) -> Callable[[str]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyprobe", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pyprobe", description=__doc__,
+        epilog="Without a command, softflowd's and nProbe's options: `pyprobe -r FILE -n "
+               "HOST:PORT -v 9` replays FILE, `pyprobe -i IFACE -n HOST:PORT` runs.")
     parser.add_argument("--version", action="version", version=f"pyprobe {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     replay = commands.add_parser("replay", help="meter a capture file and print or export its flows")

@@ -156,7 +156,9 @@ class CollectorConfig:
                                flag=NO_FLAG, path=True)
     protocol: str | None = setting(None, "export protocol (null: ipfix, or json for a file named "
                                          ".jsonl or .json); zmq: to ntopng; json: JSON lines, "
-                                         "files only; also " + ", ".join(PROTOCOL_ALIASES),
+                                         "files only; also " + ", ".join(
+                                             alias for alias, name in PROTOCOL_ALIASES.items()
+                                             if name in PROTOCOL_NAMES),
                                   choices=PROTOCOL_NAMES, aliases=PROTOCOL_ALIASES)
     transport: str = setting("udp", "udp, or tcp (IPFIX, RFC 7011 10.4: templates once per "
                                     "connection, messages held while the collector is away)",
