@@ -81,7 +81,8 @@ class FlowStream:
     """Iterates the flows of a capture file or interface as they expire.
 
     `source` is a pcap/pcapng path, an interface name, or an open `PcapSource`. Timeouts are in
-    seconds; `timeouts` sets those of some protocols and lingers apart (`cache.TIMEOUT_NAMES`). `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
+    seconds; `timeouts` sets those of some protocols and lingers apart (`cache.TIMEOUT_NAMES`).
+    `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
     `cache.Plugin`). With `dpi`, nDPI labels every flow from its first `n_dissections` packets
     (`classify`) before the plugins run, at most `flow_budget` new flows a second of packet time
     (0: all of them; past it, in a storm of new flows, flows go unlabelled); with `dpi_report`

@@ -380,7 +380,8 @@ def test_a_clock_the_scans_hook_moves_on_stands() -> None:
     for packet in (exchange_packet(1_000, A, B, "S"), exchange_packet(5_000, A, C, "S")):
         cache.add(packet)
     assert (cache.now_ms, [(f.last_seen_ms, int(f.end_reason)) for f in cache.expired],
-            [f.last_seen_ms for q in cache._idle for f in q.flows.values()]) == (100_000, [(1_000, 1)], [5_000])
+            [f.last_seen_ms for queue in cache._idle for f in queue.flows.values()]) == (
+        100_000, [(1_000, 1)], [5_000])
 
 
 def test_sums_of_squares_stop_at_int64() -> None:

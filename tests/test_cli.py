@@ -19,7 +19,7 @@ import pytest
 
 from pyprobe.errors import ConfigError
 
-from builders import UDP, ipv4, link, udp, write_pcap
+from builders import ICMPV6, SCTP, UDP, icmp, ipv4, ipv6, link, sctp, udp, write_pcap
 from nfdump import UdpSink, free_udp_port
 from pyprobe.cli import PROTOCOL_NAMES, TABLE_COLUMNS, build_parser, softflowd_style
 from pyprobe.config import PROTOCOL_NAMES as EXPORT_PROTOCOLS, load_config, overrides_of
@@ -81,15 +81,21 @@ def test_replay_table_and_summary() -> None:
                                               "flows 3: idle_timeout 2, forced_end 1"]
 
 
-def test_the_table_fits_120_columns() -> None:
-    """Every IPv4 row of the sample, and the header; protocols by name, else by number."""
+def test_the_table_fits_120_columns(tmp_path: Path) -> None:
+    """Every IPv4 row, and the header; protocols by name, else by number."""
     lines = pyprobe("replay", str(SAMPLE)).stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["proto", "TCP", "TCP", "UDP", "UDP", "ICMP",
                                                    "UDP"]
     assert max(len(line) for line in lines if "[" not in line) <= 120
+    others = write_pcap(tmp_path / "others.pcap", [
+        (1_000, link(1, ipv4(sctp(9, 10), SCTP))), (1_001, link(1, ipv4(bytes(8), 47))),
+        (1_002, link(1, ipv6(icmp(128, 0), ICMPV6))), (1_003, link(1, ipv4(bytes(8), 254)))])
+    assert [line.split()[0] for line in pyprobe("replay", str(others)).stdout.splitlines()] == [
+        "proto", "SCTP", "GRE", "ICMP6", "254"]
     widest = TABLE_COLUMNS.format(max(PROTOCOL_NAMES.values(), key=len),
-                                  *["255.255.255.255:65535"] * 2, 4095, "9999+9999", "999999+999999", "00:00:00.000",
-                                  "9999.999", "active", "QUIC.YouTube")
+                                  *["255.255.255.255:65535"] * 2, 4095, "9999+9999",
+                                  "999999+999999", "00:00:00.000", "9999.999", "active",
+                                  "QUIC.YouTube")
     assert len(widest) == 120
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from builders import (A4, A6, ACK, B4, B6, FIN, ICMP, ICMPV6, RST, SYN, TCP, UDP, icmp, ipv4,
-                      ipv6, link, tcp, udp, write_pcap)
+from builders import (A4, ACK, B4, FIN, ICMP, ICMPV6, RST, SYN, TCP, UDP, icmp, ipv4, ipv6, link,
+                      tcp, udp, write_pcap)
 from nfdump import Nfcapd, records
 from pyprobe import EndReason, FlowStream
 from pyprobe.cache import FlowCache
-from pyprobe.config import load_config
+from pyprobe.cli import build_parser
+from pyprobe.config import load_config, overrides_of
 from pyprobe.decode import Decoder
 from pyprobe.flow import Flow
 
@@ -45,7 +46,8 @@ SPANS = {  # protocol: the (first, last) offsets of each of its flows, with TIME
 # Two TCP connections that close: (offset, packet). An RST at 100 (linger 0.5 s: to 600); FIN
 # both ways at 1_010 (linger 3 s: to 4_010). A packet at the end of a linger starts a new flow.
 CLOSING = [
-    (0, ipv4(tcp(41000, 80, SYN), TCP)), (100, ipv4(tcp(80, 41000, RST | ACK), TCP, src=B4, dst=A4)),
+    (0, ipv4(tcp(41000, 80, SYN), TCP)),
+    (100, ipv4(tcp(80, 41000, RST | ACK), TCP, src=B4, dst=A4)),
     (400, ipv4(tcp(41000, 80, ACK), TCP)), (600, ipv4(tcp(41000, 80, ACK), TCP)),
     (0, ipv4(tcp(42000, 80, SYN), TCP)), (1_000, ipv4(tcp(42000, 80, FIN | ACK), TCP)),
     (1_010, ipv4(tcp(80, 42000, FIN | ACK), TCP, src=B4, dst=A4)),
@@ -153,8 +155,6 @@ def test_the_configurations_timeouts(tmp_path: Path) -> None:
     config = load_config(path)
     assert (config.cache.idle_timeout, config.cache.timeouts.udp, config.cache.timeouts.tcp_fin,
             config.cache.timeouts.tcp) == (60, 10, 1, None)
-    from pyprobe.cli import build_parser
-    from pyprobe.config import overrides_of
     args = build_parser().parse_args(["run", "-c", str(path), "-t", "udp=5,tcp.rst=0.25",
                                       "--timeout", "icmp=1"])
     timeouts = load_config(path, overrides_of(args)).cache.timeouts
