@@ -307,6 +307,8 @@ def _check(kind: Any, value: Any, key: str, meta: dict, base: Path | None) -> An
             noun = "an integer" if kind is int else "a number of seconds"
             raise _Problem(key, f"got {_describe(value)}, expected {noun} from {low} to {high}")
         return kind(value)
+    if type(value) is int and str(value) in meta["aliases"]:  # YAML's `protocol: 9`
+        value = str(value)
     if not isinstance(value, str) or not value:
         raise _Problem(key, f"got {_describe(value)}, expected {meta['doc']}")
     aliases = meta["aliases"]

@@ -253,8 +253,15 @@ def test_the_template_by_its_short_option(tmp_path: Path) -> None:
 def test_protocol_aliases_in_the_file(tmp_path: Path) -> None:
     path = tmp_path / "sensor.yaml"
     path.write_text("capture: {interface: lo}\ncollectors: [{host: a, protocol: v9}, "
-                    "{host: b, protocol: '10'}, {file: f.ipfix, protocol: IPFIX}]\n")
-    assert [c.protocol for c in load_config(path).collectors] == ["netflow9", "ipfix", "ipfix"]
+                    "{host: b, protocol: '10'}, {file: f.ipfix, protocol: IPFIX}, "
+                    "{host: c, protocol: 9}]\n")
+    assert [c.protocol for c in load_config(path).collectors] == [
+        "netflow9", "ipfix", "ipfix", "netflow9"]
+    path.write_text("capture: {interface: lo}\ncollectors: [{host: a, protocol: 7}]\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: collectors[0].protocol: got 7, expected export "
+                                       f"protocol")
 
 
 EXIT_STATUSES = [  # argv (SINK: a listening port, CLOSED: none), exit status, a line it writes
