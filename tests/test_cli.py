@@ -217,6 +217,8 @@ ALIASES = [
      "check", ("eth0", None), [("h", 3, "netflow9")]),
     (["run", "-r", "x.pcap", "-n", "h:4", "-v", "netflow9"],
      "run", (None, "x.pcap"), [("h", 4, "netflow9")]),
+    (["replay", "x.pcap", "--output", "flows.bin,10", "--output", "flows,v9.json"],
+     "replay", (None, "x.pcap"), [(None, 2055, "ipfix"), (None, 2055, "json")]),
     (["-i", "lo", "-n", "h", "-v", "v5"],
      "run", ("lo", None), [("h", 2055, "netflow5")] if NETFLOW5 else None),
 ]
