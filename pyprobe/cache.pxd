@@ -14,12 +14,18 @@ cdef bint count(FlowCore flow, bint src_is_first, long long time_ms, long long s
                 long long ttl, long long flags) except -1
 
 
+cdef class TimeoutQueue:
+    cdef public long long timeout_ms
+    cdef public object flows
+
+
 cdef class FlowCache:
     cdef public long long idle_timeout_ms, active_timeout_ms, close_linger_ms, max_flows
     cdef public object classifier, plugins, _hooks
-    cdef public long long now_ms, flows_created, _next_scan_ms
+    cdef public long long now_ms, flows_created, live, _next_scan_ms
     cdef public list expired
-    cdef public object _flows, _closing
+    cdef public tuple _by_protocol, _idle, _lingers
+    cdef public TimeoutQueue _resets, _fins, _only
 
     @cython.locals(read=cython.longlong, time_ms=cython.longlong,
                    octets="const unsigned char *", at=cython.Py_ssize_t, size=cython.Py_ssize_t)
@@ -31,22 +37,24 @@ cdef class FlowCache:
     cpdef add(self, packet)
 
     @cython.locals(packet_ms=cython.longlong, src_is_first=cython.bint, flow=FlowCore,
-                   lru=FlowCore, key=bytes)
+                   lru=FlowCore, key=bytes, queue=TimeoutQueue)
     cdef _meter(self, long long time_ms, bytes src, bytes dst, long long src_port,
                 long long dst_port, long long protocol, long long vlan_id, long long size,
                 long long ttl, long long tos, long long flags, long long icmp_type_code,
                 long long tunnel_id, packet, Decoder decoder, bytes frame)
 
-    @cython.locals(lru=FlowCore)
+    @cython.locals(lru=FlowCore, head=FlowCore, oldest=TimeoutQueue, queue=TimeoutQueue)
     cpdef _evict(self, long long time_ms)
     cpdef _started(self, packet, FlowCore flow)
     cpdef _update(self, packet, FlowCore flow)
+    @cython.locals(queue=TimeoutQueue)
     cpdef _due_reason(self, FlowCore flow)
 
-    @cython.locals(reverse=Direction)
+    @cython.locals(reverse=Direction, linger=TimeoutQueue)
     cpdef _check_close(self, FlowCore flow, long long flags, long long time_ms)
 
+    @cython.locals(linger=TimeoutQueue, queue=TimeoutQueue)
     cpdef _end(self, FlowCore flow, reason)
 
-    @cython.locals(flow=FlowCore, lru=FlowCore)
+    @cython.locals(flow=FlowCore, lru=FlowCore, queue=TimeoutQueue)
     cpdef expire(self, long long now_ms)

@@ -2,13 +2,16 @@
 
 The clock is the packets' own time, passed in with each packet (or to `expire(now_ms)` by a
 timer); it never runs backwards: a packet stamped earlier than the clock is metered at the clock.
-Flows live in an `OrderedDict` in least-recently-updated order, so idle expiry pops from the
-head and stops at the first live flow (bounded work). Rules, with IANA flowEndReason values:
+Flows live in `TimeoutQueue`s, `OrderedDict`s in least-recently-updated order, one for each
+idle timeout the protocols have (`timeouts`: one queue when they all have the same), so idle
+expiry pops from each head and stops at the first live flow (bounded work). Rules, with IANA
+flowEndReason values:
 
-- idle timeout (1): no packet for `idle_timeout_s`;
+- idle timeout (1): no packet for `idle_timeout_s`, or the flow's protocol's (`timeouts`: tcp,
+  udp, icmp for ICMP and ICMPv6, general for the others);
 - active timeout (2): the flow has lasted `active_timeout_s`; its next packet starts a new flow;
 - end of flow (3): RST, or FIN seen in both directions, then `close_linger_s` more of packet time
-  so the last ACKs stay in the flow;
+  (`timeouts` tcp_rst, tcp_fin) so the last ACKs stay in the flow;
 - forced end (4): `drain()` at end of capture or shutdown (flows already closing keep 3);
 - lack of resources (5): a new flow when `max_flows` are live expires the least recently used.
 
@@ -51,6 +54,11 @@ BATCH_FLOWS = 256
 """Expired flows that make a batch due before the clock does: handed out together, they fill
 export messages and cost the caller's loop one pass (a storm evicts a flow per packet)."""
 CLOSE_FLAGS = TH_FIN | TH_RST  # a packet with one of these may start the close linger
+IDLE_CLASSES = {"tcp": (6,), "udp": (17,), "icmp": (1, 58), "general": ()}
+"""The idle timeout classes (softflowd's `-t` names) and their IP protocols; general: the
+others."""
+LINGERS = ("tcp_rst", "tcp_fin")  # the close lingers after an RST, after FIN both ways
+TIMEOUT_NAMES = (*IDLE_CLASSES, *LINGERS)
 KEYS = {size: struct.Struct(f"!{size}s{size}sHHBH").pack for size in (4, 16)}
 """The flow key by address size: the two addresses (lower first), ports (in the same order),
 protocol, VLAN id. One bytes object hashes and compares faster than a tuple of six."""
@@ -119,21 +127,66 @@ class Plugin(Protocol):
         """When the flow ends, `flow.end_reason` set, before it is handed out."""
 
 
+def timeout_ms(seconds: float) -> int:
+    """A timeout in ms, at most MAX_TIMEOUT_MS."""
+    return min(round(seconds * 1000), MAX_TIMEOUT_MS)
+
+
+class TimeoutQueue:
+    """Flows that end `timeout_ms` after their place in the queue: idle ones in least recently
+    updated order, closing ones in the order they closed."""
+
+    __slots__ = ("timeout_ms", "flows")
+
+    def __init__(self, timeout_ms: int) -> None:
+        self.timeout_ms = timeout_ms
+        self.flows: OrderedDict[bytes, Flow] = OrderedDict()
+
+
+def queues(timeouts: dict[str, int]) -> dict[str, TimeoutQueue]:
+    """The queue of each of `timeouts` (ms by name): one a distinct timeout."""
+    by_ms: dict[int, TimeoutQueue] = {}
+    return {name: by_ms.setdefault(ms, TimeoutQueue(ms)) for name, ms in timeouts.items()}
+
+
 class FlowCache:
     """Live flows keyed by a direction-free key, and the ones that expired."""
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
-                 "classifier", "plugins", "now_ms", "expired", "flows_created",
-                 "_flows", "_closing", "_next_scan_ms", "_hooks")
+                 "classifier", "plugins", "now_ms", "expired", "flows_created", "live",
+                 "_by_protocol", "_idle", "_only", "_resets", "_fins", "_lingers", "_next_scan_ms",
+                 "_hooks")
 
     def __init__(self, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
                  active_timeout_s: float = ACTIVE_TIMEOUT_S, max_flows: int = MAX_FLOWS,
-                 close_linger_s: float = CLOSE_LINGER_S,
+                 close_linger_s: float = CLOSE_LINGER_S, timeouts: dict[str, float] | None = None,
                  classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = ()) -> None:
-        self.idle_timeout_ms = min(round(idle_timeout_s * 1000), MAX_TIMEOUT_MS)
-        self.active_timeout_ms = min(round(active_timeout_s * 1000), MAX_TIMEOUT_MS)
-        self.close_linger_ms = min(round(close_linger_s * 1000), MAX_TIMEOUT_MS)
+        """`timeouts`: seconds by TIMEOUT_NAMES, for the protocols (else `idle_timeout_s`)
+        and the lingers (else `close_linger_s`) that differ."""
+        self.idle_timeout_ms = timeout_ms(idle_timeout_s)
+        self.active_timeout_ms = timeout_ms(active_timeout_s)
+        self.close_linger_ms = timeout_ms(close_linger_s)
         self.max_flows = max_flows
+        timeouts = timeouts or {}
+        unknown = set(timeouts) - set(TIMEOUT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown timeouts {sorted(unknown)}, expected {TIMEOUT_NAMES}")
+        idle = queues({name: timeout_ms(timeouts[name]) if timeouts.get(name) is not None
+                       else self.idle_timeout_ms for name in IDLE_CLASSES})
+        self._by_protocol = tuple(next((idle[name] for name, numbers in IDLE_CLASSES.items()
+                                        if protocol in numbers), idle["general"])
+                                  for protocol in range(256))
+        """The idle queue of each IP protocol."""
+        self._idle = tuple(dict.fromkeys(idle.values()))
+        self._only = self._idle[0] if len(self._idle) == 1 else None
+        """The idle queue of every protocol, when they have one timeout (no lookup a packet)."""
+        lingers = queues({name: timeout_ms(timeouts[name]) if timeouts.get(name) is not None
+                          else self.close_linger_ms for name in LINGERS})
+        self._resets, self._fins = lingers["tcp_rst"], lingers["tcp_fin"]
+        self._lingers = tuple(dict.fromkeys(lingers.values()))
+        """The live flows that are closing, by key, in end_by_ms order (a queue's linger is
+        constant): a flow that ends otherwise leaves it, so they never hold more than the live
+        flows."""
         self.classifier = classifier
         """Runs before the plugins; its on_update and on_expire only while the flow's
         `classifier_state` is set."""
@@ -142,14 +195,16 @@ class FlowCache:
         self.now_ms = 0
         self.expired: list[Flow] = []
         self.flows_created = 0
-        self._flows: OrderedDict[bytes, Flow] = OrderedDict()
-        self._closing: OrderedDict[bytes, Flow] = OrderedDict()
-        """The live flows that are closing, by key, in end_by_ms order (the linger is constant):
-        a flow that ends otherwise leaves it, so it never holds more than the live flows."""
+        self.live = 0  # flows, in all the idle queues
         self._next_scan_ms = 0
 
     def __len__(self) -> int:
-        return len(self._flows)
+        return self.live
+
+    @property
+    def closing(self) -> int:
+        """The live flows that are closing (in a linger)."""
+        return sum(len(queue.flows) for queue in self._lingers)
 
     def feeder(self, decoder: Decoder, time_wrap_ns: int = 0
                ) -> Callable[[Iterator, int, int], tuple[int, int | None]]:
@@ -220,10 +275,13 @@ class FlowCache:
         else:
             key = KEYS[len(src)](dst, src, dst_port, src_port, protocol, vlan_id)
             src_is_first = False
-        flows = self._flows
+        queue = self._only
+        if queue is None:
+            queue = self._by_protocol[protocol]
+        flows = queue.flows
         flow = flows.get(key)
         if flow is not None:
-            if time_ms - flow.last_seen_ms >= self.idle_timeout_ms or time_ms >= flow.end_by_ms:
+            if time_ms - flow.last_seen_ms >= queue.timeout_ms or time_ms >= flow.end_by_ms:
                 self._end(flow, self._due_reason(flow))
             else:
                 if not count(flow, src_is_first, time_ms, size, ttl, flags):
@@ -237,9 +295,10 @@ class FlowCache:
                         packet = decoder.packet(packet_ms, frame)
                     self._update(packet, flow)
                 return
-        if len(flows) >= self.max_flows:
+        if self.live >= self.max_flows:
             self._evict(time_ms)
         self.flows_created += 1
+        self.live += 1
         flow = Flow(self.flows_created, key, src_is_first,
                     (src, dst, src_port, dst_port, protocol, vlan_id),
                     Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id),
@@ -255,8 +314,13 @@ class FlowCache:
     def _evict(self, time_ms: int) -> None:
         """Makes room for a new flow: the least recently used one ends, for the deadline it is
         past if it is, else for lack of resources."""
-        lru = next(iter(self._flows.values()))
-        due = time_ms - lru.last_seen_ms >= self.idle_timeout_ms or time_ms >= lru.end_by_ms
+        lru = oldest = None
+        for queue in self._idle:
+            if queue.flows:
+                head = next(iter(queue.flows.values()))
+                if lru is None or head.last_seen_ms < lru.last_seen_ms:
+                    lru, oldest = head, queue
+        due = time_ms - lru.last_seen_ms >= oldest.timeout_ms or time_ms >= lru.end_by_ms
         self._end(lru, self._due_reason(lru) if due else LACK_OF_RESOURCES)
 
     def _started(self, packet: Packet, flow: Flow) -> None:
@@ -279,23 +343,32 @@ class FlowCache:
         """Why a flow past one of its deadlines ends: closed, else idle, else active (softflowd's order)."""
         if flow.closing:
             return END_OF_FLOW
-        if self.now_ms - flow.last_seen_ms >= self.idle_timeout_ms:
+        queue = self._by_protocol[flow.protocol]
+        if self.now_ms - flow.last_seen_ms >= queue.timeout_ms:
             return IDLE_TIMEOUT
         return ACTIVE_TIMEOUT
 
     def _check_close(self, flow: Flow, flags: int, time_ms: int) -> None:
         """Starts the close linger on RST, or once FIN has been seen in both directions."""
         reverse = flow.dst2src
-        if flags & TH_RST or (reverse is not None and flow.src2dst.tcp_flags & reverse.tcp_flags & TH_FIN):
-            flow.closing = True
-            flow.end_by_ms = time_ms + self.close_linger_ms
-            self._closing[flow.key] = flow
+        if flags & TH_RST:
+            linger = self._resets
+        elif reverse is not None and flow.src2dst.tcp_flags & reverse.tcp_flags & TH_FIN:
+            linger = self._fins
+        else:
+            return
+        flow.closing = True
+        flow.end_by_ms = time_ms + linger.timeout_ms
+        linger.flows[flow.key] = flow
 
     def _end(self, flow: Flow, reason: EndReason) -> None:
         flow.end_reason = reason
-        del self._flows[flow.key]
+        queue = self._by_protocol[flow.protocol]
+        del queue.flows[flow.key]
+        self.live -= 1
         if flow.closing:
-            self._closing.pop(flow.key, None)
+            for linger in self._lingers:
+                linger.flows.pop(flow.key, None)
         if flow.classifier_state is not None and self.classifier is not None:
             self.classifier.on_expire(flow)
         for plugin in self.plugins:
@@ -308,20 +381,23 @@ class FlowCache:
             self.now_ms = now_ms
         now_ms = self.now_ms
         self._next_scan_ms = now_ms + SCAN_INTERVAL_MS
-        closing = self._closing
-        while closing:
-            flow = next(iter(closing.values()))
-            if flow.end_by_ms > now_ms:
-                break
-            self._end(flow, END_OF_FLOW)
-        flows = self._flows
-        while flows:
-            lru = next(iter(flows.values()))
-            if now_ms - lru.last_seen_ms < self.idle_timeout_ms:
-                break
-            self._end(lru, self._due_reason(lru))
+        for queue in self._lingers:
+            closing = queue.flows
+            while closing:
+                flow = next(iter(closing.values()))
+                if flow.end_by_ms > now_ms:
+                    break
+                self._end(flow, END_OF_FLOW)
+        for queue in self._idle:
+            flows = queue.flows
+            while flows:
+                lru = next(iter(flows.values()))
+                if now_ms - lru.last_seen_ms < queue.timeout_ms:
+                    break
+                self._end(lru, self._due_reason(lru))
 
     def drain(self) -> None:
         """Ends every live flow: forced end (4), or end of flow (3) for flows already closing."""
-        for flow in list(self._flows.values()):
-            self._end(flow, END_OF_FLOW if flow.closing else FORCED_END)
+        for queue in self._idle:
+            for flow in list(queue.flows.values()):
+                self._end(flow, END_OF_FLOW if flow.closing else FORCED_END)

@@ -205,6 +205,14 @@ class PcapSource:
         """Ends a live capture's iteration within `TICK_S`."""
         self.stopped = True
 
+    def position(self) -> tuple[int, int]:
+        """A file's (octets libpcap has read, its size), for a progress bar; (0, 0) for an
+        interface or a closed file."""
+        if not self.is_file or self._final_stats is not None:
+            return 0, 0
+        descriptor = self._handles[0].fileno()
+        return os.lseek(descriptor, 0, os.SEEK_CUR), os.fstat(descriptor).st_size
+
     def stats(self) -> tuple[int, int, int]:
         """(received, dropped by the kernel, dropped by the interface) of a live capture, summed
         over its interfaces."""

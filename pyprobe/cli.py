@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 from . import __version__
 from .config import (BIFLOW_TEMPLATE, SensorConfig, add_arguments, flags, load_config,
                      overrides_of, to_yaml)
@@ -22,7 +24,7 @@ from .export.elements import ElementRegistry
 from .export.filetransport import STDOUT
 from .export.jsonlines import json_line
 from .errors import CaptureError, PyprobeError
-from .flow import Flow
+from .flow import EndReason, Flow
 from .probe import ExportSummary, Probe
 from .crew import run
 from .metrics import add_up, details, status
@@ -38,11 +40,23 @@ REPLAY_SETTINGS = [key for _, key, _, _ in flags()
                    if key.startswith(("cache.", "dpi.", "collectors."))
                    or key in ("capture.bpf", "capture.workers", "capture.skip_corrupt")]
 
+PROGRESS_DELAY_S = 0.5  # a replay shorter than this shows no bar
+SEND_FAILED = 1  # replay's exit status when messages could not be sent (errors: 2)
 GC_THRESHOLD = 100_000  # allocations between the cyclic collector's youngest passes (700 by default)
 
-TABLE_COLUMNS = ("{:<5} {:>39} {:>39} {:>5} {:>9} {:>11} {:>23} {:>9} {:<18} {}")
-TABLE_HEADER = TABLE_COLUMNS.format("proto", "source", "destination", "vlan", "packets",
-                                    "bytes", "first seen (UTC)", "duration", "end", "application")
+TABLE_COLUMNS = "{:<5} {:>21} {:>21} {:>4} {:>9} {:>13} {:>12} {:>8} {:<6} {}"
+TABLE_HEADER = TABLE_COLUMNS.format("proto", "source", "destination", "vlan", "packets", "bytes",
+                                    "first (UTC)", "duration", "end", "application")
+"""120 columns with an IPv4 row and a 12-character application (`--json` has every value)."""
+PROTOCOL_NAMES = {1: "ICMP", 2: "IGMP", 4: "IPIP", 6: "TCP", 17: "UDP", 33: "DCCP", 41: "IPv6",
+                  47: "GRE", 50: "ESP", 51: "AH", 58: "ICMP6", 89: "OSPF", 103: "PIM",
+                  112: "VRRP", 132: "SCTP"}
+"""The table's names of IP protocols (nfdump's); others show their number."""
+END_NAMES = {EndReason.IDLE_TIMEOUT: "idle", EndReason.ACTIVE_TIMEOUT: "active",
+             EndReason.END_OF_FLOW: "closed", EndReason.FORCED_END: "forced",
+             EndReason.LACK_OF_RESOURCES: "full"}
+"""The table's flowEndReason: idle or active timeout, closed (FIN, RST), forced (the end of
+the capture), full (the cache was: lack of resources)."""
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -53,10 +67,11 @@ def format_flow(flow: Flow) -> str:
     """One table row: both directions' packets and bytes as `src->dst+dst->src`."""
     first = datetime.fromtimestamp(flow.first_seen_ms / 1000, timezone.utc)
     return TABLE_COLUMNS.format(
-        flow.protocol, _endpoint(flow.src_ip, flow.src_port), _endpoint(flow.dst_ip, flow.dst_port),
-        flow.vlan_id, f"{flow.src2dst_packets}+{flow.dst2src_packets}",
-        f"{flow.src2dst_bytes}+{flow.dst2src_bytes}", first.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
-        f"{flow.bidirectional_duration_ms / 1000:.3f}", flow.end_reason.name.lower(),
+        PROTOCOL_NAMES.get(flow.protocol, flow.protocol), _endpoint(flow.src_ip, flow.src_port),
+        _endpoint(flow.dst_ip, flow.dst_port), flow.vlan_id,
+        f"{flow.src2dst_packets}+{flow.dst2src_packets}",
+        f"{flow.src2dst_bytes}+{flow.dst2src_bytes}", first.strftime("%H:%M:%S.%f")[:-3],
+        f"{flow.bidirectional_duration_ms / 1000:.3f}", END_NAMES[flow.end_reason],
         flow.application_name)
 
 
@@ -78,19 +93,26 @@ def format_summary(stats: MeterStats) -> str:
     return "\n".join(lines)
 
 
-class _ProgressLine:
-    """A one-line progress report on a terminal's stderr for long replays."""
+class ProgressBar:
+    """A tqdm bar on stderr while a capture file is replayed: the share of its octets read,
+    the time left, the packets and flows so far."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: FlowStream) -> None:
         self.stream = stream
+        self.bar = tqdm(desc=os.path.basename(stream.source_name), total=None, unit="B",
+                        unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False,
+                        delay=PROGRESS_DELAY_S, dynamic_ncols=True)
 
     def __call__(self, stats: MeterStats) -> None:
-        self.stream.write(f"\r{stats.packets_read:,} packets, {sum(stats.flows.values()):,} flows, "
-                          f"{stats.packets_per_s:,.0f} packets/s ")
-        self.stream.flush()
+        read, size = self.stream.position()
+        if size:
+            self.bar.total = size
+            self.bar.set_postfix_str(f"{stats.packets_read:,} packets, "
+                                     f"{sum(stats.flows.values()):,} flows", refresh=False)
+            self.bar.update(min(read, size) - self.bar.n)
 
     def close(self) -> None:
-        self.stream.write("\r\033[K")
+        self.bar.close()
 
 
 def bounded(kind: type, low: float, high: float | None = None) -> Callable[[str], Any]:
@@ -110,11 +132,16 @@ def bounded(kind: type, low: float, high: float | None = None) -> Callable[[str]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyprobe", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pyprobe", description=__doc__,
+        epilog="Without a command, softflowd's and nProbe's options: `pyprobe -r FILE -n "
+               "HOST:PORT -v 9` replays FILE, `pyprobe -i IFACE -n HOST:PORT` runs.")
     parser.add_argument("--version", action="version", version=f"pyprobe {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     replay = commands.add_parser("replay", help="meter a capture file and print or export its flows")
-    replay.add_argument("file", help="pcap or pcapng capture")
+    replay.add_argument("file", nargs="?", help="pcap or pcapng capture")
+    replay.add_argument("-r", dest="read", metavar="FILE",
+                        help="the capture, as softflowd's -r names it (instead of FILE)")
     replay.add_argument("--json", action="store_true",
                         help="one JSON object per flow on stdout (the summary goes to stderr)")
     add_arguments(replay, REPLAY_SETTINGS)
@@ -206,27 +233,39 @@ def meter_sharded(args: argparse.Namespace, config: SensorConfig
 
 
 def replay(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.read is None):
+        raise PyprobeError("replay reads one capture: give FILE or -r FILE")
+    args.file = args.file or args.read
     config = load_config(None, overrides_of(args) | {"capture.file": args.file},
                          need_collectors=False)
     if config.capture.workers > 1:
         stats, summary = meter_sharded(args, config)
     else:
-        # Progress only where it cannot interleave with the flows: stderr a terminal, stdout not.
-        progress = (_ProgressLine(sys.stderr) if sys.stderr.isatty() and not sys.stdout.isatty()
-                    else None)
-        stream = stream_of(config, args.file, progress=progress)
-        summary = meter(args, config, stream, sys.stdout)
-        if progress is not None:
-            progress.close()
+        stream = stream_of(config, args.file)
+        # A bar on a terminal's stderr, unless the flows are printed on the same terminal
+        flows_out = not config.collectors or any(c.file == STDOUT for c in config.collectors)
+        if sys.stderr.isatty() and not (flows_out and sys.stdout.isatty()):
+            stream.progress = ProgressBar(stream)
+        try:
+            summary = meter(args, config, stream, sys.stdout)
+        finally:
+            if stream.progress is not None:
+                stream.progress.close()
         stats = stream.stats
-    # stdout is the flows' when they go there (--json, --output -): then the summary is not
-    out = (sys.stderr if (args.json and summary is None)
-           or any(c.file == STDOUT for c in config.collectors) else sys.stdout)
+    # stdout is the flows' when they go there (the table, --json, --output -): then the
+    # summary is not
+    out = (sys.stderr if summary is None or any(c.file == STDOUT for c in config.collectors)
+           else sys.stdout)
     print(format_summary(stats), file=out)
     if summary is not None:
         print(format_export_summary(summary), file=out)
     if stats.corrupt_records and not config.capture.skip_corrupt:
         raise CaptureError(corrupt_capture(args.file, stats))
+    if summary is not None and summary.send_errors:
+        out.flush()
+        print(f"pyprobe: error: {summary.send_errors} of {summary.messages} messages could not "
+              f"be sent (the log says why)", file=sys.stderr)
+        return SEND_FAILED
     return 0
 
 
@@ -287,8 +326,17 @@ def command(args: argparse.Namespace) -> int:
     return replay(args)
 
 
+def softflowd_style(argv: Sequence[str]) -> list[str]:
+    """A command line without a command, as softflowd's and nProbe's are, with its command:
+    `replay` for one that reads a capture (`-r FILE`), else `run`."""
+    if not argv or not argv[0].startswith("-") or argv[0] in ("-h", "--help", "--version"):
+        return list(argv)
+    reads = any(arg.startswith("-r") and not arg.startswith("--") for arg in argv)
+    return ["replay" if reads else "run", *argv]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(softflowd_style(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     quiet_collector()
     try:

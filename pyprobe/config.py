@@ -35,7 +35,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .cache import ACTIVE_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_FLOWS
+from .cache import ACTIVE_TIMEOUT_S, CLOSE_LINGER_S, IDLE_TIMEOUT_S, MAX_FLOWS, TIMEOUT_NAMES
 from .capture import SNAPLEN
 from .errors import ConfigError
 from .export.template import TEMPLATES
@@ -47,6 +47,10 @@ DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
 NDPI_TEMPLATE = TEMPLATES / "ndpi.yaml"
 BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
 PROTOCOL_NAMES = ("ipfix", "netflow9", "zmq", "json")  # zmq: ntopng's, as nProbe's --zmq feeds it
+PROTOCOL_ALIASES = {"10": "ipfix", "v10": "ipfix", "9": "netflow9", "v9": "netflow9",
+                    "5": "netflow5", "v5": "netflow5"}
+"""Other names of a protocol, as softflowd's and nProbe's `-v` take it: accepted wherever a
+protocol is named (a name not in PROTOCOL_NAMES is still refused)."""
 FILE_PROTOCOLS = ("ipfix", "json")  # what a file holds: IPFIX (RFC 5655), JSON lines
 JSON_SUFFIXES = (".jsonl", ".json")  # a file named so holds JSON lines unless told otherwise
 TRANSPORTS = ("udp", "tcp")
@@ -60,10 +64,11 @@ take), and 10^9 seconds (31 years) for durations; NaN and the infinities are nev
 
 def setting(default: Any, doc: str, *, minimum: float = 0,
             maximum: float | None = None, choices: tuple[str, ...] = (), flag: str | None = None,
-            path: bool = False) -> Any:
-    """A schema field: its default, its description, its bounds, and its flag (default: --name)."""
+            path: bool = False, aliases: dict[str, str] | None = None) -> Any:
+    """A schema field: its default, its description, its bounds, and its flag (default: --name);
+    `aliases`: other names of its choices."""
     metadata = dict(doc=doc, minimum=minimum, maximum=maximum, choices=choices, flag=flag,
-                    path=path)
+                    path=path, aliases=aliases or {})
     if default is MISSING:
         return field(metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -93,6 +98,24 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True)
+class TimeoutsConfig:
+    """The timeouts of some protocols apart from the cache's (softflowd's -t), in seconds."""
+
+    tcp: float | None = setting(None, "idle timeout of TCP flows (null: idle_timeout)",
+                                minimum=0.001)
+    tcp_rst: float | None = setting(None, f"a TCP flow ends this long after an RST, its last "
+                                          f"packets in it (null: {CLOSE_LINGER_S:g})")
+    tcp_fin: float | None = setting(None, f"and this long after FIN both ways (null: "
+                                          f"{CLOSE_LINGER_S:g})")
+    udp: float | None = setting(None, "idle timeout of UDP flows (null: idle_timeout)",
+                                minimum=0.001)
+    icmp: float | None = setting(None, "of ICMP and ICMPv6 flows (null: idle_timeout)",
+                                 minimum=0.001)
+    general: float | None = setting(None, "of the other protocols' flows (null: idle_timeout)",
+                                    minimum=0.001)
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """How packets become flows, and when flows end."""
 
@@ -102,6 +125,7 @@ class CacheConfig:
                                                       "began", minimum=0.001)
     max_flows: int = setting(MAX_FLOWS, "flows kept at once; beyond, the least recent ends",
                              minimum=1)
+    timeouts: TimeoutsConfig = setting(TimeoutsConfig(), "timeouts by protocol (--timeout)")
 
 
 @dataclass(frozen=True)
@@ -132,7 +156,10 @@ class CollectorConfig:
                                flag=NO_FLAG, path=True)
     protocol: str | None = setting(None, "export protocol (null: ipfix, or json for a file named "
                                          ".jsonl or .json); zmq: to ntopng; json: JSON lines, "
-                                         "files only", choices=PROTOCOL_NAMES)
+                                         "files only; also " + ", ".join(
+                                             alias for alias, name in PROTOCOL_ALIASES.items()
+                                             if name in PROTOCOL_NAMES),
+                                  choices=PROTOCOL_NAMES, aliases=PROTOCOL_ALIASES)
     transport: str = setting("udp", "udp, or tcp (IPFIX, RFC 7011 10.4: templates once per "
                                     "connection, messages held while the collector is away)",
                              choices=TRANSPORTS)
@@ -280,10 +307,18 @@ def _check(kind: Any, value: Any, key: str, meta: dict, base: Path | None) -> An
             noun = "an integer" if kind is int else "a number of seconds"
             raise _Problem(key, f"got {_describe(value)}, expected {noun} from {low} to {high}")
         return kind(value)
+    if type(value) is int and str(value) in meta["aliases"]:  # YAML's `protocol: 9`
+        value = str(value)
     if not isinstance(value, str) or not value:
         raise _Problem(key, f"got {_describe(value)}, expected {meta['doc']}")
-    if meta["choices"] and value not in meta["choices"]:
-        raise _Problem(key, f"got {value!r}, expected one of {', '.join(meta['choices'])}")
+    aliases = meta["aliases"]
+    name = aliases.get(value.lower(), value.lower()) if aliases else value
+    if meta["choices"] and name not in meta["choices"]:
+        known = [alias for alias, target in aliases.items() if target in meta["choices"]]
+        raise _Problem(key, f"got {value!r}{f' ({name})' if value in aliases else ''}, expected "
+                            f"one of {', '.join((*meta['choices'], *known))}")
+    if aliases:
+        return name
     if meta["path"] and base is not None and value != "-":  # -: stdout
         return str(base / value)
     return value
@@ -395,7 +430,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     and `capture.file` replace each other. Paths of overrides are relative to the working folder.
     """
     overrides = overrides or {}
-    flag_of = {key: flag for flag, key, _, _ in flags()} | {"collectors": "--collector"}
+    flag_of = {key: flag for flag, key, _, _ in flags()} | {"collectors": "--collector",
+                                                          "cache.timeouts": "--timeout"}
     try:  # the overrides first, on their own, so that their errors name the flag
         for key, value in overrides.items():
             spec, kind = _spec(key)
@@ -419,6 +455,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         elif section:
             part = raw.setdefault(section, {})
             if isinstance(part, dict):
+                if isinstance(value, dict) and isinstance(part.get(name), dict):
+                    value = part[name] | value  # --timeout sets some of the file's timeouts
                 part[name] = value
                 if section == "capture" and name in ("interface", "file"):
                     part.pop("file" if name == "interface" else "interface", None)
@@ -460,6 +498,12 @@ def flags() -> tuple[tuple[str, str, dataclasses.Field, Any], ...]:
     return tuple(out)
 
 
+SHORT_FLAGS = {"capture.interface": ("-i",), "capture.file": ("-r",),
+               "collectors.protocol": ("-v",), "collectors.template": ("-T",)}
+"""softflowd's and nProbe's short options, as aliases of the settings' flags (`-n` is
+--collector's)."""
+
+
 def _collector_argument(text: str) -> dict[str, Any]:
     """HOST[:PORT][,PROTOCOL][,TRANSPORT] as a collector's raw settings."""
     address, *words = text.split(",")
@@ -474,6 +518,7 @@ def _collector_argument(text: str) -> dict[str, Any]:
 def _output_argument(text: str) -> dict[str, Any]:
     """FILE[,PROTOCOL] as a file collector's raw settings (the protocol: by the file's name)."""
     path, _, protocol = text.rpartition(",")
+    protocol = PROTOCOL_ALIASES.get(protocol.lower(), protocol)
     if protocol not in FILE_PROTOCOLS:  # a comma of the file's name, if any
         path, protocol = text, "json" if text.endswith(JSON_SUFFIXES) else "ipfix"
     return {"file": path, "protocol": protocol}  # named: --protocol is the hosts'
@@ -481,16 +526,43 @@ def _output_argument(text: str) -> dict[str, Any]:
 
 
 def _words(text: str, words: list[str]) -> dict[str, str]:
-    """The protocol and the transport named after a collector's address."""
+    """The protocol (a name or an alias: load_config checks it) and the transport named after
+    a collector's address."""
     settings: dict[str, str] = {}
     for word in words:
-        key = "protocol" if word in PROTOCOL_NAMES else "transport" if word in TRANSPORTS else ""
+        key = ("protocol" if word in PROTOCOL_NAMES or word.lower() in PROTOCOL_ALIASES
+               else "transport" if word in TRANSPORTS else "")
         if not key or key in settings:
             raise argparse.ArgumentTypeError(
-                f"{text}: expected a protocol ({', '.join(PROTOCOL_NAMES)}) and a transport "
-                f"({', '.join(TRANSPORTS)}) after the address, got {word!r}")
+                f"{text}: expected a protocol ({', '.join((*PROTOCOL_NAMES, *PROTOCOL_ALIASES))})"
+                f" and a transport ({', '.join(TRANSPORTS)}) after the address, got {word!r}")
         settings[key] = word
     return settings
+
+
+def _timeouts_argument(text: str) -> dict[str, float]:
+    """softflowd's -t NAME=SECONDS[,NAME=SECONDS] (tcp.rst or tcp_rst) as cache.timeouts."""
+    timeouts = {}
+    for word in text.split(","):
+        name, _, seconds = word.partition("=")
+        name = name.strip().replace(".", "_")
+        try:
+            if name not in TIMEOUT_NAMES:
+                raise ValueError
+            timeouts[name] = float(seconds)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"got {word!r}, expected NAME=SECONDS, NAME one of "
+                f"{', '.join(n.replace('_', '.') for n in TIMEOUT_NAMES)}") from None
+    return timeouts
+
+
+class _Merge(argparse.Action):
+    """Each use of the option adds its mapping to the earlier ones'."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, getattr(namespace, self.dest, {}) | values)
 
 
 def _zmq_argument(text: str) -> dict[str, Any]:
@@ -504,7 +576,7 @@ def _zmq_argument(text: str) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None = None) -> None:
     """`--collector` and a flag per setting (of `keys` only, when given), from the schema. The
     flags have no defaults: unset flags leave the file's values."""
-    parser.add_argument("--collector", action="append", dest="collectors",
+    parser.add_argument("-n", "--collector", action="append", dest="collectors",
                         metavar="HOST:PORT[,PROTO][,tcp]", type=_collector_argument,
                         default=argparse.SUPPRESS,
                         help="send flows there (repeatable; [v6addr]:port for IPv6; the "
@@ -521,6 +593,12 @@ def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None 
                              "tcp://*:5556, for ntopng -i tcp://PROBE:5556; with "
                              "--zmq-probe-mode connect to ntopng -i tcp://*:5556c there "
                              "(repeatable; replaces a file's collectors, with --collector)")
+    parser.add_argument("-t", "--timeout", action=_Merge, dest="cache.timeouts",
+                        metavar="NAME=S[,NAME=S]", type=_timeouts_argument,
+                        default=argparse.SUPPRESS,
+                        help="the idle timeout of a protocol's flows (tcp, udp, icmp, general) "
+                             "or the close linger (tcp.rst, tcp.fin), as softflowd's -t "
+                             "(repeatable; sets the file's cache.timeouts)")
     for flag, key, spec, kind in flags():
         if keys is not None and key not in keys:
             continue
@@ -530,17 +608,19 @@ def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None 
                                        help=spec.metadata["doc"] + shown)
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
+        elif spec.metadata["aliases"]:  # load_config checks the name, or the alias
+            options["metavar"] = "{" + ",".join(spec.metadata["choices"]) + "}"
         elif spec.metadata["choices"]:
             options["choices"] = spec.metadata["choices"]
         else:
             options["type"] = kind
             options["metavar"] = {int: "N", float: "S"}.get(kind, spec.name.upper())
-        parser.add_argument(flag, **options)
+        parser.add_argument(*SHORT_FLAGS.get(key, ()), flag, **options)
 
 
 def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
     """The settings `add_arguments`' flags set, as `load_config` overrides."""
-    keys = {key for _, key, _, _ in flags()} | {"collectors"}
+    keys = {key for _, key, _, _ in flags()} | {"collectors", "cache.timeouts"}
     return {k: v for k, v in vars(args).items() if k in keys}
 
 

@@ -32,7 +32,7 @@ import pwd
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, NamedTuple
 
 from .capture import PcapSource, check_interfaces
@@ -168,6 +168,7 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
     cache, dpi = config.cache, config.dpi
     return FlowStream(source, idle_timeout=cache.idle_timeout,
                       active_timeout=cache.active_timeout, max_flows=cache.max_flows,
+                      timeouts=asdict(cache.timeouts),
                       bpf_filter=config.capture.bpf, dpi=dpi.enabled,
                       n_dissections=dpi.packet_budget, flow_budget=dpi.flow_budget,
                       dpi_report=dpi.report,

@@ -81,7 +81,8 @@ class FlowStream:
     """Iterates the flows of a capture file or interface as they expire.
 
     `source` is a pcap/pcapng path, an interface name, or an open `PcapSource`. Timeouts are in
-    seconds. `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
+    seconds; `timeouts` sets those of some protocols and lingers apart (`cache.TIMEOUT_NAMES`).
+    `plugins` are objects with nfstream's on_init / on_update / on_expire hooks (see
     `cache.Plugin`). With `dpi`, nDPI labels every flow from its first `n_dissections` packets
     (`classify`) before the plugins run, at most `flow_budget` new flows a second of packet time
     (0: all of them; past it, in a storm of new flows, flows go unlabelled); with `dpi_report`
@@ -95,6 +96,7 @@ class FlowStream:
                  snaplen: int = SNAPLEN, dpi: bool = True, n_dissections: int = N_DISSECTIONS,
                  flow_budget: int = FLOW_BUDGET, dpi_report: bool = False,
                  decode_tunnels: bool = False, close_linger: float = CLOSE_LINGER_S,
+                 timeouts: dict[str, float] | None = None,
                  skip_corrupt: bool = False,
                  plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None,
@@ -108,6 +110,7 @@ class FlowStream:
         self.dpi = dpi
         self.decode_tunnels = decode_tunnels
         self.close_linger = close_linger
+        self.timeouts = timeouts
         self.skip_corrupt = skip_corrupt
         self.plugins = tuple(plugins)
         self.classifier: Plugin | None = None
@@ -141,6 +144,7 @@ class FlowStream:
         decoder = (TunnelDecoder if self.decode_tunnels else Decoder)(capture.linktype)
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
+                          timeouts=self.timeouts,
                           classifier=self.classifier, plugins=self.plugins)
         self._cache = cache
         stats = self.stats = MeterStats()
@@ -192,6 +196,10 @@ class FlowStream:
     def live_flows(self) -> int:
         """The flows the meter holds now (0 before an iteration starts)."""
         return len(self._cache) if self._cache is not None else 0
+
+    def position(self) -> tuple[int, int]:
+        """The capture file's (octets read, size) as it is read (PcapSource.position)."""
+        return self._capture.position() if self._capture is not None else (0, 0)
 
     def capture_stats(self) -> tuple[int, int, int]:
         """The capture's (received, dropped, dropped by the interface) frames, libpcap's counts

@@ -118,16 +118,25 @@ def add_uniflow(totals: dict[Key, Counts], key: Key, packets: int, size: int, fi
         before[0] + packets, before[1] + size, min(before[2], first_ms), max(before[3], last_ms))
 
 
+def records(directory: Path) -> list[tuple[Key, Counts]]:
+    """Each record nfdump holds, in its order: 5-tuple and VLAN; packets, bytes, first and
+    last ms."""
+    out = []
+    for line in nfdump("-R", str(directory), "-q", "-N", "-6", "-o", FORMAT).splitlines():
+        start, end, src, dst, sport, dport, proto, vlan, packets, size = line.split("|")
+        out.append(((src.strip(), dst.strip(), int(sport), _port(dport), int(proto), int(vlan)),
+                    (int(packets), int(size), _ms(start), _ms(end))))
+    return out
+
+
 def uniflows(directory: Path) -> dict[Key, Counts]:
     """Per unidirectional 5-tuple and VLAN: packets, bytes, first and last ms, as nfdump has them.
 
     Summed here, not with `nfdump -A`: its aggregation shows ICMP type/code as 0.0 (README,
     Collector notes)."""
     totals: dict[Key, Counts] = {}
-    for line in nfdump("-R", str(directory), "-q", "-N", "-6", "-o", FORMAT).splitlines():
-        start, end, src, dst, sport, dport, proto, vlan, packets, size = line.split("|")
-        add_uniflow(totals, (src.strip(), dst.strip(), int(sport), _port(dport), int(proto),
-                             int(vlan)), int(packets), int(size), _ms(start), _ms(end))
+    for key, counts in records(directory):
+        add_uniflow(totals, key, *counts)
     return totals
 
 

@@ -380,7 +380,8 @@ def test_a_clock_the_scans_hook_moves_on_stands() -> None:
     for packet in (exchange_packet(1_000, A, B, "S"), exchange_packet(5_000, A, C, "S")):
         cache.add(packet)
     assert (cache.now_ms, [(f.last_seen_ms, int(f.end_reason)) for f in cache.expired],
-            [f.last_seen_ms for f in cache._flows.values()]) == (100_000, [(1_000, 1)], [5_000])
+            [f.last_seen_ms for queue in cache._idle for f in queue.flows.values()]) == (
+        100_000, [(1_000, 1)], [5_000])
 
 
 def test_sums_of_squares_stop_at_int64() -> None:
@@ -408,12 +409,12 @@ def test_closing_flows_count_against_max_flows() -> None:
         add(make_packet(1000, True, SYN, client=client))
         add(make_packet(1000, False, RST | ACK, client=client))  # a later packet closes it
         add(make_packet(1000, True, RST, client=client, port=41000))  # a new flow closes it
-        assert len(cache) <= 100 and len(cache._closing) <= len(cache)
-    assert [len(cache), len(cache._closing)] == [100, 100]
+        assert len(cache) <= 100 and cache.closing <= len(cache)
+    assert [len(cache), cache.closing] == [100, 100]
     cache.expire(2999)
     assert len(cache) == 100
     cache.expire(3000)  # the linger of the last ones is over
-    assert [len(cache), len(cache._closing)] == [0, 0]
+    assert [len(cache), cache.closing] == [0, 0]
     ends = Counter(flow.end_reason for flow in cache.expired)
     assert ends == {LRU: 3_900, END: 100}
     assert sum(flow.bidirectional_packets for flow in cache.expired) == 6_000

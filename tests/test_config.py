@@ -40,7 +40,7 @@ def write(tmp_path: Path, text: str) -> Path:
                  "statistics_interval, user, group, capture, cache, dpi, metrics, collectors"),
     (VALID + "cache: {idle_timout: 5}\n",
      "cache.idle_timout: unknown key (did you mean idle_timeout? expected one of idle_timeout, "
-     "active_timeout, max_flows)"),
+     "active_timeout, max_flows, timeouts)"),
     (VALID + "colectors: []\n", "colectors: unknown key (did you mean collectors? expected one of "
                                 "instance, log_level, log_file, statistics_interval, user, "
                                 "group, capture, cache, dpi, metrics, collectors)"),
@@ -62,7 +62,8 @@ def write(tmp_path: Path, text: str) -> Path:
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
-     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9, zmq, json"),
+     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9, zmq, json, 10, v10, "
+     "9, v9"),
     ("capture: {interface: eth0}\ncollectors: [{port: 2055}]\n",
      "collectors[0]: expected one of host or file, got neither"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, file: f.ipfix}]\n",
@@ -195,7 +196,9 @@ def test_check_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"pyprobe: error: {tmp_path / 'missing.yaml'}")
     assert result.stderr.count("\n") == 1
     result = pyprobe("check", "-c", str(path), "--protocol", "sflow")
-    assert result.returncode == 2 and "invalid choice: 'sflow'" in result.stderr
+    assert (result.returncode, result.stderr) == (
+        2, "pyprobe: error: command line: --protocol: got 'sflow', expected one of ipfix, "
+           "netflow9, zmq, json, 10, v10, 9, v9\n")
 
 
 def test_ntopng_collectors_from_the_file_and_from_nprobes_flags(tmp_path: Path) -> None:

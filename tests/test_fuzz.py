@@ -99,21 +99,26 @@ PACKETS = st.builds(
     ms=st.one_of(st.integers(0, 5_000), st.sampled_from((0, 2**31 * 1000, 2**62))),
     ends=st.sampled_from(((A4, B4), (B4, A4), (A4, A4), (A6, B6))),
     ports=st.tuples(st.sampled_from((0, 53, 80, 65535)), st.sampled_from((0, 53, 80, 65535))),
-    protocol=st.sampled_from((6, 17, 1)),
+    protocol=st.sampled_from((6, 17, 1, 132)),
     size=st.one_of(st.integers(0, 1500), st.just(2**31 - 1)),  # the meter's bound (flow.py)
     flags=st.one_of(st.sampled_from((0, SYN, ACK, FIN | ACK, RST, PSH | ACK)), st.integers(0, 255)))
 
 
 @fuzz(900)
 @given(packets=st.lists(PACKETS, max_size=40), max_flows=st.integers(1, 4),
-       idle=st.sampled_from((0.001, 1, 30)), linger=st.sampled_from((0, 2)))
-def test_cache(packets: list[Packet], max_flows: int, idle: float, linger: float) -> None:
+       idle=st.sampled_from((0.001, 1, 30)), linger=st.sampled_from((0, 2)),
+       timeouts=st.sampled_from(({}, {"udp": 0.001, "icmp": 1, "tcp_rst": 0},
+                                 {"tcp": 1, "tcp_fin": 3, "general": 0.5})))
+def test_cache(packets: list[Packet], max_flows: int, idle: float, linger: float,
+               timeouts: dict) -> None:
     """Packets and bytes are conserved into the flows; the cache and its closing flows never
-    pass max_flows. (test_modes holds the compiled cache to the pure source.)"""
-    cache = FlowCache(idle_timeout_s=idle, max_flows=max_flows, close_linger_s=linger)
+    pass max_flows, whatever the timeouts by protocol. (test_modes holds the compiled cache to
+    the pure source.)"""
+    cache = FlowCache(idle_timeout_s=idle, max_flows=max_flows, close_linger_s=linger,
+                      timeouts=timeouts)
     for packet in packets:
         cache.add(packet)
-        assert len(cache._closing) <= len(cache) <= max_flows
+        assert cache.closing <= len(cache) <= max_flows
     cache.drain()
     flows = cache.expired
     assert sum(f.bidirectional_packets for f in flows) == len(packets)

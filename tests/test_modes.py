@@ -2,7 +2,8 @@
 
 Seeded random captures — odd frames among them (cut at any length, fragments, VLAN and QinQ
 tags, MPLS, PPPoE, IPv4 options, IPv6 extension headers, not IP), clocks that stall, jump past
-the timeouts and run back, FIN and RST, every flag value, a cache of a few flows — are metered
+the timeouts and run back, FIN and RST, every flag value, a cache of a few flows, timeouts by
+protocol — are metered
 here by the compiled modules and in a child process with PYPROBE_PURE=1 by the pure source;
 every counter, time, flag, label and end reason of every flow, the skips and the clock must be
 equal. Under PYPROBE_PURE=1 (the suite's pure run) there is nothing to compare.
@@ -199,6 +200,9 @@ def test_random_captures_meter_the_same_both_ways(tmp_path: Path) -> None:
          "options": {"dpi": True, "flow_budget": 20, "max_flows": 30}},
         {"path": str(capture(tmp_path, 7, WRAP_2262_MS - 60_000, pcapng=True)),
          "options": {"dpi": False, "idle_timeout": 5}},
+        {"path": str(capture(tmp_path, 8)),  # a queue a protocol: evictions across them
+         "options": {"dpi": True, "max_flows": 9, "active_timeout": 2.5, "timeouts": {
+             "tcp": 3, "udp": 1, "icmp": 0.5, "general": 2, "tcp_rst": 0.2, "tcp_fin": 4}}},
     ]
     results = meter_both(specs)
     for spec, (compiled, pure) in zip(specs, results):
@@ -209,7 +213,8 @@ def test_random_captures_meter_the_same_both_ways(tmp_path: Path) -> None:
             assert mine == theirs, spec
     assert {flow["end_reason"][1] for compiled, _ in results for flow in compiled["flows"]} == {
         1, 2, 3, 4, 5}
-    storm_run, wrap_2038, wrap_2262 = (compiled for compiled, _ in results[-3:])
+    storm_run, wrap_2038, wrap_2262 = (compiled for compiled, _ in results[-4:-1])
+    assert {flow["end_reason"][1] for flow in results[-1][0]["flows"]} == {1, 2, 3, 4, 5}
     assert (storm_run["stats"]["flows"], storm_run["stats"]["uninspected_flows"],
             storm_run["stats"]["flows_by_end_reason"]) == (
         6_000, 5_100, {"end_of_flow": 100, "lack_of_resources": 5_900})

@@ -168,14 +168,16 @@ def test_each_worker_writes_files_of_its_own(tmp_path: Path) -> None:
 
 
 def test_a_write_error_is_counted_and_leaves_whole_messages(tmp_path: Path) -> None:
-    """/dev/full refuses every write: the messages are counted as not sent, nothing stops."""
+    """/dev/full refuses every write: the messages are counted as not sent, nothing stops; the
+    replay exits 1."""
     transport = FileTransport("/dev/full")
     transport.rotate([], EPOCH_MS)
     transport.send([b"x" * 100, b"y" * 50])
     assert (transport.errors, transport.sent_messages, transport.sent_octets) == (2, 0, 0)
     transport.close()
     done = pyprobe("replay", str(SAMPLE), "--output", "/dev/full", text=True)
-    assert done.returncode == 0
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (
+        1, "pyprobe: error: 6 of 6 messages could not be sent (the log says why)")
     assert "cannot write /dev/full: No space left on device" in done.stderr
     assert ", 0 octets, " not in done.stdout and " 0 send errors" not in done.stdout
 

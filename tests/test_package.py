@@ -69,6 +69,13 @@ cache:
   idle_timeout: 30.0
   active_timeout: 120.0
   max_flows: 524288
+  timeouts:
+    tcp: null
+    tcp_rst: null
+    tcp_fin: null
+    udp: null
+    icmp: null
+    general: null
 dpi:
   enabled: true
   packet_budget: 20
