@@ -81,7 +81,10 @@ COLUMNS = ("flowStartMilliseconds", "flowEndMilliseconds", "source", "destinatio
            "sourceTransportPort", "destinationTransportPort", "protocolIdentifier",
            "ipClassOfService", "tcpControlBits", "octetDeltaCount", "packetDeltaCount",
            "flowEndReason", "vlanId", "icmpTypeCode", "minimumTTL", "maximumTTL")
-TEMPLATE_IDS = {("default", 4): 256, ("default", 6): 257, ("biflow", 4): 258, ("biflow", 6): 259}
+# By template file, IP version and whether the flow is ICMP (ICMP's templates carry its type/code).
+TEMPLATE_IDS = {("default", 4, False): 256, ("default", 6, False): 257, ("default", 4, True): 262,
+                ("default", 6, True): 263, ("biflow", 4, False): 258, ("biflow", 6, False): 259,
+                ("biflow", 4, True): 264, ("biflow", 6, True): 265}
 REVERSED = ("flowStartMilliseconds", "flowEndMilliseconds", "ipClassOfService", "tcpControlBits",
             "octetDeltaCount", "packetDeltaCount", "minimumTTL", "maximumTTL")  # biflow.yaml's
 
@@ -96,7 +99,8 @@ def direction_fields(row: tuple) -> dict[str, Any]:
             f"source{address}": values["source"], f"destination{address}": values["destination"],
             **{name: values[name] for name in COLUMNS[4:12]},
             "vlanId": values["vlanId"], "ipVersion": version, "flowDirection": 0,
-            f"icmpTypeCodeIPv{version}": values["icmpTypeCode"],
+            **({f"icmpTypeCodeIPv{version}": values["icmpTypeCode"]}
+               if values["protocolIdentifier"] in (ICMP, ICMPV6) else {}),
             "minimumTTL": values["minimumTTL"], "maximumTTL": values["maximumTTL"]}
 
 
@@ -104,7 +108,8 @@ def expected_records(template: str) -> list[tuple[int, dict[str, Any]]]:
     """(template id, field values) of every flow record of the capture, in export order."""
     out = []
     for forward, reverse in FLOWS:
-        template_id = TEMPLATE_IDS[template, 6 if ":" in forward[2] else 4]
+        template_id = TEMPLATE_IDS[template, 6 if ":" in forward[2] else 4,
+                                   forward[6] in (ICMP, ICMPV6)]
         if template == "default":
             out += [(template_id, direction_fields(row)) for row in (forward, reverse) if row]
             continue
@@ -272,7 +277,15 @@ TEMPLATE_ERRORS = [  # (file text, the message after "FILE: ")
     ("templates:\n  - id: 256\n    match: {ip_version: 5}\n    fields: [octetDeltaCount]\n",
      "templates[0]: match: expected ip_version: 4 or 6, got ip_version: 5"),
     ("templates:\n  - id: 256\n    match: [4]\n    fields: [octetDeltaCount]\n",
-     "templates[0]: match: expected a mapping such as {ip_version: 4}, got [4]"),
+     "templates[0]: match: expected a mapping such as {ip_version: 4, protocol: [1]}, got [4]"),
+    ("templates:\n  - id: 256\n    match: {protocol: 1}\n    fields: [octetDeltaCount]\n",
+     "templates[0]: match: protocol: expected a list of IP protocol numbers (0 to 255) such as "
+     "[1] or [6, 17], got 1"),
+    ("templates:\n  - id: 256\n    match: {protocol: [6, 256]}\n    fields: [octetDeltaCount]\n",
+     "templates[0]: match: protocol: expected a list of IP protocol numbers (0 to 255) such as "
+     "[1] or [6, 17], got [6, 256]"),
+    ("templates:\n  - id: 256\n    match: {proto: [6]}\n    fields: [octetDeltaCount]\n",
+     "templates[0]: match: unknown key 'proto' (expected ip_version, protocol)"),
     ("templates:\n  - id: 256\n    fields: [octetDeltaCount]\n  - id: 256\n    fields: [packetDeltaCount]\n",
      "templates[1]: id 256 is used twice"),
     ("templates:\n  - octetDeltaCount\n", "templates[0]: expected a mapping with id, name, fields"),
@@ -353,7 +366,7 @@ def test_netflow9_header_count_sequence_and_uptime() -> None:
     messages = export.export(flows, T0 + 1400) + export.flush(T0 + 1400)
     decoded = decode(messages)
     headers = [struct.unpack_from("!HHIIII", m) for m in messages]
-    templates_in = [3 if set_ids(m)[0] == 0 else 0 for m in messages]  # 256, 257 and 65400
+    templates_in = [5 if set_ids(m)[0] == 0 else 0 for m in messages]  # 262, 263, 256, 257, 65400
     assert [h[1] for h in headers] == [len(r) + t for r, t in zip(decoded, templates_in)]
     assert [h[4] for h in headers] == list(range(len(messages)))
     # Boot at T0 - 1 s; the header's second is rounded up: unix_secs T0/1000 + 2, uptime 3000.
@@ -514,10 +527,11 @@ def test_mtu_too_small_for_one_record_is_refused(protocol: str) -> None:
     """The smallest mtu fits exactly the statistics record, alone in its message."""
     needed = smallest_mtu(protocol)
     messages = exporter("default", protocol, mtu_bytes=needed).flush(T0)
-    # IPFIX: each template fills a message, and so do the options template and the statistics
-    # (domain 0), sent as they fill; NFv9: one stream.
-    assert [set_ids(m) for m in messages] == ([[2], [3], [STATISTICS], [2]] if protocol == "ipfix"
-                                              else [[0], [0], [1], [STATISTICS]])
+    # IPFIX: each of the 4 templates fills a message, and so do the options template and the
+    # statistics (domain 0), sent as they fill; NFv9: one stream.
+    assert [set_ids(m) for m in messages] == (
+        [[2], [2], [2], [3], [STATISTICS], [2]] if protocol == "ipfix"
+        else [[0], [0], [0], [0], [1], [STATISTICS]])
     [statistics] = [m for m in messages if set_ids(m) == [STATISTICS]]
     # NFv9 pads the record to 4 octets: its mtu allows for 3 octets of padding.
     assert len(statistics) == (needed if protocol == "ipfix" else needed // 4 * 4)
@@ -536,14 +550,14 @@ def test_templates_and_options_open_the_first_message_and_every_nth() -> None:
     export = exporter(template_refresh_packets=3)
     messages = export.export(udp_flows(200), T0 + 1000) + export.flush(T0 + 1000)
     data = data_domain(messages)
-    assert len(data) == 15
+    assert len(data) == 14
     assert [set_ids(m)[:1] == TEMPLATE_SETS for m in data] == [
         i % 3 == 0 or i == len(data) - 1 for i in range(len(data))]
     assert set_ids(data[0]) == TEMPLATE_SETS + [256]
     assert set_ids(data[1]) == [256]
     # Each refresh sends the options too, in a domain-0 message just before that data message.
-    assert [i for i, m in enumerate(messages) if m not in data] == [0, 4, 8, 12, 16, 19]
-    assert all(set_ids(messages[i]) == OPTIONS for i in (0, 4, 8, 12, 16, 19))
+    assert [i for i, m in enumerate(messages) if m not in data] == [0, 4, 8, 12, 16, 18]
+    assert all(set_ids(messages[i]) == OPTIONS for i in (0, 4, 8, 12, 16, 18))
 
 
 def test_templates_refresh_after_template_refresh_s_of_packet_time_even_without_data() -> None:
@@ -636,7 +650,8 @@ def test_type_records_describe_the_enterprise_elements_in_use(flows: list[Flow])
     for protocol in ("ipfix", "netflow9"):  # default.yaml: IANA elements only, no type records
         export = exporter("default", protocol)
         decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))
-        assert {r.template_id for records in decoded for r in records} == {256, 257, STATISTICS}
+        assert {r.template_id for records in decoded for r in records} == {
+            256, 257, 262, 263, STATISTICS}
 
 
 # Byte for byte.

@@ -42,11 +42,12 @@ from .template import CompiledTemplate, TemplateError, TemplateSet
 
 PROTOCOLS: dict[str, Protocol] = {"ipfix": IPFIX, "netflow9": NETFLOW9}
 # What Exporter.problems counts: what did not fit its wire fields, and how it was sent.
-NO_TEMPLATE = "flows not sent: no template for their IP version"
+NO_TEMPLATE = "flows not sent: no template for their IP version and protocol"
 TIME_PAST = "flows not sent: times past what the protocol carries"
 CUT = "records with strings cut to fit the mtu"
 CLAMPED = "records with values clamped to their field's width"
 EXPORT_TIME_CLAMPED = "messages with the export time clamped to 2106-02-07"
+NOT_CHOSEN = object()  # Exporter._chosen: no flow of that address length and protocol yet
 
 
 class Exporter:
@@ -115,17 +116,22 @@ class Exporter:
 
     def _compile_data(self) -> None:
         """The data templates compiled for `boot_ms`, and the flow times they can carry."""
-        self._data = {t.ip_version: t.compile(self.protocol, boot_ms=self.boot_ms,
-                                              registry=self.registry)
-                      for t in reversed(self.templates.templates)}
-        self._by_version: dict[int, CompiledTemplate | None] = {
-            length: self._data.get(version) or self._data.get(None)
-            for length, version in ((4, 4), (16, 6))}
-        """By address length: the compiled template of its flows (None: no template)."""
+        self._data = {t.id: t.compile(self.protocol, boot_ms=self.boot_ms, registry=self.registry)
+                      for t in self.templates.templates}
+        self._chosen: dict[tuple[int, int], CompiledTemplate | None] = {}
+        """By address length and IP protocol: the compiled template of those flows (None: no
+        template), filled as flows come (`_choose`)."""
         end_ms = self.protocol.last_flow_ms + 1
         self._times = ((self.boot_ms, min(self.boot_ms + UPTIME_WINDOW_MS, end_ms))
                        if self.protocol is NETFLOW9 else (0, end_ms))
         """The flow times the data templates can carry: [first, end)."""
+
+    def _choose(self, flow: Flow) -> CompiledTemplate | None:
+        """The compiled template of the flow's address length and protocol, chosen once."""
+        template = self.templates.for_flow(flow)
+        compiled = self._chosen[len(flow.src_addr), flow.protocol] = (
+            None if template is None else self._data[template.id])
+        return compiled
 
     def _reboot(self, flow: Flow, now_ms: int, out: list[bytes]) -> None:
         """NFv9: a new boot time for a flow outside sysUpTime's window of the current one."""
@@ -145,7 +151,7 @@ class Exporter:
         """Adds the flows' records; returns the messages that filled up."""
         out: list[bytes] = []
         uniflow = not self.templates.biflow
-        by_version, add = self._by_version, self._add_record
+        chosen, add = self._chosen, self._add_record
         first_ms, end_ms = self._times
         named = None if self._application_names is None else self._named
         for flow in flows:
@@ -155,8 +161,10 @@ class Exporter:
                     self._not_sent(flow, now_ms, TIME_PAST)
                     continue
                 self._reboot(flow, now_ms, out)
-                by_version, (first_ms, end_ms) = self._by_version, self._times
-            compiled = by_version[len(flow.src_addr)]
+                chosen, (first_ms, end_ms) = self._chosen, self._times
+            compiled = chosen.get((len(flow.src_addr), flow.protocol), NOT_CHOSEN)
+            if compiled is NOT_CHOSEN:
+                compiled = self._choose(flow)
             if compiled is None:
                 self._not_sent(flow, now_ms, NO_TEMPLATE)
                 continue

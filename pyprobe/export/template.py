@@ -11,10 +11,10 @@ become one function that returns a record's values, runs of fixed-width fields o
 >>> from pyprobe.export.elements import ElementRegistry
 >>> from pyprobe.export.ipfix import IPFIX
 >>> templates = load_templates(TEMPLATES / "default.yaml", ElementRegistry.default())
->>> [(t.id, t.name, t.ip_version, len(t.fields)) for t in templates.templates]
-[(256, 'ipv4_flow', 4, 18), (257, 'ipv6_flow', 6, 18)]
->>> templates.templates[0].compile(IPFIX).record_length
-57
+>>> [(t.id, t.name, t.ip_version, t.protocols, len(t.fields)) for t in templates.templates]
+[(262, 'ipv4_icmp_flow', 4, frozenset({1}), 18), (263, 'ipv6_icmp_flow', 6, frozenset({58}), 18), (256, 'ipv4_flow', 4, None, 17), (257, 'ipv6_flow', 6, None, 17)]
+>>> templates.templates[2].compile(IPFIX).record_length
+54
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 TEMPLATES = Path(__file__).resolve().parent / "templates"  # the built-in template files
 MIN_TEMPLATE_ID = 256  # RFC 7011 §3.4.1: 0-255 are set ids
 MAX_FIELDS = 512  # fields of a template (ndpi.yaml has 35; what `pyprobe collect` keeps too)
-MATCH_KEYS = {"ip_version": (4, 6)}
 # Struct codes of reduced-size encoding (RFC 7011 §6.2), by signedness and octets.
 REDUCED_CODES = {(False, 1): "B", (False, 2): "H", (False, 4): "I", (False, 8): "Q",
                  (True, 1): "b", (True, 2): "h", (True, 4): "i", (True, 8): "q"}
@@ -60,7 +59,8 @@ class TemplateField:
 
 @dataclass(frozen=True)
 class Template:
-    """A named list of fields, for the flows of one IP version (or all when ip_version is None)."""
+    """A named list of fields, for the flows its match accepts: of one IP version and of some
+    IP protocols (None: any)."""
 
     id: int
     name: str
@@ -68,6 +68,12 @@ class Template:
     fields: tuple[TemplateField, ...]
     where: str  # "file: templates[i]", for error messages
     scope_count: int = 0  # options templates: the first fields are the scope
+    protocols: frozenset[int] | None = None
+
+    def matches(self, ip_version: int, protocol: int) -> bool:
+        """Whether the template carries flows of this IP version and protocol."""
+        return (self.ip_version in (None, ip_version)
+                and (self.protocols is None or protocol in self.protocols))
 
     def compile(self, protocol: Protocol, **context: Any) -> CompiledTemplate:
         """The wire layout of this template in `protocol` (context: NFv9's boot_ms, and the
@@ -85,12 +91,8 @@ class TemplateSet:
     path: str
 
     def for_flow(self, flow: Flow) -> Template | None:
-        """The first template whose match accepts the flow."""
-        version = flow.ip_version
-        for template in self.templates:
-            if template.ip_version in (None, version):
-                return template
-        return None
+        """The first template whose match accepts the flow (None: no template carries it)."""
+        return next((t for t in self.templates if t.matches(flow.ip_version, flow.protocol)), None)
 
 
 class CompiledTemplate:
@@ -347,19 +349,29 @@ def _template(entry: Any, where: str, registry: ElementRegistry) -> Template:
         raise TemplateError(f"{where}: id: expected an integer from 256 to 65535, {_got(entry, 'id')}")
     match = entry.get("match") or {}
     if not isinstance(match, dict):
-        raise TemplateError(f"{where}: match: expected a mapping such as {{ip_version: 4}}, got {match!r}")
-    for key, value in match.items():
-        if key not in MATCH_KEYS or value not in MATCH_KEYS[key]:
-            raise TemplateError(f"{where}: match: expected ip_version: 4 or 6, got {key}: {value!r}")
+        raise TemplateError(f"{where}: match: expected a mapping such as {{ip_version: 4, "
+                            f"protocol: [1]}}, got {match!r}")
+    unknown = set(match) - {"ip_version", "protocol"}
+    if unknown:
+        raise TemplateError(f"{where}: match: unknown key {sorted(unknown, key=str)[0]!r} "
+                            f"(expected ip_version, protocol)")
+    version = match.get("ip_version")
+    if version is not None and (type(version) is not int or version not in (4, 6)):
+        raise TemplateError(f"{where}: match: expected ip_version: 4 or 6, got ip_version: {version!r}")
+    protocols = match.get("protocol")
+    if protocols is not None and (not isinstance(protocols, list) or not protocols or any(
+            type(p) is not int or not 0 <= p <= 255 for p in protocols)):
+        raise TemplateError(f"{where}: match: protocol: expected a list of IP protocol numbers "
+                            f"(0 to 255) such as [1] or [6, 17], got {protocols!r}")
     fields = entry.get("fields")
     if not isinstance(fields, list) or not fields:
         raise TemplateError(f"{where}: fields: expected a list of element names, {_got(entry, 'fields')}")
     if len(fields) > MAX_FIELDS:
         raise TemplateError(f"{where}: fields: got {len(fields)}, expected at most {MAX_FIELDS}")
     return Template(template_id, str(entry.get("name", f"template_{template_id}")),
-                    match.get("ip_version"),
+                    version,
                     tuple(_field(item, f"{where}.fields[{i}]", registry) for i, item in enumerate(fields)),
-                    where)
+                    where, protocols=None if protocols is None else frozenset(protocols))
 
 
 def _got(mapping: dict, key: str) -> str:
