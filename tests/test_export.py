@@ -623,7 +623,25 @@ def test_flows_without_a_template_are_counted_as_not_sent(tmp_path: Path) -> Non
     assert {k: statistics[k] for k in ("notSentFlowTotalCount", "notSentPacketTotalCount",
                                        "notSentOctetTotalCount", "observationTimeMilliseconds")} == {
         "notSentFlowTotalCount": 3, "notSentPacketTotalCount": 5, "notSentOctetTotalCount": 700,
-        "observationTimeMilliseconds": [T0 + 1000, T0 + 4000]}  # first and last not sent
+        "observationTimeMilliseconds": T0 + 5000}  # once: the time of the statistics, the flush's
+
+
+def test_protocols_no_template_matches_are_counted_as_not_sent(tmp_path: Path) -> None:
+    """A flow takes the first template whose match accepts it; UDP finds none here."""
+    path = tmp_path / "tcp.yaml"
+    path.write_text("templates:\n  - id: 300\n    match: {protocol: [1, 58]}\n"
+                    "    fields: [icmpTypeCodeIPv4]\n  - id: 301\n    match: {protocol: [6]}\n"
+                    "    fields: [sourceTransportPort]\n  - id: 302\n    match: {ip_version: 4}\n"
+                    "    fields: [octetDeltaCount]\n")
+    export = exporter(load_templates(path, REGISTRY))
+    tcp_flow = next(f for f in FlowStream(str(write_pcap(tmp_path / "tcp.pcap", FRAMES[:4])),
+                                          dpi=False))
+    flows = [tcp_flow, *udp_flows(2, replies=False, addresses=(A6, B6))]
+    decoded = decode(export.export(flows, T0 + 1000) + export.flush(T0 + 1000))
+    assert [(r.template_id, r.fields) for r in flow_records(decoded)] == [
+        (301, [("sourceTransportPort", 40000)]), (301, [("sourceTransportPort", 80)])]
+    assert (export.problems, final_statistics(decoded)["notSentFlowTotalCount"]) == (
+        {"flows not sent: no template for their IP version and protocol": 2}, 2)
 
 
 def test_type_records_describe_the_enterprise_elements_in_use(flows: list[Flow]) -> None:
@@ -632,21 +650,22 @@ def test_type_records_describe_the_enterprise_elements_in_use(flows: list[Flow])
     decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))
     assert [[r.template_id for r in records if r.template_id >= STATISTICS] for records in decoded] == [
         [STATISTICS] + [TYPE_INFORMATION] * 8, [], [STATISTICS] + [TYPE_INFORMATION] * 8, []]
+    # PEN, id, data type, semantics, units, range begin and end, name, description (RFC 5610)
     assert [tuple(v for _, v in r.fields) for r in decoded[2] if r.template_id == TYPE_INFORMATION] == [
-        (152, 29305, 15, 0, "reverseFlowStartMilliseconds"),  # dateTimeMilliseconds
-        (153, 29305, 15, 0, "reverseFlowEndMilliseconds"),
-        (5, 29305, 1, 4, "reverseIpClassOfService"),  # unsigned8, identifier
-        (6, 29305, 2, 5, "reverseTcpControlBits"),  # unsigned16, flags
-        (1, 29305, 4, 3, "reverseOctetDeltaCount"),  # unsigned64, deltaCounter
-        (2, 29305, 4, 3, "reversePacketDeltaCount"),
-        (52, 29305, 1, 0, "reverseMinimumTTL"),
-        (53, 29305, 1, 0, "reverseMaximumTTL")]
+        (29305, 152, 15, 0, 6, 0, 0, "reverseFlowStartMilliseconds", ""),  # dateTimeMilliseconds, ms
+        (29305, 153, 15, 0, 6, 0, 0, "reverseFlowEndMilliseconds", ""),
+        (29305, 5, 1, 4, 0, 0, 0, "reverseIpClassOfService", ""),  # unsigned8, identifier
+        (29305, 6, 2, 5, 0, 0, 0, "reverseTcpControlBits", ""),  # unsigned16, flags
+        (29305, 1, 4, 3, 2, 0, 0, "reverseOctetDeltaCount", ""),  # unsigned64, deltaCounter, octets
+        (29305, 2, 4, 3, 3, 0, 0, "reversePacketDeltaCount", ""),  # packets
+        (29305, 52, 1, 0, 11, 0, 0, "reverseMinimumTTL", ""),  # hops
+        (29305, 53, 1, 0, 11, 0, 0, "reverseMaximumTTL", "")]
     ntop = [e for e in enterprise_elements(templates("ndpi").templates) if e.pen == 35632]
     assert ntop  # ndpi.yaml sends ntop elements
     for protocol, count in (("ipfix", len(ntop)), ("netflow9", 0)):  # NFv9: no RFC 5610 records
         decoded = decode(exporter("ndpi", protocol).flush(T0))
         assert [(r.fields[0][1], r.fields[1][1]) for records in decoded for r in records
-                if r.template_id == TYPE_INFORMATION] == [(e.id, 35632) for e in ntop][:count]
+                if r.template_id == TYPE_INFORMATION] == [(35632, e.id) for e in ntop][:count]
     for protocol in ("ipfix", "netflow9"):  # default.yaml: IANA elements only, no type records
         export = exporter("default", protocol)
         decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))

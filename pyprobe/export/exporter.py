@@ -107,7 +107,7 @@ class Exporter:
         # IPFIX strings are as long as their values).
         largest = max([c.min_length for c in self._data.values()]
                       + [len(record) for _, record, _ in self._template_records]
-                      + [len(record) for _, record, _ in self._options_records()]
+                      + [len(record) for _, record, _ in self._options_records(0)]
                       + [c.record_length for c in names])
         overhead = self.protocol.header_length + 4 + 3 * self.protocol.pad_sets
         self._record_room = mtu_bytes - overhead  # the longest record a message can hold
@@ -215,8 +215,6 @@ class Exporter:
         stats.not_sent_flows += 1
         stats.not_sent_packets += flow.bidirectional_packets
         stats.not_sent_octets += flow.bidirectional_bytes
-        stats.first_not_sent_ms = stats.first_not_sent_ms or now_ms
-        stats.last_not_sent_ms = now_ms
 
     def _add(self, set_id: int, record: bytes, now_ms: int, out: list[bytes]) -> None:
         """Adds a data record (one a message can hold), sending the messages it fills."""
@@ -250,15 +248,16 @@ class Exporter:
                 self._named.clear()  # names go out again, each before its next flow
             for set_id, record, data in () if self.session else self._template_records:
                 self._put(self._data_channel, set_id, record, data, now_ms, out)
-            for set_id, record, data in self._options_records(templates=not self.session):
+            for set_id, record, data in self._options_records(now_ms, templates=not self.session):
                 self._put(self._options_channel, set_id, record, data, now_ms, out)
             self._messages_since_templates = 0  # counted from the message the refresh ends in
 
-    def _options_records(self, templates: bool = True) -> list[tuple[int, bytes, bool]]:
+    def _options_records(self, now_ms: int, templates: bool = True) -> list[tuple[int, bytes, bool]]:
         """Options templates, then options data: statistics as of now, and the type records."""
         statistics = self._options[0]
         return [*(self._options_template_records if templates else ()),
-                (statistics.id, statistics.encode_values(statistics_values(self.stats)), True),
+                (statistics.id, statistics.encode_values(statistics_values(self.stats, now_ms)),
+                 True),
                 *self._type_records]
 
     def template_messages(self, now_ms: int) -> list[bytes]:
