@@ -258,9 +258,16 @@ FIELD_ERRORS = [  # (the field of a one-field template, the message after its pl
      "length 0 does not fit applicationName (string, 1 to 65535 octets, "
      "65535 or none for variable-length)"),
     ("{name: octetDeltaCount, lenght: 4}",
-     "expected an element name or {name: ..., length: N}, got {'name': 'octetDeltaCount', "
+     "expected an element name or {name: ..., length: N, netflow9_length: N}, got "
+     "{'name': 'octetDeltaCount', "
      "'lenght': 4}"),
     ("mplsTopLabelTTL", "pyprobe has no value for element 'mplsTopLabelTTL' (it can send: "),
+    ("{name: octetDeltaCount, netflow9_length: 4}",
+     "netflow9_length 4 does not fit octetDeltaCount (unsigned64; expected 1 to 65534 octets, "
+     "for strings and octet arrays only)"),
+    ("{name: HTTP_URL, netflow9_length: 0}",
+     "netflow9_length 0 does not fit HTTP_URL (string; expected 1 to 65534 octets, for strings "
+     "and octet arrays only)"),
 ]
 TEMPLATE_ERRORS = [  # (file text, the message after "FILE: ")
     *((ONE_FIELD.format(field), f"templates[0].fields[0]: {message}")
@@ -322,7 +329,7 @@ def test_netflow9_refuses_variable_length_strings(tmp_path: Path) -> None:
         exporter(load_templates(path, REGISTRY), "netflow9")
     assert str(error.value) == (
         f"{path}: templates[0].fields[0]: applicationName needs a length in NetFlow v9, which has "
-        "no variable-length fields: write {name: applicationName, length: N}")
+        "no variable-length fields: write {name: applicationName, netflow9_length: N}")
 
 
 # Headers.
@@ -415,17 +422,21 @@ def test_ipfix_strings_are_variable_length(tmp_path: Path) -> None:
     assert [dict(r.fields)["applicationName"] for r in flow_records(decoded)] == NAMES
 
 
-def test_netflow9_strings_are_fixed_width_nul_padded_and_truncated(tmp_path: Path) -> None:
-    template = string_template(tmp_path, "{name: applicationName, length: 8}")
+@pytest.mark.parametrize("field", ["{name: applicationName, length: 8}",
+                                   "{name: applicationName, netflow9_length: 8}"])
+def test_netflow9_strings_are_fixed_width_nul_padded_and_cut(tmp_path: Path, field: str) -> None:
+    """A string longer than its width is cut (text on a character boundary) and counted."""
+    template = string_template(tmp_path, field)
     compiled = template.templates[0].compile(NETFLOW9, boot_ms=BOOT_MS, registry=REGISTRY)
-    records = [compiled.encode(f, f.src2dst, EMPTY_DIRECTION, (f.src_addr, f.dst_addr, 0, 0))
-               for f in named_flows()]
-    assert records == [A4 + b"DNS\0\0\0\0\0", A4 + b"HTTP.Goo", A4 + b"x" * 8, A4 + b"y" * 8,
-                       A4 + b"z" * 8]
+    flow = named_flows()[0]
+    assert compiled.encode(flow, flow.src2dst, EMPTY_DIRECTION,
+                           (flow.src_addr, flow.dst_addr, 0, 0)) == A4 + b"DNS\0\0\0\0\0"
     export = exporter(template, "netflow9")
-    decoded = decode(export.export(named_flows(), T0 + 1000) + export.flush(T0 + 1000))
+    flows = [*named_flows(), with_name(udp_flows(1)[0], "ab\u00e9\u00e9\u00e9\u00e9")]  # 10 octets
+    decoded = decode(export.export(flows, T0 + 1000) + export.flush(T0 + 1000))
     assert [dict(r.fields)["applicationName"] for r in flow_records(decoded)] == [
-        "DNS", "HTTP.Goo", "x" * 8, "y" * 8, "z" * 8]
+        "DNS", "HTTP.Goo", "x" * 8, "y" * 8, "z" * 8, "ab\u00e9\u00e9\u00e9", "ab\u00e9\u00e9\u00e9"]
+    assert export.problems == {"records with strings cut to their field's width": 6}
 
 
 

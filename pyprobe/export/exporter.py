@@ -46,6 +46,7 @@ NO_TEMPLATE = "flows not sent: no template for their IP version and protocol"
 TIME_PAST = "flows not sent: times past what the protocol carries"
 CUT = "records with strings cut to fit the mtu"
 CLAMPED = "records with values clamped to their field's width"
+NARROWED = "records with strings cut to their field's width"
 EXPORT_TIME_CLAMPED = "messages with the export time clamped to 2106-02-07"
 NOT_CHOSEN = object()  # Exporter._chosen: no flow of that address length and protocol yet
 
@@ -75,7 +76,7 @@ class Exporter:
         self.boot_ms = boot_ms
         self.stats = ExportStats(exporting_process_id=process_id)
         self.problems: Counter[str] = Counter()
-        """What did not fit its wire field (NO_TEMPLATE, TIME_PAST, CUT, CLAMPED,
+        """What did not fit its wire field (NO_TEMPLATE, TIME_PAST, CUT, CLAMPED, NARROWED,
         EXPORT_TIME_CLAMPED), counted."""
         self._data_channel = _Channel(MessageBuilder(self.protocol, mtu_bytes), observation_domain)
         # IPFIX: the exporting process's options (statistics, RFC 5610 types) go in messages of
@@ -180,15 +181,16 @@ class Exporter:
 
     def _add_record(self, compiled: CompiledTemplate, flow: Flow, this: object, other: object,
                     ends: tuple, now_ms: int, out: list[bytes]) -> None:
-        """Encodes and adds one data record; a value its field cannot carry is clamped, and
-        strings that would make the record longer than a message are cut (both counted)."""
+        """Encodes and adds one data record; a value its field cannot carry is clamped, a
+        string longer than its fixed width cut, and strings that would make the record longer
+        than a message are cut (each counted)."""
         try:
             record = compiled.encode(flow, this, other, ends)
         except (struct.error, OverflowError):
             record = b""  # re-encoded below, fitted
         if not record or len(record) > self._record_room:
-            record, clamped, cut = compiled.fitted(flow, this, other, ends, self._record_room)
-            for problem, happened in ((CLAMPED, clamped), (CUT, cut)):
+            record, *happened = compiled.fitted(flow, this, other, ends, self._record_room)
+            for problem, happened in zip((CLAMPED, CUT, NARROWED), happened):
                 if happened:
                     self.problems[problem] += 1
         self._add(compiled.id, record, now_ms, out)

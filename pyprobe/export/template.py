@@ -55,6 +55,8 @@ class TemplateField:
     element: InformationElement
     length: int  # VARLEN: IPFIX variable-length encoding
     expression: str | None  # over fields.PARAMETERS and DERIVED; None where values are given (options)
+    netflow9_length: int | None = None  # a string's width in NetFlow v9 (None: `length`, else
+    # the element's default width)
 
 
 @dataclass(frozen=True)
@@ -147,32 +149,47 @@ class CompiledTemplate:
         return b"".join(out)
 
     def fitted(self, flow: Flow, this: Any, other: Any, ends: tuple, room: int
-               ) -> tuple[bytes, bool, bool]:
+               ) -> tuple[bytes, bool, bool, bool]:
         """The record `encode` could not make (a value beyond its field's width) or made longer
-        than `room` octets: integers clamped to their fields' widths, then variable-length
-        values cut, the longest first and text on a character boundary, until it fits; with
-        whether values were clamped and whether values were cut."""
+        than `room` octets: integers clamped to their fields' widths, strings cut to their
+        fixed widths, then variable-length values cut, the longest first, until it fits (text
+        on a character boundary); with whether values were clamped, cut to fit `room`, and cut
+        to their fixed widths."""
         if self._values is None:
             self._values = _compile_function("values", self.fields, [
                 "(" + "".join(f"{f.expression}, " for f in self.fields) + ")"])
         values = list(self._values(flow, this, other, ends))
-        clamped = False
+        clamped = narrowed = False
         for index, field in enumerate(self.fields):
             bounds = field_bounds(field)
             if bounds is not None and not bounds[0] <= values[index] <= bounds[1]:
                 values[index] = min(max(values[index], bounds[0]), bounds[1])
                 clamped = True
+            elif field.element.data_type.variable and field.length != VARLEN:
+                value = _utf8(values[index])
+                if len(value) > field.length:
+                    values[index], narrowed = _cut(field, value, field.length), True
         varlen = [i for packer, i, _ in self._parts if packer is None]
         texts = {i: _utf8(values[i]) for i in varlen}
         cap = _varlen_cap([len(texts[i]) for i in varlen], room - self.record_length)
         cut = False
         for i in varlen:
             if len(texts[i]) > cap:
-                value = texts[i][:cap]
-                if self.fields[i].element.data_type.name == "string":
-                    value = value.decode("utf-8", "ignore").encode()
-                values[i], cut = value, True
-        return self.encode_values(values), clamped, cut
+                values[i], cut = _cut(self.fields[i], texts[i], cap), True
+        return self.encode_values(values), clamped, cut, narrowed
+
+
+def _cut(field: TemplateField, value: bytes, length: int) -> bytes:
+    """The value's first `length` octets; text cut on a character boundary."""
+    value = value[:length]
+    return value.decode("utf-8", "ignore").encode() if field.element.data_type.name == "string" else value
+
+
+def _within(value: bytes, width: int) -> bytes:
+    """A fixed-width string's value; OverflowError when it is longer (`fitted` cuts it)."""
+    if len(value) > width:
+        raise OverflowError(f"{len(value)} octets in a field of {width}")
+    return value
 
 
 def field_bounds(field: TemplateField) -> tuple[int, int] | None:
@@ -233,7 +250,8 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
     A run of parts that reads only nDPI's labels is encoded once for the last labels seen (a
     flow's two records share them; the flows nDPI did not see all have NO_DPI's).
     """
-    namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8}
+    namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8,
+                                 "_within": _within}
     body: list[str] = []
     pieces: list[str] = []
     run: tuple[list[str], list[str]] = ([], [])  # the lines and pieces of a run of labels
@@ -263,8 +281,8 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
             part = [head, value]
         else:
             namespace[f"_pack{first}"] = packer.pack
-            values = (f"_utf8({f.expression})" if f.element.data_type.variable else
-                      f"({f.expression})" for f in fields[first:end])
+            values = (f"_within(_utf8({f.expression}), {f.length})" if f.element.data_type.variable
+                      else f"({f.expression})" for f in fields[first:end])
             part = [f"_pack{first}({', '.join(values)})"]
         if labels_only(fields[first]):
             run[0].extend(lines)
@@ -381,11 +399,13 @@ def _got(mapping: dict, key: str) -> str:
 
 def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
     if isinstance(item, str):
-        name, length = item, None
-    elif isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= {"name", "length"}:
-        name, length = item["name"], item.get("length")
+        name, length, netflow9_length = item, None, None
+    elif isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= {
+            "name", "length", "netflow9_length"}:
+        name, length, netflow9_length = item["name"], item.get("length"), item.get("netflow9_length")
     else:
-        raise TemplateError(f"{where}: expected an element name or {{name: ..., length: N}}, got {item!r}")
+        raise TemplateError(f"{where}: expected an element name or {{name: ..., length: N, "
+                            f"netflow9_length: N}}, got {item!r}")
     try:
         element = registry[name]
     except KeyError as error:
@@ -404,7 +424,12 @@ def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
         expected = (f"1 to {VARLEN} octets, {VARLEN} or none for variable-length" if data_type.variable
                     else f"{data_type.length} octets{', or fewer (1, 2, 4)' if data_type.reducible else ''}")
         raise TemplateError(f"{where}: length {length!r} does not fit {name} ({data_type.name}, {expected})")
-    return TemplateField(element, length, expression)
+    if netflow9_length is not None and (not element.data_type.variable or type(netflow9_length)
+                                        is not int or not 0 < netflow9_length < VARLEN):
+        raise TemplateError(f"{where}: netflow9_length {netflow9_length!r} does not fit {name} "
+                            f"({element.data_type.name}; expected 1 to {VARLEN - 1} octets, for "
+                            f"strings and octet arrays only)")
+    return TemplateField(element, length, expression, netflow9_length)
 
 
 def natural_length(element: InformationElement) -> int:
