@@ -205,7 +205,7 @@ def test_mtu_refresh_by_count_and_sequence_on_the_wire(protocol: str, tmp_path: 
     # IPFIX: flows in domain 1, the options in domain-0 messages of their own; NFv9: one stream.
     domains = [struct.unpack_from("!I", d, 12)[0] if protocol == "ipfix" else 1 for d in datagrams]
     data = [i for i, domain in enumerate(domains) if domain]
-    assert (len(data), len(datagrams)) == ((52, 56) if protocol == "ipfix" else (49, 49))
+    assert (len(data), len(datagrams)) == ((50, 54) if protocol == "ipfix" else (45, 45))
     refreshes = [n for n, i in enumerate(data)
                  if str(TEMPLATE_SETS[protocol][0]) in frames[i][2].split(",")]
     assert refreshes == [*range(0, len(data) - 1, 20), len(data) - 1]
