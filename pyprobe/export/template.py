@@ -1,7 +1,9 @@
 """Templates: which Information Elements go in a record, loaded from YAML and compiled per protocol.
 
-A template file lists templates; each names its elements in wire order (the built-in ones are in
-`TEMPLATES`, this package's `templates/`: default.yaml, ndpi.yaml, biflow.yaml). Loading
+A template file lists templates; each says which flows it carries (`match`: IP version, IP
+protocols; a flow takes the first that matches) and names its elements in wire order (the
+built-in ones are in `TEMPLATES`, this package's `templates/`: default.yaml, ndpi.yaml,
+biflow.yaml). Loading
 resolves every name in the `ElementRegistry`, checks the length against the element's type and
 that `fields.py` knows how to read it, and reports the file, the entry and what was expected.
 `Template.compile(protocol)` then fixes the wire layout once: the fields' expressions (fields.py)
