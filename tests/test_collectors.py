@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dpkt
@@ -22,7 +23,7 @@ if str(HERE) not in sys.path:
 from builders import write_pcap
 from conftest import BENCH_PCAP, NDPI_PCAPS, ROOT, require
 from ipfixdump import dumped_fields, ms, run_ipfix_dump
-from nfdump import HOST, Nfcapd, UdpSink, nfdump, write_pcap as write_datagrams
+from nfdump import HOST, Nfcapd, UdpSink, nfdump, tshark_frames, write_pcap as write_datagrams
 from pmacct import Nfacctd
 from test_export import FRAMES
 from test_interop import export as replay
@@ -209,6 +210,33 @@ def test_tshark_names_these_ntop_elements_and_the_readme_says_so(synthetic: list
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert (f"tshark 4.0 names {len(named)} of the {len(TSHARK_NTOP_NAMES)} ntop elements: "
             f"{', '.join(named)}; it shows {', '.join(unnamed)} as \"Unknown\"") in readme
+
+
+def wireshark_time(ms_since_epoch: int) -> str:
+    """A time as tshark prints an absolute time field (UTC)."""
+    moment = datetime.fromtimestamp(ms_since_epoch // 1000, timezone.utc)
+    return (f"{moment:%b} {moment.day:2d}, {moment.year} {moment:%H:%M:%S}."
+            f"{ms_since_epoch % 1000:03d}000000 UTC")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_tshark_warns_of_nothing_and_shows_the_observation_time(synthetic: list[Flow],
+                                                                protocol: str,
+                                                                tmp_path: Path) -> None:
+    """Every built-in template file, its ICMP and other templates, options and type records."""
+    for template in ("default", "ndpi", "biflow")[:3 if protocol == "ipfix" else 2]:
+        pcap = tmp_path / f"{template}.pcap"
+        sent = messages(synthetic, protocol, template)
+        write_datagrams(sent, pcap, 2055)
+        frames = tshark_frames(pcap, 2055, "_ws.expert.message", "_ws.malformed",
+                               "cflow.observation_time_milliseconds", "cflow.template_id")
+        assert [(expert, malformed) for expert, malformed, _, _ in frames] == [("", "")] * len(sent)
+        times = [t for _, _, stamp, _ in frames
+                 for t in re.findall(r"\w{3} [ \d]\d, \d{4} [\d:.]+ UTC", stamp)]
+        last_ms = max(flow.last_seen_ms for flow in synthetic)
+        assert len(times) > 1 and times[-1] == wireshark_time(last_ms)  # the final flush's
+        shown = {int(i) for *_, ids in frames for i in ids.split(",") if i}
+        assert shown >= {262, 263, 256, 257} if template == "default" else len(shown) > 4
 
 
 # NetFlow v9 with the nDPI template: fixed widths that fit what nDPI reports.
