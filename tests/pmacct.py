@@ -21,9 +21,9 @@ import pytest
 
 from nfdump import HOST, RECEIVE_BUFFER, _udp_socket_queue, _until, free_udp_port
 
+SETTLE_S = 1  # after its socket drained: the core hands what it read to the plugin meanwhile
 # What a flow record is to nfacctd, unaggregated: its 5-tuple, the TCP flags and the nDPI class
 # (applicationId, named by the options records).
-SETTLE_S = 1
 PRIMITIVES = ("src_host", "dst_host", "src_port", "dst_port", "proto", "tcpflags", "class")
 
 
@@ -76,7 +76,7 @@ class Nfacctd:
         if self.process is None:
             return
         _until(lambda: not _udp_socket_queue(self.port), 10, "nfacctd did not drain its socket")
-        time.sleep(SETTLE_S)  # the core hands what it read to the plugin
+        time.sleep(SETTLE_S)
         self.process.send_signal(signal.SIGINT)
         self.process.wait(timeout=20)
         self.process = None
