@@ -18,8 +18,8 @@ JSON or as text with control characters escaped.
 >>> [record] = collector.feed(exporter.flush(now_ms=1_700_000_000_000)[0], ("192.0.2.1", 4739))
 >>> record.exporter, record.version, record.template_id, record.fields[:2]
 ('192.0.2.1:4739', 10, 65400, [('exportingProcessId', 0), ('exportedMessageTotalCount', 0)])
->>> record.as_dict()["fields"]["observationTimeMilliseconds"]
-[0, 0]
+>>> record.as_dict()["fields"]["observationTimeMilliseconds"]  # the time of the statistics
+1700000000000
 """
 from __future__ import annotations
 

@@ -29,20 +29,32 @@ FLOW_TEMPLATES = range(256, 65400)  # the options templates are pyprobe's 65400 
 Row = tuple[int, int, str, str, int, int, int, int, int, int, str]
 
 
-def ipfix_dump(path: Path) -> tuple[list[tuple[int, dict[str, str]]], str]:
-    """(template id, fields) of every data record in the file, and ipfixDump's stderr."""
+def run_ipfix_dump(path: Path, *options: str) -> subprocess.CompletedProcess:
+    """ipfixDump --hexdump on the file, with `options` (`--rfc5610`...)."""
     if shutil.which("ipfixDump") is None:
         pytest.skip("ipfixDump (Debian libfixbuf-tools) is not installed")
-    done = subprocess.run(["ipfixDump", "--hexdump=65535", "--in", str(path)],
+    return subprocess.run(["ipfixDump", "--hexdump=65535", *options, "--in", str(path)],
                           capture_output=True, text=True, timeout=300, check=True)
-    records: list[tuple[int, dict[str, str]]] = []
-    for line in done.stdout.splitlines():
+
+
+def dumped_fields(text: str) -> list[tuple[int, list[tuple[str, str, str]]]]:
+    """(template id, [(number, name, value)...]) of every data record in ipfixDump's text."""
+    records: list[tuple[int, list[tuple[str, str, str]]]] = []
+    for line in text.splitlines():
         if found := RECORD.match(line):
-            records.append((int(found[1]), {}))
+            records.append((int(found[1]), []))
         elif (found := FIELD.match(line)) and records:
-            number, name, value = found.groups()
-            records[-1][1][number if "/" in number else name] = value
-    return records, done.stderr
+            records[-1][1].append(found.groups())
+    return records
+
+
+def ipfix_dump(path: Path) -> tuple[list[tuple[int, dict[str, str]]], str]:
+    """(template id, fields) of every data record in the file, and ipfixDump's stderr; fields by
+    name, `PEN/id` for the enterprise elements."""
+    done = run_ipfix_dump(path)
+    return [(template, {number if "/" in number else name: value
+                        for number, name, value in fields})
+            for template, fields in dumped_fields(done.stdout)], done.stderr
 
 
 def octets(value: str) -> bytes:

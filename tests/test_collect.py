@@ -164,7 +164,7 @@ def test_ipfix_template_withdrawals_forget_the_templates() -> None:
     builder.add(IPFIX.options_template_set_id, struct.pack("!HH", 65400, 0), False)
     collector.feed(builder.finish(now_ms=EPOCH_MS, boot_ms=0, sequence=0, domain=1), SOURCE)
     assert collector.feed(data, SOURCE) == []
-    assert [key[2] for key in collector.templates] == [257]
+    assert [key[2] for key in collector.templates] == [262, 263, 257]
 
 
 def test_a_truncated_variable_length_value_is_refused(tmp_path: Path) -> None:

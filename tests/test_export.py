@@ -81,7 +81,10 @@ COLUMNS = ("flowStartMilliseconds", "flowEndMilliseconds", "source", "destinatio
            "sourceTransportPort", "destinationTransportPort", "protocolIdentifier",
            "ipClassOfService", "tcpControlBits", "octetDeltaCount", "packetDeltaCount",
            "flowEndReason", "vlanId", "icmpTypeCode", "minimumTTL", "maximumTTL")
-TEMPLATE_IDS = {("default", 4): 256, ("default", 6): 257, ("biflow", 4): 258, ("biflow", 6): 259}
+# By template file, IP version and whether the flow is ICMP (ICMP's templates carry its type/code).
+TEMPLATE_IDS = {("default", 4, False): 256, ("default", 6, False): 257, ("default", 4, True): 262,
+                ("default", 6, True): 263, ("biflow", 4, False): 258, ("biflow", 6, False): 259,
+                ("biflow", 4, True): 264, ("biflow", 6, True): 265}
 REVERSED = ("flowStartMilliseconds", "flowEndMilliseconds", "ipClassOfService", "tcpControlBits",
             "octetDeltaCount", "packetDeltaCount", "minimumTTL", "maximumTTL")  # biflow.yaml's
 
@@ -96,7 +99,8 @@ def direction_fields(row: tuple) -> dict[str, Any]:
             f"source{address}": values["source"], f"destination{address}": values["destination"],
             **{name: values[name] for name in COLUMNS[4:12]},
             "vlanId": values["vlanId"], "ipVersion": version, "flowDirection": 0,
-            f"icmpTypeCodeIPv{version}": values["icmpTypeCode"],
+            **({f"icmpTypeCodeIPv{version}": values["icmpTypeCode"]}
+               if values["protocolIdentifier"] in (ICMP, ICMPV6) else {}),
             "minimumTTL": values["minimumTTL"], "maximumTTL": values["maximumTTL"]}
 
 
@@ -104,7 +108,8 @@ def expected_records(template: str) -> list[tuple[int, dict[str, Any]]]:
     """(template id, field values) of every flow record of the capture, in export order."""
     out = []
     for forward, reverse in FLOWS:
-        template_id = TEMPLATE_IDS[template, 6 if ":" in forward[2] else 4]
+        template_id = TEMPLATE_IDS[template, 6 if ":" in forward[2] else 4,
+                                   forward[6] in (ICMP, ICMPV6)]
         if template == "default":
             out += [(template_id, direction_fields(row)) for row in (forward, reverse) if row]
             continue
@@ -253,9 +258,16 @@ FIELD_ERRORS = [  # (the field of a one-field template, the message after its pl
      "length 0 does not fit applicationName (string, 1 to 65535 octets, "
      "65535 or none for variable-length)"),
     ("{name: octetDeltaCount, lenght: 4}",
-     "expected an element name or {name: ..., length: N}, got {'name': 'octetDeltaCount', "
+     "expected an element name or {name: ..., length: N, netflow9_length: N}, got "
+     "{'name': 'octetDeltaCount', "
      "'lenght': 4}"),
     ("mplsTopLabelTTL", "pyprobe has no value for element 'mplsTopLabelTTL' (it can send: "),
+    ("{name: octetDeltaCount, netflow9_length: 4}",
+     "netflow9_length 4 does not fit octetDeltaCount (unsigned64; expected 1 to 65534 octets, "
+     "for strings and octet arrays only)"),
+    ("{name: HTTP_URL, netflow9_length: 0}",
+     "netflow9_length 0 does not fit HTTP_URL (string; expected 1 to 65534 octets, for strings "
+     "and octet arrays only)"),
 ]
 TEMPLATE_ERRORS = [  # (file text, the message after "FILE: ")
     *((ONE_FIELD.format(field), f"templates[0].fields[0]: {message}")
@@ -272,7 +284,15 @@ TEMPLATE_ERRORS = [  # (file text, the message after "FILE: ")
     ("templates:\n  - id: 256\n    match: {ip_version: 5}\n    fields: [octetDeltaCount]\n",
      "templates[0]: match: expected ip_version: 4 or 6, got ip_version: 5"),
     ("templates:\n  - id: 256\n    match: [4]\n    fields: [octetDeltaCount]\n",
-     "templates[0]: match: expected a mapping such as {ip_version: 4}, got [4]"),
+     "templates[0]: match: expected a mapping such as {ip_version: 4, protocol: [1]}, got [4]"),
+    ("templates:\n  - id: 256\n    match: {protocol: 1}\n    fields: [octetDeltaCount]\n",
+     "templates[0]: match: protocol: expected a list of IP protocol numbers (0 to 255) such as "
+     "[1] or [6, 17], got 1"),
+    ("templates:\n  - id: 256\n    match: {protocol: [6, 256]}\n    fields: [octetDeltaCount]\n",
+     "templates[0]: match: protocol: expected a list of IP protocol numbers (0 to 255) such as "
+     "[1] or [6, 17], got [6, 256]"),
+    ("templates:\n  - id: 256\n    match: {proto: [6]}\n    fields: [octetDeltaCount]\n",
+     "templates[0]: match: unknown key 'proto' (expected ip_version, protocol)"),
     ("templates:\n  - id: 256\n    fields: [octetDeltaCount]\n  - id: 256\n    fields: [packetDeltaCount]\n",
      "templates[1]: id 256 is used twice"),
     ("templates:\n  - octetDeltaCount\n", "templates[0]: expected a mapping with id, name, fields"),
@@ -309,7 +329,7 @@ def test_netflow9_refuses_variable_length_strings(tmp_path: Path) -> None:
         exporter(load_templates(path, REGISTRY), "netflow9")
     assert str(error.value) == (
         f"{path}: templates[0].fields[0]: applicationName needs a length in NetFlow v9, which has "
-        "no variable-length fields: write {name: applicationName, length: N}")
+        "no variable-length fields: write {name: applicationName, netflow9_length: N}")
 
 
 # Headers.
@@ -353,7 +373,7 @@ def test_netflow9_header_count_sequence_and_uptime() -> None:
     messages = export.export(flows, T0 + 1400) + export.flush(T0 + 1400)
     decoded = decode(messages)
     headers = [struct.unpack_from("!HHIIII", m) for m in messages]
-    templates_in = [3 if set_ids(m)[0] == 0 else 0 for m in messages]  # 256, 257 and 65400
+    templates_in = [5 if set_ids(m)[0] == 0 else 0 for m in messages]  # 262, 263, 256, 257, 65400
     assert [h[1] for h in headers] == [len(r) + t for r, t in zip(decoded, templates_in)]
     assert [h[4] for h in headers] == list(range(len(messages)))
     # Boot at T0 - 1 s; the header's second is rounded up: unix_secs T0/1000 + 2, uptime 3000.
@@ -402,17 +422,21 @@ def test_ipfix_strings_are_variable_length(tmp_path: Path) -> None:
     assert [dict(r.fields)["applicationName"] for r in flow_records(decoded)] == NAMES
 
 
-def test_netflow9_strings_are_fixed_width_nul_padded_and_truncated(tmp_path: Path) -> None:
-    template = string_template(tmp_path, "{name: applicationName, length: 8}")
+@pytest.mark.parametrize("field", ["{name: applicationName, length: 8}",
+                                   "{name: applicationName, netflow9_length: 8}"])
+def test_netflow9_strings_are_fixed_width_nul_padded_and_cut(tmp_path: Path, field: str) -> None:
+    """A string longer than its width is cut (text on a character boundary) and counted."""
+    template = string_template(tmp_path, field)
     compiled = template.templates[0].compile(NETFLOW9, boot_ms=BOOT_MS, registry=REGISTRY)
-    records = [compiled.encode(f, f.src2dst, EMPTY_DIRECTION, (f.src_addr, f.dst_addr, 0, 0))
-               for f in named_flows()]
-    assert records == [A4 + b"DNS\0\0\0\0\0", A4 + b"HTTP.Goo", A4 + b"x" * 8, A4 + b"y" * 8,
-                       A4 + b"z" * 8]
+    flow = named_flows()[0]
+    assert compiled.encode(flow, flow.src2dst, EMPTY_DIRECTION,
+                           (flow.src_addr, flow.dst_addr, 0, 0)) == A4 + b"DNS\0\0\0\0\0"
     export = exporter(template, "netflow9")
-    decoded = decode(export.export(named_flows(), T0 + 1000) + export.flush(T0 + 1000))
+    flows = [*named_flows(), with_name(udp_flows(1)[0], "ab\u00e9\u00e9\u00e9\u00e9")]  # 10 octets
+    decoded = decode(export.export(flows, T0 + 1000) + export.flush(T0 + 1000))
     assert [dict(r.fields)["applicationName"] for r in flow_records(decoded)] == [
-        "DNS", "HTTP.Goo", "x" * 8, "y" * 8, "z" * 8]
+        "DNS", "HTTP.Goo", "x" * 8, "y" * 8, "z" * 8, "ab\u00e9\u00e9\u00e9", "ab\u00e9\u00e9\u00e9"]
+    assert export.problems == {"records with strings cut to their field's width": 6}
 
 
 
@@ -514,10 +538,11 @@ def test_mtu_too_small_for_one_record_is_refused(protocol: str) -> None:
     """The smallest mtu fits exactly the statistics record, alone in its message."""
     needed = smallest_mtu(protocol)
     messages = exporter("default", protocol, mtu_bytes=needed).flush(T0)
-    # IPFIX: each template fills a message, and so do the options template and the statistics
-    # (domain 0), sent as they fill; NFv9: one stream.
-    assert [set_ids(m) for m in messages] == ([[2], [3], [STATISTICS], [2]] if protocol == "ipfix"
-                                              else [[0], [0], [1], [STATISTICS]])
+    # IPFIX: each of the 4 templates fills a message, and so do the options template and the
+    # statistics (domain 0), sent as they fill; NFv9: one stream.
+    assert [set_ids(m) for m in messages] == (
+        [[2], [2], [2], [3], [STATISTICS], [2]] if protocol == "ipfix"
+        else [[0], [0], [0], [0], [1], [STATISTICS]])
     [statistics] = [m for m in messages if set_ids(m) == [STATISTICS]]
     # NFv9 pads the record to 4 octets: its mtu allows for 3 octets of padding.
     assert len(statistics) == (needed if protocol == "ipfix" else needed // 4 * 4)
@@ -536,14 +561,14 @@ def test_templates_and_options_open_the_first_message_and_every_nth() -> None:
     export = exporter(template_refresh_packets=3)
     messages = export.export(udp_flows(200), T0 + 1000) + export.flush(T0 + 1000)
     data = data_domain(messages)
-    assert len(data) == 15
+    assert len(data) == 14
     assert [set_ids(m)[:1] == TEMPLATE_SETS for m in data] == [
         i % 3 == 0 or i == len(data) - 1 for i in range(len(data))]
     assert set_ids(data[0]) == TEMPLATE_SETS + [256]
     assert set_ids(data[1]) == [256]
     # Each refresh sends the options too, in a domain-0 message just before that data message.
-    assert [i for i, m in enumerate(messages) if m not in data] == [0, 4, 8, 12, 16, 19]
-    assert all(set_ids(messages[i]) == OPTIONS for i in (0, 4, 8, 12, 16, 19))
+    assert [i for i, m in enumerate(messages) if m not in data] == [0, 4, 8, 12, 16, 18]
+    assert all(set_ids(messages[i]) == OPTIONS for i in (0, 4, 8, 12, 16, 18))
 
 
 def test_templates_refresh_after_template_refresh_s_of_packet_time_even_without_data() -> None:
@@ -609,7 +634,25 @@ def test_flows_without_a_template_are_counted_as_not_sent(tmp_path: Path) -> Non
     assert {k: statistics[k] for k in ("notSentFlowTotalCount", "notSentPacketTotalCount",
                                        "notSentOctetTotalCount", "observationTimeMilliseconds")} == {
         "notSentFlowTotalCount": 3, "notSentPacketTotalCount": 5, "notSentOctetTotalCount": 700,
-        "observationTimeMilliseconds": [T0 + 1000, T0 + 4000]}  # first and last not sent
+        "observationTimeMilliseconds": T0 + 5000}  # once: the time of the statistics, the flush's
+
+
+def test_protocols_no_template_matches_are_counted_as_not_sent(tmp_path: Path) -> None:
+    """A flow takes the first template whose match accepts it; UDP finds none here."""
+    path = tmp_path / "tcp.yaml"
+    path.write_text("templates:\n  - id: 300\n    match: {protocol: [1, 58]}\n"
+                    "    fields: [icmpTypeCodeIPv4]\n  - id: 301\n    match: {protocol: [6]}\n"
+                    "    fields: [sourceTransportPort]\n  - id: 302\n    match: {ip_version: 4}\n"
+                    "    fields: [octetDeltaCount]\n")
+    export = exporter(load_templates(path, REGISTRY))
+    tcp_flow = next(f for f in FlowStream(str(write_pcap(tmp_path / "tcp.pcap", FRAMES[:4])),
+                                          dpi=False))
+    flows = [tcp_flow, *udp_flows(2, replies=False, addresses=(A6, B6))]
+    decoded = decode(export.export(flows, T0 + 1000) + export.flush(T0 + 1000))
+    assert [(r.template_id, r.fields) for r in flow_records(decoded)] == [
+        (301, [("sourceTransportPort", 40000)]), (301, [("sourceTransportPort", 80)])]
+    assert (export.problems, final_statistics(decoded)["notSentFlowTotalCount"]) == (
+        {"flows not sent: no template for their IP version and protocol": 2}, 2)
 
 
 def test_type_records_describe_the_enterprise_elements_in_use(flows: list[Flow]) -> None:
@@ -618,25 +661,27 @@ def test_type_records_describe_the_enterprise_elements_in_use(flows: list[Flow])
     decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))
     assert [[r.template_id for r in records if r.template_id >= STATISTICS] for records in decoded] == [
         [STATISTICS] + [TYPE_INFORMATION] * 8, [], [STATISTICS] + [TYPE_INFORMATION] * 8, []]
+    # PEN, id, data type, semantics, units, range begin and end, name, description (RFC 5610)
     assert [tuple(v for _, v in r.fields) for r in decoded[2] if r.template_id == TYPE_INFORMATION] == [
-        (152, 29305, 15, 0, "reverseFlowStartMilliseconds"),  # dateTimeMilliseconds
-        (153, 29305, 15, 0, "reverseFlowEndMilliseconds"),
-        (5, 29305, 1, 4, "reverseIpClassOfService"),  # unsigned8, identifier
-        (6, 29305, 2, 5, "reverseTcpControlBits"),  # unsigned16, flags
-        (1, 29305, 4, 3, "reverseOctetDeltaCount"),  # unsigned64, deltaCounter
-        (2, 29305, 4, 3, "reversePacketDeltaCount"),
-        (52, 29305, 1, 0, "reverseMinimumTTL"),
-        (53, 29305, 1, 0, "reverseMaximumTTL")]
+        (29305, 152, 15, 0, 6, 0, 0, "reverseFlowStartMilliseconds", ""),  # dateTimeMilliseconds, ms
+        (29305, 153, 15, 0, 6, 0, 0, "reverseFlowEndMilliseconds", ""),
+        (29305, 5, 1, 4, 0, 0, 0, "reverseIpClassOfService", ""),  # unsigned8, identifier
+        (29305, 6, 2, 5, 0, 0, 0, "reverseTcpControlBits", ""),  # unsigned16, flags
+        (29305, 1, 4, 3, 2, 0, 0, "reverseOctetDeltaCount", ""),  # unsigned64, deltaCounter, octets
+        (29305, 2, 4, 3, 3, 0, 0, "reversePacketDeltaCount", ""),  # packets
+        (29305, 52, 1, 0, 11, 0, 0, "reverseMinimumTTL", ""),  # hops
+        (29305, 53, 1, 0, 11, 0, 0, "reverseMaximumTTL", "")]
     ntop = [e for e in enterprise_elements(templates("ndpi").templates) if e.pen == 35632]
     assert ntop  # ndpi.yaml sends ntop elements
     for protocol, count in (("ipfix", len(ntop)), ("netflow9", 0)):  # NFv9: no RFC 5610 records
         decoded = decode(exporter("ndpi", protocol).flush(T0))
         assert [(r.fields[0][1], r.fields[1][1]) for records in decoded for r in records
-                if r.template_id == TYPE_INFORMATION] == [(e.id, 35632) for e in ntop][:count]
+                if r.template_id == TYPE_INFORMATION] == [(35632, e.id) for e in ntop][:count]
     for protocol in ("ipfix", "netflow9"):  # default.yaml: IANA elements only, no type records
         export = exporter("default", protocol)
         decoded = decode(export.export(flows, T0 + 2000) + export.flush(T0 + 2500))
-        assert {r.template_id for records in decoded for r in records} == {256, 257, STATISTICS}
+        assert {r.template_id for records in decoded for r in records} == {
+            256, 257, 262, 263, STATISTICS}
 
 
 # Byte for byte.

@@ -37,7 +37,6 @@ from pyprobe.stream import FlowStream  # noqa: E402
 from pyprobe.export.template import TEMPLATES, TemplateSet, load_templates  # noqa: E402
 
 PROTOCOLS = ("ipfix", "netflow9")
-TCP_UDP = (6, 17)
 ICMPV6 = 58
 REGISTRY = ElementRegistry.default()
 DEFAULT_TEMPLATES = load_templates(TEMPLATES / "default.yaml", REGISTRY)
@@ -96,9 +95,8 @@ def decode(datagrams: list[bytes]) -> list[list[Record]]:
 
 def meter_uniflows(flows: list[Flow], protocol: str) -> dict[Key, Counts]:
     """What a uniflow export should leave in nfdump: per one-way 5-tuple and VLAN, packets,
-    bytes, first and last ms. An ICMP record's destination port is its type·256 + code; nfcapd
-    also reads it so for any protocol but TCP and UDP in IPFIX (0), and as 0 for ICMPv6 in NFv9
-    (README, Collector notes)."""
+    bytes, first and last ms. An ICMP record's destination port is its type·256 + code, which
+    nfcapd reads as 0 for ICMPv6 in NFv9 (README, Collector notes)."""
     totals: dict[Key, Counts] = {}
     for flow in flows:
         ends = ((flow.src2dst, flow.src_addr, flow.dst_addr, flow.src_port, flow.dst_port),
@@ -108,8 +106,7 @@ def meter_uniflows(flows: list[Flow], protocol: str) -> dict[Key, Counts]:
                 continue
             if protocol == "netflow9" and flow.protocol == ICMPV6:
                 dport = 0
-            elif flow.protocol in ICMP_PROTOCOLS or (protocol == "ipfix"
-                                                     and flow.protocol not in TCP_UDP):
+            elif flow.protocol in ICMP_PROTOCOLS:
                 dport = direction.icmp_type_code
             add_uniflow(totals, (format_addr(src), format_addr(dst), sport, dport, flow.protocol,
                                  flow.vlan_id), direction.packets, direction.bytes,
@@ -208,7 +205,7 @@ def test_mtu_refresh_by_count_and_sequence_on_the_wire(protocol: str, tmp_path: 
     # IPFIX: flows in domain 1, the options in domain-0 messages of their own; NFv9: one stream.
     domains = [struct.unpack_from("!I", d, 12)[0] if protocol == "ipfix" else 1 for d in datagrams]
     data = [i for i, domain in enumerate(domains) if domain]
-    assert (len(data), len(datagrams)) == ((52, 56) if protocol == "ipfix" else (49, 49))
+    assert (len(data), len(datagrams)) == ((50, 54) if protocol == "ipfix" else (45, 45))
     refreshes = [n for n, i in enumerate(data)
                  if str(TEMPLATE_SETS[protocol][0]) in frames[i][2].split(",")]
     assert refreshes == [*range(0, len(data) - 1, 20), len(data) - 1]

@@ -177,7 +177,7 @@ def test_an_installed_pyprobe_replays_runs_and_checks(venv: Path, tmp_path: Path
                      cwd=tmp_path, env=env)
     lines = replay.stdout.splitlines()
     assert (lines[:2], lines[3]) == (REPLAY_OUTPUT, "exported 6 flows as 11 records in 6 "
-                                                    "messages, 4176 octets, 0 send errors")
+                                                    "messages, 5579 octets, 0 send errors")
     with Nfcapd(tmp_path / "run") as nfcapd:
         run(pyprobe, "run", "--file", sample, "--collector", f"127.0.0.1:{nfcapd.port}",
             "--log-level", "warning", cwd=tmp_path, env=env)

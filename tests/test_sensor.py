@@ -389,7 +389,8 @@ def test_run_on_a_capture_file_exports_what_replay_meters() -> None:
                 decoded += collector.feed(*sink.recvfrom(65535))
     flows = sorted((f["sourceTransportPort"], f["destinationTransportPort"], f["packetDeltaCount"],
                     f["octetDeltaCount"], f["flowEndReason"], f["flowStartMilliseconds"])
-                   for f in (r.as_dict()["fields"] for r in decoded if r.template_id in (256, 257)))
+                   for f in (r.as_dict()["fields"] for r in decoded
+                             if r.template_id in (256, 257, 262, 263)))
     assert flows == [
         (0, 0, 3, 120, 4, 1_700_000_001_015), (0, 2048, 3, 120, 4, 1_700_000_001_000),
         (53, 53000, 1, 73, 4, 1_700_000_000_012), (80, 40000, 3, 188, 3, 1_700_000_000_120),

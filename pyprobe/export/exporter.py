@@ -42,11 +42,13 @@ from .template import CompiledTemplate, TemplateError, TemplateSet
 
 PROTOCOLS: dict[str, Protocol] = {"ipfix": IPFIX, "netflow9": NETFLOW9}
 # What Exporter.problems counts: what did not fit its wire fields, and how it was sent.
-NO_TEMPLATE = "flows not sent: no template for their IP version"
+NO_TEMPLATE = "flows not sent: no template for their IP version and protocol"
 TIME_PAST = "flows not sent: times past what the protocol carries"
 CUT = "records with strings cut to fit the mtu"
 CLAMPED = "records with values clamped to their field's width"
+NARROWED = "records with strings cut to their field's width"
 EXPORT_TIME_CLAMPED = "messages with the export time clamped to 2106-02-07"
+NOT_CHOSEN = object()  # Exporter._chosen: no flow of that address length and protocol yet
 
 
 class Exporter:
@@ -74,7 +76,7 @@ class Exporter:
         self.boot_ms = boot_ms
         self.stats = ExportStats(exporting_process_id=process_id)
         self.problems: Counter[str] = Counter()
-        """What did not fit its wire field (NO_TEMPLATE, TIME_PAST, CUT, CLAMPED,
+        """What did not fit its wire field (NO_TEMPLATE, TIME_PAST, CUT, CLAMPED, NARROWED,
         EXPORT_TIME_CLAMPED), counted."""
         self._data_channel = _Channel(MessageBuilder(self.protocol, mtu_bytes), observation_domain)
         # IPFIX: the exporting process's options (statistics, RFC 5610 types) go in messages of
@@ -106,7 +108,7 @@ class Exporter:
         # IPFIX strings are as long as their values).
         largest = max([c.min_length for c in self._data.values()]
                       + [len(record) for _, record, _ in self._template_records]
-                      + [len(record) for _, record, _ in self._options_records()]
+                      + [len(record) for _, record, _ in self._options_records(0)]
                       + [c.record_length for c in names])
         overhead = self.protocol.header_length + 4 + 3 * self.protocol.pad_sets
         self._record_room = mtu_bytes - overhead  # the longest record a message can hold
@@ -115,17 +117,22 @@ class Exporter:
 
     def _compile_data(self) -> None:
         """The data templates compiled for `boot_ms`, and the flow times they can carry."""
-        self._data = {t.ip_version: t.compile(self.protocol, boot_ms=self.boot_ms,
-                                              registry=self.registry)
-                      for t in reversed(self.templates.templates)}
-        self._by_version: dict[int, CompiledTemplate | None] = {
-            length: self._data.get(version) or self._data.get(None)
-            for length, version in ((4, 4), (16, 6))}
-        """By address length: the compiled template of its flows (None: no template)."""
+        self._data = {t.id: t.compile(self.protocol, boot_ms=self.boot_ms, registry=self.registry)
+                      for t in self.templates.templates}
+        self._chosen: dict[tuple[int, int], CompiledTemplate | None] = {}
+        """By address length and IP protocol: the compiled template of those flows (None: no
+        template), filled as flows come (`_choose`)."""
         end_ms = self.protocol.last_flow_ms + 1
         self._times = ((self.boot_ms, min(self.boot_ms + UPTIME_WINDOW_MS, end_ms))
                        if self.protocol is NETFLOW9 else (0, end_ms))
         """The flow times the data templates can carry: [first, end)."""
+
+    def _choose(self, flow: Flow) -> CompiledTemplate | None:
+        """The compiled template of the flow's address length and protocol, chosen once."""
+        template = self.templates.for_flow(flow)
+        compiled = self._chosen[len(flow.src_addr), flow.protocol] = (
+            None if template is None else self._data[template.id])
+        return compiled
 
     def _reboot(self, flow: Flow, now_ms: int, out: list[bytes]) -> None:
         """NFv9: a new boot time for a flow outside sysUpTime's window of the current one."""
@@ -145,7 +152,7 @@ class Exporter:
         """Adds the flows' records; returns the messages that filled up."""
         out: list[bytes] = []
         uniflow = not self.templates.biflow
-        by_version, add = self._by_version, self._add_record
+        chosen, add = self._chosen, self._add_record
         first_ms, end_ms = self._times
         named = None if self._application_names is None else self._named
         for flow in flows:
@@ -155,8 +162,10 @@ class Exporter:
                     self._not_sent(flow, now_ms, TIME_PAST)
                     continue
                 self._reboot(flow, now_ms, out)
-                by_version, (first_ms, end_ms) = self._by_version, self._times
-            compiled = by_version[len(flow.src_addr)]
+                chosen, (first_ms, end_ms) = self._chosen, self._times
+            compiled = chosen.get((len(flow.src_addr), flow.protocol), NOT_CHOSEN)
+            if compiled is NOT_CHOSEN:
+                compiled = self._choose(flow)
             if compiled is None:
                 self._not_sent(flow, now_ms, NO_TEMPLATE)
                 continue
@@ -172,15 +181,16 @@ class Exporter:
 
     def _add_record(self, compiled: CompiledTemplate, flow: Flow, this: object, other: object,
                     ends: tuple, now_ms: int, out: list[bytes]) -> None:
-        """Encodes and adds one data record; a value its field cannot carry is clamped, and
-        strings that would make the record longer than a message are cut (both counted)."""
+        """Encodes and adds one data record; a value its field cannot carry is clamped, a
+        string longer than its fixed width cut, and strings that would make the record longer
+        than a message are cut (each counted)."""
         try:
             record = compiled.encode(flow, this, other, ends)
         except (struct.error, OverflowError):
             record = b""  # re-encoded below, fitted
         if not record or len(record) > self._record_room:
-            record, clamped, cut = compiled.fitted(flow, this, other, ends, self._record_room)
-            for problem, happened in ((CLAMPED, clamped), (CUT, cut)):
+            record, *happened = compiled.fitted(flow, this, other, ends, self._record_room)
+            for problem, happened in zip((CLAMPED, CUT, NARROWED), happened):
                 if happened:
                     self.problems[problem] += 1
         self._add(compiled.id, record, now_ms, out)
@@ -207,8 +217,6 @@ class Exporter:
         stats.not_sent_flows += 1
         stats.not_sent_packets += flow.bidirectional_packets
         stats.not_sent_octets += flow.bidirectional_bytes
-        stats.first_not_sent_ms = stats.first_not_sent_ms or now_ms
-        stats.last_not_sent_ms = now_ms
 
     def _add(self, set_id: int, record: bytes, now_ms: int, out: list[bytes]) -> None:
         """Adds a data record (one a message can hold), sending the messages it fills."""
@@ -242,15 +250,16 @@ class Exporter:
                 self._named.clear()  # names go out again, each before its next flow
             for set_id, record, data in () if self.session else self._template_records:
                 self._put(self._data_channel, set_id, record, data, now_ms, out)
-            for set_id, record, data in self._options_records(templates=not self.session):
+            for set_id, record, data in self._options_records(now_ms, templates=not self.session):
                 self._put(self._options_channel, set_id, record, data, now_ms, out)
             self._messages_since_templates = 0  # counted from the message the refresh ends in
 
-    def _options_records(self, templates: bool = True) -> list[tuple[int, bytes, bool]]:
+    def _options_records(self, now_ms: int, templates: bool = True) -> list[tuple[int, bytes, bool]]:
         """Options templates, then options data: statistics as of now, and the type records."""
         statistics = self._options[0]
         return [*(self._options_template_records if templates else ()),
-                (statistics.id, statistics.encode_values(statistics_values(self.stats)), True),
+                (statistics.id, statistics.encode_values(statistics_values(self.stats, now_ms)),
+                 True),
                 *self._type_records]
 
     def template_messages(self, now_ms: int) -> list[bytes]:

@@ -1,7 +1,8 @@
 """NetFlow v9 (RFC 3954): its header, flowset ids, field types and sequence rule.
 
 NFv9 has no enterprise numbers and no variable-length fields: ntop elements go as type 57472 + n,
-strings as fixed-width NUL-padded fields (the template's length, else nProbe's width), and flow
+strings as fixed-width NUL-padded fields (the template's netflow9_length, else its length, else
+nProbe's width; a longer value is cut and counted), and flow
 times as FIRST_SWITCHED / LAST_SWITCHED (flowStart/EndSysUpTime, 22/21): milliseconds of
 sysUpTime, counted from the exporter's boot time, which the exporter picks as a whole second no
 later than the first flow's start, so they are never negative.
@@ -74,12 +75,15 @@ class Netflow9(Protocol):
         if element.netflow9_type is None:
             raise TemplateError(f"{where}: {element.name} (PEN {element.pen}) has no NetFlow v9 "
                                 f"field type: NetFlow v9 carries IANA and ntop elements only")
+        if field.netflow9_length is not None:
+            return TemplateField(element, field.netflow9_length, field.expression)
         if field.length == VARLEN:
             width = NETFLOW9_WIDTHS.get(element.name, element.default_length)
             if width != VARLEN:
                 return TemplateField(element, width, field.expression)
             raise TemplateError(f"{where}: {element.name} needs a length in NetFlow v9, which "
-                                f"has no variable-length fields: write {{name: {element.name}, length: N}}")
+                                f"has no variable-length fields: write {{name: {element.name}, "
+                                f"netflow9_length: N}}")
         if element.name in SYSUPTIME_ELEMENTS:
             return TemplateField(context["registry"][SYSUPTIME_ELEMENTS[element.name]], 4,
                                  f"(({field.expression}) - {context['boot_ms']}) & 0xFFFFFFFF")

@@ -207,8 +207,6 @@ class NtopngExporter:
                 stats.not_sent_flows += 1
                 stats.not_sent_packets += flow.bidirectional_packets
                 stats.not_sent_octets += flow.bidirectional_bytes
-                stats.first_not_sent_ms = stats.first_not_sent_ms or now_ms
-                stats.last_not_sent_ms = now_ms
                 continue
             if self._size + len(record) > room or len(records) == MAX_RECORDS:
                 out.append(self._finish_flows())

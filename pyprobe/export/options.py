@@ -1,12 +1,15 @@
 """Options records the exporter sends with every template refresh (RFC 7011 §4, RFC 5610).
 
 - Exporting-process statistics: scope exportingProcessId; messages, flow records and octets
-  exported, packets and octets the meter ignored (undecodable frames), flows not sent; and the
-  capture's counters from libpcap: frames received (layer2FrameTotalCount), dropped by the
-  kernel for want of buffer (ignoredLayer2FrameTotalCount) and by the interface
+  exported, packets and octets the meter ignored (undecodable frames), flows not sent, the time
+  of the statistics (observationTimeMilliseconds: the export clock, the header's export time);
+  and the capture's counters from libpcap: frames received (layer2FrameTotalCount), dropped by
+  the kernel for want of buffer (ignoredLayer2FrameTotalCount) and by the interface
   (droppedPacketTotalCount); 0 for a capture file.
 - RFC 5610 type information, IPFIX only: for every enterprise element the templates use, its
-  data type, semantics and name, so generic collectors (libfixbuf, ipfixcol2) can decode it.
+  PEN and id (the scope), data type, semantics, units, range (0-0: none) and name, and an empty
+  description: the fields libfixbuf's reader wants all of (`ipfixDump --rfc5610`), in YAF's
+  order, so generic collectors (libfixbuf, ipfixcol2) can decode it.
 - Application names (RFC 6759), when the templates send applicationId: one record per id seen,
   its applicationName and applicationDescription, scoped by the observation domain (NFv9: System).
   This is the layout nfdump 1.7 reads in both protocols: fixed-width fields (it places option
@@ -38,6 +41,9 @@ DATA_TYPE_CODES = {name: code for code, name in enumerate((
 SEMANTICS_CODES = {name: code for code, name in enumerate((
     "default", "quantity", "totalCounter", "deltaCounter", "identifier", "flags", "list",
     "snmpCounter", "snmpGauge"))}
+UNITS_CODES = {name: code for code, name in enumerate((  # IANA "... Units" (RFC 5610 §3.5)
+    "", "bits", "octets", "packets", "flows", "seconds", "milliseconds", "microseconds",
+    "nanoseconds", "4-octet words", "messages", "hops", "entries", "frames", "ports", "inferred"))}
 
 
 @dataclass
@@ -53,23 +59,26 @@ class ExportStats:
     not_sent_flows: int = 0
     not_sent_packets: int = 0
     not_sent_octets: int = 0
-    first_not_sent_ms: int = 0
-    last_not_sent_ms: int = 0
     captured_frames: int = 0
     capture_dropped_frames: int = 0
     interface_dropped_packets: int = 0
 
 
-STATISTICS_FIELDS = (  # in ExportStats' order; the first is the scope
-    "exportingProcessId", "exportedMessageTotalCount", "exportedFlowRecordTotalCount",
-    "exportedOctetTotalCount", "ignoredPacketTotalCount", "ignoredOctetTotalCount",
-    "notSentFlowTotalCount", "notSentPacketTotalCount", "notSentOctetTotalCount",
-    "observationTimeMilliseconds", "observationTimeMilliseconds",  # first and last not sent
-    "layer2FrameTotalCount", "ignoredLayer2FrameTotalCount", "droppedPacketTotalCount",
+STATISTICS_FIELDS = (  # (element, its ExportStats counter; None: the time); the first is the scope
+    ("exportingProcessId", "exporting_process_id"), ("exportedMessageTotalCount", "messages"),
+    ("exportedFlowRecordTotalCount", "flow_records"), ("exportedOctetTotalCount", "octets"),
+    ("ignoredPacketTotalCount", "ignored_packets"), ("ignoredOctetTotalCount", "ignored_octets"),
+    ("notSentFlowTotalCount", "not_sent_flows"), ("notSentPacketTotalCount", "not_sent_packets"),
+    ("notSentOctetTotalCount", "not_sent_octets"), ("observationTimeMilliseconds", None),
+    ("layer2FrameTotalCount", "captured_frames"),
+    ("ignoredLayer2FrameTotalCount", "capture_dropped_frames"),
+    ("droppedPacketTotalCount", "interface_dropped_packets"),
 )
-TYPE_INFORMATION_FIELDS = ("informationElementId", "privateEnterpriseNumber",
+TYPE_INFORMATION_FIELDS = ("privateEnterpriseNumber", "informationElementId",  # the scope
                            "informationElementDataType", "informationElementSemantics",
-                           "informationElementName")
+                           "informationElementUnits", "informationElementRangeBegin",
+                           "informationElementRangeEnd", "informationElementName",
+                           "informationElementDescription")
 
 APPLICATION_NAMES_FIELDS = ("observationDomainId", "applicationId", "applicationName",
                             "applicationDescription")
@@ -86,7 +95,7 @@ def _options_template(template_id: int, name: str, fields: tuple[str, ...], scop
 
 def statistics_template(registry: ElementRegistry) -> Template:
     return _options_template(STATISTICS_TEMPLATE_ID, "exporting_process_statistics",
-                             STATISTICS_FIELDS, 1, registry)
+                             tuple(element for element, _ in STATISTICS_FIELDS), 1, registry)
 
 
 def type_information_template(registry: ElementRegistry) -> Template:
@@ -107,15 +116,17 @@ def application_names_values(domain: int, application_id: bytes, name: str) -> t
     return domain, application_id, name, f"nDPI protocol {int.from_bytes(application_id[1:], 'big')}"
 
 
-def statistics_values(stats: ExportStats) -> tuple:
-    """The record's values in field order (astuple's deep copies cost 10x); the counters are
-    totalCounters, which wrap at 2^64 (RFC 7012 §3.2.3)."""
-    return tuple(value % 2**64 for value in vars(stats).values())
+def statistics_values(stats: ExportStats, now_ms: int) -> tuple:
+    """The record's values in field order, as of `now_ms`; the counters are totalCounters, which
+    wrap at 2^64 (RFC 7012 §3.2.3)."""
+    return tuple(now_ms if counter is None else getattr(stats, counter) % 2**64
+                 for _, counter in STATISTICS_FIELDS)
 
 
 def type_information_values(ie: InformationElement) -> tuple:
-    return (ie.id, ie.pen, DATA_TYPE_CODES[ie.data_type.name], SEMANTICS_CODES.get(ie.semantics, 0),
-            ie.name)
+    """An element's RFC 5610 record: no range known (0-0), no description."""
+    return (ie.pen, ie.id, DATA_TYPE_CODES[ie.data_type.name], SEMANTICS_CODES.get(ie.semantics, 0),
+            UNITS_CODES[ie.units], 0, 0, ie.name, "")
 
 
 def enterprise_elements(templates: tuple[Template, ...]) -> tuple[InformationElement, ...]:

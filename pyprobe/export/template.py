@@ -1,7 +1,9 @@
 """Templates: which Information Elements go in a record, loaded from YAML and compiled per protocol.
 
-A template file lists templates; each names its elements in wire order (the built-in ones are in
-`TEMPLATES`, this package's `templates/`: default.yaml, ndpi.yaml, biflow.yaml). Loading
+A template file lists templates; each says which flows it carries (`match`: IP version, IP
+protocols; a flow takes the first that matches) and names its elements in wire order (the
+built-in ones are in `TEMPLATES`, this package's `templates/`: default.yaml, ndpi.yaml,
+biflow.yaml). Loading
 resolves every name in the `ElementRegistry`, checks the length against the element's type and
 that `fields.py` knows how to read it, and reports the file, the entry and what was expected.
 `Template.compile(protocol)` then fixes the wire layout once: the fields' expressions (fields.py)
@@ -11,10 +13,10 @@ become one function that returns a record's values, runs of fixed-width fields o
 >>> from pyprobe.export.elements import ElementRegistry
 >>> from pyprobe.export.ipfix import IPFIX
 >>> templates = load_templates(TEMPLATES / "default.yaml", ElementRegistry.default())
->>> [(t.id, t.name, t.ip_version, len(t.fields)) for t in templates.templates]
-[(256, 'ipv4_flow', 4, 18), (257, 'ipv6_flow', 6, 18)]
->>> templates.templates[0].compile(IPFIX).record_length
-57
+>>> [(t.id, t.name, t.ip_version, t.protocols, len(t.fields)) for t in templates.templates]
+[(262, 'ipv4_icmp_flow', 4, frozenset({1}), 18), (263, 'ipv6_icmp_flow', 6, frozenset({58}), 18), (256, 'ipv4_flow', 4, None, 17), (257, 'ipv6_flow', 6, None, 17)]
+>>> templates.templates[2].compile(IPFIX).record_length
+54
 """
 from __future__ import annotations
 
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
 TEMPLATES = Path(__file__).resolve().parent / "templates"  # the built-in template files
 MIN_TEMPLATE_ID = 256  # RFC 7011 §3.4.1: 0-255 are set ids
 MAX_FIELDS = 512  # fields of a template (ndpi.yaml has 35; what `pyprobe collect` keeps too)
-MATCH_KEYS = {"ip_version": (4, 6)}
 # Struct codes of reduced-size encoding (RFC 7011 §6.2), by signedness and octets.
 REDUCED_CODES = {(False, 1): "B", (False, 2): "H", (False, 4): "I", (False, 8): "Q",
                  (True, 1): "b", (True, 2): "h", (True, 4): "i", (True, 8): "q"}
@@ -56,11 +57,14 @@ class TemplateField:
     element: InformationElement
     length: int  # VARLEN: IPFIX variable-length encoding
     expression: str | None  # over fields.PARAMETERS and DERIVED; None where values are given (options)
+    netflow9_length: int | None = None  # a string's width in NetFlow v9 (None: `length`, else
+    # the element's default width)
 
 
 @dataclass(frozen=True)
 class Template:
-    """A named list of fields, for the flows of one IP version (or all when ip_version is None)."""
+    """A named list of fields, for the flows its match accepts: of one IP version and of some
+    IP protocols (None: any)."""
 
     id: int
     name: str
@@ -68,6 +72,12 @@ class Template:
     fields: tuple[TemplateField, ...]
     where: str  # "file: templates[i]", for error messages
     scope_count: int = 0  # options templates: the first fields are the scope
+    protocols: frozenset[int] | None = None
+
+    def matches(self, ip_version: int, protocol: int) -> bool:
+        """Whether the template carries flows of this IP version and protocol."""
+        return (self.ip_version in (None, ip_version)
+                and (self.protocols is None or protocol in self.protocols))
 
     def compile(self, protocol: Protocol, **context: Any) -> CompiledTemplate:
         """The wire layout of this template in `protocol` (context: NFv9's boot_ms, and the
@@ -85,12 +95,8 @@ class TemplateSet:
     path: str
 
     def for_flow(self, flow: Flow) -> Template | None:
-        """The first template whose match accepts the flow."""
-        version = flow.ip_version
-        for template in self.templates:
-            if template.ip_version in (None, version):
-                return template
-        return None
+        """The first template whose match accepts the flow (None: no template carries it)."""
+        return next((t for t in self.templates if t.matches(flow.ip_version, flow.protocol)), None)
 
 
 class CompiledTemplate:
@@ -145,32 +151,47 @@ class CompiledTemplate:
         return b"".join(out)
 
     def fitted(self, flow: Flow, this: Any, other: Any, ends: tuple, room: int
-               ) -> tuple[bytes, bool, bool]:
+               ) -> tuple[bytes, bool, bool, bool]:
         """The record `encode` could not make (a value beyond its field's width) or made longer
-        than `room` octets: integers clamped to their fields' widths, then variable-length
-        values cut, the longest first and text on a character boundary, until it fits; with
-        whether values were clamped and whether values were cut."""
+        than `room` octets: integers clamped to their fields' widths, strings cut to their
+        fixed widths, then variable-length values cut, the longest first, until it fits (text
+        on a character boundary); with whether values were clamped, cut to fit `room`, and cut
+        to their fixed widths."""
         if self._values is None:
             self._values = _compile_function("values", self.fields, [
                 "(" + "".join(f"{f.expression}, " for f in self.fields) + ")"])
         values = list(self._values(flow, this, other, ends))
-        clamped = False
+        clamped = narrowed = False
         for index, field in enumerate(self.fields):
             bounds = field_bounds(field)
             if bounds is not None and not bounds[0] <= values[index] <= bounds[1]:
                 values[index] = min(max(values[index], bounds[0]), bounds[1])
                 clamped = True
+            elif field.element.data_type.variable and field.length != VARLEN:
+                value = _utf8(values[index])
+                if len(value) > field.length:
+                    values[index], narrowed = _cut(field, value, field.length), True
         varlen = [i for packer, i, _ in self._parts if packer is None]
         texts = {i: _utf8(values[i]) for i in varlen}
         cap = _varlen_cap([len(texts[i]) for i in varlen], room - self.record_length)
         cut = False
         for i in varlen:
             if len(texts[i]) > cap:
-                value = texts[i][:cap]
-                if self.fields[i].element.data_type.name == "string":
-                    value = value.decode("utf-8", "ignore").encode()
-                values[i], cut = value, True
-        return self.encode_values(values), clamped, cut
+                values[i], cut = _cut(self.fields[i], texts[i], cap), True
+        return self.encode_values(values), clamped, cut, narrowed
+
+
+def _cut(field: TemplateField, value: bytes, length: int) -> bytes:
+    """The value's first `length` octets; text cut on a character boundary."""
+    value = value[:length]
+    return value.decode("utf-8", "ignore").encode() if field.element.data_type.name == "string" else value
+
+
+def _within(value: bytes, width: int) -> bytes:
+    """A fixed-width string's value; OverflowError when it is longer (`fitted` cuts it)."""
+    if len(value) > width:
+        raise OverflowError(f"{len(value)} octets in a field of {width}")
+    return value
 
 
 def field_bounds(field: TemplateField) -> tuple[int, int] | None:
@@ -231,7 +252,8 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
     A run of parts that reads only nDPI's labels is encoded once for the last labels seen (a
     flow's two records share them; the flows nDPI did not see all have NO_DPI's).
     """
-    namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8}
+    namespace: dict[str, Any] = {"_SHORT": SHORT_LENGTHS, "_long": _long_varlen, "_utf8": _utf8,
+                                 "_within": _within}
     body: list[str] = []
     pieces: list[str] = []
     run: tuple[list[str], list[str]] = ([], [])  # the lines and pieces of a run of labels
@@ -261,8 +283,8 @@ def _compile_encoder(fields: Sequence[TemplateField], parts: tuple) -> Callable[
             part = [head, value]
         else:
             namespace[f"_pack{first}"] = packer.pack
-            values = (f"_utf8({f.expression})" if f.element.data_type.variable else
-                      f"({f.expression})" for f in fields[first:end])
+            values = (f"_within(_utf8({f.expression}), {f.length})" if f.element.data_type.variable
+                      else f"({f.expression})" for f in fields[first:end])
             part = [f"_pack{first}({', '.join(values)})"]
         if labels_only(fields[first]):
             run[0].extend(lines)
@@ -347,19 +369,29 @@ def _template(entry: Any, where: str, registry: ElementRegistry) -> Template:
         raise TemplateError(f"{where}: id: expected an integer from 256 to 65535, {_got(entry, 'id')}")
     match = entry.get("match") or {}
     if not isinstance(match, dict):
-        raise TemplateError(f"{where}: match: expected a mapping such as {{ip_version: 4}}, got {match!r}")
-    for key, value in match.items():
-        if key not in MATCH_KEYS or value not in MATCH_KEYS[key]:
-            raise TemplateError(f"{where}: match: expected ip_version: 4 or 6, got {key}: {value!r}")
+        raise TemplateError(f"{where}: match: expected a mapping such as {{ip_version: 4, "
+                            f"protocol: [1]}}, got {match!r}")
+    unknown = set(match) - {"ip_version", "protocol"}
+    if unknown:
+        raise TemplateError(f"{where}: match: unknown key {sorted(unknown, key=str)[0]!r} "
+                            f"(expected ip_version, protocol)")
+    version = match.get("ip_version")
+    if version is not None and (type(version) is not int or version not in (4, 6)):
+        raise TemplateError(f"{where}: match: expected ip_version: 4 or 6, got ip_version: {version!r}")
+    protocols = match.get("protocol")
+    if protocols is not None and (not isinstance(protocols, list) or not protocols or any(
+            type(p) is not int or not 0 <= p <= 255 for p in protocols)):
+        raise TemplateError(f"{where}: match: protocol: expected a list of IP protocol numbers "
+                            f"(0 to 255) such as [1] or [6, 17], got {protocols!r}")
     fields = entry.get("fields")
     if not isinstance(fields, list) or not fields:
         raise TemplateError(f"{where}: fields: expected a list of element names, {_got(entry, 'fields')}")
     if len(fields) > MAX_FIELDS:
         raise TemplateError(f"{where}: fields: got {len(fields)}, expected at most {MAX_FIELDS}")
     return Template(template_id, str(entry.get("name", f"template_{template_id}")),
-                    match.get("ip_version"),
+                    version,
                     tuple(_field(item, f"{where}.fields[{i}]", registry) for i, item in enumerate(fields)),
-                    where)
+                    where, protocols=None if protocols is None else frozenset(protocols))
 
 
 def _got(mapping: dict, key: str) -> str:
@@ -369,11 +401,13 @@ def _got(mapping: dict, key: str) -> str:
 
 def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
     if isinstance(item, str):
-        name, length = item, None
-    elif isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= {"name", "length"}:
-        name, length = item["name"], item.get("length")
+        name, length, netflow9_length = item, None, None
+    elif isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= {
+            "name", "length", "netflow9_length"}:
+        name, length, netflow9_length = item["name"], item.get("length"), item.get("netflow9_length")
     else:
-        raise TemplateError(f"{where}: expected an element name or {{name: ..., length: N}}, got {item!r}")
+        raise TemplateError(f"{where}: expected an element name or {{name: ..., length: N, "
+                            f"netflow9_length: N}}, got {item!r}")
     try:
         element = registry[name]
     except KeyError as error:
@@ -392,7 +426,12 @@ def _field(item: Any, where: str, registry: ElementRegistry) -> TemplateField:
         expected = (f"1 to {VARLEN} octets, {VARLEN} or none for variable-length" if data_type.variable
                     else f"{data_type.length} octets{', or fewer (1, 2, 4)' if data_type.reducible else ''}")
         raise TemplateError(f"{where}: length {length!r} does not fit {name} ({data_type.name}, {expected})")
-    return TemplateField(element, length, expression)
+    if netflow9_length is not None and (not element.data_type.variable or type(netflow9_length)
+                                        is not int or not 0 < netflow9_length < VARLEN):
+        raise TemplateError(f"{where}: netflow9_length {netflow9_length!r} does not fit {name} "
+                            f"({element.data_type.name}; expected 1 to {VARLEN - 1} octets, for "
+                            f"strings and octet arrays only)")
+    return TemplateField(element, length, expression, netflow9_length)
 
 
 def natural_length(element: InformationElement) -> int:
