@@ -269,7 +269,7 @@ def test_protocol_aliases_in_the_file(tmp_path: Path) -> None:
 EXIT_STATUSES = [  # argv (SINK: a listening port, CLOSED: none), exit status, a line it writes
     (["replay", str(SAMPLE)], 0, r"\d+\.\d{3} s, \d+ packets/s"),
     (["-r", str(SAMPLE), "--no-dpi", "-n", "SINK", "-v", "9"], 0,
-     "exported 6 flows as 11 records in 3 messages, 1332 octets, 0 send errors"),
+     "exported 6 flows as 11 records in 3 messages, 1568 octets, 0 send errors"),
     (["replay", str(SAMPLE), "--no-dpi", "-n", "CLOSED"], 1,
      r"pyprobe: error: [1-9]\d* of \d+ messages could not be sent \(the log says why\)"),
     (["replay", "missing.pcap"], 2, "pyprobe: error: missing.pcap: no such capture file"),
