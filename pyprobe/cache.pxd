@@ -19,7 +19,8 @@ cdef class FlowCache:
     cdef public object classifier, plugins, _hooks
     cdef public long long now_ms, flows_created, _next_scan_ms
     cdef public list expired
-    cdef public object _flows, _closing
+    cdef public object _flows, _closing, interface
+    cdef public bint link_layer
 
     @cython.locals(read=cython.longlong, time_ms=cython.longlong,
                    octets="const unsigned char *", at=cython.Py_ssize_t, size=cython.Py_ssize_t)
@@ -28,7 +29,7 @@ cdef class FlowCache:
 
     cpdef bint batch_due(self, long long tick_ms)
 
-    cpdef add(self, packet)
+    cpdef add(self, packet, Decoder decoder=*)
 
     @cython.locals(packet_ms=cython.longlong, src_is_first=cython.bint, flow=FlowCore,
                    lru=FlowCore, key=bytes)
@@ -36,6 +37,8 @@ cdef class FlowCache:
                 long long dst_port, long long protocol, long long vlan_id, long long size,
                 long long ttl, long long tos, long long flags, long long icmp_type_code,
                 long long tunnel_id, packet, Decoder decoder, bytes frame)
+
+    cdef _link(self, Decoder decoder, bytes frame)
 
     @cython.locals(lru=FlowCore)
     cpdef _evict(self, long long time_ms)

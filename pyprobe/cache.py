@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from .flow import TH_FIN, TH_RST, Direction, EndReason, Flow, Packet, add_square, count_flags
+from .flow import (NO_INTERFACE, NO_LINK, TH_FIN, TH_RST, Direction, EndReason, Flow, Interface,
+                   LinkHeader, Packet, add_square, count_flags)
 
 if TYPE_CHECKING:
     from .decode import Decoder
@@ -124,12 +125,13 @@ class FlowCache:
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
                  "classifier", "plugins", "now_ms", "expired", "flows_created",
-                 "_flows", "_closing", "_next_scan_ms", "_hooks")
+                 "_flows", "_closing", "_next_scan_ms", "_hooks", "link_layer", "interface")
 
     def __init__(self, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
                  active_timeout_s: float = ACTIVE_TIMEOUT_S, max_flows: int = MAX_FLOWS,
                  close_linger_s: float = CLOSE_LINGER_S,
-                 classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = ()) -> None:
+                 classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = (),
+                 link_layer: bool = False) -> None:
         self.idle_timeout_ms = min(round(idle_timeout_s * 1000), MAX_TIMEOUT_MS)
         self.active_timeout_ms = min(round(active_timeout_s * 1000), MAX_TIMEOUT_MS)
         self.close_linger_ms = min(round(close_linger_s * 1000), MAX_TIMEOUT_MS)
@@ -147,6 +149,11 @@ class FlowCache:
         """The live flows that are closing, by key, in end_by_ms order (the linger is constant):
         a flow that ends otherwise leaves it, so it never holds more than the live flows."""
         self._next_scan_ms = 0
+        self.link_layer = link_layer
+        """Whether each flow direction keeps its first frame's MAC addresses and MPLS labels
+        (`Direction.link`; else NO_LINK): the decoder reads them only then."""
+        self.interface: Interface = NO_INTERFACE
+        """Where the packets metered now were captured (`Direction.interface` of new ones)."""
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -184,7 +191,7 @@ class FlowCache:
             else:
                 packet = decoder.decode(time_ms, frame)
                 if packet is not None:
-                    self.add(packet)
+                    self.add(packet, decoder)
             if read >= limit or self.batch_due(tick_ms):
                 break
         return read, None
@@ -194,19 +201,20 @@ class FlowCache:
         at `tick_ms`."""
         return len(self.expired) >= BATCH_FLOWS or self.now_ms >= tick_ms
 
-    def add(self, packet: Packet) -> None:
-        """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
+    def add(self, packet: Packet, decoder: Decoder | None = None) -> None:
+        """Meters one packet: updates or starts its flow, ending flows the packet shows are over.
+        `decoder`, the one that made it, reads its link layer when `link_layer` asks for it."""
         (time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos, flags,
-         icmp_type_code, tunnel_id, _, _) = packet
+         icmp_type_code, tunnel_id, frame, _) = packet
         self._meter(time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos,
-                    flags, icmp_type_code, tunnel_id, packet, None, None)
+                    flags, icmp_type_code, tunnel_id, packet, decoder, frame)
 
     def _meter(self, time_ms: int, src: bytes, dst: bytes, src_port: int, dst_port: int,
                protocol: int, vlan_id: int, size: int, ttl: int, tos: int, flags: int,
                icmp_type_code: int, tunnel_id: int, packet: Packet | None,
                decoder: Decoder | None, frame: bytes | None) -> None:
         """`add`, from a packet's values. A packet of None stands for the frame `decoder`
-        parsed: its Packet is made only for a hook."""
+        parsed: its Packet is made only for a hook. `frame` is the packet's."""
         packet_ms = time_ms  # the time of a Packet made below: its own, not the clock's
         if time_ms > self.now_ms:
             self.now_ms = time_ms
@@ -228,7 +236,8 @@ class FlowCache:
             else:
                 if not count(flow, src_is_first, time_ms, size, ttl, flags):
                     flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
-                                             tunnel_id)  # the first reply
+                                             tunnel_id, self.interface,
+                                             self._link(decoder, frame))  # the first reply
                 if flags & CLOSE_FLAGS and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)
@@ -242,7 +251,8 @@ class FlowCache:
         self.flows_created += 1
         flow = Flow(self.flows_created, key, src_is_first,
                     (src, dst, src_port, dst_port, protocol, vlan_id),
-                    Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id),
+                    Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id,
+                              self.interface, self._link(decoder, frame)),
                     time_ms + self.active_timeout_ms)
         flows[key] = flow
         if flags & CLOSE_FLAGS:
@@ -251,6 +261,12 @@ class FlowCache:
             if packet is None:
                 packet = decoder.packet(packet_ms, frame)
             self._started(packet, flow)
+
+    def _link(self, decoder: Decoder | None, frame: bytes | None) -> LinkHeader:
+        """The link layer a new flow direction keeps: its frame's when `link_layer` is on."""
+        if self.link_layer and decoder is not None:
+            return decoder.link_header(frame)
+        return NO_LINK
 
     def _evict(self, time_ms: int) -> None:
         """Makes room for a new flow: the least recently used one ends, for the deadline it is

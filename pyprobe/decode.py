@@ -28,7 +28,7 @@ import struct
 from collections import Counter, OrderedDict
 
 from .errors import CaptureError
-from .flow import Packet
+from .flow import MPLS_LABELS, NO_LINK, LinkHeader, Packet
 
 # Link-layer types (LINKTYPE_* / DLT_* numbers) this decoder reads.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family, host byte order
@@ -104,11 +104,13 @@ class Decoder:
 
     `parse(frame)` reads the frames of the common shapes into the decoder's own fields (`size`
     to `address_size`) without making a Packet: the flow cache meters them from there.
+    `link_header(frame)` reads the frame's MAC addresses and MPLS labels, only when asked: the
+    cache asks for the first packet of a flow direction, when a template exports them.
     """
 
     __slots__ = ("linktype", "decode", "skipped", "skipped_octets", "_fragments", "ethernet",
                  "size", "protocol", "vlan_id", "ttl", "tos", "flags", "src_port", "dst_port",
-                 "ip_offset", "src_at", "address_size")
+                 "ip_offset", "src_at", "address_size", "_mpls_frame", "_mpls_at")
 
     def __init__(self, linktype: int) -> None:
         link = {
@@ -128,6 +130,8 @@ class Decoder:
         self.ethernet = linktype == LINKTYPE_ETHERNET
         self.size = self.protocol = self.vlan_id = self.ttl = self.tos = self.flags = 0
         self.src_port = self.dst_port = self.ip_offset = self.src_at = self.address_size = 0
+        self._mpls_frame: bytes | None = None  # the last frame with an MPLS label stack
+        self._mpls_at = 0  # where its stack starts
 
     def _skip(self, reason: str, frame: bytes) -> None:
         self.skipped[reason] += 1
@@ -190,6 +194,30 @@ class Decoder:
             self.src_port, self.dst_port, self.protocol, self.vlan_id, self.size, self.ttl,
             self.tos, self.flags, 0, 0, frame, self.ip_offset))
 
+    def link_header(self, frame: bytes) -> LinkHeader:
+        """The MAC addresses and MPLS labels (at most MPLS_LABELS, top first) of `frame`, the
+        frame this decoder read last: Ethernet's two addresses, Linux cooked captures' sender's
+        alone (the destination reads as zeros), none for the other link types."""
+        linktype = self.linktype
+        if linktype == LINKTYPE_ETHERNET:
+            src_mac, dst_mac = frame[6:12], frame[:6]
+        elif linktype == LINKTYPE_LINUX_SLL and frame[4] == 0 and frame[5] == 6:  # address length
+            src_mac, dst_mac = frame[6:12], NO_LINK.dst_mac
+        elif linktype == LINKTYPE_LINUX_SLL2 and frame[11] == 6:
+            src_mac, dst_mac = frame[12:18], NO_LINK.dst_mac
+        else:
+            src_mac = dst_mac = NO_LINK.src_mac
+        if self._mpls_frame is not frame:
+            return LinkHeader(src_mac, dst_mac, ())
+        labels = []
+        at = self._mpls_at
+        while len(labels) < MPLS_LABELS:  # decoding found the whole stack in the frame
+            labels.append(frame[at:at + 3])  # label, TC, bottom of stack: the entry less its TTL
+            if frame[at + 2] & 1:
+                break
+            at += 4
+        return LinkHeader(src_mac, dst_mac, tuple(labels))
+
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
         if self.parse(frame):
             return self.packet(time_ms, frame)
@@ -249,6 +277,7 @@ class Decoder:
                 vlan_id = vlan_id or tci & 0x0FFF
                 offset += 4
             elif ethertype == ETH_P_MPLS_UC or ethertype == ETH_P_MPLS_MC:
+                self._mpls_frame, self._mpls_at = frame, offset  # for link_header
                 while True:
                     if len(frame) < offset + 4:
                         return self._skip(TRUNCATED_LINK, frame)

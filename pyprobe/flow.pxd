@@ -13,6 +13,7 @@ cdef class Direction:
     cdef public long long fin_packets, syn_packets, rst_packets, psh_packets
     cdef public long long ack_packets, urg_packets, ece_packets, cwr_packets
     cdef public long long tcp_flags, min_ttl, max_ttl, tos, icmp_type_code, tunnel_id
+    cdef public object interface, link
 
 
 cpdef void count_flags(Direction direction, long long flags) noexcept
