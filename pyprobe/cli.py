@@ -36,7 +36,9 @@ log = logging.getLogger("pyprobe")
 # The settings replay takes from the schema: the meter's and the collectors'.
 REPLAY_SETTINGS = [key for _, key, _, _ in flags()
                    if key.startswith(("cache.", "dpi.", "collectors."))
-                   or key in ("capture.bpf", "capture.workers", "capture.skip_corrupt")]
+                   or key in ("capture.bpf", "capture.workers", "capture.skip_corrupt",
+                              "capture.ingress_interface", "capture.egress_interface",
+                              "capture.direction")]
 
 GC_THRESHOLD = 100_000  # allocations between the cyclic collector's youngest passes (700 by default)
 
