@@ -19,8 +19,9 @@ cdef class FlowCache:
     cdef public object classifier, plugins, _hooks
     cdef public long long now_ms, flows_created, _next_scan_ms
     cdef public list expired
-    cdef public object _flows, _closing, interface
+    cdef public object _flows, _closing
     cdef public bint link_layer
+    cdef public long long ingress_interface, egress_interface, flow_direction
 
     @cython.locals(read=cython.longlong, time_ms=cython.longlong,
                    octets="const unsigned char *", at=cython.Py_ssize_t, size=cython.Py_ssize_t)
@@ -32,13 +33,14 @@ cdef class FlowCache:
     cpdef add(self, packet, Decoder decoder=*)
 
     @cython.locals(packet_ms=cython.longlong, src_is_first=cython.bint, flow=FlowCore,
-                   lru=FlowCore, key=bytes)
+                   lru=FlowCore, key=bytes, first=Direction, reply=Direction)
     cdef _meter(self, long long time_ms, bytes src, bytes dst, long long src_port,
                 long long dst_port, long long protocol, long long vlan_id, long long size,
                 long long ttl, long long tos, long long flags, long long icmp_type_code,
                 long long tunnel_id, packet, Decoder decoder, bytes frame)
 
-    cdef _link(self, Decoder decoder, bytes frame)
+    cpdef set_interface(self, interface)
+    cdef _observed(self, Direction direction, Decoder decoder, bytes frame)
 
     @cython.locals(lru=FlowCore)
     cpdef _evict(self, long long time_ms)

@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from .flow import (NO_INTERFACE, NO_LINK, TH_FIN, TH_RST, Direction, EndReason, Flow, Interface,
-                   LinkHeader, Packet, add_square, count_flags)
+from .flow import (TH_FIN, TH_RST, Direction, EndReason, Flow, Interface, Packet, add_square,
+                   count_flags)
 
 if TYPE_CHECKING:
     from .decode import Decoder
@@ -125,7 +125,8 @@ class FlowCache:
 
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
                  "classifier", "plugins", "now_ms", "expired", "flows_created",
-                 "_flows", "_closing", "_next_scan_ms", "_hooks", "link_layer", "interface")
+                 "_flows", "_closing", "_next_scan_ms", "_hooks", "link_layer", "ingress_interface",
+                 "egress_interface", "flow_direction")
 
     def __init__(self, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
                  active_timeout_s: float = ACTIVE_TIMEOUT_S, max_flows: int = MAX_FLOWS,
@@ -152,8 +153,9 @@ class FlowCache:
         self.link_layer = link_layer
         """Whether each flow direction keeps its first frame's MAC addresses and MPLS labels
         (`Direction.link`; else NO_LINK): the decoder reads them only then."""
-        self.interface: Interface = NO_INTERFACE
-        """Where the packets metered now were captured (`Direction.interface` of new ones)."""
+        self.ingress_interface = self.egress_interface = self.flow_direction = 0
+        """Where the packets metered now were captured (`set_interface`): what new flow
+        directions keep."""
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -235,9 +237,10 @@ class FlowCache:
                 self._end(flow, self._due_reason(flow))
             else:
                 if not count(flow, src_is_first, time_ms, size, ttl, flags):
-                    flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
-                                             tunnel_id, self.interface,
-                                             self._link(decoder, frame))  # the first reply
+                    reply = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
+                                      tunnel_id)  # the first reply
+                    self._observed(reply, decoder, frame)
+                    flow.dst2src = reply
                 if flags & CLOSE_FLAGS and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)
@@ -249,10 +252,10 @@ class FlowCache:
         if len(flows) >= self.max_flows:
             self._evict(time_ms)
         self.flows_created += 1
+        first = Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id)
+        self._observed(first, decoder, frame)
         flow = Flow(self.flows_created, key, src_is_first,
-                    (src, dst, src_port, dst_port, protocol, vlan_id),
-                    Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id,
-                              self.interface, self._link(decoder, frame)),
+                    (src, dst, src_port, dst_port, protocol, vlan_id), first,
                     time_ms + self.active_timeout_ms)
         flows[key] = flow
         if flags & CLOSE_FLAGS:
@@ -262,11 +265,19 @@ class FlowCache:
                 packet = decoder.packet(packet_ms, frame)
             self._started(packet, flow)
 
-    def _link(self, decoder: Decoder | None, frame: bytes | None) -> LinkHeader:
-        """The link layer a new flow direction keeps: its frame's when `link_layer` is on."""
+    def set_interface(self, interface: Interface) -> None:
+        """Where the packets metered from now on were captured."""
+        self.ingress_interface, self.egress_interface, self.flow_direction = interface
+
+    def _observed(self, direction: Direction, decoder: Decoder | None, frame: bytes | None
+                  ) -> None:
+        """Where a new direction's first packet was captured and, with `link_layer`, its link
+        layer."""
+        direction.ingress_interface = self.ingress_interface
+        direction.egress_interface = self.egress_interface
+        direction.flow_direction = self.flow_direction
         if self.link_layer and decoder is not None:
-            return decoder.link_header(frame)
-        return NO_LINK
+            direction.link = decoder.link_header(frame)
 
     def _evict(self, time_ms: int) -> None:
         """Makes room for a new flow: the least recently used one ends, for the deadline it is

@@ -19,5 +19,5 @@ cdef class Decoder:
                    size=cython.Py_ssize_t)
     cpdef packet(self, long long time_ms, bytes frame)
 
-    @cython.locals(at=cython.Py_ssize_t)
-    cpdef link_header(self, bytes frame)
+    @cython.locals(at=cython.Py_ssize_t, end=cython.Py_ssize_t, header=bytes)
+    cpdef bytes link_header(self, bytes frame)

@@ -28,7 +28,7 @@ import struct
 from collections import Counter, OrderedDict
 
 from .errors import CaptureError
-from .flow import MPLS_LABELS, NO_LINK, LinkHeader, Packet
+from .flow import MPLS_LABELS, NO_LINK, Packet
 
 # Link-layer types (LINKTYPE_* / DLT_* numbers) this decoder reads.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family, host byte order
@@ -85,6 +85,8 @@ IPV6_FRAGMENT = struct.Struct("!B1xHI").unpack_from  # next header, offset/flags
 PORTS = struct.Struct("!HH").unpack_from  # source port, destination port
 TCP_PORTS_FLAGS = struct.Struct("!HH9xB").unpack_from  # ports, (seq, ack, offset), flags
 ICMP_TYPE_CODE = struct.Struct("!H").unpack_from  # type, code
+
+NO_MAC = bytes(6)
 
 FRAGMENT_TIMEOUT_MS = 30_000
 FRAGMENT_TABLE_SIZE = 65_536
@@ -194,29 +196,30 @@ class Decoder:
             self.src_port, self.dst_port, self.protocol, self.vlan_id, self.size, self.ttl,
             self.tos, self.flags, 0, 0, frame, self.ip_offset))
 
-    def link_header(self, frame: bytes) -> LinkHeader:
-        """The MAC addresses and MPLS labels (at most MPLS_LABELS, top first) of `frame`, the
-        frame this decoder read last: Ethernet's two addresses, Linux cooked captures' sender's
-        alone (the destination reads as zeros), none for the other link types."""
+    def link_header(self, frame: bytes) -> bytes:
+        """The link layer of `frame`, the frame this decoder read last, as `Direction.link`
+        keeps it: the source and destination MAC addresses (Ethernet's; Linux cooked captures
+        have the sender's alone; zeros where there are none), then at most MPLS_LABELS label
+        stack entries less their TTL (3 octets each), top first."""
         linktype = self.linktype
         if linktype == LINKTYPE_ETHERNET:
-            src_mac, dst_mac = frame[6:12], frame[:6]
+            header = frame[6:12] + frame[:6]
         elif linktype == LINKTYPE_LINUX_SLL and frame[4] == 0 and frame[5] == 6:  # address length
-            src_mac, dst_mac = frame[6:12], NO_LINK.dst_mac
+            header = frame[6:12] + NO_MAC
         elif linktype == LINKTYPE_LINUX_SLL2 and frame[11] == 6:
-            src_mac, dst_mac = frame[12:18], NO_LINK.dst_mac
+            header = frame[12:18] + NO_MAC
         else:
-            src_mac = dst_mac = NO_LINK.src_mac
+            header = NO_LINK
         if self._mpls_frame is not frame:
-            return LinkHeader(src_mac, dst_mac, ())
-        labels = []
+            return header
         at = self._mpls_at
-        while len(labels) < MPLS_LABELS:  # decoding found the whole stack in the frame
-            labels.append(frame[at:at + 3])  # label, TC, bottom of stack: the entry less its TTL
+        end = at + 4 * MPLS_LABELS
+        while at < end:  # decoding found the whole stack in the frame
+            header += frame[at:at + 3]  # label, TC, bottom of stack: the entry less its TTL
             if frame[at + 2] & 1:
                 break
             at += 4
-        return LinkHeader(src_mac, dst_mac, tuple(labels))
+        return header
 
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
         if self.parse(frame):

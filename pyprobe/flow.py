@@ -97,18 +97,8 @@ NO_INTERFACE = Interface()
 """Where packets were observed when nothing was configured: ifIndex 0, ingress."""
 
 MPLS_LABELS = 10  # label stack entries a direction keeps: mplsTopLabelStackSection to ...Section10
-
-
-class LinkHeader(NamedTuple):
-    """The link layer of a flow direction's first packet, kept only when templates read it."""
-
-    src_mac: bytes  # 6 octets; zeros where the link type has none
-    dst_mac: bytes
-    mpls_labels: tuple[bytes, ...]  # label, TC and bottom-of-stack (3 octets each), top first
-
-
-NO_LINK = LinkHeader(bytes(6), bytes(6), ())
-"""The link layer of a direction whose frame was not kept, or had none."""
+NO_LINK = bytes(12)
+"""The link layer of a direction whose frame was not kept, or had none: zero MAC addresses."""
 
 
 def format_addr(addr: bytes) -> str:
@@ -122,11 +112,10 @@ class Direction:
     __slots__ = ("packets", "bytes", "first_seen_ms", "last_seen_ms", "min_ps", "max_ps",
                  "sum_sq_ps", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "tcp_flags",
                  *FLAG_COUNTERS, "min_ttl", "max_ttl", "tos", "icmp_type_code", "tunnel_id",
-                 "interface", "link")
+                 "ingress_interface", "egress_interface", "flow_direction", "link")
 
     def __init__(self, time_ms: int, size: int, ttl: int, tos: int, tcp_flags: int,
-                 icmp_type_code: int, tunnel_id: int, interface: Interface = NO_INTERFACE,
-                 link: LinkHeader = NO_LINK) -> None:
+                 icmp_type_code: int, tunnel_id: int) -> None:
         self.packets = 1
         self.bytes = self.min_ps = self.max_ps = size
         self.sum_sq_ps = add_square(0, size)
@@ -142,8 +131,11 @@ class Direction:
         self.tos = tos  # of the first packet
         self.icmp_type_code = icmp_type_code  # of the first packet
         self.tunnel_id = tunnel_id  # of the first packet: GTP has a TEID per direction
-        self.interface = interface  # where the first packet was captured
-        self.link = link  # the first packet's link layer
+        # Where the first packet was captured (an Interface's values) and its link layer:
+        # source MAC, destination MAC, then its MPLS label stack entries less their TTL (label,
+        # traffic class, bottom of stack: 3 octets each, top first); the cache sets them.
+        self.ingress_interface = self.egress_interface = self.flow_direction = 0
+        self.link = NO_LINK
 
     @property
     def duration_ms(self) -> int:
@@ -206,7 +198,7 @@ class _Empty:
     packets = bytes = first_seen_ms = last_seen_ms = min_ps = max_ps = sum_sq_ps = 0
     min_piat_ms = low_piat_ms = max_piat_ms = sum_sq_piat_ms = tcp_flags = 0
     min_ttl = max_ttl = tos = icmp_type_code = tunnel_id = duration_ms = 0
-    interface = NO_INTERFACE
+    ingress_interface = egress_interface = flow_direction = 0
     link = NO_LINK
     mean_ps = stddev_ps = mean_piat_ms = stddev_piat_ms = 0.0
 

@@ -88,8 +88,9 @@ class FlowStream:
     too, each flow keeps nDPI's whole report (`flow.dpi.metadata`). With `link_layer`, each
     direction of a flow keeps the MAC addresses and MPLS labels of its first frame
     (`Direction.link`). `interfaces` says where the packets of the capture's interfaces (in its
-    order; a file's: the first) were observed (`Direction.interface`; NO_INTERFACE where none is
-    given). After iteration, `stats` holds the run's `MeterStats`.
+    order; a file's: the first) were observed (each direction's `ingress_interface`,
+    `egress_interface`, `flow_direction`; NO_INTERFACE's where none is given). After
+    iteration, `stats` holds the run's `MeterStats`.
     """
 
     def __init__(self, source: str | PcapSource, *,
@@ -165,7 +166,7 @@ class FlowStream:
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
                           classifier=self.classifier, plugins=self.plugins,
                           link_layer=self._link_layer)
-        cache.interface = self._interface(0)
+        cache.set_interface(self._interface(0))
         self._cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
@@ -177,7 +178,7 @@ class FlowStream:
                 count, tick = feed(frames, tick_ms, PROGRESS_EVERY - read % PROGRESS_EVERY)
                 read += count
                 if tick is not None and tick < 0:  # frames of another interface follow
-                    cache.interface = self._interface(interface_of(tick))
+                    cache.set_interface(self._interface(interface_of(tick)))
                     continue
                 if tick is not None:  # a live capture's tick: the timers run on its time
                     cache.expire(tick // 1_000_000)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 from functools import lru_cache
 
-from ..flow import NO_DPI, DpiInfo, LinkHeader
+from ..flow import NO_DPI, DpiInfo
 
 NDPI_ENGINE = 22  # RFC 6759 classification engine id of ntop nDPI
 
@@ -35,14 +35,15 @@ FIELD_EXPRESSIONS: dict[str, str] = {
     "ipVersion": "flow.ip_version",
     "vlanId": "flow.vlan_id",
     "flowEndReason": "flow.end_reason",
-    "flowDirection": "this.interface.flow_direction",  # configured per capture interface
-    "ingressInterface": "this.interface.ingress_interface",
-    "egressInterface": "this.interface.egress_interface",
-    # The link layer of each direction's first frame: kept only when a template reads it.
-    "sourceMacAddress": "this.link.src_mac",
-    "destinationMacAddress": "this.link.dst_mac",
-    "mplsTopLabelStackSection": "mpls_label(this.link, 0)",
-    **{f"mplsLabelStackSection{n}": f"mpls_label(this.link, {n - 1})" for n in range(2, 11)},
+    "flowDirection": "this.flow_direction",  # configured per capture interface
+    "ingressInterface": "this.ingress_interface",
+    "egressInterface": "this.egress_interface",
+    # The link layer of each direction's first frame (flow.py: Direction.link), kept only when a
+    # template reads it. A label stack entry past the stack's depth is empty (zeros when fixed).
+    "sourceMacAddress": "this.link[:6]",
+    "destinationMacAddress": "this.link[6:12]",
+    "mplsTopLabelStackSection": "this.link[12:15]",
+    **{f"mplsLabelStackSection{n}": f"this.link[{3 * n + 9}:{3 * n + 12}]" for n in range(2, 11)},
     "biflowDirection": "1",  # initiator: the record's source sent the first packet
     "ipClassOfService": "this.tos",
     "tcpControlBits": "this.tcp_flags",
@@ -84,13 +85,6 @@ DERIVED = {"dpi": "flow.dpi or NO_DPI"}
 """Names expressions use besides PARAMETERS: each computed once per record, where it is used."""
 
 
-def mpls_label(link: LinkHeader, depth: int) -> bytes:
-    """The label stack entry `depth` below the top (label, TC, bottom of stack: 3 octets); empty
-    (zeros in a fixed-width field) where the stack is shallower."""
-    labels = link.mpls_labels
-    return labels[depth] if depth < len(labels) else b""
-
-
 def reads_link_layer(expression: str) -> bool:
     """Whether an expression reads a direction's link layer (`Direction.link`), which the meter
     keeps only when a template reads it."""
@@ -124,7 +118,7 @@ def server_name(dpi: DpiInfo, source: str) -> str:
 
 
 EXPRESSION_GLOBALS = {"application_id": application_id, "l7_proto": l7_proto,
-                      "server_name": server_name, "mpls_label": mpls_label, "NO_DPI": NO_DPI}
+                      "server_name": server_name, "NO_DPI": NO_DPI}
 
 
 class _SwapDirections(ast.NodeTransformer):
