@@ -33,14 +33,17 @@ cdef class FlowCache:
     cpdef add(self, packet, Decoder decoder=*)
 
     @cython.locals(packet_ms=cython.longlong, src_is_first=cython.bint, flow=FlowCore,
-                   lru=FlowCore, key=bytes, first=Direction, reply=Direction)
+                   lru=FlowCore, key=bytes)
     cdef _meter(self, long long time_ms, bytes src, bytes dst, long long src_port,
                 long long dst_port, long long protocol, long long vlan_id, long long size,
                 long long ttl, long long tos, long long flags, long long icmp_type_code,
                 long long tunnel_id, packet, Decoder decoder, bytes frame)
 
     cpdef set_interface(self, interface)
-    cdef _observed(self, Direction direction, Decoder decoder, bytes frame)
+    @cython.locals(direction=Direction)
+    cdef Direction _direction(self, long long time_ms, long long size, long long ttl,
+                              long long tos, long long flags, long long icmp_type_code,
+                              long long tunnel_id, Decoder decoder, bytes frame)
 
     @cython.locals(lru=FlowCore)
     cpdef _evict(self, long long time_ms)

@@ -152,7 +152,7 @@ class FlowCache:
         self._next_scan_ms = 0
         self.link_layer = link_layer
         """Whether each flow direction keeps its first frame's MAC addresses and MPLS labels
-        (`Direction.link`; else NO_LINK): the decoder reads them only then."""
+        (`Direction.link`; else it stays empty): the decoder reads them only then."""
         self.ingress_interface = self.egress_interface = self.flow_direction = 0
         """Where the packets metered now were captured (`set_interface`): what new flow
         directions keep."""
@@ -237,10 +237,8 @@ class FlowCache:
                 self._end(flow, self._due_reason(flow))
             else:
                 if not count(flow, src_is_first, time_ms, size, ttl, flags):
-                    reply = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
-                                      tunnel_id)  # the first reply
-                    self._observed(reply, decoder, frame)
-                    flow.dst2src = reply
+                    flow.dst2src = self._direction(time_ms, size, ttl, tos, flags, icmp_type_code,
+                                                   tunnel_id, decoder, frame)  # the first reply
                 if flags & CLOSE_FLAGS and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)
@@ -252,10 +250,10 @@ class FlowCache:
         if len(flows) >= self.max_flows:
             self._evict(time_ms)
         self.flows_created += 1
-        first = Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id)
-        self._observed(first, decoder, frame)
         flow = Flow(self.flows_created, key, src_is_first,
-                    (src, dst, src_port, dst_port, protocol, vlan_id), first,
+                    (src, dst, src_port, dst_port, protocol, vlan_id),
+                    self._direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id,
+                                    decoder, frame),
                     time_ms + self.active_timeout_ms)
         flows[key] = flow
         if flags & CLOSE_FLAGS:
@@ -269,15 +267,18 @@ class FlowCache:
         """Where the packets metered from now on were captured."""
         self.ingress_interface, self.egress_interface, self.flow_direction = interface
 
-    def _observed(self, direction: Direction, decoder: Decoder | None, frame: bytes | None
-                  ) -> None:
-        """Where a new direction's first packet was captured and, with `link_layer`, its link
-        layer."""
+    def _direction(self, time_ms: int, size: int, ttl: int, tos: int, flags: int,
+                   icmp_type_code: int, tunnel_id: int, decoder: Decoder | None,
+                   frame: bytes | None) -> Direction:
+        """A new direction of a flow, from its first packet: where it was captured and, with
+        `link_layer`, its link layer too."""
+        direction = Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id)
         direction.ingress_interface = self.ingress_interface
         direction.egress_interface = self.egress_interface
         direction.flow_direction = self.flow_direction
         if self.link_layer and decoder is not None:
             direction.link = decoder.link_header(frame)
+        return direction
 
     def _evict(self, time_ms: int) -> None:
         """Makes room for a new flow: the least recently used one ends, for the deadline it is

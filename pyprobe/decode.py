@@ -28,7 +28,7 @@ import struct
 from collections import Counter, OrderedDict
 
 from .errors import CaptureError
-from .flow import MPLS_LABELS, NO_LINK, Packet
+from .flow import MPLS_LABELS, Packet
 
 # Link-layer types (LINKTYPE_* / DLT_* numbers) this decoder reads.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family, host byte order
@@ -87,6 +87,7 @@ TCP_PORTS_FLAGS = struct.Struct("!HH9xB").unpack_from  # ports, (seq, ack, offse
 ICMP_TYPE_CODE = struct.Struct("!H").unpack_from  # type, code
 
 NO_MAC = bytes(6)
+NO_MACS = NO_MAC + NO_MAC
 
 FRAGMENT_TIMEOUT_MS = 30_000
 FRAGMENT_TABLE_SIZE = 65_536
@@ -209,7 +210,7 @@ class Decoder:
         elif linktype == LINKTYPE_LINUX_SLL2 and frame[11] == 6:
             header = frame[12:18] + NO_MAC
         else:
-            header = NO_LINK
+            header = NO_MACS
         if self._mpls_frame is not frame:
             return header
         at = self._mpls_at

@@ -97,8 +97,8 @@ NO_INTERFACE = Interface()
 """Where packets were observed when nothing was configured: ifIndex 0, ingress."""
 
 MPLS_LABELS = 10  # label stack entries a direction keeps: mplsTopLabelStackSection to ...Section10
-NO_LINK = bytes(12)
-"""The link layer of a direction whose frame was not kept, or had none: zero MAC addresses."""
+NO_LINK = b""
+"""The link layer of a direction whose frame was not kept: its elements are sent as zeros."""
 
 
 def format_addr(addr: bytes) -> str:
@@ -135,7 +135,7 @@ class Direction:
         # source MAC, destination MAC, then its MPLS label stack entries less their TTL (label,
         # traffic class, bottom of stack: 3 octets each, top first); the cache sets them.
         self.ingress_interface = self.egress_interface = self.flow_direction = 0
-        self.link = NO_LINK
+        self.link = b""  # NO_LINK (a literal: compiled, no lookup)
 
     @property
     def duration_ms(self) -> int:
