@@ -199,16 +199,16 @@ class Decoder:
 
     def link_header(self, frame: bytes) -> bytes:
         """The link layer of `frame`, the frame this decoder read last, as `Direction.link`
-        keeps it: the source and destination MAC addresses (Ethernet's; Linux cooked captures
-        have the sender's alone; zeros where there are none), then at most MPLS_LABELS label
-        stack entries less their TTL (3 octets each), top first."""
+        keeps it: the destination and source MAC addresses, in Ethernet's order (Linux cooked
+        captures have the sender's alone; zeros where there are none), then at most MPLS_LABELS
+        label stack entries less their TTL (3 octets each), top first."""
         linktype = self.linktype
         if linktype == LINKTYPE_ETHERNET:
-            header = frame[6:12] + frame[:6]
+            header = frame[:12]
         elif linktype == LINKTYPE_LINUX_SLL and frame[4] == 0 and frame[5] == 6:  # address length
-            header = frame[6:12] + NO_MAC
+            header = NO_MAC + frame[6:12]
         elif linktype == LINKTYPE_LINUX_SLL2 and frame[11] == 6:
-            header = frame[12:18] + NO_MAC
+            header = NO_MAC + frame[12:18]
         else:
             header = NO_MACS
         if self._mpls_frame is not frame:

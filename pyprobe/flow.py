@@ -132,8 +132,9 @@ class Direction:
         self.icmp_type_code = icmp_type_code  # of the first packet
         self.tunnel_id = tunnel_id  # of the first packet: GTP has a TEID per direction
         # Where the first packet was captured (an Interface's values) and its link layer:
-        # source MAC, destination MAC, then its MPLS label stack entries less their TTL (label,
-        # traffic class, bottom of stack: 3 octets each, top first); the cache sets them.
+        # destination MAC, source MAC (as Ethernet has them), then its MPLS label stack entries
+        # less their TTL (label, traffic class, bottom of stack: 3 octets each, top first); the
+        # cache sets them.
         self.ingress_interface = self.egress_interface = self.flow_direction = 0
         self.link = b""  # NO_LINK (a literal: compiled, no lookup)
 

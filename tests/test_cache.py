@@ -471,8 +471,8 @@ def test_directions_keep_their_first_packets_interface_and_link_layer() -> None:
         results[link_layer] = [(where(f.src2dst), f.src2dst.link, where(f.reverse), f.reverse.link)
                                for f in cache.expired]
     top = (500 << 4).to_bytes(3, "big") + (600 << 4 | 1).to_bytes(3, "big")
-    assert results[True] == [(tap_1, mac_1 + mac_2 + top, tap_2, mac_2 + mac_1),
-                             (tap_2, mac_3 + mac_1, NO_INTERFACE, NO_LINK)]
+    assert results[True] == [(tap_1, mac_2 + mac_1 + top, tap_2, mac_1 + mac_2),
+                             (tap_2, mac_1 + mac_3, NO_INTERFACE, NO_LINK)]
     assert results[False] == [(tap_1, NO_LINK, tap_2, NO_LINK), (tap_2, NO_LINK, NO_INTERFACE,
                                                                  NO_LINK)]
 

@@ -489,7 +489,7 @@ def test_link_header_of_each_link_type(name: str) -> None:
     linktype, frame, (src_mac, dst_mac, labels) = LINK_HEADERS[name]
     decoder = Decoder(linktype)
     assert decoder.decode(1, frame) is not None
-    assert decoder.link_header(frame) == src_mac + dst_mac + b"".join(labels)
+    assert decoder.link_header(frame) == dst_mac + src_mac + b"".join(labels)
 
 
 def test_link_header_labels_are_the_frames_own() -> None:
@@ -502,7 +502,7 @@ def test_link_header_labels_are_the_frames_own() -> None:
                                   UDP)), ETH_MPLS)
     assert decoder.decode(1, labelled) is not None
     assert decoder.parse(plain)
-    assert decoder.link_header(plain) == MAC_A + MAC_B
+    assert decoder.link_header(plain) == MAC_B + MAC_A
     packet = decoder.decode(2, vxlan)
     assert (packet.tunnel_id, packet.src_port) == (0xABCD, 5353)
-    assert decoder.link_header(vxlan) == MAC_A + MAC_B + entry(42, 0, 1)
+    assert decoder.link_header(vxlan) == MAC_B + MAC_A + entry(42, 0, 1)

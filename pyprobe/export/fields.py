@@ -40,8 +40,8 @@ FIELD_EXPRESSIONS: dict[str, str] = {
     "egressInterface": "this.egress_interface",
     # The link layer of each direction's first frame (flow.py: Direction.link), kept only when a
     # template reads it. A label stack entry past the stack's depth is empty (zeros when fixed).
-    "sourceMacAddress": "this.link[:6]",
-    "destinationMacAddress": "this.link[6:12]",
+    "sourceMacAddress": "this.link[6:12]",
+    "destinationMacAddress": "this.link[:6]",
     "mplsTopLabelStackSection": "this.link[12:15]",
     **{f"mplsLabelStackSection{n}": f"this.link[{3 * n + 9}:{3 * n + 12}]" for n in range(2, 11)},
     "biflowDirection": "1",  # initiator: the record's source sent the first packet
