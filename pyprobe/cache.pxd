@@ -26,6 +26,8 @@ cdef class FlowCache:
     cdef public list expired
     cdef public tuple _by_protocol, _idle, _lingers
     cdef public TimeoutQueue _resets, _fins, _only
+    cdef public bint link_layer
+    cdef public long long ingress_interface, egress_interface, flow_direction
 
     @cython.locals(read=cython.longlong, time_ms=cython.longlong,
                    octets="const unsigned char *", at=cython.Py_ssize_t, size=cython.Py_ssize_t)
@@ -34,7 +36,7 @@ cdef class FlowCache:
 
     cpdef bint batch_due(self, long long tick_ms)
 
-    cpdef add(self, packet)
+    cpdef add(self, packet, Decoder decoder=*)
 
     @cython.locals(packet_ms=cython.longlong, src_is_first=cython.bint, flow=FlowCore,
                    lru=FlowCore, key=bytes, queue=TimeoutQueue)
@@ -42,6 +44,12 @@ cdef class FlowCache:
                 long long dst_port, long long protocol, long long vlan_id, long long size,
                 long long ttl, long long tos, long long flags, long long icmp_type_code,
                 long long tunnel_id, packet, Decoder decoder, bytes frame)
+
+    cpdef set_interface(self, interface)
+    @cython.locals(direction=Direction)
+    cdef Direction _direction(self, long long time_ms, long long size, long long ttl,
+                              long long tos, long long flags, long long icmp_type_code,
+                              long long tunnel_id, Decoder decoder, bytes frame)
 
     @cython.locals(lru=FlowCore, head=FlowCore, oldest=TimeoutQueue, queue=TimeoutQueue)
     cpdef _evict(self, long long time_ms)

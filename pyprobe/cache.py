@@ -40,7 +40,8 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from .flow import TH_FIN, TH_RST, Direction, EndReason, Flow, Packet, add_square, count_flags
+from .flow import (TH_FIN, TH_RST, Direction, EndReason, Flow, Interface, Packet, add_square,
+                   count_flags)
 
 if TYPE_CHECKING:
     from .decode import Decoder
@@ -155,12 +156,13 @@ class FlowCache:
     __slots__ = ("idle_timeout_ms", "active_timeout_ms", "close_linger_ms", "max_flows",
                  "classifier", "plugins", "now_ms", "expired", "flows_created", "live",
                  "_by_protocol", "_idle", "_only", "_resets", "_fins", "_lingers", "_next_scan_ms",
-                 "_hooks")
+                 "_hooks", "link_layer", "ingress_interface", "egress_interface", "flow_direction")
 
     def __init__(self, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
                  active_timeout_s: float = ACTIVE_TIMEOUT_S, max_flows: int = MAX_FLOWS,
                  close_linger_s: float = CLOSE_LINGER_S, timeouts: dict[str, float] | None = None,
-                 classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = ()) -> None:
+                 classifier: Plugin | None = None, plugins: tuple[Plugin, ...] = (),
+                 link_layer: bool = False) -> None:
         """`timeouts`: seconds by TIMEOUT_NAMES, for the protocols (else `idle_timeout_s`)
         and the lingers (else `close_linger_s`) that differ."""
         self.idle_timeout_ms = timeout_ms(idle_timeout_s)
@@ -197,6 +199,12 @@ class FlowCache:
         self.flows_created = 0
         self.live = 0  # flows, in all the idle queues
         self._next_scan_ms = 0
+        self.link_layer = link_layer
+        """Whether each flow direction keeps its first frame's MAC addresses and MPLS labels
+        (`Direction.link`; else it stays empty): the decoder reads them only then."""
+        self.ingress_interface = self.egress_interface = self.flow_direction = 0
+        """Where the packets metered now were captured (`set_interface`): what new flow
+        directions keep."""
 
     def __len__(self) -> int:
         return self.live
@@ -239,7 +247,7 @@ class FlowCache:
             else:
                 packet = decoder.decode(time_ms, frame)
                 if packet is not None:
-                    self.add(packet)
+                    self.add(packet, decoder)
             if read >= limit or self.batch_due(tick_ms):
                 break
         return read, None
@@ -249,19 +257,20 @@ class FlowCache:
         at `tick_ms`."""
         return len(self.expired) >= BATCH_FLOWS or self.now_ms >= tick_ms
 
-    def add(self, packet: Packet) -> None:
-        """Meters one packet: updates or starts its flow, ending flows the packet shows are over."""
+    def add(self, packet: Packet, decoder: Decoder | None = None) -> None:
+        """Meters one packet: updates or starts its flow, ending flows the packet shows are over.
+        `decoder`, the one that made it, reads its link layer when `link_layer` asks for it."""
         (time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos, flags,
-         icmp_type_code, tunnel_id, _, _) = packet
+         icmp_type_code, tunnel_id, frame, _) = packet
         self._meter(time_ms, src, dst, src_port, dst_port, protocol, vlan_id, size, ttl, tos,
-                    flags, icmp_type_code, tunnel_id, packet, None, None)
+                    flags, icmp_type_code, tunnel_id, packet, decoder, frame)
 
     def _meter(self, time_ms: int, src: bytes, dst: bytes, src_port: int, dst_port: int,
                protocol: int, vlan_id: int, size: int, ttl: int, tos: int, flags: int,
                icmp_type_code: int, tunnel_id: int, packet: Packet | None,
                decoder: Decoder | None, frame: bytes | None) -> None:
         """`add`, from a packet's values. A packet of None stands for the frame `decoder`
-        parsed: its Packet is made only for a hook."""
+        parsed: its Packet is made only for a hook. `frame` is the packet's."""
         packet_ms = time_ms  # the time of a Packet made below: its own, not the clock's
         if time_ms > self.now_ms:
             self.now_ms = time_ms
@@ -285,8 +294,8 @@ class FlowCache:
                 self._end(flow, self._due_reason(flow))
             else:
                 if not count(flow, src_is_first, time_ms, size, ttl, flags):
-                    flow.dst2src = Direction(time_ms, size, ttl, tos, flags, icmp_type_code,
-                                             tunnel_id)  # the first reply
+                    flow.dst2src = self._direction(time_ms, size, ttl, tos, flags, icmp_type_code,
+                                                   tunnel_id, decoder, frame)  # the first reply
                 if flags & CLOSE_FLAGS and not flow.closing:
                     self._check_close(flow, flags, time_ms)
                 flows.move_to_end(key)
@@ -301,7 +310,8 @@ class FlowCache:
         self.live += 1
         flow = Flow(self.flows_created, key, src_is_first,
                     (src, dst, src_port, dst_port, protocol, vlan_id),
-                    Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id),
+                    self._direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id,
+                                    decoder, frame),
                     time_ms + self.active_timeout_ms)
         flows[key] = flow
         if flags & CLOSE_FLAGS:
@@ -310,6 +320,23 @@ class FlowCache:
             if packet is None:
                 packet = decoder.packet(packet_ms, frame)
             self._started(packet, flow)
+
+    def set_interface(self, interface: Interface) -> None:
+        """Where the packets metered from now on were captured."""
+        self.ingress_interface, self.egress_interface, self.flow_direction = interface
+
+    def _direction(self, time_ms: int, size: int, ttl: int, tos: int, flags: int,
+                   icmp_type_code: int, tunnel_id: int, decoder: Decoder | None,
+                   frame: bytes | None) -> Direction:
+        """A new direction of a flow, from its first packet: where it was captured and, with
+        `link_layer`, its link layer too."""
+        direction = Direction(time_ms, size, ttl, tos, flags, icmp_type_code, tunnel_id)
+        direction.ingress_interface = self.ingress_interface
+        direction.egress_interface = self.egress_interface
+        direction.flow_direction = self.flow_direction
+        if self.link_layer and decoder is not None:
+            direction.link = decoder.link_header(frame)
+        return direction
 
     def _evict(self, time_ms: int) -> None:
         """Makes room for a new flow: the least recently used one ends, for the deadline it is

@@ -5,7 +5,8 @@ file's negative timestamps stand for times libpcap cannot report (`time_wrap_ns`
 capture ("eth0", or "eth1,eth2": the two ports of a tap, of one link type) is read nonblocking
 with `select`, and also yields ticks, (time in ns, None): the wall clock after `TICK_S` without
 a packet, else the last packet's time once per `TICK_S`, so the meter's timers run whether or
-not packets arrive. `stop()` (safe in a signal handler) ends it.
+not packets arrive; with several interfaces, marks too, (`interface_mark(i)`, None) before the
+frames of interface i when the last were another's. `stop()` (safe in a signal handler) ends it.
 
 On Linux libpcap gives a live capture a TPACKET_V3 ring of `buffer_size` octets: the kernel
 packs frames into blocks of the ring, handed over when full or `BLOCK_TIMEOUT_MS` after their
@@ -55,6 +56,17 @@ TICK_S = 0.2  # a live capture's tick interval, and so how soon stop() takes eff
 BLOCK_TIMEOUT_MS = 50
 HANDOVER_S = 3 * BLOCK_TIMEOUT_MS / 1000  # ...or later: the kernel's timer may wait two rounds
 LINUX = sys.platform == "linux"
+
+
+def interface_mark(index: int) -> int:
+    """The timestamp of the mark that says the frames that follow are interface `index`'s: a
+    negative one, which no tick has."""
+    return -1 - index
+
+
+def interface_of(mark: int) -> int:
+    """The interface a mark's timestamp names."""
+    return -1 - mark
 
 
 def is_capture_file(source: str) -> bool:
@@ -112,12 +124,16 @@ class PcapSource:
         reads = [handle.readpkts for handle in self._handles]
         fds = [handle.fileno() for handle in self._handles]
         last_ns, next_tick = 0, time.monotonic() + TICK_S
+        marked = 0  # the interface whose frames went last (marks: only with several)
         while not self.stopped:
             idle = True
-            for read in reads:
+            for index, read in enumerate(reads):
                 frames = read()
                 if frames:
                     idle = False
+                    if index != marked:
+                        marked = index
+                        yield ((interface_mark(index), None),)
                     yield frames
                     last_ns = max(last_ns, frames[-1][0])
             if not idle:
@@ -131,7 +147,10 @@ class PcapSource:
             for fd in fds:
                 afpacket.stop_intake(fd)
         time.sleep(HANDOVER_S)  # the block being filled at stop() is handed over
-        for read in reads:  # and what the kernel holds then is metered too
+        for index, read in enumerate(reads):  # and what the kernel holds then is metered too
+            if index != marked:
+                marked = index
+                yield ((interface_mark(index), None),)
             yield read()
 
     def set_filter(self, bpf_filter: str | None) -> None:

@@ -38,7 +38,9 @@ log = logging.getLogger("pyprobe")
 # The settings replay takes from the schema: the meter's and the collectors'.
 REPLAY_SETTINGS = [key for _, key, _, _ in flags()
                    if key.startswith(("cache.", "dpi.", "collectors."))
-                   or key in ("capture.bpf", "capture.workers", "capture.skip_corrupt")]
+                   or key in ("capture.bpf", "capture.workers", "capture.skip_corrupt",
+                              "capture.ingress_interface", "capture.egress_interface",
+                              "capture.direction")]
 
 PROGRESS_DELAY_S = 0.5  # a replay shorter than this shows no bar
 SEND_FAILED = 1  # replay's exit status when messages could not be sent (errors: 2)

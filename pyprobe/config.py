@@ -56,6 +56,8 @@ JSON_SUFFIXES = (".jsonl", ".json")  # a file named so holds JSON lines unless t
 TRANSPORTS = ("udp", "tcp")
 DEFAULT_PORTS = {"zmq": 5556}  # a collector's port when none is given; else 2055
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DIRECTIONS = ("ingress", "egress")  # flowDirection (61) 0 and 1
+IF_INDEX_MAX = 2**32 - 1  # ingressInterface and egressInterface are unsigned32
 NO_FLAG = ""  # a field without a command-line flag
 LARGEST = {int: 2**31 - 1, float: 10**9}
 """The bound of a number whose setting gives none: a C int (what libpcap and the compiled meter
@@ -72,6 +74,21 @@ def setting(default: Any, doc: str, *, minimum: float = 0,
     if default is MISSING:
         return field(metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    """What the records of one capture interface's packets say of where they were observed."""
+
+    name: str = setting(MISSING, "the interface: one of capture.interface's", flag=NO_FLAG)
+    ingress_interface: int | None = setting(None, "ingressInterface of its packets' records "
+                                                  "(null: capture.ingress_interface)",
+                                            maximum=IF_INDEX_MAX)
+    egress_interface: int | None = setting(None, "egressInterface of its packets' records "
+                                                 "(null: capture.egress_interface)",
+                                           maximum=IF_INDEX_MAX)
+    direction: str | None = setting(None, "flowDirection of its packets' records, ingress or "
+                                          "egress (null: capture.direction)", choices=DIRECTIONS)
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,17 @@ class CaptureConfig:
     skip_corrupt: bool = setting(False, "read a capture file on past a corrupt record, from the "
                                         "next sound one, counting what is skipped (else the "
                                         "run ends there with an error)")
+    ingress_interface: int = setting(0, "ingressInterface (10) of the records: the ifIndex the "
+                                        "packets came in by", maximum=IF_INDEX_MAX,
+                                     flag="in-iface-idx")
+    egress_interface: int = setting(0, "egressInterface (14) of the records: the ifIndex the "
+                                       "packets went out by", maximum=IF_INDEX_MAX,
+                                    flag="out-iface-idx")
+    direction: str = setting("ingress", "flowDirection (61) of the records: ingress (0) or "
+                                        "egress (1)", choices=DIRECTIONS, flag="flow-direction")
+    interfaces: tuple[InterfaceConfig, ...] | None = setting(
+        None, "settings of each interface of `interface` (name, ingress_interface, "
+            "egress_interface, direction) in place of the three above", flag=NO_FLAG)
 
 
 @dataclass(frozen=True)
@@ -286,15 +314,15 @@ def _check(kind: Any, value: Any, key: str, meta: dict, base: Path | None) -> An
     """`value` checked against the field's type and bounds; paths made absolute."""
     if dataclasses.is_dataclass(kind):
         return _build(kind, value, key, base)
+    if get_origin(kind) in (Union, types.UnionType):
+        if value is None:
+            return None
+        kind = next(k for k in get_args(kind) if k is not type(None))
     if get_origin(kind) is tuple:  # a list of sections
         if not isinstance(value, list) or not value:
             raise _Problem(key, f"got {_describe(value)}, expected a list of at least one entry")
         item = get_args(kind)[0]
         return tuple(_build(item, v, f"{key}[{i}]", base) for i, v in enumerate(value))
-    if get_origin(kind) in (Union, types.UnionType):
-        if value is None:
-            return None
-        kind = next(k for k in get_args(kind) if k is not type(None))
     if kind is bool:
         if not isinstance(value, bool):
             raise _Problem(key, f"got {_describe(value)}, expected true or false")
@@ -330,6 +358,7 @@ def _check_whole(config: SensorConfig, need_collectors: bool) -> None:
     if (capture.interface is None) == (capture.file is None):
         raise _Problem("capture", "expected one of interface or file, got "
                                   + ("both" if capture.interface else "neither"))
+    _check_interfaces(capture)
     if need_collectors and not config.collectors:
         raise _Problem("collectors", "missing, expected a list of at least one collector")
     for index, collector in enumerate(config.collectors):
@@ -351,6 +380,24 @@ def _check_whole(config: SensorConfig, need_collectors: bool) -> None:
                 lookup(value)
             except KeyError:
                 raise _Problem(key, f"got {value!r}, expected a {key} of this system") from None
+
+
+def _check_interfaces(capture: CaptureConfig) -> None:
+    """Each entry of `capture.interfaces` names a captured interface, once."""
+    names = capture.interface.split(",") if capture.interface else []
+    seen: set[str] = set()
+    for index, entry in enumerate(capture.interfaces or ()):
+        key = f"capture.interfaces[{index}].name"
+        if not names:
+            raise _Problem(key, f"got {entry.name!r} for a capture file, expected no interfaces "
+                                f"(capture.ingress_interface, egress_interface and direction "
+                                f"apply to a file)")
+        if entry.name not in names:
+            raise _Problem(key, f"got {entry.name!r}, expected one of capture.interface's: "
+                                f"{', '.join(names)}")
+        if entry.name in seen:
+            raise _Problem(key, f"got {entry.name!r} again, expected each interface once")
+        seen.add(entry.name)
 
 
 def _check_collector(key: str, collector: CollectorConfig, workers: int) -> None:

@@ -7,7 +7,8 @@ cdef class Decoder:
     cdef public object decode, skipped, _fragments
     cdef public bint ethernet
     cdef public long long size, protocol, vlan_id, ttl, tos, flags, src_port, dst_port
-    cdef public Py_ssize_t ip_offset, src_at, address_size
+    cdef public Py_ssize_t ip_offset, src_at, address_size, _mpls_at
+    cdef public object _mpls_frame
 
     @cython.locals(ethertype=cython.long, size=cython.long, payload=cython.long,
                    protocol=cython.long, tcp=cython.bint, ip=cython.Py_ssize_t,
@@ -17,3 +18,6 @@ cdef class Decoder:
     @cython.locals(octets="const unsigned char *", src_at=cython.Py_ssize_t,
                    size=cython.Py_ssize_t)
     cpdef packet(self, long long time_ms, bytes frame)
+
+    @cython.locals(at=cython.Py_ssize_t, end=cython.Py_ssize_t, header=bytes)
+    cpdef bytes link_header(self, bytes frame)

@@ -28,7 +28,7 @@ import struct
 from collections import Counter, OrderedDict
 
 from .errors import CaptureError
-from .flow import Packet
+from .flow import MPLS_LABELS, Packet
 
 # Link-layer types (LINKTYPE_* / DLT_* numbers) this decoder reads.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family, host byte order
@@ -86,6 +86,9 @@ PORTS = struct.Struct("!HH").unpack_from  # source port, destination port
 TCP_PORTS_FLAGS = struct.Struct("!HH9xB").unpack_from  # ports, (seq, ack, offset), flags
 ICMP_TYPE_CODE = struct.Struct("!H").unpack_from  # type, code
 
+NO_MAC = bytes(6)
+NO_MACS = NO_MAC + NO_MAC
+
 FRAGMENT_TIMEOUT_MS = 30_000
 FRAGMENT_TABLE_SIZE = 65_536
 
@@ -104,11 +107,13 @@ class Decoder:
 
     `parse(frame)` reads the frames of the common shapes into the decoder's own fields (`size`
     to `address_size`) without making a Packet: the flow cache meters them from there.
+    `link_header(frame)` reads the frame's MAC addresses and MPLS labels, only when asked: the
+    cache asks for the first packet of a flow direction, when a template exports them.
     """
 
     __slots__ = ("linktype", "decode", "skipped", "skipped_octets", "_fragments", "ethernet",
                  "size", "protocol", "vlan_id", "ttl", "tos", "flags", "src_port", "dst_port",
-                 "ip_offset", "src_at", "address_size")
+                 "ip_offset", "src_at", "address_size", "_mpls_frame", "_mpls_at")
 
     def __init__(self, linktype: int) -> None:
         link = {
@@ -128,6 +133,8 @@ class Decoder:
         self.ethernet = linktype == LINKTYPE_ETHERNET
         self.size = self.protocol = self.vlan_id = self.ttl = self.tos = self.flags = 0
         self.src_port = self.dst_port = self.ip_offset = self.src_at = self.address_size = 0
+        self._mpls_frame: bytes | None = None  # the last frame with an MPLS label stack
+        self._mpls_at = 0  # where its stack starts
 
     def _skip(self, reason: str, frame: bytes) -> None:
         self.skipped[reason] += 1
@@ -190,6 +197,31 @@ class Decoder:
             self.src_port, self.dst_port, self.protocol, self.vlan_id, self.size, self.ttl,
             self.tos, self.flags, 0, 0, frame, self.ip_offset))
 
+    def link_header(self, frame: bytes) -> bytes:
+        """The link layer of `frame`, the frame this decoder read last, as `Direction.link`
+        keeps it: the destination and source MAC addresses, in Ethernet's order (Linux cooked
+        captures have the sender's alone; zeros where there are none), then at most MPLS_LABELS
+        label stack entries less their TTL (3 octets each), top first."""
+        linktype = self.linktype
+        if linktype == LINKTYPE_ETHERNET:
+            header = frame[:12]
+        elif linktype == LINKTYPE_LINUX_SLL and frame[4] == 0 and frame[5] == 6:  # address length
+            header = NO_MAC + frame[6:12]
+        elif linktype == LINKTYPE_LINUX_SLL2 and frame[11] == 6:
+            header = NO_MAC + frame[12:18]
+        else:
+            header = NO_MACS
+        if self._mpls_frame is not frame:
+            return header
+        at = self._mpls_at
+        end = at + 4 * MPLS_LABELS
+        while at < end:  # decoding found the whole stack in the frame
+            header += frame[at:at + 3]  # label, TC, bottom of stack: the entry less its TTL
+            if frame[at + 2] & 1:
+                break
+            at += 4
+        return header
+
     def _ethernet(self, time_ms: int, frame: bytes) -> Packet | None:
         if self.parse(frame):
             return self.packet(time_ms, frame)
@@ -249,6 +281,7 @@ class Decoder:
                 vlan_id = vlan_id or tci & 0x0FFF
                 offset += 4
             elif ethertype == ETH_P_MPLS_UC or ethertype == ETH_P_MPLS_MC:
+                self._mpls_frame, self._mpls_at = frame, offset  # for link_header
                 while True:
                     if len(frame) < offset + 4:
                         return self._skip(TRUNCATED_LINK, frame)

@@ -13,6 +13,8 @@ cdef class Direction:
     cdef public long long fin_packets, syn_packets, rst_packets, psh_packets
     cdef public long long ack_packets, urg_packets, ece_packets, cwr_packets
     cdef public long long tcp_flags, min_ttl, max_ttl, tos, icmp_type_code, tunnel_id
+    cdef public long long ingress_interface, egress_interface, flow_direction
+    cdef public bytes link  # bytes alone: the type needs no cyclic GC
 
 
 cpdef void count_flags(Direction direction, long long flags) noexcept

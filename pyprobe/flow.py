@@ -85,6 +85,22 @@ class Packet(NamedTuple):
         return self.frame[self.ip_offset:]
 
 
+class Interface(NamedTuple):
+    """Where the packets of one capture interface were observed, as their records say it."""
+
+    ingress_interface: int = 0  # ingressInterface (10): the ifIndex the packets came in by
+    egress_interface: int = 0  # egressInterface (14): the ifIndex they went out by
+    flow_direction: int = 0  # flowDirection (61): 0 ingress, 1 egress
+
+
+NO_INTERFACE = Interface()
+"""Where packets were observed when nothing was configured: ifIndex 0, ingress."""
+
+MPLS_LABELS = 10  # label stack entries a direction keeps: mplsTopLabelStackSection to ...Section10
+NO_LINK = b""
+"""The link layer of a direction whose frame was not kept: its elements are sent as zeros."""
+
+
 def format_addr(addr: bytes) -> str:
     """Text form of a packed IPv4 or IPv6 address."""
     return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
@@ -95,7 +111,8 @@ class Direction:
 
     __slots__ = ("packets", "bytes", "first_seen_ms", "last_seen_ms", "min_ps", "max_ps",
                  "sum_sq_ps", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "tcp_flags",
-                 *FLAG_COUNTERS, "min_ttl", "max_ttl", "tos", "icmp_type_code", "tunnel_id")
+                 *FLAG_COUNTERS, "min_ttl", "max_ttl", "tos", "icmp_type_code", "tunnel_id",
+                 "ingress_interface", "egress_interface", "flow_direction", "link")
 
     def __init__(self, time_ms: int, size: int, ttl: int, tos: int, tcp_flags: int,
                  icmp_type_code: int, tunnel_id: int) -> None:
@@ -114,6 +131,12 @@ class Direction:
         self.tos = tos  # of the first packet
         self.icmp_type_code = icmp_type_code  # of the first packet
         self.tunnel_id = tunnel_id  # of the first packet: GTP has a TEID per direction
+        # Where the first packet was captured (an Interface's values) and its link layer:
+        # destination MAC, source MAC (as Ethernet has them), then its MPLS label stack entries
+        # less their TTL (label, traffic class, bottom of stack: 3 octets each, top first); the
+        # cache sets them.
+        self.ingress_interface = self.egress_interface = self.flow_direction = 0
+        self.link = b""  # NO_LINK (a literal: compiled, no lookup)
 
     @property
     def duration_ms(self) -> int:
@@ -176,6 +199,8 @@ class _Empty:
     packets = bytes = first_seen_ms = last_seen_ms = min_ps = max_ps = sum_sq_ps = 0
     min_piat_ms = low_piat_ms = max_piat_ms = sum_sq_piat_ms = tcp_flags = 0
     min_ttl = max_ttl = tos = icmp_type_code = tunnel_id = duration_ms = 0
+    ingress_interface = egress_interface = flow_direction = 0
+    link = NO_LINK
     mean_ps = stddev_ps = mean_piat_ms = stddev_piat_ms = 0.0
 
     def flag_count(self, bit: int) -> int:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from .config import CollectorConfig
 from .export.elements import ElementRegistry
 from .export.exporter import Exporter
+from .export.fields import reads_link_layer
 from .export.filetransport import FileTransport
 from .export.jsonlines import JsonLinesExporter
 from .export.ntopng import Message, NtopngExporter
@@ -48,6 +49,13 @@ class Collector:
 
     config: CollectorConfig
     templates: TemplateSet | None
+
+    @property
+    def reads_link_layer(self) -> bool:
+        """Whether its templates export a flow direction's MAC addresses or MPLS labels."""
+        return self.templates is not None and any(
+            field.expression is not None and reads_link_layer(field.expression)
+            for template in self.templates.templates for field in template.fields)
 
     def exporter(self, registry: ElementRegistry, boot_ms: int = 0, process_id: int = 0
                  ) -> AnyExporter:
@@ -118,6 +126,8 @@ class Probe:
         """The export clock, as of the last batch."""
         for collector in collectors:  # fail on a bad template or protocol before any packet
             collector.exporter(registry)
+        # the decoder reads the link layer only when a template exports it
+        stream.link_layer |= any(c.reads_link_layer for c in collectors)
 
     def _start(self, boot_ms: int) -> None:
         self.boot_ms = boot_ms
@@ -148,6 +158,7 @@ class Probe:
             if collector not in collectors:
                 self._close(*link, now_ms)
         self.collectors = collectors
+        self.stream.link_layer |= any(c.reads_link_layer for c in collectors)
         if self.boot_ms is not None:
             self.links = [kept.get(c) or self._link(c) for c in collectors]
 

@@ -36,9 +36,10 @@ from dataclasses import asdict, replace
 from typing import Any, NamedTuple
 
 from .capture import PcapSource, check_interfaces
-from .config import (BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, NDPI_TEMPLATE, CollectorConfig,
-                     SensorConfig, load_config)
+from .config import (BIFLOW_TEMPLATE, DEFAULT_TEMPLATE, DIRECTIONS, NDPI_TEMPLATE,
+                     CaptureConfig, CollectorConfig, SensorConfig, load_config)
 from .export.elements import ElementRegistry
+from .flow import Interface
 from .errors import ConfigError, PyprobeError
 from .metrics import REASONS, Board, MetricsServer, Sample, add_up
 from .probe import Collector, Probe
@@ -163,8 +164,22 @@ def name_of(collector: Collector) -> str:
     return f"{c.name} ({c.protocol}, {how})" if how else f"{c.name} ({c.protocol})"
 
 
+def interfaces_of(capture: CaptureConfig) -> tuple[Interface, ...]:
+    """Where the packets of each captured interface (a file: the one) were observed, as the
+    records will say it: an interface's own settings, else the capture's."""
+    names = capture.interface.split(",") if capture.interface else [None]
+    own = {entry.name: entry for entry in capture.interfaces or ()}
+
+    def value(name: str | None, key: str) -> Any:
+        mine = getattr(own[name], key) if name in own else None
+        return getattr(capture, key) if mine is None else mine
+    return tuple(Interface(value(name, "ingress_interface"), value(name, "egress_interface"),
+                           DIRECTIONS.index(value(name, "direction"))) for name in names)
+
+
 def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) -> FlowStream:
-    """The meter of `source` with the configured cache and DPI settings (and `options`)."""
+    """The meter of `source` with the configured cache, DPI and interface settings (and
+    `options`)."""
     cache, dpi = config.cache, config.dpi
     return FlowStream(source, idle_timeout=cache.idle_timeout,
                       active_timeout=cache.active_timeout, max_flows=cache.max_flows,
@@ -173,7 +188,8 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
                       n_dissections=dpi.packet_budget, flow_budget=dpi.flow_budget,
                       dpi_report=dpi.report,
                       decode_tunnels=dpi.decode_tunnels,
-                      skip_corrupt=config.capture.skip_corrupt, **options)
+                      skip_corrupt=config.capture.skip_corrupt,
+                      interfaces=interfaces_of(config.capture), **options)
 
 
 def exports_filter(config: SensorConfig) -> str:

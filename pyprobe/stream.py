@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .cache import ACTIVE_TIMEOUT_S, CLOSE_LINGER_S, IDLE_TIMEOUT_S, MAX_FLOWS, FlowCache, Plugin
-from .capture import SNAPLEN, PcapSource
+from .capture import SNAPLEN, PcapSource, interface_of
 from .decode import Decoder
 from .tunnel import TunnelDecoder
-from .flow import EndReason, Flow
+from .flow import NO_INTERFACE, EndReason, Flow, Interface
 
 TICK_MS = 1000  # the longest stretch of packet time without a batch (callers' timer step)
 PROGRESS_EVERY = 1 << 16  # packets between two progress callbacks
@@ -86,8 +86,12 @@ class FlowStream:
     `cache.Plugin`). With `dpi`, nDPI labels every flow from its first `n_dissections` packets
     (`classify`) before the plugins run, at most `flow_budget` new flows a second of packet time
     (0: all of them; past it, in a storm of new flows, flows go unlabelled); with `dpi_report`
-    too, each flow keeps nDPI's whole report (`flow.dpi.metadata`). After iteration, `stats`
-    holds the run's `MeterStats`.
+    too, each flow keeps nDPI's whole report (`flow.dpi.metadata`). With `link_layer`, each
+    direction of a flow keeps the MAC addresses and MPLS labels of its first frame
+    (`Direction.link`). `interfaces` says where the packets of the capture's interfaces (in its
+    order; a file's: the first) were observed (each direction's `ingress_interface`,
+    `egress_interface`, `flow_direction`; NO_INTERFACE's where none is given). After
+    iteration, `stats` holds the run's `MeterStats`.
     """
 
     def __init__(self, source: str | PcapSource, *,
@@ -97,7 +101,8 @@ class FlowStream:
                  flow_budget: int = FLOW_BUDGET, dpi_report: bool = False,
                  decode_tunnels: bool = False, close_linger: float = CLOSE_LINGER_S,
                  timeouts: dict[str, float] | None = None,
-                 skip_corrupt: bool = False,
+                 skip_corrupt: bool = False, link_layer: bool = False,
+                 interfaces: Sequence[Interface] = (),
                  plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None,
                  end_clock: Callable[[int], int] | None = None) -> None:
@@ -112,6 +117,8 @@ class FlowStream:
         self.close_linger = close_linger
         self.timeouts = timeouts
         self.skip_corrupt = skip_corrupt
+        self._link_layer = link_layer
+        self.interfaces = tuple(interfaces)
         self.plugins = tuple(plugins)
         self.classifier: Plugin | None = None
         """With `dpi`, the NdpiClassifier (its counts: flows, packets, giveups)."""
@@ -126,6 +133,22 @@ class FlowStream:
         self.stats = MeterStats()
         self._cache: FlowCache | None = None  # the iteration's
         self._capture: PcapSource | None = None
+
+    @property
+    def link_layer(self) -> bool:
+        """Whether flow directions keep their first frame's link layer; set, it applies to the
+        flows that start from then on."""
+        return self._link_layer
+
+    @link_layer.setter
+    def link_layer(self, on: bool) -> None:
+        self._link_layer = on
+        if self._cache is not None:
+            self._cache.link_layer = on
+
+    def _interface(self, index: int) -> Interface:
+        """Where the packets of the capture's interface `index` were observed."""
+        return self.interfaces[index] if index < len(self.interfaces) else NO_INTERFACE
 
     def __iter__(self) -> Iterator[Flow]:
         for _, flows in self.batches():
@@ -145,7 +168,9 @@ class FlowStream:
         cache = FlowCache(idle_timeout_s=self.idle_timeout, active_timeout_s=self.active_timeout,
                           max_flows=self.max_flows, close_linger_s=self.close_linger,
                           timeouts=self.timeouts,
-                          classifier=self.classifier, plugins=self.plugins)
+                          classifier=self.classifier, plugins=self.plugins,
+                          link_layer=self._link_layer)
+        cache.set_interface(self._interface(0))
         self._cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
@@ -156,6 +181,9 @@ class FlowStream:
             while True:
                 count, tick = feed(frames, tick_ms, PROGRESS_EVERY - read % PROGRESS_EVERY)
                 read += count
+                if tick is not None and tick < 0:  # frames of another interface follow
+                    cache.set_interface(self._interface(interface_of(tick)))
+                    continue
                 if tick is not None:  # a live capture's tick: the timers run on its time
                     cache.expire(tick // 1_000_000)
                     self._update_stats(stats, read, decoder, capture, started)

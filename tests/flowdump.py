@@ -15,7 +15,8 @@ FLOW_VALUES = ("id", "src_addr", "dst_addr", "src_port", "dst_port", "protocol",
                "max_piat_ms", "sum_sq_piat_ms", "end_by_ms", "closing", "end_reason")
 DIRECTION_VALUES = ("packets", "bytes", "first_seen_ms", "last_seen_ms", "min_ps", "max_ps",
                     "sum_sq_ps", "low_piat_ms", "max_piat_ms", "sum_sq_piat_ms", "tcp_flags",
-                    *FLAG_COUNTERS, "min_ttl", "max_ttl", "tos", "icmp_type_code", "tunnel_id")
+                    *FLAG_COUNTERS, "min_ttl", "max_ttl", "tos", "icmp_type_code", "tunnel_id",
+                    "ingress_interface", "egress_interface", "flow_direction", "link")
 
 
 def plain(value: Any) -> Any:

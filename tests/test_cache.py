@@ -17,11 +17,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from builders import (  # noqa: E402
-    A4, ACK, B4, CWR, ECE, FIN, PSH, RST, SYN, TCP, URG, ipv4, link, tcp, write_pcap,
+    A4, ACK, B4, CWR, ECE, FIN, PSH, RST, SYN, TCP, URG, ipv4, link, mpls, tcp, write_pcap,
 )
 from pyprobe import EndReason, Flow, FlowStream, Packet  # noqa: E402
 from pyprobe.cache import FlowCache  # noqa: E402
 from pyprobe.decode import Decoder  # noqa: E402
+from pyprobe.flow import NO_INTERFACE, NO_LINK, Interface  # noqa: E402
 
 IDLE, ACTIVE, END, FORCED, LRU = (EndReason.IDLE_TIMEOUT, EndReason.ACTIVE_TIMEOUT,
                                   EndReason.END_OF_FLOW, EndReason.FORCED_END,
@@ -436,3 +437,56 @@ def test_flows_evicted_in_a_storm_are_handed_out_in_batches() -> None:
     assert steps == [((356, None), 256, True), ((256, None), 256, True),
                      ((256, None), 256, True), ((132, None), 132, False)]
     assert ports == list(range(1_000, 1_900))  # the least recently used first
+
+
+def test_directions_keep_their_first_packets_interface_and_link_layer() -> None:
+    """Each direction keeps where its first packet was captured and, with link_layer, that
+    frame's MAC addresses and MPLS labels (the parsed fast path and the decoded one alike);
+    later packets change neither; a flow restarted after its active timeout takes its new first
+    packet's. Off, the decoder is never asked: every direction reads NO_LINK."""
+    mac_1, mac_2, mac_3 = (bytes([2, 0, 0, 0, 0, n]) for n in (0x11, 0x22, 0x33))
+    tap_1, tap_2 = Interface(1, 2, 0), Interface(2, 1, 1)
+
+    def frame(src_mac: bytes, dst_mac: bytes, labels: list[int], packet: bytes) -> bytes:
+        if labels:
+            return dst_mac + src_mac + b"\x88\x47" + mpls(labels, packet)
+        return dst_mac + src_mac + b"\x08\x00" + packet
+
+    request = ipv4(tcp(40000, SERVER_PORT, SYN), TCP)
+    reply = ipv4(tcp(SERVER_PORT, 40000, SYN | ACK), TCP, src=B4, dst=A4)
+    runs = [  # (interface, time ms, frame)
+        (tap_1, 1_000, frame(mac_1, mac_2, [500, 600], request)),
+        (tap_2, 1_010, frame(mac_2, mac_1, [], reply)),
+        (tap_1, 1_020, frame(mac_3, mac_2, [700], request)),
+        (tap_1, 1_030, frame(mac_2, mac_3, [], reply)),
+        (tap_2, 200_000, frame(mac_3, mac_1, [], request)),  # past the active timeout
+    ]
+    results = {}
+    for link_layer in (True, False):
+        cache, decoder = FlowCache(link_layer=link_layer), Decoder(1)
+        feed = cache.feeder(decoder)
+        for interface, time_ms, data in runs:
+            cache.set_interface(interface)
+            feed(iter([(time_ms * 1_000_000, data)]), 1 << 62, 1)
+        cache.drain()
+        results[link_layer] = [(where(f.src2dst), f.src2dst.link, where(f.reverse), f.reverse.link)
+                               for f in cache.expired]
+    top = (500 << 4).to_bytes(3, "big") + (600 << 4 | 1).to_bytes(3, "big")
+    assert results[True] == [(tap_1, mac_2 + mac_1 + top, tap_2, mac_1 + mac_2),
+                             (tap_2, mac_1 + mac_3, NO_INTERFACE, NO_LINK)]
+    assert results[False] == [(tap_1, NO_LINK, tap_2, NO_LINK), (tap_2, NO_LINK, NO_INTERFACE,
+                                                                 NO_LINK)]
+
+
+def where(direction: Any) -> Interface:
+    """Where a direction's first packet was captured."""
+    return Interface(direction.ingress_interface, direction.egress_interface,
+                     direction.flow_direction)
+
+
+def test_a_packet_added_without_its_decoder_keeps_no_link_layer() -> None:
+    """`add` of a Packet alone has no decoder to read its frame's link layer."""
+    cache = FlowCache(link_layer=True)
+    cache.add(make_packet(1_000, True))
+    cache.drain()
+    assert cache.expired[0].src2dst.link == NO_LINK

@@ -58,7 +58,23 @@ def write(tmp_path: Path, text: str) -> Path:
      "capture.promiscuous: got 'yes', expected true or false"),
     (VALID + "capture: eth0\n", "capture: got 'eth0', expected a mapping of interface, file, bpf, "
                                 "snaplen, promiscuous, buffer_size, exclude_exports, workers, "
-                                "skip_corrupt"),
+                                "skip_corrupt, ingress_interface, egress_interface, direction, "
+                                "interfaces"),
+    (VALID + "capture: {interface: eth0, ingress_interface: 4294967296}\n",
+     "capture.ingress_interface: got 4294967296, expected an integer from 0 to 4294967295"),
+    (VALID + "capture: {interface: eth0, direction: in}\n",
+     "capture.direction: got 'in', expected one of ingress, egress"),
+    (VALID + "capture: {interface: 'eth1,eth2', interfaces: [{name: eth3}]}\n",
+     "capture.interfaces[0].name: got 'eth3', expected one of capture.interface's: eth1, eth2"),
+    (VALID + "capture: {interface: eth1, interfaces: [{name: eth1}, {name: eth1}]}\n",
+     "capture.interfaces[1].name: got 'eth1' again, expected each interface once"),
+    (VALID + "capture: {interface: eth1, interfaces: [{egress_interface: 2}]}\n",
+     "capture.interfaces[0].name: missing, expected the interface: one of capture.interface's"),
+    (VALID + "capture: {interface: eth1, interfaces: [{name: eth1, direction: out}]}\n",
+     "capture.interfaces[0].direction: got 'out', expected one of ingress, egress"),
+    ("capture: {file: x.pcap, interfaces: [{name: eth1}]}\ncollectors: [{host: a}]\n",
+     "capture.interfaces[0].name: got 'eth1' for a capture file, expected no interfaces "
+     "(capture.ingress_interface, egress_interface and direction apply to a file)"),
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",

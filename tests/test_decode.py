@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from builders import (  # noqa: E402
     A4, A6, ACK, AH, B4, B6, CWR, DEST_OPTS, ECE, ETH_8021AD, ETH_8021Q, ETH_ARP, ETH_IP,
-    ETH_MPLS, ETH_PPPOE, FIN, FRAGMENT, HOP_BY_HOP, ICMP, ICMPV6, PPP_IP, PPP_IPV6, PPP_LCP, PSH,
-    ROUTING, SCTP, SYN, TCP, UDP, URG, ether, ethertype_of, icmp, ipv4, ipv6, link, mpls, pppoe,
+    ETH_MPLS, ETH_PPPOE, FIN, FRAGMENT, HOP_BY_HOP, ICMP, ICMPV6, MAC_A, MAC_B, PPP_IP, PPP_IPV6,
+    PPP_LCP, PSH, ROUTING, SCTP, SYN, TCP, UDP, URG, ether, ethertype_of, icmp, ipv4, ipv6, link, mpls, pppoe,
     sctp, tcp, udp, write_pcap,
 )
 from pyprobe import FlowStream, Packet  # noqa: E402
@@ -29,6 +29,7 @@ from pyprobe.decode import (  # noqa: E402
     TRUNCATED_TRANSPORT, Decoder,
 )
 from pyprobe.errors import CaptureError  # noqa: E402
+from pyprobe.tunnel import TunnelDecoder  # noqa: E402
 
 # The reference packets: UDP 5353 -> 53 with 3 bytes of data, TTL 57, DSCP/ECN 0x28.
 UDP4 = ipv4(udp(5353, 53, b"abc"), UDP, ttl=57, tos=0x28)
@@ -446,3 +447,62 @@ def test_transport_header_in_link_padding_is_truncated() -> None:
     frame = link(1, ip) + b"\xaa" * 36
     assert decoder.decode(1_000, frame) is None
     assert decoder.skipped == Counter({"truncated transport header": 1})
+
+
+# The link layer a flow direction keeps (Decoder.link_header), read only when asked.
+
+def entry(label: int, tc: int, bottom: int) -> bytes:
+    """An MPLS label stack entry less its TTL: label, traffic class, bottom of stack."""
+    return (label << 4 | tc << 1 | bottom).to_bytes(3, "big")
+
+
+def tc_mpls(entries: list[tuple[int, int]], payload: bytes) -> bytes:
+    """A label stack of (label, traffic class) entries, bottom of stack on the last; TTL 64."""
+    return b"".join(struct.pack("!I", label << 12 | tc << 9 | (i == len(entries) - 1) << 8 | 64)
+                    for i, (label, tc) in enumerate(entries)) + payload
+
+
+NO_MAC = bytes(6)
+LINK_HEADERS = {  # name: link type, frame, (source MAC, destination MAC, MPLS label entries)
+    "ethernet": (1, link(1, UDP4), (MAC_A, MAC_B, ())),
+    "ethernet-vlan-fast": (1, link(1, UDP4, tags=((ETH_8021Q, 5),)), (MAC_A, MAC_B, ())),
+    "mpls-3": (1, ether(tc_mpls([(16, 0), (1_048_575, 7), (300, 5)], UDP4), ETH_MPLS),
+               (MAC_A, MAC_B, (entry(16, 0, 0), entry(1_048_575, 7, 0), entry(300, 5, 1)))),
+    "vlan-mpls": (1, ether(mpls([18], UDP6), ETH_MPLS, ((ETH_8021Q, 5),)),
+                  (MAC_A, MAC_B, (entry(18, 0, 1),))),
+    "mpls-12": (1, ether(mpls(list(range(100, 112)), UDP4), ETH_MPLS),
+                (MAC_A, MAC_B, tuple(entry(label, 0, 0) for label in range(100, 110)))),
+    "sll": (113, link(113, UDP4), (MAC_A, NO_MAC, ())),
+    "sll-no-address": (113, struct.pack("!HHH8sH", 0, 772, 0, bytes(8), ETH_IP) + UDP4,
+                       (NO_MAC, NO_MAC, ())),
+    "sll2-mpls": (276, link(276, mpls([99], UDP4), ETH_MPLS), (MAC_A, NO_MAC, (entry(99, 0, 1),))),
+    "raw": (101, UDP4, (NO_MAC, NO_MAC, ())),
+    "c-hdlc-mpls": (104, link(104, mpls([77], UDP4), ETH_MPLS), (NO_MAC, NO_MAC,
+                                                                 (entry(77, 0, 1),))),
+}
+
+
+@pytest.mark.parametrize("name", list(LINK_HEADERS))
+def test_link_header_of_each_link_type(name: str) -> None:
+    """The MAC addresses (Ethernet's two, Linux cooked captures' sender's) and at most ten MPLS
+    label stack entries, top first, of the frame just decoded."""
+    linktype, frame, (src_mac, dst_mac, labels) = LINK_HEADERS[name]
+    decoder = Decoder(linktype)
+    assert decoder.decode(1, frame) is not None
+    assert decoder.link_header(frame) == dst_mac + src_mac + b"".join(labels)
+
+
+def test_link_header_labels_are_the_frames_own() -> None:
+    """A frame without MPLS after one with it has no labels; a tunnel's are its outer frame's."""
+    decoder = TunnelDecoder(1)
+    labelled = ether(mpls([40], UDP4), ETH_MPLS)
+    plain = link(1, ipv4(tcp(1, 2, ACK), TCP))
+    inner = ether(mpls([41], UDP4), ETH_MPLS)
+    vxlan = ether(mpls([42], ipv4(udp(40000, 4789, bytes.fromhex("0800000000abcd00") + inner),
+                                  UDP)), ETH_MPLS)
+    assert decoder.decode(1, labelled) is not None
+    assert decoder.parse(plain)
+    assert decoder.link_header(plain) == MAC_B + MAC_A
+    packet = decoder.decode(2, vxlan)
+    assert (packet.tunnel_id, packet.src_port) == (0xABCD, 5353)
+    assert decoder.link_header(vxlan) == MAC_B + MAC_A + entry(42, 0, 1)

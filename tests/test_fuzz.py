@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builders import A4, A6, B4, B6, ACK, FIN, PSH, RST, SYN, icmp, ipv4, ipv6, link, tcp, udp
+from builders import (A4, A6, B4, B6, ACK, ETH_MPLS, FIN, PSH, RST, SYN, ether, icmp, ipv4, ipv6,
+                      link, mpls, tcp, udp)
 from tinypcap import session
 from pyprobe import FlowStream
 from pyprobe.cache import FlowCache
@@ -52,6 +53,7 @@ def fuzz(examples: int) -> settings:
 
 SOUND_FRAMES = [
     link(1, ipv4(tcp(40000, 80, SYN | ACK, b"GET / HTTP/1.1\r\n"), 6)),
+    ether(mpls([16, 17, 1_048_575], ipv4(udp(1, 2, b"x"), 17)), ETH_MPLS),
     link(1, ipv4(udp(5353, 53, b"\x12\x34" + bytes(10)), 17), tags=((0x8100, 7),)),
     link(1, ipv4(icmp(8, 0, bytes(8)), 1, frag=0x2000)),
     link(1, ipv6(udp(1234, 443, bytes(20)), 17, src=A6, dst=B6)),
@@ -82,9 +84,16 @@ def spoilt(draw: st.DrawFn, sound: list[bytes]) -> bytes:
 @given(frames=st.lists(st.one_of(spoilt(SOUND_FRAMES), st.binary(max_size=80)), max_size=8))
 def test_decode(frames: list[bytes]) -> None:
     """The fast path gives the packet the general one does, or leaves the frame to it; every
-    frame is a packet or counted as skipped."""
+    frame is a packet or counted as skipped; a packet's link layer is two MAC addresses and at
+    most ten MPLS label stack entries of 3 octets."""
     decoder, general = Decoder(1), Decoder(1)
-    packets = [decoder.decode(1_700_000_000_000 + i, f) for i, f in enumerate(frames)]
+    packets = []
+    for i, frame in enumerate(frames):
+        packets.append(decoder.decode(1_700_000_000_000 + i, frame))
+        if packets[-1] is not None:
+            header = decoder.link_header(frame)
+            assert header[:12] == frame[:12]
+            assert len(header) - 12 in range(0, 31, 3)
     assert packets == [general._ethernet_general(1_700_000_000_000 + i, f)
                        for i, f in enumerate(frames)]
     assert sum(p is not None for p in packets) + sum(decoder.skipped.values()) == len(frames)
@@ -129,7 +138,7 @@ def test_cache(packets: list[Packet], max_flows: int, idle: float, linger: float
 
 TEXT = st.one_of(st.just(""), st.text(st.characters(codec="utf-8"), max_size=400))
 TEMPLATE_SETS = {name: load_templates(TEMPLATES / f"{name}.yaml", REGISTRY)
-             for name in ("default", "ndpi", "biflow")}
+             for name in ("default", "ndpi", "biflow", "link")}
 
 
 @st.composite
@@ -144,6 +153,11 @@ def flows(draw: st.DrawFn) -> list[Flow]:
             (1_700_000_000_000, 2**32 * 1000 - 1, 2**32 * 1000, 2**62)))
         flow.last_seen_ms = flow.src2dst.last_seen_ms = flow.first_seen_ms
         flow.src2dst.bytes = draw(st.sampled_from((100, 2**32, 2**63 - 1)))  # a counter: int64
+        flow.src2dst.ingress_interface, flow.src2dst.egress_interface = draw(st.tuples(
+            *[st.sampled_from((0, 1, 2**32 - 1))] * 2))  # unsigned32, as the schema bounds them
+        flow.src2dst.flow_direction = draw(st.sampled_from((0, 1)))
+        flow.src2dst.link = draw(st.binary(min_size=12, max_size=42).filter(
+            lambda link: len(link) % 3 == 0))  # two MACs, 0 to 10 label entries
         numbers = {"master_protocol": 2**16 - 1, "app_protocol": 2**16 - 1, "risk": 2**64 - 1,
                    "risk_score": 2**16 - 1, "http_response_code": 2**16 - 1}  # nDPI's widths
         flow.dpi = DpiInfo(**{f.name: draw(TEXT) if f.type == "str" else draw(

@@ -146,11 +146,11 @@ def meter_both(specs: list[dict]) -> list[tuple[dict, dict]]:
 
 
 OPTIONS = [  # FlowStream options of each seed's run
-    {"dpi": False},
+    {"dpi": False, "link_layer": True, "interfaces": [[7, 4_294_967_295, 1]]},
     {"dpi": False, "max_flows": 7},
     {"dpi": False, "idle_timeout": 100, "active_timeout": 1, "close_linger": 0.5},
     {"dpi": True},
-    {"dpi": True, "max_flows": 5, "decode_tunnels": True},
+    {"dpi": True, "max_flows": 5, "decode_tunnels": True, "link_layer": True},
     {"dpi": False, "decode_tunnels": True, "idle_timeout": 1e9, "active_timeout": 1e9},
 ]
 
@@ -213,6 +213,10 @@ def test_random_captures_meter_the_same_both_ways(tmp_path: Path) -> None:
             assert mine == theirs, spec
     assert {flow["end_reason"][1] for compiled, _ in results for flow in compiled["flows"]} == {
         1, 2, 3, 4, 5}
+    linked = [d for flow in results[0][0]["flows"] for d in (flow["src2dst"], flow["dst2src"]) if d]
+    assert {(d["ingress_interface"][1], d["egress_interface"][1], d["flow_direction"][1])
+            for d in linked} == {(7, 4_294_967_295, 1)}
+    assert any(len(d["link"][1]) > 24 for d in linked)  # hex: MPLS labels past the two MACs
     storm_run, wrap_2038, wrap_2262 = (compiled for compiled, _ in results[-4:-1])
     assert {flow["end_reason"][1] for flow in results[-1][0]["flows"]} == {1, 2, 3, 4, 5}
     assert (storm_run["stats"]["flows"], storm_run["stats"]["uninspected_flows"],

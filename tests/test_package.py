@@ -65,6 +65,10 @@ capture:
   exclude_exports: true
   workers: 1
   skip_corrupt: false
+  ingress_interface: 0
+  egress_interface: 0
+  direction: ingress
+  interfaces: null
 cache:
   idle_timeout: 30.0
   active_timeout: 120.0
@@ -144,7 +148,8 @@ def test_the_sdist_holds_the_sources_the_data_and_the_license(dist: Path) -> Non
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert {"LICENSE", "README.md", "pyproject.toml", "setup.py", SAMPLE,
             "pyprobe/export/templates/ndpi.yaml", "pyprobe/export/templates/default.yaml",
-            "pyprobe/export/templates/biflow.yaml", "pyprobe/export/data/iana_elements.csv",
+            "pyprobe/export/templates/biflow.yaml", "pyprobe/export/templates/link.yaml",
+            "pyprobe/export/data/iana_elements.csv",
             "pyprobe/export/data/enterprise_elements.csv"} <= names
     assert {f"{module}.{suffix}" for module in COMPILED_MODULES for suffix in ("py", "pxd")} <= names
     assert not any(name.endswith((".so", ".c")) for name in names)

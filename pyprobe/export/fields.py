@@ -35,7 +35,15 @@ FIELD_EXPRESSIONS: dict[str, str] = {
     "ipVersion": "flow.ip_version",
     "vlanId": "flow.vlan_id",
     "flowEndReason": "flow.end_reason",
-    "flowDirection": "0",  # ingress: the probe sees traffic as it arrives
+    "flowDirection": "this.flow_direction",  # configured per capture interface
+    "ingressInterface": "this.ingress_interface",
+    "egressInterface": "this.egress_interface",
+    # The link layer of each direction's first frame (flow.py: Direction.link), kept only when a
+    # template reads it. A label stack entry past the stack's depth is empty (zeros when fixed).
+    "sourceMacAddress": "this.link[6:12]",
+    "destinationMacAddress": "this.link[:6]",
+    "mplsTopLabelStackSection": "this.link[12:15]",
+    **{f"mplsLabelStackSection{n}": f"this.link[{3 * n + 9}:{3 * n + 12}]" for n in range(2, 11)},
     "biflowDirection": "1",  # initiator: the record's source sent the first packet
     "ipClassOfService": "this.tos",
     "tcpControlBits": "this.tcp_flags",
@@ -75,6 +83,13 @@ FIELD_EXPRESSIONS: dict[str, str] = {
 PARAMETERS = ("flow", "this", "other", "ends")
 DERIVED = {"dpi": "flow.dpi or NO_DPI"}
 """Names expressions use besides PARAMETERS: each computed once per record, where it is used."""
+
+
+def reads_link_layer(expression: str) -> bool:
+    """Whether an expression reads a direction's link layer (`Direction.link`), which the meter
+    keeps only when a template reads it."""
+    return any(isinstance(node, ast.Attribute) and node.attr == "link"
+               for node in ast.walk(ast.parse(expression, mode="eval")))
 
 
 def l7_proto(dpi: DpiInfo) -> int:
