@@ -202,3 +202,21 @@ def test_each_port_of_a_tap_gives_its_records_its_interfaces(netns: Namespace,
     macs = ("02:00:00:00:00:01", "02:00:00:00:00:02")  # tinypcap's, both ways
     assert clients == [("1", "2", "I", *macs)] * 120
     assert servers == [("2", "1", "E", *macs)] * 120
+
+
+NFACCTD_PRIMITIVES = ("src_host", "dst_host", "src_port", "dst_port", "in_iface", "out_iface",
+                      "src_mac", "dst_mac", "mpls_label_top")
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+def test_nfacctd_reads_interfaces_macs_and_top_label(protocol: str, tmp_path: Path) -> None:
+    """pmacct's nfacctd takes each record's interfaces, MACs and top MPLS label as sent."""
+    from pmacct import Nfacctd
+
+    with Nfacctd(tmp_path / "nfacctd", NFACCTD_PRIMITIVES) as nfacctd:
+        replay(capture(tmp_path), nfacctd.port, protocol)
+    rows = sorted((r["SRC_IP"], r["DST_IP"], r["SRC_PORT"], r["DST_PORT"], r["IN_IFACE"],
+                   r["OUT_IFACE"], r["SRC_MAC"], r["DST_MAC"], r["MPLS_LABEL_TOP"])
+                  for r in nfacctd.records())
+    assert rows == sorted((row[0], row[1], row[2], row[3], "7", "4294967295", row[4], row[5],
+                           row[6].split("-")[0]) for row in EXPECTED_NFDUMP)
