@@ -172,7 +172,9 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
                       n_dissections=dpi.packet_budget, flow_budget=dpi.flow_budget,
                       dpi_report=dpi.report,
                       decode_tunnels=dpi.decode_tunnels,
-                      skip_corrupt=config.capture.skip_corrupt, **options)
+                      skip_corrupt=config.capture.skip_corrupt,
+                      sampling_rate=config.sampling.rate, sampling_mode=config.sampling.mode,
+                      **options)
 
 
 def exports_filter(config: SensorConfig) -> str:
