@@ -116,7 +116,9 @@ def templates_then_data() -> list[bytes]:
 
 
 @pytest.mark.parametrize("datagram, message", [
-    (b"\x00\x05" + bytes(22), "version 5 is neither IPFIX (10) nor NetFlow v9 (9)"),
+    (b"\x00\x07" + bytes(22), "version 7 is neither IPFIX (10) nor NetFlow v9 (9) nor v5 (5)"),
+    (b"\x00\x05" + bytes(20), "22-octet datagram is shorter than a v5 header"),
+    (b"\x00\x05\x00\x02" + bytes(20 + 48), "v5 count 2, datagram 72 octets"),
     (b"\x00\x0a\x00\x10", "4-octet datagram is shorter than a v10 header"),
     (struct.pack("!HHIII", 10, 40, 0, 0, 1), "IPFIX length 40, datagram 16 octets"),
     (struct.pack("!HHIII", 10, 24, 0, 0, 1) + struct.pack("!HH", 256, 12) + bytes(4),

@@ -24,12 +24,14 @@ from pyprobe.cli import build_parser  # noqa: E402
 from pyprobe.config import CollectorConfig, load_config, overrides_of  # noqa: E402
 from pyprobe.errors import ConfigError  # noqa: E402
 from pyprobe.export.options import SAMPLER_TEMPLATE_ID  # noqa: E402
+from pyprobe.export.template import load_templates  # noqa: E402
 from pyprobe.flow import Flow  # noqa: E402
 from pyprobe.probe import Collector, ExportSummary, Probe  # noqa: E402
 from pyprobe.sampling import Sampler  # noqa: E402
 from pyprobe.stream import FlowStream  # noqa: E402
 
 RATE = 10
+SAMPLE = HERE.parent / "pyprobe" / "data" / "sample.pcap"
 SIGMAS = 5
 
 
@@ -241,3 +243,26 @@ def nfcapd_sequence_failures(datagrams: list[bytes], messages: list[list]) -> in
         flows = sum(not r.scope_count for r in records)
         expected, flow_records = expected + flows, flow_records + flows
     return failures
+
+
+@pytest.mark.parametrize(("protocol", "rate", "values"), [
+    ("ipfix", RATE, (RATE, 1)), ("netflow9", RATE, (RATE, 1)), ("ipfix", 1, (1, 0))])
+def test_templates_may_send_the_interval_in_every_record(protocol: str, rate: int,
+                                                         values: tuple, tmp_path: Path) -> None:
+    """samplingInterval and samplingAlgorithm in a template carry the exporter's sampling (1 in
+    1 and no algorithm without it), and nfacctd scales each record by it."""
+    path = tmp_path / "sampled.yaml"
+    path.write_text("templates:\n  - id: 300\n    name: sampled\n    fields: [sourceIPv4Address, "
+                    "destinationIPv4Address, sourceTransportPort, destinationTransportPort, "
+                    "protocolIdentifier, octetDeltaCount, packetDeltaCount, samplingInterval, "
+                    "samplingAlgorithm]\n    match: {ip_version: 4}\n")
+    templates = load_templates(path, REGISTRY)
+    recorder = Recorder()
+    stream = FlowStream(str(SAMPLE), dpi=False, plugins=[recorder], sampling_rate=rate)
+    with UdpSink() as sink:
+        Probe(stream, [Collector(CollectorConfig(HOST, sink.port, protocol=protocol), templates)],
+              REGISTRY).run()
+    records = [dict(r.fields) for m in decode(sink.datagrams) for r in m if r.template_id == 300]
+    assert {(r["samplingInterval"], r["samplingAlgorithm"]) for r in records} == {values}
+    assert sum(r["packetDeltaCount"] for r in records) == sum(
+        f.bidirectional_packets for f in recorder.flows if len(f.src_addr) == 4)

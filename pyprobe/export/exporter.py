@@ -87,7 +87,9 @@ class Exporter:
         # counts flow records (and application names), which is what nfcapd checks it against.
         self._options_channel = (_Channel(MessageBuilder(self.protocol, mtu_bytes), 0)
                                  if self.protocol.sequence_counts_records else self._data_channel)
-        context = {"boot_ms": boot_ms, "registry": registry}
+        self._sampling = {"sampling_interval": sampling_rate,
+                          "sampling_algorithm": sampling_algorithm if sampling_rate > 1 else 0}
+        context = {"boot_ms": boot_ms, "registry": registry, **self._sampling}
         compile_ = lambda t: t.compile(self.protocol, **context)  # noqa: E731
         self._compile_data()
         self._enterprise = enterprise_elements(templates.templates)
@@ -126,7 +128,7 @@ class Exporter:
     def _compile_data(self) -> None:
         """The data templates compiled for `boot_ms`, and the flow times they can carry."""
         self._data = {t.ip_version: t.compile(self.protocol, boot_ms=self.boot_ms,
-                                              registry=self.registry)
+                                              registry=self.registry, **self._sampling)
                       for t in reversed(self.templates.templates)}
         self._by_version: dict[int, CompiledTemplate | None] = {
             length: self._data.get(version) or self._data.get(None)
