@@ -395,6 +395,7 @@ class Sensor:
             ("pyprobe_packets_read", (), meter.packets_read),
             *(("pyprobe_packets_skipped", (reason,), count)
               for reason, count in sorted(meter.skipped.items())),
+            ("pyprobe_packets_sampled_out", (), meter.sampled_out),
             ("pyprobe_flows_live", (), stream.live_flows),
             *(("pyprobe_flows_ended", (name,), meter.flows[reason])
               for reason, name in REASONS.items()),

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from nfdump import HOST, _udp_socket_queue, _until, free_udp_port
+from nfdump import HOST, _until, free_udp_port, stop_drained
 
 Key = tuple[str, str, int, int, int]  # source, destination, ports, protocol number
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "sctp": 132}
@@ -78,9 +78,7 @@ class Nfacctd:
         """Waits until nfacctd has read every datagram, then SIGINT: its plugin writes the file."""
         if self.process is None:
             return
-        _until(lambda: not _udp_socket_queue(self.port), 10, "nfacctd did not drain its socket")
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=20)
+        stop_drained(self.process, self.port, signal.SIGINT, 20)
         self.process = None
         log = self.directory / "nfacctd.log"  # the plugin may end after the core
         _until(lambda: "Purging cache - END" in log.read_text(), 20, "nfacctd wrote no counts")

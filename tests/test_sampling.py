@@ -14,7 +14,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from nfdump import HOST, Nfcapd, UdpSink, summary, uniflows  # noqa: E402
+from nfdump import (HOST, Nfcapd, UdpSink, summary, tshark_frames, uniflows,  # noqa: E402
+                    write_pcap)
 from pmacct import Nfacctd, available as nfacctd_available  # noqa: E402
 from test_captures import assert_same  # noqa: E402
 from test_interop import (DEFAULT_TEMPLATES, REGISTRY, Recorder, decode, meter_uniflows,  # noqa: E402,F401
@@ -266,3 +267,20 @@ def test_templates_may_send_the_interval_in_every_record(protocol: str, rate: in
     assert {(r["samplingInterval"], r["samplingAlgorithm"]) for r in records} == {values}
     assert sum(r["packetDeltaCount"] for r in records) == sum(
         f.bidirectional_packets for f in recorder.flows if len(f.src_addr) == 4)
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+def test_tshark_decodes_the_sampler_record(protocol: str, tmp_path: Path) -> None:
+    """Wireshark reads every message with the sampler record, no expert note, and the interval."""
+    with UdpSink() as sink:
+        flows, _ = export(SAMPLE, protocol, [sink.port])
+    pcap = tmp_path / "sent.pcap"
+    write_pcap(sink.datagrams, pcap, 2055)
+    frames = tshark_frames(pcap, 2055, "_ws.expert.message", "_ws.malformed",
+                           "cflow.sampling_interval", "cflow.sampling_algorithm",
+                           "cflow.packets")
+    assert {(expert, malformed) for expert, malformed, *_ in frames} == {("", "")}
+    assert {(interval, algorithm) for _, _, interval, algorithm, _ in frames if interval} == {
+        (str(RATE), "1")}
+    assert sum(int(n) for *_, packets in frames for n in packets.split(",") if n) == sum(
+        f.bidirectional_packets for f in flows)
