@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from nfdump import HOST, _until, free_udp_port, stop_drained
+from nfdump import HOST, RECEIVE_BUFFER, _until, free_udp_port, stop_drained
 
 Key = tuple[str, str, int, int, int]  # source, destination, ports, protocol number
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "sctp": 132}
@@ -25,7 +25,7 @@ daemonize: false
 nfacctd_ip: {host}
 nfacctd_port: {port}
 nfacctd_renormalize: {renormalize}
-plugin_buffer_size: 1
+nfacctd_pipe_size: {receive_buffer}
 plugin_pipe_size: 10240000
 plugins: print[flows]
 aggregate[flows]: src_host, dst_host, src_port, dst_port, proto
@@ -57,7 +57,8 @@ class Nfacctd:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "nfacctd.conf"
         config.write_text(CONFIG.format(host=HOST, port=self.port, output=self.output,
-                                        renormalize=str(self.renormalize).lower()))
+                                        renormalize=str(self.renormalize).lower(),
+                                        receive_buffer=RECEIVE_BUFFER))
         log = (self.directory / "nfacctd.log").open("wb")
         self.process = subprocess.Popen(["nfacctd", "-f", str(config)], stdout=log,
                                         stderr=subprocess.STDOUT)
