@@ -96,6 +96,36 @@ def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, proto
         {"ipfix": 3, "netflow9": 2}[protocol], 4, 1, len(ARP), 0]  # the messages before it
 
 
+def test_pyprobe_collect_decodes_netflow5(tmp_path: Path) -> None:
+    """A v5 replay into `pyprobe collect --json`: the records under IANA names, times from the
+    header's sysUpTime, as in NetFlow v9 (v5 has no end reason)."""
+    capture = write_pcap(tmp_path / "session.pcap", session())
+    collect = pyprobe("collect", "--port", "0", "--json", "--count", "1", "--timeout", "20")
+    try:
+        port = listening_port(collect)
+        replay = subprocess.run([sys.executable, "-m", "pyprobe", "replay", capture, "--no-dpi",
+                                 "--collector", f"127.0.0.1:{port},netflow5"],
+                                capture_output=True, text=True, timeout=60)
+        out, err = collect.communicate(timeout=20)
+    finally:
+        collect.kill()
+    assert replay.returncode == 0, replay.stderr
+    assert "exported 2 flows as 4 records in 1 messages, 216 octets" in replay.stdout
+    assert err.splitlines()[-1] == "1 messages, 4 records, 0 data sets without a template"
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["version"], r["domain"], r["template_id"], r["sequence"]) for r in records] == [
+        (5, 1, 0, 0)] * 4
+    flows = []
+    for record in records:
+        fields, boot_ms = record["fields"], record["export_time"] * 1000 - record["sys_uptime"]
+        flows.append((fields["sourceIPv4Address"], fields["sourceTransportPort"],
+                      fields["destinationIPv4Address"], fields["destinationTransportPort"],
+                      fields["packetDeltaCount"], fields["octetDeltaCount"],
+                      boot_ms + fields["flowStartSysUpTime"] - EPOCH_MS,
+                      boot_ms + fields["flowEndSysUpTime"] - EPOCH_MS, fields["tcpControlBits"]))
+    assert flows == [record[:-1] for record in SESSION_RECORDS]
+
+
 # The sans-IO collector.
 
 def exporter(protocol: str = "ipfix", **options) -> Exporter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from conftest import GEN_SYNTH, require  # noqa: E402
 from nfdump import (HOST, Nfcapd, UdpSink, summary, tshark_frames, uniflows,  # noqa: E402
                     write_pcap)
 from pmacct import Nfacctd, available as nfacctd_available  # noqa: E402
@@ -153,9 +155,20 @@ def test_deterministic_meters_exactly_the_selected_frames(synth: Path, tmp_path:
     assert stats.packets_decoded == selected == sum(f.bidirectional_packets for f in flows)
 
 
-def test_random_scales_to_the_capture_within_bounds(synth: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def large_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 100k-packet gen_synth capture (91,004 packets in 5,000 flows, 62 MB of IP)."""
+    require(GEN_SYNTH)
+    out = tmp_path_factory.mktemp("large") / "large.pcap"
+    subprocess.run([sys.executable, str(GEN_SYNTH), "--packets", "100000", "--flows", "5000",
+                    str(out)], check=True, capture_output=True, timeout=300)
+    return out
+
+
+def test_random_scales_to_the_capture_within_bounds(large_synth: Path, tmp_path: Path) -> None:
     """N times the packets and bytes metered is within 5 sigma of the capture's, and each seed
     meters a different sample."""
+    synth = large_synth
     _, lengths = every_nth(synth, 1, tmp_path / "all.pcap")
     p = 1 / RATE
     packets_sigma = math.sqrt(len(lengths) * p * (1 - p)) * RATE
