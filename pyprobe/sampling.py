@@ -1,6 +1,7 @@
 """Packet sampling: 1-in-N of the captured frames go on to the meter, the others are counted.
 
-Two selectors, as softflowd's `-s N`, nProbe's `-S` and pmacct's `sampling_rate` offer them:
+Two selectors of 1 in N (what softflowd's `-s N`, nProbe's `-S` and pmacct's `sampling_rate`
+configure):
 - **deterministic** (RFC 5475 systematic count-based): the 1st, (N+1)th, (2N+1)th... frame;
 - **random** (RFC 5475 uniform probabilistic): each frame with probability 1/N, independently.
   The gap to the next selected frame is drawn once per selected frame (geometric), so the
