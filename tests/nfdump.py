@@ -56,15 +56,6 @@ def _until(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def stop_drained(process: subprocess.Popen, port: int, how: signal.Signals,
-                 timeout_s: float = 10) -> None:
-    """Waits until the collector `process` has read every datagram sent to `port`, then
-    signals it `how` and waits for it to exit."""
-    _until(lambda: not _udp_socket_queue(port), 10, f"{process.args[0]} did not drain its socket")
-    process.send_signal(how)
-    process.wait(timeout=timeout_s)
-
-
 class Nfcapd:
     """nfcapd on 127.0.0.1:port writing into `directory`; `stop()` makes it flush its files."""
 
@@ -88,9 +79,12 @@ class Nfcapd:
 
     def stop(self) -> None:
         """Waits until nfcapd has read every datagram, then SIGTERM and wait: it writes its files."""
-        if self.process is not None:
-            stop_drained(self.process, self.port, signal.SIGTERM)
-            self.process = None
+        if self.process is None:
+            return
+        _until(lambda: not _udp_socket_queue(self.port), 10, "nfcapd did not drain its socket")
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=10)
+        self.process = None
 
     def __enter__(self) -> Nfcapd:
         return self.start()

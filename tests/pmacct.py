@@ -1,22 +1,28 @@
 """pmacct's nfacctd as a real collector for the interop tests (the minimum the sampling and
 NetFlow v5 tests need: the wire part of issue 19 may bring a fuller helper, to be merged).
 
-`Nfacctd` runs nfacctd in the foreground on a loopback port with one print plugin, which
-aggregates per unidirectional 5-tuple into a CSV file; `renormalize` sets
-`nfacctd_renormalize`, so sampled counts are multiplied by the sampling rate the exporter
-announced. `stop()` waits until nfacctd has read every datagram, then SIGINT: the print
-plugin writes what it holds as it exits. `flows()` reads the file back.
+`Nfacctd` runs nfacctd in the foreground on a loopback port with one memory plugin, which
+aggregates per unidirectional 5-tuple; the `pmacct` client reads its table. `renormalize`
+sets `nfacctd_renormalize`, so sampled counts are multiplied by the sampling rate the exporter
+announced. nfacctd loses what reaches it before its plugin runs (no log line tells when that
+is), and its core holds records for the plugin until a buffer fills: `start()` sends canaries
+(NetFlow v5 records of TEST-NET-1 addresses) until the plugin has counted one, and `stop()`
+sends more until the plugin has counted one sent after the flows (so every flow went through
+before it), reads the table, then ends nfacctd. `flows()` is that table, canaries left out.
 """
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import signal
+import socket
 import subprocess
-import time
 from pathlib import Path
 
-from nfdump import HOST, RECEIVE_BUFFER, _until, free_udp_port, stop_drained
+from nfdump import HOST, RECEIVE_BUFFER, _until, free_udp_port
+
+from pyprobe.export.netflow5 import HEADER, RECORD
 
 Key = tuple[str, str, int, int, int]  # source, destination, ports, protocol number
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "sctp": 132}
@@ -26,63 +32,77 @@ nfacctd_ip: {host}
 nfacctd_port: {port}
 nfacctd_renormalize: {renormalize}
 nfacctd_pipe_size: {receive_buffer}
-plugin_pipe_size: 10240000
-plugins: print[flows]
+plugins: memory[flows]
+imt_path[flows]: {pipe}
+imt_mem_pools_number[flows]: 0
 aggregate[flows]: src_host, dst_host, src_port, dst_port, proto
-print_output[flows]: csv
-print_output_file[flows]: {output}
-print_output_separator[flows]: ,
-print_refresh_time[flows]: 3600
-print_num_protos[flows]: true
 """
-READY = ("waiting for NetFlow/IPFIX data", "cache entries=")
-SETTLE_S = 1.0
+CANARY = "192.0.2.1"  # TEST-NET-1: the canaries' source address
 
 
 def available() -> bool:
-    return shutil.which("nfacctd") is not None
+    return shutil.which("nfacctd") is not None and shutil.which("pmacct") is not None
 
 
 class Nfacctd:
-    """nfacctd on 127.0.0.1:port, writing its per-5-tuple counts into `directory`."""
+    """nfacctd on 127.0.0.1:port, counting per 5-tuple in its memory plugin."""
 
     def __init__(self, directory: Path, *, renormalize: bool = False) -> None:
         self.directory = directory
         self.port = free_udp_port()
         self.renormalize = renormalize
-        self.output = directory / "flows.csv"
+        self.pipe = directory / "imt.pipe"
         self.process: subprocess.Popen | None = None
+        self.canaries = 0  # sent
+        self.table = ""  # the plugin's table as `stop()` read it (CSV)
 
     def start(self) -> Nfacctd:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "nfacctd.conf"
-        config.write_text(CONFIG.format(host=HOST, port=self.port, output=self.output,
+        config.write_text(CONFIG.format(host=HOST, port=self.port, pipe=self.pipe,
                                         renormalize=str(self.renormalize).lower(),
                                         receive_buffer=RECEIVE_BUFFER))
         log = (self.directory / "nfacctd.log").open("wb")
         self.process = subprocess.Popen(["nfacctd", "-f", str(config)], stdout=log,
                                         stderr=subprocess.STDOUT)
         log.close()
-        # Ready some time after the core has started its plugin and the plugin has made its
-        # cache: what was sent within 0.1 s of that (to the bound port) never reached the
-        # plugin, and no log line tells when it can; SETTLE_S is 10 times that.
-        log = self.directory / "nfacctd.log"
-        _until(lambda: all(line in log.read_text() for line in READY)
-               or self.process.poll() is not None, 10, f"nfacctd did not start on {self.port}")
-        time.sleep(SETTLE_S)
+        self._sing_until(0, "count a canary")
         if self.process.poll() is not None:
             raise RuntimeError(f"nfacctd exited with {self.process.returncode}: "
                                + (self.directory / "nfacctd.log").read_text())
         return self
 
+    def _query(self) -> str:
+        """The plugin's table, as `pmacct -s -O csv` prints it ("" until it answers)."""
+        if not self.pipe.exists():
+            return ""
+        result = subprocess.run(["pmacct", "-p", str(self.pipe), "-s", "-O", "csv"],
+                                capture_output=True, text=True, timeout=20)
+        return result.stdout if result.returncode == 0 else ""
+
+    def _sing_until(self, counted: int, what: str) -> None:
+        """Sends canaries until the plugin has counted more than `counted` of them."""
+        def sing() -> bool:
+            sender.sendto(CANARY_DATAGRAM, (HOST, self.port))
+            self.canaries += 1
+            return _canaries(self._query()) > counted or self.process.poll() is not None
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            _until(sing, 30, f"nfacctd on {self.port} did not {what}")
+
     def stop(self) -> None:
-        """Waits until nfacctd has read every datagram, then SIGINT: its plugin writes the file."""
+        """Waits until nfacctd's plugin has counted every flow sent, keeps its table, ends it."""
         if self.process is None:
             return
-        stop_drained(self.process, self.port, signal.SIGINT, 20)
+        self._sing_until(self.canaries, "count the canaries sent after the flows")
+        self.table = self._query()
+        # nfacctd with a memory plugin does not end at SIGTERM: its work is done, it is killed.
+        plugins = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        for pid in plugins.split():
+            os.kill(int(pid), signal.SIGKILL)
+        self.process.kill()
+        self.process.wait(timeout=20)
         self.process = None
-        log = self.directory / "nfacctd.log"  # the plugin may end after the core
-        _until(lambda: "Purging cache - END" in log.read_text(), 20, "nfacctd wrote no counts")
 
     def __enter__(self) -> Nfacctd:
         return self.start()
@@ -93,11 +113,28 @@ class Nfacctd:
     def flows(self) -> dict[Key, tuple[int, int]]:
         """(packets, bytes) per unidirectional 5-tuple, as nfacctd counted them."""
         totals: dict[Key, tuple[int, int]] = {}
-        with self.output.open(newline="") as file:
-            for row in csv.DictReader(file):
-                protocol = row["PROTOCOL"]
-                key = (row["SRC_IP"], row["DST_IP"], int(row["SRC_PORT"]), int(row["DST_PORT"]),
-                       int(protocol) if protocol.isdigit() else PROTOCOL_NUMBERS[protocol])
-                packets, octets = totals.get(key, (0, 0))
-                totals[key] = (packets + int(row["PACKETS"]), octets + int(row["BYTES"]))
+        for row in csv.DictReader(self.table.splitlines()):
+            if row["SRC_IP"] == CANARY:
+                continue
+            protocol = row["PROTOCOL"]
+            key = (row["SRC_IP"], row["DST_IP"], int(row["SRC_PORT"]), int(row["DST_PORT"]),
+                   int(protocol) if protocol.isdigit() else PROTOCOL_NUMBERS[protocol])
+            packets, octets = totals.get(key, (0, 0))
+            totals[key] = (packets + int(row["PACKETS"]), octets + int(row["BYTES"]))
         return totals
+
+
+def _canaries(table: str) -> int:
+    return sum(int(row["PACKETS"]) for row in csv.DictReader(table.splitlines())
+               if row["SRC_IP"] == CANARY)
+
+
+CANARY_DATAGRAM = HEADER.build(dict(count=1, sys_uptime=0, unix_secs=0, unix_nsecs=0,
+                                    flow_sequence=0, engine_type=0, engine_id=0,
+                                    sampling_interval=0)) + RECORD.build(
+    dict(sourceIPv4Address=0xC0000201, destinationIPv4Address=0xC0000202, ipNextHopIPv4Address=0,
+         ingressInterface=0, egressInterface=0, packetDeltaCount=1, octetDeltaCount=28,
+         flowStartSysUpTime=0, flowEndSysUpTime=0, sourceTransportPort=9,
+         destinationTransportPort=9, pad1=0, tcpControlBits=0, protocolIdentifier=17,
+         ipClassOfService=0, bgpSourceAsNumber=0, bgpDestinationAsNumber=0,
+         sourceIPv4PrefixLength=0, destinationIPv4PrefixLength=0, pad2=0))
