@@ -51,13 +51,10 @@ SESSION_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
-def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, protocol: str) -> None:
-    """Replay over loopback into `pyprobe collect --json`: every flow field and the statistics."""
-    capture = write_pcap(tmp_path / "session.pcap", session()[:1] + [(5, ARP)] + session()[1:])
-    # Templates and options at the first packet, the flows, then the final statistics; IPFIX
-    # sends the options in observation domain 0, in messages of their own.
-    messages = {"ipfix": 5, "netflow9": 3}[protocol]
+def replay_into_collect(capture: str, protocol: str, messages: int
+                        ) -> tuple[subprocess.CompletedProcess, str, str]:
+    """`pyprobe replay` of `capture` into `pyprobe collect --json` over loopback: the replay,
+    and what collect wrote on stdout and stderr after `messages` messages."""
     collect = pyprobe("collect", "--port", "0", "--json", "--count", str(messages), "--timeout", "20")
     try:
         port = listening_port(collect)
@@ -68,6 +65,17 @@ def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, proto
     finally:
         collect.kill()
     assert replay.returncode == 0, replay.stderr
+    return replay, out, err
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, protocol: str) -> None:
+    """Replay over loopback into `pyprobe collect --json`: every flow field and the statistics."""
+    capture = write_pcap(tmp_path / "session.pcap", session()[:1] + [(5, ARP)] + session()[1:])
+    # Templates and options at the first packet, the flows, then the final statistics; IPFIX
+    # sends the options in observation domain 0, in messages of their own.
+    messages = {"ipfix": 5, "netflow9": 3}[protocol]
+    replay, out, err = replay_into_collect(capture, protocol, messages)
     assert f"exported 2 flows as 4 records in {messages} messages" in replay.stdout
     assert err.splitlines()[-1] == f"{messages} messages, 6 records, 0 data sets without a template"
     records = [json.loads(line) for line in out.splitlines()]
@@ -100,16 +108,7 @@ def test_pyprobe_collect_decodes_netflow5(tmp_path: Path) -> None:
     """A v5 replay into `pyprobe collect --json`: the records under IANA names, times from the
     header's sysUpTime, as in NetFlow v9 (v5 has no end reason)."""
     capture = write_pcap(tmp_path / "session.pcap", session())
-    collect = pyprobe("collect", "--port", "0", "--json", "--count", "1", "--timeout", "20")
-    try:
-        port = listening_port(collect)
-        replay = subprocess.run([sys.executable, "-m", "pyprobe", "replay", capture, "--no-dpi",
-                                 "--collector", f"127.0.0.1:{port},netflow5"],
-                                capture_output=True, text=True, timeout=60)
-        out, err = collect.communicate(timeout=20)
-    finally:
-        collect.kill()
-    assert replay.returncode == 0, replay.stderr
+    replay, out, err = replay_into_collect(capture, "netflow5", 1)
     assert "exported 2 flows as 4 records in 1 messages, 216 octets" in replay.stdout
     assert err.splitlines()[-1] == "1 messages, 4 records, 0 data sets without a template"
     records = [json.loads(line) for line in out.splitlines()]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,13 +14,12 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from conftest import GEN_SYNTH, require  # noqa: E402
 from nfdump import (HOST, Nfcapd, UdpSink, summary, tshark_frames, uniflows,  # noqa: E402
                     write_pcap)
 from pmacct import Nfacctd, available as nfacctd_available  # noqa: E402
 from test_captures import assert_same  # noqa: E402
-from test_interop import (DEFAULT_TEMPLATES, REGISTRY, Recorder, decode, meter_uniflows,  # noqa: E402,F401
-                          synth)
+from test_interop import (DEFAULT_TEMPLATES, REGISTRY, Recorder, decode,  # noqa: E402,F401
+                          generate_synth, meter_uniflows, synth)
 
 from pyprobe.cli import build_parser  # noqa: E402
 from pyprobe.config import CollectorConfig, load_config, overrides_of  # noqa: E402
@@ -158,11 +156,7 @@ def test_deterministic_meters_exactly_the_selected_frames(synth: Path, tmp_path:
 @pytest.fixture(scope="module")
 def large_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 100k-packet gen_synth capture (91,004 packets in 5,000 flows, 62 MB of IP)."""
-    require(GEN_SYNTH)
-    out = tmp_path_factory.mktemp("large") / "large.pcap"
-    subprocess.run([sys.executable, str(GEN_SYNTH), "--packets", "100000", "--flows", "5000",
-                    str(out)], check=True, capture_output=True, timeout=300)
-    return out
+    return generate_synth(tmp_path_factory.mktemp("large") / "large.pcap", 100_000, 5000)
 
 
 def test_random_scales_to_the_capture_within_bounds(large_synth: Path, tmp_path: Path) -> None:
