@@ -37,7 +37,7 @@ log = logging.getLogger("pyprobe")
 
 # The settings replay takes from the schema: the meter's and the collectors'.
 REPLAY_SETTINGS = [key for _, key, _, _ in flags()
-                   if key.startswith(("cache.", "dpi.", "collectors."))
+                   if key.startswith(("cache.", "dpi.", "collectors.", "sampling."))
                    or key in ("capture.bpf", "capture.workers", "capture.skip_corrupt",
                               "capture.ingress_interface", "capture.egress_interface",
                               "capture.direction")]
@@ -83,6 +83,9 @@ def format_summary(stats: MeterStats) -> str:
     lines = [f"packets read {summary['packets_read']}, decoded {summary['packets_decoded']}, "
              f"skipped {summary['packets_skipped']} ({summary['skipped_octets']} octets)"]
     lines += [f"  skipped: {reason}: {count}" for reason, count in sorted(stats.skipped.items())]
+    if stats.sampled_out:
+        lines.append(f"  sampled out (not metered): {stats.sampled_out} ({stats.sampled_out_octets} "
+                     f"captured octets)")
     lines.append(f"flows {summary['flows']}: " + ", ".join(
         f"{reason} {count}" for reason, count in summary["flows_by_end_reason"].items()))
     if stats.uninspected_flows:

@@ -1,9 +1,11 @@
-"""A small collector: decodes the IPFIX and NetFlow v9 messages the probe sends, for debugging and tests.
+"""A small collector: decodes the IPFIX, NetFlow v9 and v5 messages the probe sends, for debugging and tests.
 
 `Collector` is sans-IO: `feed(datagram, source)` returns the data records it decoded, with the
 templates it learned kept per (exporter address, observation domain / source id, template id).
 Headers, sets and template records are parsed with the construct formats of `ipfix.py` and
-`netflow9.py`; values are decoded by the element's data type in the `ElementRegistry`.
+`netflow9.py`; values are decoded by the element's data type in the `ElementRegistry`. A
+NetFlow v5 datagram's fixed records (`netflow5.py`) come out named by their IANA elements,
+template id 0, the engine id as the domain.
 What a sender can make it hold is bounded: templates kept, fields per template, values decoded
 per message; what goes past a bound is refused and counted (`refused`).
 `run(args)` is `pyprobe collect`: it listens on a UDP port, or a TCP port (IPFIX over TCP, each
@@ -38,7 +40,7 @@ from typing import Any, BinaryIO
 
 from construct import ConstructError
 
-from .export import ipfix, netflow9
+from .export import ipfix, netflow5, netflow9
 from .export.elements import NTOP_PEN, NTOP_V9_BASE, VARLEN, ElementRegistry, InformationElement
 from .errors import PyprobeError
 from .export.template import MAX_FIELDS  # fields of one template (a message could hold 16k)
@@ -78,12 +80,12 @@ class Record:
     """One decoded data record (flow or options data), with the header of its message."""
 
     exporter: str  # "host:port" the message came from
-    version: int  # 10 IPFIX, 9 NetFlow v9
-    domain: int  # IPFIX observation domain, NFv9 source id
+    version: int  # 10 IPFIX, 9 NetFlow v9, 5 NetFlow v5
+    domain: int  # IPFIX observation domain, NFv9 source id, v5 engine id
     template_id: int
     sequence: int
-    export_time: int  # IPFIX export time, NFv9 unix_secs
-    sys_uptime: int | None  # NFv9 only: ms since the exporter's boot
+    export_time: int  # IPFIX export time, NetFlow unix_secs
+    sys_uptime: int | None  # NetFlow only: ms since the exporter's boot
     scope_count: int  # options records: how many leading fields are the scope
     fields: list[tuple[str, Any]] = field(default_factory=list)  # wire order; names may repeat
 
@@ -206,8 +208,13 @@ class Collector:
 
     def _message(self, data: bytes, source: tuple) -> list[Record]:
         version = int.from_bytes(data[:2], "big")
+        if version == netflow5.NETFLOW5_VERSION:
+            records = _v5_records(data, _endpoint(source))
+            self.records += len(records)
+            return records
         if version not in PROTOCOLS:
-            raise CollectError(f"version {version} is neither IPFIX (10) nor NetFlow v9 (9)")
+            raise CollectError(f"version {version} is neither IPFIX (10) nor NetFlow v9 (9) "
+                               f"nor v5 (5)")
         module, set_key, template_sets = PROTOCOLS[version]
         size = module.HEADER.sizeof()
         if len(data) < size:
@@ -349,6 +356,26 @@ def _data_records(body: bytes, template: _Template, set_id: int,
         if offset == start:  # a template of empty fields: one record, not an endless loop
             break
     return out
+
+
+def _v5_records(data: bytes, exporter: str) -> list[Record]:
+    """The records of a NetFlow v5 datagram, addresses as text."""
+    if len(data) < netflow5.HEADER_LENGTH:
+        raise CollectError(f"{len(data)}-octet datagram is shorter than a v5 header")
+    header = netflow5.HEADER.parse(data)
+    end = netflow5.HEADER_LENGTH + header.count * netflow5.RECORD_LENGTH
+    if end > len(data):
+        raise CollectError(f"v5 count {header.count}, datagram {len(data)} octets")
+    records = []
+    for offset in range(netflow5.HEADER_LENGTH, end, netflow5.RECORD_LENGTH):
+        values = netflow5.RECORD.parse(data[offset:offset + netflow5.RECORD_LENGTH])
+        records.append(Record(exporter, 5, header.engine_id, 0, header.flow_sequence,
+                              header.unix_secs, header.sys_uptime, 0, [
+                                  (name, str(ipaddress.IPv4Address(value))
+                                   if name.endswith("Address") else value)
+                                  for name, value in values.items()
+                                  if name != "_io" and name not in netflow5.PADDING]))
+    return records
 
 
 def _endpoint(source: tuple) -> str:

@@ -40,13 +40,14 @@ from .capture import SNAPLEN
 from .errors import ConfigError
 from .export.template import TEMPLATES
 from .export.transport import parse_address
+from .sampling import MAX_RATE, MODES as SAMPLING_MODES
 from .stream import FLOW_BUDGET, N_DISSECTIONS
 from .yamlfile import read_yaml
 
 DEFAULT_TEMPLATE = TEMPLATES / "default.yaml"
 NDPI_TEMPLATE = TEMPLATES / "ndpi.yaml"
 BIFLOW_TEMPLATE = TEMPLATES / "biflow.yaml"
-PROTOCOL_NAMES = ("ipfix", "netflow9", "zmq", "json")  # zmq: ntopng's, as nProbe's --zmq feeds it
+PROTOCOL_NAMES = ("ipfix", "netflow9", "netflow5", "zmq", "json")  # zmq: ntopng's, as nProbe's --zmq feeds it
 PROTOCOL_ALIASES = {"10": "ipfix", "v10": "ipfix", "9": "netflow9", "v9": "netflow9",
                     "5": "netflow5", "v5": "netflow5"}
 """Other names of a protocol, as softflowd's and nProbe's `-v` take it: accepted wherever a
@@ -172,6 +173,18 @@ class DpiConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """Which packets are metered: packet sampling, as softflowd's -s and nProbe's -S."""
+
+    rate: int = setting(1, "meter 1 in N packets, the others counted, never metered (1: "
+                           "every packet); collectors are told N to scale the counts",
+                        minimum=1, maximum=MAX_RATE, flag="sampling")
+    mode: str = setting("deterministic", "deterministic: the 1st, (N+1)th... packet; random: "
+                                         "each packet with probability 1/N",
+                        choices=SAMPLING_MODES, flag="sampling-mode")
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     """One collector and how to export to it: a host, or a file."""
 
@@ -261,13 +274,14 @@ class SensorConfig:
     capture: CaptureConfig = setting(CaptureConfig(), "where packets come from")
     cache: CacheConfig = setting(CacheConfig(), "how packets become flows")
     dpi: DpiConfig = setting(DpiConfig(), "application labels and tunnels")
+    sampling: SamplingConfig = setting(SamplingConfig(), "packet sampling")
     metrics: MetricsConfig = setting(MetricsConfig(), "where the counters can be read")
     collectors: tuple[CollectorConfig, ...] = setting((), "where flows go (at least one)",
                                                       flag=NO_FLAG)
 
 
 SECTIONS = {"capture": CaptureConfig, "cache": CacheConfig, "dpi": DpiConfig,
-            "metrics": MetricsConfig}
+            "metrics": MetricsConfig, "sampling": SamplingConfig}
 COLLECTOR_DEFAULTS = {f.name: f.default for f in fields(CollectorConfig)}
 
 
@@ -408,10 +422,10 @@ def _check_collector(key: str, collector: CollectorConfig, workers: int) -> None
     protocol, path = collector.protocol, collector.file
     if path is None:
         if protocol == "json":
-            raise _Problem(f"{key}.protocol", "got 'json', expected one of ipfix, netflow9, zmq "
-                                              "for a host (json: files only)")
-        if collector.transport == "tcp" and protocol == "netflow9":
-            raise _Problem(f"{key}.transport", "got 'tcp', expected udp for protocol netflow9 "
+            raise _Problem(f"{key}.protocol", "got 'json', expected one of ipfix, netflow9, "
+                                              "netflow5, zmq for a host (json: files only)")
+        if collector.transport == "tcp" and protocol in ("netflow9", "netflow5"):
+            raise _Problem(f"{key}.transport", f"got 'tcp', expected udp for protocol {protocol} "
                                                "(IPFIX alone runs over TCP)")
         return
     if protocol not in FILE_PROTOCOLS:
@@ -546,7 +560,8 @@ def flags() -> tuple[tuple[str, str, dataclasses.Field, Any], ...]:
 
 
 SHORT_FLAGS = {"capture.interface": ("-i",), "capture.file": ("-r",),
-               "collectors.protocol": ("-v",), "collectors.template": ("-T",)}
+               "collectors.protocol": ("-v",), "collectors.template": ("-T",),
+               "sampling.rate": ("-s",)}
 """softflowd's and nProbe's short options, as aliases of the settings' flags (`-n` is
 --collector's)."""
 
@@ -627,8 +642,8 @@ def add_arguments(parser: argparse.ArgumentParser, keys: Collection[str] | None 
                         metavar="HOST:PORT[,PROTO][,tcp]", type=_collector_argument,
                         default=argparse.SUPPRESS,
                         help="send flows there (repeatable; [v6addr]:port for IPv6; the "
-                             "protocol, default --protocol, ipfix or netflow9; the transport, "
-                             "default udp, or tcp; replaces a file's collectors)")
+                             "protocol, default --protocol, ipfix, netflow9 or netflow5; the "
+                             "transport, default udp, or tcp; replaces a file's collectors)")
     parser.add_argument("--output", action="append", dest="collectors",
                         metavar="FILE[,PROTO]", type=_output_argument, default=argparse.SUPPRESS,
                         help="write flows to FILE (repeatable; `-`: stdout): IPFIX (RFC 5655), "

@@ -48,6 +48,7 @@ METRICS = {
                                                  "ring was full) or by the interface", ("by",)),
     "pyprobe_packets_read": Kind(True, "packets the meter read"),
     "pyprobe_packets_skipped": Kind(True, "packets not metered, by reason", ("reason",)),
+    "pyprobe_packets_sampled_out": Kind(True, "packets packet sampling passed over"),
     "pyprobe_flows_live": Kind(False, "flows in the cache"),
     "pyprobe_flows_ended": Kind(True, "flows ended, by IANA flowEndReason", ("reason",)),
     "pyprobe_export_records": Kind(True, "flow records exported, over every collector the run "

@@ -27,17 +27,19 @@ from .export.exporter import Exporter
 from .export.fields import reads_link_layer
 from .export.filetransport import FileTransport
 from .export.jsonlines import JsonLinesExporter
+from .export.netflow5 import Netflow5Exporter
 from .export.ntopng import Message, NtopngExporter
 from .export.tcptransport import TcpTransport
 from .export.template import TemplateSet
 from .export.transport import SocketOptions, UdpTransport
+from .sampling import Sampler
 from .stream import TICK_MS, FlowStream
 
 if TYPE_CHECKING:
     from .export.zmqtransport import ZmqTransport
 
 
-AnyExporter: TypeAlias = "Exporter | NtopngExporter | JsonLinesExporter"
+AnyExporter: TypeAlias = "Exporter | Netflow5Exporter | NtopngExporter | JsonLinesExporter"
 AnyTransport: TypeAlias = "UdpTransport | TcpTransport | FileTransport | ZmqTransport"
 Link: TypeAlias = "tuple[AnyExporter, AnyTransport]"
 
@@ -45,7 +47,7 @@ Link: TypeAlias = "tuple[AnyExporter, AnyTransport]"
 @dataclass(frozen=True)
 class Collector:
     """Where flows go (a host, or a file: `config`) and the templates they are encoded with
-    (None for ntopng and JSON lines)."""
+    (None for NetFlow v5, ntopng and JSON lines)."""
 
     config: CollectorConfig
     templates: TemplateSet | None
@@ -57,21 +59,28 @@ class Collector:
             field.expression is not None and reads_link_layer(field.expression)
             for template in self.templates.templates for field in template.fields)
 
-    def exporter(self, registry: ElementRegistry, boot_ms: int = 0, process_id: int = 0
-                 ) -> AnyExporter:
+    def exporter(self, registry: ElementRegistry, boot_ms: int = 0, process_id: int = 0,
+                 sampler: Sampler | None = None) -> AnyExporter:
         """Its exporter; `process_id` is the exportingProcessId of its statistics (IPFIX, NFv9:
-        ntopng gets no statistics records)."""
+        ntopng gets no statistics records); `sampler`, the packet sampling it tells of."""
         config = self.config
         if config.protocol == "zmq":
             return NtopngExporter(config.observation_domain, compress=config.zmq_compress)
         if config.protocol == "json":
             return JsonLinesExporter()
+        sampling = ({} if sampler is None else {"sampling_rate": sampler.rate,
+                                                "sampling_algorithm": sampler.algorithm})
+        if config.protocol == "netflow5":
+            return Netflow5Exporter(observation_domain=config.observation_domain,
+                                    mtu_bytes=config.mtu, boot_ms=boot_ms,
+                                    process_id=process_id, **sampling)
         return Exporter(config.protocol, self.templates, registry, boot_ms=boot_ms,
                         observation_domain=config.observation_domain, mtu_bytes=config.mtu,
                         template_refresh_s=config.template_refresh,
                         template_refresh_packets=config.template_refresh_packets,
                         process_id=process_id,
-                        session=config.file is not None or config.transport == "tcp")
+                        session=config.file is not None or config.transport == "tcp",
+                        **sampling)
 
     def transport(self) -> AnyTransport:
         config = self.config
@@ -134,7 +143,8 @@ class Probe:
         self.links = [self._link(c) for c in self.collectors]
 
     def _link(self, collector: Collector) -> Link:
-        exporter = collector.exporter(self.registry, self.boot_ms, self.process_id)
+        exporter = collector.exporter(self.registry, self.boot_ms, self.process_id,
+                                      self.stream.sampler())
         transport = collector.transport()
         if isinstance(exporter, NtopngExporter):
             transport.greeting = lambda: self._event(exporter, transport)

@@ -189,7 +189,9 @@ def stream_of(config: SensorConfig, source: str | PcapSource, **options: Any) ->
                       dpi_report=dpi.report,
                       decode_tunnels=dpi.decode_tunnels,
                       skip_corrupt=config.capture.skip_corrupt,
-                      interfaces=interfaces_of(config.capture), **options)
+                      interfaces=interfaces_of(config.capture),
+                      sampling_rate=config.sampling.rate, sampling_mode=config.sampling.mode,
+                      **options)
 
 
 def exports_filter(config: SensorConfig) -> str:
@@ -410,6 +412,7 @@ class Sensor:
             ("pyprobe_packets_read", (), meter.packets_read),
             *(("pyprobe_packets_skipped", (reason,), count)
               for reason, count in sorted(meter.skipped.items())),
+            ("pyprobe_packets_sampled_out", (), meter.sampled_out),
             ("pyprobe_flows_live", (), stream.live_flows),
             *(("pyprobe_flows_ended", (name,), meter.flows[reason])
               for reason, name in REASONS.items()),

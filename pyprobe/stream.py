@@ -15,6 +15,7 @@ from .capture import SNAPLEN, PcapSource, interface_of
 from .decode import Decoder
 from .tunnel import TunnelDecoder
 from .flow import NO_INTERFACE, EndReason, Flow, Interface
+from .sampling import Sampler
 
 TICK_MS = 1000  # the longest stretch of packet time without a batch (callers' timer step)
 PROGRESS_EVERY = 1 << 16  # packets between two progress callbacks
@@ -44,6 +45,10 @@ class MeterStats:
     """The octets of those stretches (without --skip-corrupt: the rest of the file)."""
     corruption: str = ""
     """Where the first is and why it is corrupt."""
+    sampled_out: int = 0
+    """Frames packet sampling passed over: read, never decoded nor metered."""
+    sampled_out_octets: int = 0
+    """Their captured octets."""
 
     def __add__(self, other: MeterStats) -> MeterStats:
         """The stats of two workers that ran side by side: counts add up; the time is the
@@ -71,6 +76,7 @@ class MeterStats:
             "uninspected_flows": self.uninspected_flows,
             "corrupt_records": self.corrupt_records, "corrupt_octets": self.corrupt_octets,
             "corruption": self.corruption,
+            "sampled_out": self.sampled_out, "sampled_out_octets": self.sampled_out_octets,
         }
 
 
@@ -90,7 +96,9 @@ class FlowStream:
     direction of a flow keeps the MAC addresses and MPLS labels of its first frame
     (`Direction.link`). `interfaces` says where the packets of the capture's interfaces (in its
     order; a file's: the first) were observed (each direction's `ingress_interface`,
-    `egress_interface`, `flow_direction`; NO_INTERFACE's where none is given). After
+    `egress_interface`, `flow_direction`; NO_INTERFACE's where none is given). With
+    `sampling_rate` N > 1, 1 in N frames is metered (`sampling_mode` deterministic or random,
+    `sampling_seed` for a repeatable random one; `sampling.Sampler`), the others counted. After
     iteration, `stats` holds the run's `MeterStats`.
     """
 
@@ -102,7 +110,8 @@ class FlowStream:
                  decode_tunnels: bool = False, close_linger: float = CLOSE_LINGER_S,
                  timeouts: dict[str, float] | None = None,
                  skip_corrupt: bool = False, link_layer: bool = False,
-                 interfaces: Sequence[Interface] = (),
+                 interfaces: Sequence[Interface] = (), sampling_rate: int = 1,
+                 sampling_mode: str = "deterministic", sampling_seed: int | None = None,
                  plugins: Sequence[Plugin] = (),
                  progress: Callable[[MeterStats], None] | None = None,
                  end_clock: Callable[[int], int] | None = None) -> None:
@@ -119,6 +128,10 @@ class FlowStream:
         self.skip_corrupt = skip_corrupt
         self._link_layer = link_layer
         self.interfaces = tuple(interfaces)
+        Sampler(sampling_rate, sampling_mode)  # a bad rate or mode fails here, not at iteration
+        self.sampling_rate = sampling_rate
+        self.sampling_mode = sampling_mode
+        self.sampling_seed = sampling_seed
         self.plugins = tuple(plugins)
         self.classifier: Plugin | None = None
         """With `dpi`, the NdpiClassifier (its counts: flows, packets, giveups)."""
@@ -133,6 +146,7 @@ class FlowStream:
         self.stats = MeterStats()
         self._cache: FlowCache | None = None  # the iteration's
         self._capture: PcapSource | None = None
+        self._sampler: Sampler | None = None
 
     @property
     def link_layer(self) -> bool:
@@ -174,7 +188,12 @@ class FlowStream:
         self._cache = cache
         stats = self.stats = MeterStats()
         started = time.perf_counter()
+        sampler = (Sampler(self.sampling_rate, self.sampling_mode, self.sampling_seed)
+                   if self.sampling_rate > 1 else None)
+        self._sampler = sampler
         feed, frames = cache.feeder(decoder, capture.time_wrap_ns), iter(capture)
+        if sampler is not None:
+            frames = sampler.select(frames)
         progress, read = self.progress, 0
         tick_ms = 1  # the clock is 0 until the first packet: no batch before it
         try:
@@ -196,6 +215,8 @@ class FlowStream:
                     frames = capture.read_on()
                     if frames is None:
                         break
+                    if sampler is not None:
+                        frames = sampler.select(frames)
                 if progress is not None and not read % PROGRESS_EVERY:
                     self._update_stats(stats, read, decoder, capture, started)
                     progress(stats)
@@ -220,6 +241,10 @@ class FlowStream:
         """The capture file's path or the interfaces, as given."""
         return self.source.source if isinstance(self.source, PcapSource) else self.source
 
+    def sampler(self) -> Sampler | None:
+        """The packet sampling of an iteration (None: every packet is metered)."""
+        return self._sampler
+
     @property
     def live_flows(self) -> int:
         """The flows the meter holds now (0 before an iteration starts)."""
@@ -243,12 +268,16 @@ class FlowStream:
 
     def _update_stats(self, stats: MeterStats, read: int, decoder: Decoder, capture: PcapSource,
                       started: float) -> None:
-        stats.packets_read = read
         stats.skipped = Counter(decoder.skipped)
         stats.skipped_octets = decoder.skipped_octets
         if isinstance(decoder, TunnelDecoder):
             stats.tunnel_fallbacks = Counter(decoder.tunnel_fallbacks)
-        stats.packets_decoded = read - stats.packets_skipped
+        stats.packets_decoded = read - stats.packets_skipped  # `read`: the frames metered
+        sampler = self._sampler
+        if sampler is not None:
+            stats.sampled_out = sampler.sampled_out
+            stats.sampled_out_octets = sampler.sampled_out_octets
+        stats.packets_read = read + stats.sampled_out
         stats.elapsed_s = time.perf_counter() - started
         stats.uninspected_flows = getattr(self.classifier, "skipped", 0)
         corruptions = capture.corruptions

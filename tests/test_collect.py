@@ -51,13 +51,10 @@ SESSION_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
-def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, protocol: str) -> None:
-    """Replay over loopback into `pyprobe collect --json`: every flow field and the statistics."""
-    capture = write_pcap(tmp_path / "session.pcap", session()[:1] + [(5, ARP)] + session()[1:])
-    # Templates and options at the first packet, the flows, then the final statistics; IPFIX
-    # sends the options in observation domain 0, in messages of their own.
-    messages = {"ipfix": 5, "netflow9": 3}[protocol]
+def replay_into_collect(capture: str, protocol: str, messages: int
+                        ) -> tuple[subprocess.CompletedProcess, str, str]:
+    """`pyprobe replay` of `capture` into `pyprobe collect --json` over loopback: the replay,
+    and what collect wrote on stdout and stderr after `messages` messages."""
     collect = pyprobe("collect", "--port", "0", "--json", "--count", str(messages), "--timeout", "20")
     try:
         port = listening_port(collect)
@@ -68,6 +65,17 @@ def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, proto
     finally:
         collect.kill()
     assert replay.returncode == 0, replay.stderr
+    return replay, out, err
+
+
+@pytest.mark.parametrize("protocol", ["ipfix", "netflow9"])
+def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, protocol: str) -> None:
+    """Replay over loopback into `pyprobe collect --json`: every flow field and the statistics."""
+    capture = write_pcap(tmp_path / "session.pcap", session()[:1] + [(5, ARP)] + session()[1:])
+    # Templates and options at the first packet, the flows, then the final statistics; IPFIX
+    # sends the options in observation domain 0, in messages of their own.
+    messages = {"ipfix": 5, "netflow9": 3}[protocol]
+    replay, out, err = replay_into_collect(capture, protocol, messages)
     assert f"exported 2 flows as 4 records in {messages} messages" in replay.stdout
     assert err.splitlines()[-1] == f"{messages} messages, 6 records, 0 data sets without a template"
     records = [json.loads(line) for line in out.splitlines()]
@@ -96,6 +104,27 @@ def test_pyprobe_collect_decodes_what_pyprobe_replay_sends(tmp_path: Path, proto
         {"ipfix": 3, "netflow9": 2}[protocol], 4, 1, len(ARP), 0]  # the messages before it
 
 
+def test_pyprobe_collect_decodes_netflow5(tmp_path: Path) -> None:
+    """A v5 replay into `pyprobe collect --json`: the records under IANA names, times from the
+    header's sysUpTime, as in NetFlow v9 (v5 has no end reason)."""
+    capture = write_pcap(tmp_path / "session.pcap", session())
+    replay, out, err = replay_into_collect(capture, "netflow5", 1)
+    assert "exported 2 flows as 4 records in 1 messages, 216 octets" in replay.stdout
+    assert err.splitlines()[-1] == "1 messages, 4 records, 0 data sets without a template"
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["version"], r["domain"], r["template_id"], r["sequence"]) for r in records] == [
+        (5, 1, 0, 0)] * 4
+    flows = []
+    for record in records:
+        fields, boot_ms = record["fields"], record["export_time"] * 1000 - record["sys_uptime"]
+        flows.append((fields["sourceIPv4Address"], fields["sourceTransportPort"],
+                      fields["destinationIPv4Address"], fields["destinationTransportPort"],
+                      fields["packetDeltaCount"], fields["octetDeltaCount"],
+                      boot_ms + fields["flowStartSysUpTime"] - EPOCH_MS,
+                      boot_ms + fields["flowEndSysUpTime"] - EPOCH_MS, fields["tcpControlBits"]))
+    assert flows == [record[:-1] for record in SESSION_RECORDS]
+
+
 # The sans-IO collector.
 
 def exporter(protocol: str = "ipfix", **options) -> Exporter:
@@ -116,7 +145,9 @@ def templates_then_data() -> list[bytes]:
 
 
 @pytest.mark.parametrize("datagram, message", [
-    (b"\x00\x05" + bytes(22), "version 5 is neither IPFIX (10) nor NetFlow v9 (9)"),
+    (b"\x00\x07" + bytes(22), "version 7 is neither IPFIX (10) nor NetFlow v9 (9) nor v5 (5)"),
+    (b"\x00\x05" + bytes(20), "22-octet datagram is shorter than a v5 header"),
+    (b"\x00\x05\x00\x02" + bytes(20 + 48), "v5 count 2, datagram 72 octets"),
     (b"\x00\x0a\x00\x10", "4-octet datagram is shorter than a v10 header"),
     (struct.pack("!HHIII", 10, 40, 0, 0, 1), "IPFIX length 40, datagram 16 octets"),
     (struct.pack("!HHIII", 10, 24, 0, 0, 1) + struct.pack("!HH", 256, 12) + bytes(4),

@@ -37,13 +37,14 @@ def write(tmp_path: Path, text: str) -> Path:
     ("capture: {interface: eth0\n", "line 2, column 1: not valid YAML: did not find expected "
                                     "',' or '}'"),
     ("- eth0\n", "got a list, expected a mapping of instance, log_level, log_file, "
-                 "statistics_interval, user, group, capture, cache, dpi, metrics, collectors"),
+                 "statistics_interval, user, group, capture, cache, dpi, sampling, metrics, "
+                 "collectors"),
     (VALID + "cache: {idle_timout: 5}\n",
      "cache.idle_timout: unknown key (did you mean idle_timeout? expected one of idle_timeout, "
      "active_timeout, max_flows, timeouts)"),
     (VALID + "colectors: []\n", "colectors: unknown key (did you mean collectors? expected one of "
                                 "instance, log_level, log_file, statistics_interval, user, "
-                                "group, capture, cache, dpi, metrics, collectors)"),
+                                "group, capture, cache, dpi, sampling, metrics, collectors)"),
     (VALID + "dpi: {xyz: 1}\n", "dpi.xyz: unknown key (expected one of enabled, packet_budget, "
                                 "flow_budget, report, decode_tunnels)"),
     ("capture: {interface: eth0}\ncollectors: [{host: a}, {host: b, port: 70000}]\n",
@@ -78,17 +79,20 @@ def write(tmp_path: Path, text: str) -> Path:
     (VALID + "log_level: verbose\n", "log_level: got 'verbose', expected one of debug, info, "
                                      "warning, error"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: sflow}]\n",
-     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9, zmq, json, 10, v10, "
-     "9, v9"),
+     "collectors[0].protocol: got 'sflow', expected one of ipfix, netflow9, netflow5, zmq, "
+     "json, 10, v10, 9, v9, 5, v5"),
     ("capture: {interface: eth0}\ncollectors: [{port: 2055}]\n",
      "collectors[0]: expected one of host or file, got neither"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, file: f.ipfix}]\n",
      "collectors[0]: expected one of host or file, got both"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: json}]\n",
-     "collectors[0].protocol: got 'json', expected one of ipfix, netflow9, zmq for a host "
-     "(json: files only)"),
+     "collectors[0].protocol: got 'json', expected one of ipfix, netflow9, netflow5, zmq for a "
+     "host (json: files only)"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: netflow9, transport: tcp}]\n",
      "collectors[0].transport: got 'tcp', expected udp for protocol netflow9 (IPFIX alone runs "
+     "over TCP)"),
+    ("capture: {interface: eth0}\ncollectors: [{host: a, protocol: netflow5, transport: tcp}]\n",
+     "collectors[0].transport: got 'tcp', expected udp for protocol netflow5 (IPFIX alone runs "
      "over TCP)"),
     ("capture: {interface: eth0}\ncollectors: [{host: a, transport: sctp}]\n",
      "collectors[0].transport: got 'sctp', expected one of udp, tcp"),

@@ -142,10 +142,14 @@ def capture_params() -> list:
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 20k-packet gen_synth capture (IPv6, VLANs, TCP and UDP)."""
+    return generate_synth(tmp_path_factory.mktemp("synth") / "synth.pcap", 20000, 2000)
+
+
+def generate_synth(out: Path, packets: int, flows: int) -> Path:
+    """A gen_synth capture of about `packets` packets in `flows` flows, at `out`."""
     require(GEN_SYNTH)
-    out = tmp_path_factory.mktemp("synth") / "synth.pcap"
-    subprocess.run([sys.executable, str(GEN_SYNTH), "--packets", "20000", "--flows", "2000",
-                    str(out)], check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, str(GEN_SYNTH), "--packets", str(packets), "--flows",
+                    str(flows), str(out)], check=True, capture_output=True, timeout=300)
     return out
 
 

@@ -86,6 +86,9 @@ dpi:
   flow_budget: 10000
   report: false
   decode_tunnels: false
+sampling:
+  rate: 1
+  mode: deterministic
 metrics:
   listen: null
 collectors:

@@ -10,6 +10,9 @@ IPFIX the options travel in messages of observation domain 0. The clock is whate
 the caller passes: packet time in a replay. When the templates send applicationId, the first
 flow of each application after every timed refresh is preceded by its names record.
 
+With packet sampling (`sampling_rate` N > 1), a sampler options record (options.py) follows
+the templates in the data's domain, so collectors scale the flows' counts by N.
+
 A `session` exporter (IPFIX over TCP, an IPFIX file) sends its templates once per session, in
 the messages `template_messages()` makes, which the transport sends first on each connection and at
 the start of each file; the data messages carry only the options data (statistics, RFC 5610
@@ -36,8 +39,9 @@ from .ipfix import IPFIX
 from .message import LAST_EXPORT_S, MessageBuilder, Protocol
 from .netflow9 import NETFLOW9, UPTIME_WINDOW_MS
 from .options import (ExportStats, application_names_template, application_names_values,
-                      enterprise_elements, statistics_template, statistics_values,
-                      type_information_template, type_information_values)
+                      enterprise_elements, sampler_template, sampler_values,
+                      statistics_template, statistics_values, type_information_template,
+                      type_information_values)
 from .template import CompiledTemplate, TemplateError, TemplateSet
 
 PROTOCOLS: dict[str, Protocol] = {"ipfix": IPFIX, "netflow9": NETFLOW9}
@@ -58,7 +62,8 @@ class Exporter:
                  observation_domain: int = 1, mtu_bytes: int = 1400,
                  template_refresh_s: float = 60, template_refresh_packets: int = 20,
                  flush_interval_ms: int = 1000, boot_ms: int = 0, process_id: int = 0,
-                 session: bool = False) -> None:
+                 session: bool = False, sampling_rate: int = 1,
+                 sampling_algorithm: int = 1) -> None:
         if protocol not in PROTOCOLS:
             raise TemplateError(f"unknown protocol {protocol!r} (expected ipfix or netflow9)")
         self.protocol = PROTOCOLS[protocol]
@@ -84,7 +89,9 @@ class Exporter:
         # counts flow records (and application names), which is what nfcapd checks it against.
         self._options_channel = (_Channel(MessageBuilder(self.protocol, mtu_bytes), 0)
                                  if self.protocol.sequence_counts_records else self._data_channel)
-        context = {"boot_ms": boot_ms, "registry": registry}
+        self._sampling = {"sampling_interval": sampling_rate,
+                          "sampling_algorithm": sampling_algorithm if sampling_rate > 1 else 0}
+        context = {"boot_ms": boot_ms, "registry": registry, **self._sampling}
         compile_ = lambda t: t.compile(self.protocol, **context)  # noqa: E731
         self._compile_data()
         self._enterprise = enterprise_elements(templates.templates)
@@ -97,7 +104,12 @@ class Exporter:
         self._names: dict[bytes, bytes] = {}  # applicationId: its names record, encoded once
         self._named: set[bytes] = set()  # applicationIds whose names went out since the timed refresh
         self._options = (compile_(statistics_template(registry)), *types)
-        self._template_records = self._template_records_of((*self._data.values(), *names))
+        sampler = [compile_(sampler_template(registry))] if sampling_rate > 1 else []
+        self._template_records = self._template_records_of((*self._data.values(), *names,
+                                                            *sampler))
+        self._sampler_records = [(c.id, c.encode_values(sampler_values(
+            process_id, sampling_rate, sampling_algorithm)), True) for c in sampler]
+        """The sampler's options data: in the data's domain, after the templates."""
         self._options_template_records = self._template_records_of(self._options)
         self._type_records = [(c.id, c.encode_values(type_information_values(ie)), True)
                               for c in types for ie in self._enterprise]
@@ -117,7 +129,8 @@ class Exporter:
 
     def _compile_data(self) -> None:
         """The data templates compiled for `boot_ms`, and the flow times they can carry."""
-        self._data = {t.id: t.compile(self.protocol, boot_ms=self.boot_ms, registry=self.registry)
+        self._data = {t.id: t.compile(self.protocol, boot_ms=self.boot_ms, registry=self.registry,
+                                      **self._sampling)
                       for t in self.templates.templates}
         self._chosen: dict[tuple[int, int], CompiledTemplate | None] = {}
         """By address length and IP protocol: the compiled template of those flows (None: no
@@ -248,7 +261,8 @@ class Exporter:
             self._templates_sent_ms = now_ms
             if by_time:
                 self._named.clear()  # names go out again, each before its next flow
-            for set_id, record, data in () if self.session else self._template_records:
+            for set_id, record, data in ((*self._sampler_records,) if self.session else
+                                         (*self._template_records, *self._sampler_records)):
                 self._put(self._data_channel, set_id, record, data, now_ms, out)
             for set_id, record, data in self._options_records(now_ms, templates=not self.session):
                 self._put(self._options_channel, set_id, record, data, now_ms, out)

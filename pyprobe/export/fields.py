@@ -79,8 +79,14 @@ FIELD_EXPRESSIONS: dict[str, str] = {
     "HTTP_USER_AGENT": "dpi.user_agent",
     "DNS_QUERY": "server_name(dpi, 'dns')",
     "JA4C_HASH": "dpi.client_fingerprint",
+    # Packet sampling, as the exporter tells it (for nfacctd, which also scales by these).
+    "samplingInterval": "sampling_interval",
+    "samplingAlgorithm": "sampling_algorithm",
 }
 PARAMETERS = ("flow", "this", "other", "ends")
+EXPORTER_VALUES = {"sampling_interval": 1, "sampling_algorithm": 0}
+"""Expressions that are the exporter's settings, not the flow's: Template.compile puts in the
+value its context gives (else this default: 1 in 1, no algorithm)."""
 DERIVED = {"dpi": "flow.dpi or NO_DPI"}
 """Names expressions use besides PARAMETERS: each computed once per record, where it is used."""
 

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from .elements import IANA_PEN, REVERSE_PEN, VARLEN, ElementRegistry, InformationElement
 from ..errors import PyprobeError
-from .fields import (DERIVED, EXPRESSION_GLOBALS, FIELD_EXPRESSIONS, PARAMETERS,
-                     reverse_expression)
+from .fields import (DERIVED, EXPORTER_VALUES, EXPRESSION_GLOBALS, FIELD_EXPRESSIONS,
+                     PARAMETERS, reverse_expression)
 from ..flow import Flow
 from ..yamlfile import read_yaml
 
@@ -81,9 +81,12 @@ class Template:
 
     def compile(self, protocol: Protocol, **context: Any) -> CompiledTemplate:
         """The wire layout of this template in `protocol` (context: NFv9's boot_ms, and the
-        registry its sysUpTime elements come from)."""
+        registry its sysUpTime elements come from; the exporter's values, EXPORTER_VALUES)."""
+        fields = (TemplateField(f.element, f.length,
+                                repr(context.get(f.expression, EXPORTER_VALUES[f.expression])))
+                  if f.expression in EXPORTER_VALUES else f for f in self.fields)
         return CompiledTemplate(self, tuple(protocol.adapt(f, f"{self.where}.fields[{i}]", context)
-                                            for i, f in enumerate(self.fields)))
+                                            for i, f in enumerate(fields)))
 
 
 @dataclass(frozen=True)
