@@ -22,10 +22,9 @@ from pyprobe.errors import ConfigError
 from builders import ICMPV6, SCTP, UDP, icmp, ipv4, ipv6, link, sctp, udp, write_pcap
 from nfdump import UdpSink, free_udp_port
 from pyprobe.cli import PROTOCOL_NAMES, TABLE_COLUMNS, build_parser, softflowd_style
-from pyprobe.config import PROTOCOL_NAMES as EXPORT_PROTOCOLS, load_config, overrides_of
+from pyprobe.config import load_config, overrides_of
 
 SAMPLE = Path(__file__).resolve().parent.parent / "pyprobe" / "data" / "sample.pcap"
-NETFLOW5 = "netflow5" in EXPORT_PROTOCOLS  # issue 19's sample part adds it
 
 
 def pyprobe(*args: str) -> subprocess.CompletedProcess:
@@ -220,30 +219,30 @@ ALIASES = [
     (["replay", "x.pcap", "--output", "flows.bin,10", "--output", "flows,v9.json"],
      "replay", (None, "x.pcap"), [(None, 2055, "ipfix"), (None, 2055, "json")]),
     (["-i", "lo", "-n", "h", "-v", "v5"],
-     "run", ("lo", None), [("h", 2055, "netflow5")] if NETFLOW5 else None),
+     "run", ("lo", None), [("h", 2055, "netflow5")]),
 ]
 
 
 @pytest.mark.parametrize(("argv", "command", "source", "collectors"), ALIASES)
 def test_softflowd_and_nprobe_options(argv: list[str], command: str,
                                       source: tuple[str | None, str | None],
-                                      collectors: list[tuple] | None) -> None:
+                                      collectors: list[tuple]) -> None:
     """-i, -r, -n, -v as softflowd and nProbe take them, protocol aliases everywhere; without a
-    command, -r FILE replays and the rest runs; v5 needs NetFlow v5 (issue 19's sample part)."""
+    command, -r FILE replays and the rest runs."""
     args = build_parser().parse_args(softflowd_style(argv))
     assert args.command == command
     overrides = overrides_of(args) | ({"capture.file": args.file or args.read}
                                       if command == "replay" else {})
-    if collectors is None:
-        with pytest.raises(ConfigError) as error:
-            load_config(None, overrides)
-        assert str(error.value) == (
-            "command line: --protocol: got 'v5' (netflow5), expected one of ipfix, netflow9, "
-            "zmq, json, 10, v10, 9, v9")
-        return
     config = load_config(None, overrides)
     assert (config.capture.interface, config.capture.file) == source
     assert [(c.host, c.port, c.protocol) for c in config.collectors] == collectors
+
+
+def test_sampling_by_softflowds_short_option() -> None:
+    """-s N: packet sampling 1 in N, as softflowd's -s."""
+    args = build_parser().parse_args(["replay", "x.pcap", "-n", "h", "-s", "10"])
+    overrides = overrides_of(args) | {"capture.file": args.file}
+    assert load_config(None, overrides).sampling.rate == 10
 
 
 def test_the_template_by_its_short_option(tmp_path: Path) -> None:
@@ -278,10 +277,10 @@ EXIT_STATUSES = [  # argv (SINK: a listening port, CLOSED: none), exit status, a
      "pyprobe: error: replay reads one capture: give FILE or -r FILE"),
     (["check", "-i", "lo", "-n", "127.0.0.1", "--protocol", "sflow"], 2,
      "pyprobe: error: command line: --protocol: got 'sflow', expected one of ipfix, netflow9, "
-     "zmq, json, 10, v10, 9, v9"),
+     "netflow5, zmq, json, 10, v10, 9, v9, 5, v5"),
     (["check", "-i", "lo", "-n", "127.0.0.1:2055,v7"], 2,
      r"pyprobe check: error: argument -n/--collector: 127.0.0.1:2055,v7: expected a protocol "
-     r"\(ipfix, netflow9, zmq, json, 10, v10, 9, v9, 5, v5\) and a transport \(udp, tcp\) "
+     r"\(ipfix, netflow9, netflow5, zmq, json, 10, v10, 9, v9, 5, v5\) and a transport \(udp, tcp\) "
      r"after the address, got 'v7'"),
     (["-i", "lo", "-n", "h", "-t", "tcp=x"], 2,
      "pyprobe run: error: argument -t/--timeout: got 'tcp=x', expected NAME=SECONDS, NAME one "

@@ -218,7 +218,7 @@ def test_check_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = pyprobe("check", "-c", str(path), "--protocol", "sflow")
     assert (result.returncode, result.stderr) == (
         2, "pyprobe: error: command line: --protocol: got 'sflow', expected one of ipfix, "
-           "netflow9, zmq, json, 10, v10, 9, v9\n")
+           "netflow9, netflow5, zmq, json, 10, v10, 9, v9, 5, v5\n")
 
 
 def test_ntopng_collectors_from_the_file_and_from_nprobes_flags(tmp_path: Path) -> None:
