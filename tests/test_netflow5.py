@@ -95,12 +95,15 @@ def test_what_v5_cannot_carry_is_clamped_and_counted() -> None:
     flows = sample_flows()
     flow = next(f for f in flows if len(f.src_addr) == 4 and f.dst2src is not None)
     flow.src2dst.packets, flow.dst2src.bytes = 2**32, 2**40
+    flow.dst2src.ingress_interface, flow.dst2src.egress_interface = 7, 4_294_967_295
     exporter = Netflow5Exporter(boot_ms=BOOT_MS, sampling_rate=100_000, sampling_algorithm=2)
     now_ms = max(f.last_seen_ms for f in flows)
     [datagram] = exporter.export([flow], now_ms) + exporter.flush(now_ms)
     [records] = decode([datagram])
     assert [dict(r.fields)["packetDeltaCount"] for r in records][0] == 2**32 - 1
     assert [dict(r.fields)["octetDeltaCount"] for r in records][1] == 2**32 - 1
+    assert [(dict(r.fields)["ingressInterface"], dict(r.fields)["egressInterface"])
+            for r in records] == [(0, 0), (7, 65535)]  # 16 bits: the largest
     assert int.from_bytes(datagram[22:24], "big") == 2 << 14 | 16383  # random, the largest
     assert exporter.problems == {CLAMPED: 2, SAMPLING_CLAMPED: 1}
 

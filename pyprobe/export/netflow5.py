@@ -29,6 +29,7 @@ MAX_RECORDS = 30  # a v5 datagram's most records (1464 octets)
 MAX_SAMPLING_INTERVAL = 0x3FFF  # 14 bits
 SAMPLING_MODES = {1: 1, 2: 2}  # samplingAlgorithm (1 deterministic, 2 random): the header's 2 bits
 LARGEST_COUNT = 2**32 - 1
+LARGEST_INTERFACE = 0xFFFF  # a v5 interface index has 16 bits
 NOT_IPV4 = "flows not sent: IPv6 (NetFlow v5 carries IPv4 only)"
 SAMPLING_CLAMPED = "datagrams with the sampling interval clamped to 16383"
 
@@ -117,13 +118,15 @@ class Netflow5Exporter:
     def _add(self, flow: Flow, this: object, src: int, dst: int, src_port: int, dst_port: int,
              now_ms: int, out: list[bytes]) -> None:
         packets, octets = this.packets, this.bytes
-        if packets > LARGEST_COUNT or octets > LARGEST_COUNT:
+        ingress, egress = this.ingress_interface, this.egress_interface
+        if max(packets, octets) > LARGEST_COUNT or max(ingress, egress) > LARGEST_INTERFACE:
             self.problems[CLAMPED] += 1
             packets, octets = min(packets, LARGEST_COUNT), min(octets, LARGEST_COUNT)
+            ingress, egress = min(ingress, LARGEST_INTERFACE), min(egress, LARGEST_INTERFACE)
         if not self._records:
             self._started_ms = now_ms
         self._records.append(_RECORD.pack(
-            src, dst, 0, 0, 0, packets, octets, this.first_seen_ms - self.boot_ms,
+            src, dst, 0, ingress, egress, packets, octets, this.first_seen_ms - self.boot_ms,
             this.last_seen_ms - self.boot_ms, src_port, dst_port or this.icmp_type_code, 0,
             this.tcp_flags & 0xFF, flow.protocol, this.tos, 0, 0, 0, 0, 0))
         self.stats.flow_records += 1
