@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -144,6 +144,12 @@ class TimeoutQueue:
         self.flows: OrderedDict[bytes, Flow] = OrderedDict()
 
 
+def chosen_ms(timeouts: dict[str, float], names: Iterable[str], default_ms: int) -> dict[str, int]:
+    """The ms of each of `names`: its seconds in `timeouts` where given, else `default_ms`."""
+    return {name: default_ms if timeouts.get(name) is None else timeout_ms(timeouts[name])
+            for name in names}
+
+
 def queues(timeouts: dict[str, int]) -> dict[str, TimeoutQueue]:
     """The queue of each of `timeouts` (ms by name): one a distinct timeout."""
     by_ms: dict[int, TimeoutQueue] = {}
@@ -173,8 +179,7 @@ class FlowCache:
         unknown = set(timeouts) - set(TIMEOUT_NAMES)
         if unknown:
             raise ValueError(f"unknown timeouts {sorted(unknown)}, expected {TIMEOUT_NAMES}")
-        idle = queues({name: timeout_ms(timeouts[name]) if timeouts.get(name) is not None
-                       else self.idle_timeout_ms for name in IDLE_CLASSES})
+        idle = queues(chosen_ms(timeouts, IDLE_CLASSES, self.idle_timeout_ms))
         self._by_protocol = tuple(next((idle[name] for name, numbers in IDLE_CLASSES.items()
                                         if protocol in numbers), idle["general"])
                                   for protocol in range(256))
@@ -182,8 +187,7 @@ class FlowCache:
         self._idle = tuple(dict.fromkeys(idle.values()))
         self._only = self._idle[0] if len(self._idle) == 1 else None
         """The idle queue of every protocol, when they have one timeout (no lookup a packet)."""
-        lingers = queues({name: timeout_ms(timeouts[name]) if timeouts.get(name) is not None
-                          else self.close_linger_ms for name in LINGERS})
+        lingers = queues(chosen_ms(timeouts, LINGERS, self.close_linger_ms))
         self._resets, self._fins = lingers["tcp_rst"], lingers["tcp_fin"]
         self._lingers = tuple(dict.fromkeys(lingers.values()))
         """The live flows that are closing, by key, in end_by_ms order (a queue's linger is

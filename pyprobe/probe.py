@@ -135,8 +135,12 @@ class Probe:
         """The export clock, as of the last batch."""
         for collector in collectors:  # fail on a bad template or protocol before any packet
             collector.exporter(registry)
-        # the decoder reads the link layer only when a template exports it
-        stream.link_layer |= any(c.reads_link_layer for c in collectors)
+        self._ask_link_layer()
+
+    def _ask_link_layer(self) -> None:
+        """Has the meter keep link layers once a collector's template exports them (the decoder
+        reads them only then)."""
+        self.stream.link_layer |= any(c.reads_link_layer for c in self.collectors)
 
     def _start(self, boot_ms: int) -> None:
         self.boot_ms = boot_ms
@@ -168,7 +172,7 @@ class Probe:
             if collector not in collectors:
                 self._close(*link, now_ms)
         self.collectors = collectors
-        self.stream.link_layer |= any(c.reads_link_layer for c in collectors)
+        self._ask_link_layer()
         if self.boot_ms is not None:
             self.links = [kept.get(c) or self._link(c) for c in collectors]
 
