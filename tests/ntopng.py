@@ -36,8 +36,7 @@ QUERIES_AT_ONCE = 8  # flow_stats.lua calls in parallel (ntopng serves them on s
 PRIVATE = ('mount --bind "$RUN_DIR" /tmp/ntopng-run && mount --bind "$DATA_DIR" /tmp/ntopng-data '
            '&& exec "$SCRIPT" "$0"')
 
-sys.path.insert(0, str(TOOLS))
-from ntopng_query import NtopngREST  # noqa: E402
+sys.path.insert(0, str(TOOLS))  # ntopng_query, imported where ntopng runs (why_not() is None)
 
 
 def free_tcp_port() -> int:
@@ -76,6 +75,8 @@ class Ntopng:
         self.collector_ports = [free_tcp_port() for _ in range(collectors)]
         self.bound_ports = [free_tcp_port() for _ in range(bound)]
         self.run_dir, self.data_dir = folder / "run", folder / "data"
+        from ntopng_query import NtopngREST  # beside SCRIPT: absent with ../shared
+
         self.rest = NtopngREST(f"http://127.0.0.1:{self.http_port}", timeout=30)
         extra = [f"-i tcp://*:{port}c" for port in self.collector_ports[1:]]
         extra += [f"-i tcp://127.0.0.1:{port}" for port in self.bound_ports]
